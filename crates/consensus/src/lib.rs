@@ -1,0 +1,81 @@
+//! openraft glue: the type configuration every Shoal Raft group shares, the log store on
+//! top of `raftlog`, the two state machines (group 0's catalog and a vshard's rows) and the
+//! registry that runs every group of a node.
+//!
+//! ```text
+//!   write path ──propose──▶ Raft group (openraft) ──append──▶ LogStore ──▶ raftlog (fsync)
+//!                                 │ committed
+//!                                 ▼ apply
+//!             MetaStateMachine (catalog)   |   ShardStateMachine ──▶ storage::ShardStore
+//! ```
+
+pub mod codec;
+pub mod command;
+pub mod log_store;
+pub mod meta_sm;
+pub mod network;
+pub mod registry;
+pub mod shard_sm;
+
+pub use command::{Command, DdlOp, Response};
+pub use meta_sm::{Catalog, CatalogHandle, TableEntry};
+pub use registry::{GroupsConfig, Registry};
+
+openraft::declare_raft_types!(
+    /// The type configuration of every Shoal Raft group.
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+        NodeId = u64,
+        Node = openraft::impls::BasicNode,
+);
+
+pub type LogId = openraft::LogId<<<TypeConfig as openraft::RaftTypeConfig>::LeaderId as openraft::vote::RaftLeaderId>::Committed>;
+pub type Entry = <TypeConfig as openraft::RaftTypeConfig>::Entry;
+pub type Vote = <TypeConfig as openraft::RaftTypeConfig>::Vote;
+pub type StoredMembership = openraft::StoredMembership<
+    <<TypeConfig as openraft::RaftTypeConfig>::LeaderId as openraft::vote::RaftLeaderId>::Committed,
+    u64,
+    openraft::impls::BasicNode,
+>;
+pub type SnapshotMeta = openraft::SnapshotMeta<
+    <<TypeConfig as openraft::RaftTypeConfig>::LeaderId as openraft::vote::RaftLeaderId>::Committed,
+    u64,
+    openraft::impls::BasicNode,
+>;
+
+/// Errors a caller of the consensus layer sees.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// This node does not lead the group; retry at the hinted leader.
+    #[error("group {group}: not the leader (leader hint: {hint:?})")]
+    NotLeader { group: u32, hint: Option<u64> },
+    /// The group cannot make progress now (no quorum, shutting down); retryable.
+    #[error("group {group} unavailable: {reason}")]
+    Unavailable { group: u32, reason: String },
+    /// A DDL batch was refused by the catalog (bad input).
+    #[error("{0}")]
+    Rejected(String),
+    /// The disk is full; nothing was proposed.
+    #[error("insufficient storage: {0}")]
+    DiskFull(String),
+    #[error("storage: {0}")]
+    Storage(#[from] shoal_storage::Error),
+    #[error("raft log: {0}")]
+    Log(#[from] shoal_raftlog::Error),
+    /// A bug or broken invariant.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+pub(crate) fn io_err(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+/// A group's snapshot: openraft's metadata plus Shoal's snapshot data.
+pub type GroupSnapshot = openraft::storage::Snapshot<
+    <<TypeConfig as openraft::RaftTypeConfig>::LeaderId as openraft::vote::RaftLeaderId>::Committed,
+    u64,
+    openraft::impls::BasicNode,
+    meta_sm::SnapshotData,
+>;

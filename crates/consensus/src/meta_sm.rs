@@ -1,0 +1,320 @@
+//! Group 0's state machine: the catalog (tables, columns, partition keys, schema version).
+//!
+//! Every DDL batch is one Raft entry applied atomically: all its operations take effect or
+//! none does, and a batch that changed anything moves `schema_version` by exactly one.
+//! The whole catalog is small; a snapshot is `catalog.json` written atomically.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use shoal_common::schema::TableSchema;
+
+use crate::command::{Command, DdlOp, Response};
+use crate::{io_err, GroupSnapshot, LogId, SnapshotMeta, StoredMembership, TypeConfig};
+
+pub const CATALOG_FILE: &str = "catalog.json";
+pub const CATALOG_FORMAT_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TableEntry {
+    /// Never reused: vshards store rows by table id, so a dropped and re-created table
+    /// never sees the old rows.
+    pub id: u64,
+    pub schema: TableSchema,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Catalog {
+    pub tables: BTreeMap<String, TableEntry>,
+    pub next_table_id: u64,
+    pub schema_version: u64,
+}
+
+/// Shared read access to the latest applied catalog. Readers clone the inner `Arc`.
+pub type CatalogHandle = Arc<RwLock<Arc<Catalog>>>;
+
+impl Catalog {
+    /// Applies `ops` to a copy; returns the new catalog and whether anything changed, or the
+    /// first operation's error (and then nothing changes).
+    pub fn apply_ddl(&self, ops: &[DdlOp]) -> Result<(Catalog, bool), String> {
+        let mut next = self.clone();
+        let mut changed = false;
+        for op in ops {
+            changed |= next.apply_op(op)?;
+        }
+        if changed {
+            next.schema_version += 1;
+        }
+        Ok((next, changed))
+    }
+
+    fn create(&mut self, schema: &TableSchema) {
+        let id = self.next_table_id;
+        self.next_table_id += 1;
+        self.tables.insert(schema.name.clone(), TableEntry { id, schema: schema.clone() });
+    }
+
+    fn apply_op(&mut self, op: &DdlOp) -> Result<bool, String> {
+        match op {
+            DdlOp::CreateTable { schema, if_not_exists } => {
+                if self.tables.contains_key(&schema.name) {
+                    return if *if_not_exists { Ok(false) } else { Err(format!("table {} already exists", schema.name)) };
+                }
+                self.create(schema);
+                Ok(true)
+            }
+            DdlOp::EnsureTable { schema } => match self.tables.get_mut(&schema.name) {
+                None => {
+                    self.create(schema);
+                    Ok(true)
+                }
+                Some(t) => t.schema.add_columns(&schema.columns).map_err(|e| e.to_string()),
+            },
+            DdlOp::AddColumns { table, columns, if_not_exists } => {
+                let t = self.tables.get_mut(table).ok_or_else(|| format!("table {table} does not exist"))?;
+                if !*if_not_exists {
+                    if let Some(c) = columns.iter().find(|c| t.schema.column(&c.name).is_some()) {
+                        return Err(format!("column {} of table {table} already exists", c.name));
+                    }
+                }
+                t.schema.add_columns(columns).map_err(|e| e.to_string())
+            }
+            DdlOp::DropTable { name, if_exists } => {
+                if self.tables.remove(name).is_some() {
+                    Ok(true)
+                } else if *if_exists {
+                    Ok(false)
+                } else {
+                    Err(format!("table {name} does not exist"))
+                }
+            }
+        }
+    }
+
+    /// Whether rows stored under `table_id` may still be read (the table exists, or was
+    /// created after this catalog was applied).
+    pub fn table_id_live(&self, table_id: u64) -> bool {
+        table_id >= self.next_table_id || self.tables.values().any(|t| t.id == table_id)
+    }
+}
+
+/// What `catalog.json` holds.
+#[derive(Serialize, Deserialize)]
+struct PersistedCatalog {
+    format_version: u32,
+    last_applied: Option<LogId>,
+    last_membership: StoredMembership,
+    catalog: Catalog,
+}
+
+/// A group's snapshot as handed between state machine and network: the state's bytes, and
+/// for a vshard the directory holding the Parquet parts the manifest names.
+#[derive(Clone, Debug)]
+pub struct SnapshotData {
+    pub meta: Vec<u8>,
+    pub dir: Option<PathBuf>,
+}
+
+pub struct MetaStateMachine {
+    dir: PathBuf,
+    catalog: CatalogHandle,
+    applied: Option<LogId>,
+    membership: StoredMembership,
+}
+
+impl MetaStateMachine {
+    /// Opens group 0's state in `dir` (creating it), loading the last snapshot if any.
+    pub fn open(dir: &Path) -> io::Result<MetaStateMachine> {
+        std::fs::create_dir_all(dir)?;
+        let mut sm = MetaStateMachine {
+            dir: dir.to_path_buf(),
+            catalog: Arc::new(RwLock::new(Arc::new(Catalog::default()))),
+            applied: None,
+            membership: StoredMembership::default(),
+        };
+        match std::fs::read(dir.join(CATALOG_FILE)) {
+            Ok(bytes) => sm.load(&bytes)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        Ok(sm)
+    }
+
+    pub fn catalog(&self) -> CatalogHandle {
+        self.catalog.clone()
+    }
+
+    fn load(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(io_err)?;
+        let found = value.get("format_version").and_then(|v| v.as_u64()).unwrap_or(0);
+        if found > u64::from(CATALOG_FORMAT_VERSION) {
+            return Err(io_err(format!(
+                "{CATALOG_FILE} has format version {found}, this build reads up to {CATALOG_FORMAT_VERSION}: upgrade Shoal"
+            )));
+        }
+        let p: PersistedCatalog = serde_json::from_value(value).map_err(io_err)?;
+        self.applied = p.last_applied;
+        self.membership = p.last_membership;
+        *self.catalog.write() = Arc::new(p.catalog);
+        Ok(())
+    }
+
+    fn persisted_bytes(&self) -> io::Result<Vec<u8>> {
+        let p = PersistedCatalog {
+            format_version: CATALOG_FORMAT_VERSION,
+            last_applied: self.applied.clone(),
+            last_membership: self.membership.clone(),
+            catalog: (**self.catalog.read()).clone(),
+        };
+        serde_json::to_vec(&p).map_err(io_err)
+    }
+
+    fn meta(&self) -> SnapshotMeta {
+        SnapshotMeta { last_log_id: self.applied.clone(), last_membership: self.membership.clone() }
+    }
+}
+
+pub struct MetaSnapshotBuilder {
+    dir: PathBuf,
+    bytes: Vec<u8>,
+    meta: SnapshotMeta,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for MetaSnapshotBuilder {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<GroupSnapshot, io::Error> {
+        shoal_storage::manifest::write_atomic(&self.dir, CATALOG_FILE, &self.bytes).map_err(io_err)?;
+        Ok(GroupSnapshot { meta: self.meta.clone(), snapshot: SnapshotData { meta: self.bytes.clone(), dir: None } })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for MetaStateMachine {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = MetaSnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        Ok((self.applied.clone(), self.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let response = match &entry.payload {
+                EntryPayload::Blank => Response::Ok,
+                EntryPayload::Membership(m) => {
+                    self.membership = StoredMembership::new(Some(entry.log_id.clone()), m.clone());
+                    Response::Ok
+                }
+                EntryPayload::Normal(Command::Ddl { ops }) => {
+                    let current = self.catalog.read().clone();
+                    match current.apply_ddl(ops) {
+                        Ok((next, changed)) => {
+                            let schema_version = next.schema_version;
+                            *self.catalog.write() = Arc::new(next);
+                            Response::Ddl { schema_version, changed }
+                        }
+                        Err(msg) => Response::Rejected(msg),
+                    }
+                }
+                EntryPayload::Normal(Command::Insert { .. }) => {
+                    Response::Rejected("insert sent to the metadata group".into())
+                }
+            };
+            self.applied = Some(entry.log_id.clone());
+            if let Some(r) = responder {
+                r.send(response);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        MetaSnapshotBuilder {
+            dir: self.dir.clone(),
+            bytes: self.persisted_bytes().unwrap_or_default(),
+            meta: self.meta(),
+        }
+    }
+
+    async fn install_snapshot(&mut self, _meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
+        self.load(&snapshot.meta)?;
+        shoal_storage::manifest::write_atomic(&self.dir, CATALOG_FILE, &snapshot.meta).map_err(io_err)?;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<GroupSnapshot>, io::Error> {
+        let bytes = match std::fs::read(self.dir.join(CATALOG_FILE)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let p: PersistedCatalog = serde_json::from_slice(&bytes).map_err(io_err)?;
+        let meta = SnapshotMeta { last_log_id: p.last_applied, last_membership: p.last_membership };
+        Ok(Some(GroupSnapshot { meta, snapshot: SnapshotData { meta: bytes, dir: None } }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_common::schema::{ColumnDef, ColumnType};
+
+    fn schema(name: &str, cols: &[(&str, ColumnType)]) -> TableSchema {
+        let cols = cols.iter().map(|(n, t)| ColumnDef { name: (*n).into(), column_type: *t }).collect();
+        TableSchema::new(name, cols, None).expect("schema")
+    }
+
+    #[test]
+    fn ddl_batches_are_atomic_and_bump_version_once() {
+        let c = Catalog::default();
+        let ops = vec![
+            DdlOp::CreateTable { schema: schema("a", &[("v", ColumnType::Float)]), if_not_exists: false },
+            DdlOp::CreateTable { schema: schema("b", &[("v", ColumnType::Float)]), if_not_exists: false },
+        ];
+        let (c, changed) = c.apply_ddl(&ops).expect("ddl");
+        assert!(changed);
+        assert_eq!(c.schema_version, 1);
+        assert_eq!(c.tables.len(), 2);
+        // Second batch fails on its last op: nothing of it applies.
+        let ops = vec![
+            DdlOp::CreateTable { schema: schema("c", &[("v", ColumnType::Float)]), if_not_exists: false },
+            DdlOp::CreateTable { schema: schema("a", &[("v", ColumnType::Float)]), if_not_exists: false },
+        ];
+        assert_eq!(c.apply_ddl(&ops).expect_err("dup"), "table a already exists");
+    }
+
+    #[test]
+    fn dropped_table_ids_are_not_reused() {
+        let c = Catalog::default();
+        let create = vec![DdlOp::CreateTable { schema: schema("a", &[]), if_not_exists: false }];
+        let (c, _) = c.apply_ddl(&create).expect("create");
+        let first = c.tables["a"].id;
+        let (c, _) = c.apply_ddl(&[DdlOp::DropTable { name: "a".into(), if_exists: false }]).expect("drop");
+        assert!(!c.table_id_live(first));
+        let (c, _) = c.apply_ddl(&create).expect("recreate");
+        assert_ne!(c.tables["a"].id, first);
+        assert_eq!(c.schema_version, 3);
+    }
+
+    #[test]
+    fn ensure_table_reports_type_conflicts() {
+        let (c, _) = Catalog::default()
+            .apply_ddl(&[DdlOp::EnsureTable { schema: schema("m", &[("v", ColumnType::Float)]) }])
+            .expect("ensure");
+        let err = c
+            .apply_ddl(&[DdlOp::EnsureTable { schema: schema("m", &[("v", ColumnType::String)]) }])
+            .expect_err("conflict");
+        assert_eq!(err, "table m: column v is float, not string");
+    }
+}

@@ -1,0 +1,514 @@
+//! One vshard replica's store: hot buffer + Parquet parts + manifest.
+//!
+//! The consensus layer calls [`ShardStore::insert`] for every applied insert entry and, when a
+//! flush is due (size or age, which is also when a Raft snapshot is taken), freezes the hot
+//! buffer with [`ShardStore::begin_flush`] and writes it with [`FlushJob::commit`]. Inserts
+//! keep landing while a flush writes: the freeze captures batches by sequence number, and the
+//! commit drops exactly the batches it wrote.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{new_null_array, Array, ArrayRef, RecordBatch, TimestampNanosecondArray};
+use arrow::compute::{concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch, SortColumn};
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use parking_lot::{Mutex, RwLock};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use shoal_common::schema::TIME_COLUMN;
+use shoal_common::time::day_of;
+
+use crate::manifest::{sync_dir, Manifest, PartMeta};
+use crate::{Error, Result};
+
+/// Schema metadata key naming the partition-key column; flushes sort by it, then by `ts`.
+pub const PARTITION_KEY_META: &str = "shoal.partition_key";
+
+/// Tuning of the Parquet files a flush writes.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Rows per Parquet row group.
+    pub parquet_row_group_rows: usize,
+    /// zstd level for Parquet pages (1 is fast and still compact).
+    pub parquet_zstd_level: i32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { parquet_row_group_rows: 256 * 1024, parquet_zstd_level: 1 }
+    }
+}
+
+#[derive(Default)]
+struct TableData {
+    /// (sequence number, batch), in apply order.
+    hot: Vec<(u64, RecordBatch)>,
+    hot_rows: u64,
+    hot_bytes: u64,
+    parts: Vec<PartMeta>,
+}
+
+struct State {
+    tables: HashMap<u64, TableData>,
+    manifest: Manifest,
+    next_seq: u64,
+    oldest_hot: Option<Instant>,
+}
+
+pub struct ShardStore {
+    dir: PathBuf,
+    cfg: StoreConfig,
+    state: RwLock<State>,
+    /// Serialises manifest writers (flush commits, snapshot installs).
+    flush_lock: Mutex<()>,
+    /// Set while a [`FlushJob`] exists: one frozen cut at a time, so no row is written twice.
+    flushing: Arc<AtomicBool>,
+}
+
+/// What a scan of one table on this replica reads: hot batches plus flushed parts.
+pub struct ScanSnapshot {
+    pub hot: Vec<RecordBatch>,
+    /// Absolute path and metadata of each part.
+    pub parts: Vec<(PathBuf, PartMeta)>,
+}
+
+/// Sizes reported by `SHOW SHARDS` and used to decide when to flush.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ShardStats {
+    pub hot_rows: u64,
+    pub hot_bytes: u64,
+    pub parts: u64,
+    pub part_bytes: u64,
+    pub part_rows: u64,
+    pub oldest_hot_age_ms: u64,
+}
+
+/// A frozen cut of the hot buffer, written by [`FlushJob::commit`].
+pub struct FlushJob {
+    upto_seq: u64,
+    tables: Vec<(u64, Vec<RecordBatch>)>,
+    flushing: Arc<AtomicBool>,
+}
+
+impl Drop for FlushJob {
+    fn drop(&mut self) {
+        self.flushing.store(false, Ordering::Release);
+    }
+}
+
+impl ShardStore {
+    /// Opens the store in `dir`, returning it and the Raft state recorded by the last flush.
+    pub fn open(dir: &Path, cfg: StoreConfig) -> Result<(Arc<ShardStore>, Option<serde_json::Value>)> {
+        fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let loaded = Manifest::load(dir)?;
+        let raft_state = loaded.as_ref().map(|m| m.raft_state.clone());
+        let manifest = loaded.unwrap_or_else(Manifest::new);
+        remove_orphans(dir, &manifest)?;
+        let mut tables = HashMap::new();
+        for (id, parts) in &manifest.tables {
+            tables.insert(*id, TableData { parts: parts.clone(), ..Default::default() });
+        }
+        let store = ShardStore {
+            dir: dir.to_path_buf(),
+            cfg,
+            state: RwLock::new(State { tables, manifest, next_seq: 0, oldest_hot: None }),
+            flush_lock: Mutex::new(()),
+            flushing: Arc::new(AtomicBool::new(false)),
+        };
+        Ok((Arc::new(store), raft_state))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Adds an applied batch of table `table_id` to the hot buffer.
+    pub fn insert(&self, table_id: u64, batch: RecordBatch) {
+        if batch.num_rows() == 0 {
+            return;
+        }
+        let mut st = self.state.write();
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        st.oldest_hot.get_or_insert_with(Instant::now);
+        let t = st.tables.entry(table_id).or_default();
+        t.hot_rows += batch.num_rows() as u64;
+        t.hot_bytes += batch.get_array_memory_size() as u64;
+        t.hot.push((seq, batch));
+    }
+
+    pub fn stats(&self) -> ShardStats {
+        let st = self.state.read();
+        let mut s = ShardStats {
+            oldest_hot_age_ms: st.oldest_hot.map(|t| t.elapsed().as_millis() as u64).unwrap_or(0),
+            ..Default::default()
+        };
+        for t in st.tables.values() {
+            s.hot_rows += t.hot_rows;
+            s.hot_bytes += t.hot_bytes;
+            s.parts += t.parts.len() as u64;
+            s.part_bytes += t.parts.iter().map(|p| p.bytes).sum::<u64>();
+            s.part_rows += t.parts.iter().map(|p| p.rows).sum::<u64>();
+        }
+        s
+    }
+
+    /// What a scan of `table_id` reads now.
+    pub fn scan_snapshot(&self, table_id: u64) -> ScanSnapshot {
+        let st = self.state.read();
+        match st.tables.get(&table_id) {
+            None => ScanSnapshot { hot: vec![], parts: vec![] },
+            Some(t) => ScanSnapshot {
+                hot: t.hot.iter().map(|(_, b)| b.clone()).collect(),
+                parts: t.parts.iter().map(|p| (self.dir.join(&p.file), p.clone())).collect(),
+            },
+        }
+    }
+
+    /// The manifest as last stored.
+    pub fn manifest(&self) -> Manifest {
+        self.state.read().manifest.clone()
+    }
+
+    /// Freezes the current hot buffer, or `None` while another flush of this shard is open.
+    pub fn begin_flush(&self) -> Option<FlushJob> {
+        if self.flushing.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        let st = self.state.read();
+        let tables = st
+            .tables
+            .iter()
+            .filter(|(_, t)| !t.hot.is_empty())
+            .map(|(id, t)| (*id, t.hot.iter().map(|(_, b)| b.clone()).collect()))
+            .collect();
+        Some(FlushJob { upto_seq: st.next_seq, tables, flushing: self.flushing.clone() })
+    }
+
+    /// Drops the data of tables for which `live` answers false (dropped tables). Takes effect
+    /// in the manifest at the next flush; their files are removed then.
+    pub fn retain_tables(&self, live: impl Fn(u64) -> bool) {
+        let mut st = self.state.write();
+        st.tables.retain(|id, _| live(*id));
+    }
+
+    /// Replaces this replica's whole content with a snapshot held in `src_dir` (another
+    /// replica's shard directory, or a received snapshot's staging directory).
+    pub fn install_from(&self, src_dir: &Path, manifest: &Manifest) -> Result<()> {
+        let _flush = self.flush_lock.lock();
+        for parts in manifest.tables.values() {
+            for p in parts {
+                let src = src_dir.join(&p.file);
+                let dst = self.dir.join(&p.file);
+                if let Some(parent) = dst.parent() {
+                    fs::create_dir_all(parent).map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+                }
+                if src != dst {
+                    fs::copy(&src, &dst).map_err(|e| Error::io(format!("copying {}", src.display()), e))?;
+                    File::open(&dst)
+                        .and_then(|f| f.sync_all())
+                        .map_err(|e| Error::io(format!("syncing {}", dst.display()), e))?;
+                }
+            }
+        }
+        manifest.store(&self.dir)?;
+        remove_orphans(&self.dir, manifest)?;
+        let mut st = self.state.write();
+        st.tables.clear();
+        for (id, parts) in &manifest.tables {
+            st.tables.insert(*id, TableData { parts: parts.clone(), ..Default::default() });
+        }
+        st.manifest = manifest.clone();
+        st.oldest_hot = None;
+        Ok(())
+    }
+}
+
+impl FlushJob {
+    /// Whether the frozen cut holds any rows.
+    pub fn is_empty(&self) -> bool {
+        self.tables.is_empty()
+    }
+
+    /// Writes the frozen batches as Parquet parts, stores a manifest carrying `raft_state`,
+    /// and swaps the parts in for the hot batches. Returns the new manifest.
+    pub fn commit(self, store: &ShardStore, raft_state: serde_json::Value) -> Result<Manifest> {
+        let _one_at_a_time = store.flush_lock.lock();
+        let mut manifest = store.state.read().manifest.clone();
+        let live: HashSet<u64> = store.state.read().tables.keys().copied().collect();
+        let mut new_parts: Vec<(u64, PartMeta)> = vec![];
+        for (table_id, batches) in &self.tables {
+            if !live.contains(table_id) {
+                continue;
+            }
+            for part in write_table_parts(store, &mut manifest.next_part_id, *table_id, batches)? {
+                new_parts.push((*table_id, part));
+            }
+        }
+        for (id, part) in &new_parts {
+            manifest.tables.entry(*id).or_default().push(part.clone());
+        }
+        let dropped: Vec<u64> = manifest.tables.keys().filter(|id| !live.contains(id)).copied().collect();
+        let mut dead_files = vec![];
+        for id in dropped {
+            if let Some(parts) = manifest.tables.remove(&id) {
+                dead_files.extend(parts.into_iter().map(|p| store.dir.join(p.file)));
+            }
+        }
+        manifest.raft_state = raft_state;
+        manifest.store(&store.dir)?;
+        for f in dead_files {
+            let _ = fs::remove_file(f);
+        }
+        let mut st = store.state.write();
+        for (id, t) in st.tables.iter_mut() {
+            let before = t.hot.len();
+            t.hot.retain(|(seq, _)| *seq >= self.upto_seq);
+            if t.hot.len() != before {
+                t.hot_rows = t.hot.iter().map(|(_, b)| b.num_rows() as u64).sum();
+                t.hot_bytes = t.hot.iter().map(|(_, b)| b.get_array_memory_size() as u64).sum();
+            }
+            for (pid, part) in &new_parts {
+                if pid == id {
+                    t.parts.push(part.clone());
+                }
+            }
+        }
+        if st.tables.values().all(|t| t.hot.is_empty()) {
+            st.oldest_hot = None;
+        }
+        st.manifest = manifest.clone();
+        Ok(manifest)
+    }
+}
+
+/// Unifies the batches' schemas (later schema versions add columns), sorts by (partition key,
+/// ts), splits by UTC day and writes one fsynced Parquet file per day.
+fn write_table_parts(
+    store: &ShardStore,
+    next_part_id: &mut u64,
+    table_id: u64,
+    batches: &[RecordBatch],
+) -> Result<Vec<PartMeta>> {
+    let schema = union_schema(batches);
+    let aligned: Vec<RecordBatch> = batches.iter().map(|b| align_batch(b, &schema)).collect::<Result<_>>()?;
+    let all = concat_batches(&schema, &aligned)?;
+    let ts_idx = schema.index_of(TIME_COLUMN)?;
+    let ts = all
+        .column(ts_idx)
+        .as_any()
+        .downcast_ref::<TimestampNanosecondArray>()
+        .ok_or_else(|| Error::BadManifest { path: "hot buffer".into(), reason: "ts is not a nanosecond timestamp".into() })?;
+    let days: Vec<i64> = {
+        let mut d: Vec<i64> = ts.values().iter().map(|&t| day_of(t)).collect();
+        d.sort_unstable();
+        d.dedup();
+        d
+    };
+    let table_dir = store.dir.join(format!("t{table_id}"));
+    fs::create_dir_all(&table_dir).map_err(|e| Error::io(format!("creating {}", table_dir.display()), e))?;
+    let mut parts = vec![];
+    for day in days {
+        let day_batch = if parts.is_empty() && days_single(ts, day) {
+            all.clone()
+        } else {
+            let mask: arrow::array::BooleanArray = ts.values().iter().map(|&t| Some(day_of(t) == day)).collect();
+            filter_record_batch(&all, &mask)?
+        };
+        let sorted = sort_for_flush(&day_batch, &schema, ts_idx)?;
+        let id = *next_part_id;
+        *next_part_id += 1;
+        let rel = format!("t{table_id}/d{day}-p{id}.parquet");
+        let path = store.dir.join(&rel);
+        let bytes = write_parquet(&path, &sorted, &store.cfg)?;
+        let sts = sorted
+            .column(ts_idx)
+            .as_any()
+            .downcast_ref::<TimestampNanosecondArray>()
+            .map(|a| (arrow::compute::min(a).unwrap_or(0), arrow::compute::max(a).unwrap_or(0)))
+            .unwrap_or((0, 0));
+        parts.push(PartMeta { file: rel, day, rows: sorted.num_rows() as u64, bytes, min_ts: sts.0, max_ts: sts.1 });
+    }
+    sync_dir(&table_dir)?;
+    Ok(parts)
+}
+
+fn days_single(ts: &TimestampNanosecondArray, day: i64) -> bool {
+    ts.values().iter().all(|&t| day_of(t) == day)
+}
+
+fn union_schema(batches: &[RecordBatch]) -> SchemaRef {
+    let mut fields: Vec<Arc<Field>> = vec![];
+    let mut metadata = HashMap::new();
+    for b in batches {
+        for f in b.schema().fields() {
+            if !fields.iter().any(|e| e.name() == f.name()) {
+                fields.push(f.clone());
+            }
+        }
+        metadata.extend(b.schema().metadata().clone());
+    }
+    Arc::new(Schema::new_with_metadata(fields, metadata))
+}
+
+/// Projects `batch` onto `schema`, filling columns it lacks with nulls.
+pub fn align_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    if batch.schema().fields() == schema.fields() {
+        return Ok(RecordBatch::try_new(schema.clone(), batch.columns().to_vec())?);
+    }
+    let cols: Vec<ArrayRef> = schema
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) => c.clone(),
+            None => new_null_array(f.data_type(), batch.num_rows()),
+        })
+        .collect();
+    Ok(RecordBatch::try_new(schema.clone(), cols)?)
+}
+
+fn sort_for_flush(batch: &RecordBatch, schema: &SchemaRef, ts_idx: usize) -> Result<RecordBatch> {
+    let mut keys = vec![];
+    if let Some(pk) = schema.metadata().get(PARTITION_KEY_META) {
+        if let Ok(i) = schema.index_of(pk) {
+            keys.push(SortColumn { values: batch.column(i).clone(), options: None });
+        }
+    }
+    keys.push(SortColumn { values: batch.column(ts_idx).clone(), options: None });
+    let indices = lexsort_to_indices(&keys, None)?;
+    Ok(take_record_batch(batch, &indices)?)
+}
+
+fn write_parquet(path: &Path, batch: &RecordBatch, cfg: &StoreConfig) -> Result<u64> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(cfg.parquet_zstd_level)?))
+        .set_max_row_group_row_count(Some(cfg.parquet_row_group_rows.max(1)))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .build();
+    let ctx = |what: &str| format!("{what} {}", path.display());
+    let file = File::create(path).map_err(|e| Error::io(ctx("creating"), e))?;
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
+    writer.write(batch)?;
+    let file = writer.into_inner()?;
+    file.sync_all().map_err(|e| Error::io(ctx("syncing"), e))?;
+    let bytes = file.metadata().map_err(|e| Error::io(ctx("stat"), e))?.len();
+    Ok(bytes)
+}
+
+/// Removes Parquet files not named by `manifest` (left by a flush that crashed before its
+/// manifest was stored) and stale temp files.
+fn remove_orphans(dir: &Path, manifest: &Manifest) -> Result<()> {
+    let named: HashSet<PathBuf> =
+        manifest.tables.values().flatten().map(|p| dir.join(&p.file)).collect();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if let Ok(files) = fs::read_dir(&path) {
+                for f in files.flatten() {
+                    let p = f.path();
+                    if p.extension().is_some_and(|x| x == "parquet") && !named.contains(&p) {
+                        tracing::info!(file = %p.display(), "removing part not named by the manifest");
+                        let _ = fs::remove_file(&p);
+                    }
+                }
+            }
+        } else if path.extension().is_some_and(|x| x == "tmp") {
+            let _ = fs::remove_file(&path);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Float64Array, StringArray};
+    use arrow::datatypes::{DataType, TimeUnit};
+    use shoal_common::time::NANOS_PER_DAY;
+
+    fn batch(ts: &[i64], sym: &[&str], price: &[f64]) -> RecordBatch {
+        let schema = Arc::new(Schema::new_with_metadata(
+            vec![
+                Field::new("ts", DataType::Timestamp(TimeUnit::Nanosecond, None), false),
+                Field::new("symbol", DataType::Utf8, true),
+                Field::new("price", DataType::Float64, true),
+            ],
+            [(PARTITION_KEY_META.to_string(), "symbol".to_string())].into(),
+        ));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(TimestampNanosecondArray::from(ts.to_vec())),
+                Arc::new(StringArray::from(sym.to_vec())),
+                Arc::new(Float64Array::from(price.to_vec())),
+            ],
+        )
+        .expect("batch")
+    }
+
+    fn rows(s: &ScanSnapshot) -> (usize, usize) {
+        let hot = s.hot.iter().map(|b| b.num_rows()).sum();
+        let parts = s.parts.iter().map(|(_, p)| p.rows as usize).sum();
+        (hot, parts)
+    }
+
+    #[test]
+    fn flush_moves_rows_to_parts_by_day_and_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (store, state) = ShardStore::open(dir.path(), StoreConfig::default()).expect("open");
+        assert!(state.is_none());
+        store.insert(7, batch(&[5, 1, NANOS_PER_DAY + 3], &["B", "A", "A"], &[1.0, 2.0, 3.0]));
+        let job = store.begin_flush().expect("flush");
+        assert!(store.begin_flush().is_none(), "one flush at a time");
+        // Rows inserted during the flush stay hot.
+        store.insert(7, batch(&[9], &["C"], &[4.0]));
+        let m = job.commit(&store, serde_json::json!({"applied": 3})).expect("commit");
+        assert_eq!(m.tables[&7].len(), 2, "one part per day");
+        assert_eq!(rows(&store.scan_snapshot(7)), (1, 3));
+        drop(store);
+        let (store, state) = ShardStore::open(dir.path(), StoreConfig::default()).expect("reopen");
+        assert_eq!(state, Some(serde_json::json!({"applied": 3})));
+        assert_eq!(rows(&store.scan_snapshot(7)), (0, 3));
+    }
+
+    #[test]
+    fn orphan_parts_are_removed_on_open() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (store, _) = ShardStore::open(dir.path(), StoreConfig::default()).expect("open");
+        store.insert(1, batch(&[1], &["A"], &[1.0]));
+        store.begin_flush().expect("flush").commit(&store, serde_json::json!(null)).expect("commit");
+        let orphan = dir.path().join("t1/d0-p99.parquet");
+        fs::write(&orphan, b"partial").expect("write");
+        drop(store);
+        let (_store, _) = ShardStore::open(dir.path(), StoreConfig::default()).expect("reopen");
+        assert!(!orphan.exists());
+    }
+
+    #[test]
+    fn newer_manifest_version_is_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        fs::write(dir.path().join("manifest.json"), br#"{"format_version": 99}"#).expect("write");
+        let err = ShardStore::open(dir.path(), StoreConfig::default()).err().expect("refused");
+        assert!(matches!(err, Error::UnsupportedVersion { found: 99, .. }), "{err}");
+    }
+
+    #[test]
+    fn flush_aligns_evolved_schemas() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (store, _) = ShardStore::open(dir.path(), StoreConfig::default()).expect("open");
+        let narrow = batch(&[1], &["A"], &[1.0]).project(&[0, 1]).expect("project");
+        store.insert(1, narrow);
+        store.insert(1, batch(&[2], &["A"], &[2.0]));
+        let m = store.begin_flush().expect("flush").commit(&store, serde_json::json!(null)).expect("commit");
+        assert_eq!(m.tables[&1][0].rows, 2);
+    }
+}
