@@ -64,7 +64,12 @@ pub struct TableSchema {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SchemaError {
     #[error("table {table}: column {column} is {existing}, not {wanted}")]
-    TypeConflict { table: String, column: String, existing: &'static str, wanted: &'static str },
+    TypeConflict {
+        table: String,
+        column: String,
+        existing: &'static str,
+        wanted: &'static str,
+    },
     #[error("table {table}: partition key {key} is not a tag column")]
     BadPartitionKey { table: String, key: String },
     #[error("table {table}: the time column must be named ts and have type TIMESTAMP")]
@@ -89,7 +94,10 @@ pub fn validate_name(name: &str) -> Result<(), SchemaError> {
     } else {
         return Ok(());
     };
-    Err(SchemaError::BadName { name: name.to_string(), reason })
+    Err(SchemaError::BadName {
+        name: name.to_string(),
+        reason,
+    })
 }
 
 impl TableSchema {
@@ -101,28 +109,45 @@ impl TableSchema {
         partition_key: Option<String>,
     ) -> Result<TableSchema, SchemaError> {
         validate_name(name)?;
-        let mut all = vec![ColumnDef { name: TIME_COLUMN.to_string(), column_type: ColumnType::Timestamp }];
+        let mut all = vec![ColumnDef {
+            name: TIME_COLUMN.to_string(),
+            column_type: ColumnType::Timestamp,
+        }];
         for c in columns {
             validate_name(&c.name)?;
             if c.name == TIME_COLUMN {
                 if c.column_type != ColumnType::Timestamp {
-                    return Err(SchemaError::BadTimeColumn { table: name.to_string() });
+                    return Err(SchemaError::BadTimeColumn {
+                        table: name.to_string(),
+                    });
                 }
                 continue;
             }
             if c.column_type == ColumnType::Timestamp {
-                return Err(SchemaError::BadTimeColumn { table: name.to_string() });
+                return Err(SchemaError::BadTimeColumn {
+                    table: name.to_string(),
+                });
             }
             if all.iter().any(|e| e.name == c.name) {
-                return Err(SchemaError::DuplicateColumn { table: name.to_string(), column: c.name });
+                return Err(SchemaError::DuplicateColumn {
+                    table: name.to_string(),
+                    column: c.name,
+                });
             }
             all.push(c);
         }
-        let mut schema = TableSchema { name: name.to_string(), columns: all, partition_key: None };
+        let mut schema = TableSchema {
+            name: name.to_string(),
+            columns: all,
+            partition_key: None,
+        };
         schema.partition_key = match partition_key {
             Some(key) => {
                 if schema.column(&key).map(|c| c.column_type) != Some(ColumnType::Tag) {
-                    return Err(SchemaError::BadPartitionKey { table: name.to_string(), key });
+                    return Err(SchemaError::BadPartitionKey {
+                        table: name.to_string(),
+                        key,
+                    });
                 }
                 Some(key)
             }
@@ -132,8 +157,14 @@ impl TableSchema {
     }
 
     fn default_partition_key(&self) -> Option<String> {
-        let mut tags = self.columns.iter().filter(|c| c.column_type == ColumnType::Tag);
-        if let Some(sym) = self.column("symbol").filter(|c| c.column_type == ColumnType::Tag) {
+        let mut tags = self
+            .columns
+            .iter()
+            .filter(|c| c.column_type == ColumnType::Tag);
+        if let Some(sym) = self
+            .column("symbol")
+            .filter(|c| c.column_type == ColumnType::Tag)
+        {
             return Some(sym.name.clone());
         }
         tags.next().map(|c| c.name.clone())
@@ -166,7 +197,9 @@ impl TableSchema {
                 }
                 None => {
                     if c.column_type == ColumnType::Timestamp {
-                        return Err(SchemaError::BadTimeColumn { table: self.name.clone() });
+                        return Err(SchemaError::BadTimeColumn {
+                            table: self.name.clone(),
+                        });
                     }
                     self.columns.push(c.clone());
                     added = true;
@@ -182,16 +215,27 @@ mod tests {
     use super::*;
 
     fn col(name: &str, t: ColumnType) -> ColumnDef {
-        ColumnDef { name: name.into(), column_type: t }
+        ColumnDef {
+            name: name.into(),
+            column_type: t,
+        }
     }
 
     #[test]
     fn partition_key_defaults_to_symbol_then_first_tag() {
-        let s = TableSchema::new("t", vec![col("side", ColumnType::Tag), col("symbol", ColumnType::Tag)], None)
-            .expect("schema");
+        let s = TableSchema::new(
+            "t",
+            vec![col("side", ColumnType::Tag), col("symbol", ColumnType::Tag)],
+            None,
+        )
+        .expect("schema");
         assert_eq!(s.partition_key.as_deref(), Some("symbol"));
-        let s = TableSchema::new("t", vec![col("host", ColumnType::Tag), col("v", ColumnType::Float)], None)
-            .expect("schema");
+        let s = TableSchema::new(
+            "t",
+            vec![col("host", ColumnType::Tag), col("v", ColumnType::Float)],
+            None,
+        )
+        .expect("schema");
         assert_eq!(s.partition_key.as_deref(), Some("host"));
         assert_eq!(s.columns[0].name, "ts");
     }
@@ -199,18 +243,22 @@ mod tests {
     #[test]
     fn add_columns_detects_conflicts() {
         let mut s = TableSchema::new("t", vec![col("v", ColumnType::Float)], None).expect("schema");
-        assert!(s.add_columns(&[col("w", ColumnType::Integer)]).expect("add"));
-        assert!(!s.add_columns(&[col("w", ColumnType::Integer)]).expect("add"));
-        let err = s.add_columns(&[col("v", ColumnType::String)]).expect_err("conflict");
-        assert_eq!(
-            err.to_string(),
-            "table t: column v is float, not string"
-        );
+        assert!(s
+            .add_columns(&[col("w", ColumnType::Integer)])
+            .expect("add"));
+        assert!(!s
+            .add_columns(&[col("w", ColumnType::Integer)])
+            .expect("add"));
+        let err = s
+            .add_columns(&[col("v", ColumnType::String)])
+            .expect_err("conflict");
+        assert_eq!(err.to_string(), "table t: column v is float, not string");
     }
 
     #[test]
     fn bad_partition_key_is_refused() {
-        let err = TableSchema::new("t", vec![col("v", ColumnType::Float)], Some("v".into())).expect_err("bad");
+        let err = TableSchema::new("t", vec![col("v", ColumnType::Float)], Some("v".into()))
+            .expect_err("bad");
         assert!(matches!(err, SchemaError::BadPartitionKey { .. }));
     }
 }

@@ -48,8 +48,14 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("5s"), Some(std::time::Duration::from_secs(5)));
-        assert_eq!(parse_duration("500ms"), Some(std::time::Duration::from_millis(500)));
+        assert_eq!(
+            parse_duration("5s"),
+            Some(std::time::Duration::from_secs(5))
+        );
+        assert_eq!(
+            parse_duration("500ms"),
+            Some(std::time::Duration::from_millis(500))
+        );
         assert_eq!(parse_duration("5"), None);
         assert_eq!(parse_duration("x5s"), None);
         assert_eq!(parse_duration("5 parsecs"), None);

@@ -33,7 +33,13 @@ pub enum CodecError {
 }
 
 pub fn log_id(term: u64, node: u64, index: u64) -> LogId {
-    LogId::new(openraft::impls::leader_id_adv::LeaderId { term, node_id: node }, index)
+    LogId::new(
+        openraft::impls::leader_id_adv::LeaderId {
+            term,
+            node_id: node,
+        },
+        index,
+    )
 }
 
 /// (term, leader node) of a log id.
@@ -58,14 +64,20 @@ pub fn encode(entry: &Entry) -> Bytes {
     match &entry.payload {
         EntryPayload::Blank => {}
         EntryPayload::Membership(m) => buf.put_slice(&serde_json::to_vec(m).unwrap_or_default()),
-        EntryPayload::Normal(Command::Insert { table_id, request_id, ipc }) => {
+        EntryPayload::Normal(Command::Insert {
+            table_id,
+            request_id,
+            ipc,
+        }) => {
             buf.reserve(17 + ipc.len());
             buf.put_u64_le(*table_id);
             buf.put_u8(u8::from(request_id.is_some()));
             buf.put_u64_le(request_id.unwrap_or(0));
             buf.put_slice(ipc);
         }
-        EntryPayload::Normal(Command::Ddl { ops }) => buf.put_slice(&serde_json::to_vec(ops).unwrap_or_default()),
+        EntryPayload::Normal(Command::Ddl { ops }) => {
+            buf.put_slice(&serde_json::to_vec(ops).unwrap_or_default())
+        }
     }
     buf.freeze()
 }
@@ -94,9 +106,15 @@ pub fn decode(record: &Bytes) -> Result<Entry, CodecError> {
                 return Err(CodecError::Short(record.len()));
             }
             let request_id = (body[8] == 1).then(|| u64_at(&body, 9));
-            EntryPayload::Normal(Command::Insert { table_id: u64_at(&body, 0), request_id, ipc: body.slice(17..) })
+            EntryPayload::Normal(Command::Insert {
+                table_id: u64_at(&body, 0),
+                request_id,
+                ipc: body.slice(17..),
+            })
         }
-        3 => EntryPayload::Normal(Command::Ddl { ops: serde_json::from_slice(&body)? }),
+        3 => EntryPayload::Normal(Command::Ddl {
+            ops: serde_json::from_slice(&body)?,
+        }),
         k => return Err(CodecError::Kind(k)),
     };
     Ok(<Entry as RaftEntry>::new(id, payload))
@@ -107,7 +125,11 @@ pub fn decode_log_id(record: &[u8]) -> Result<LogId, CodecError> {
     if record.len() < HEADER {
         return Err(CodecError::Short(record.len()));
     }
-    Ok(log_id(u64_at(record, 2), u64_at(record, 10), u64_at(record, 18)))
+    Ok(log_id(
+        u64_at(record, 2),
+        u64_at(record, 10),
+        u64_at(record, 18),
+    ))
 }
 
 #[allow(dead_code)]
@@ -121,7 +143,11 @@ mod tests {
     fn insert_round_trips_without_copy() {
         let e = <Entry as RaftEntry>::new(
             log_id(3, 1, 42),
-            EntryPayload::Normal(Command::Insert { table_id: 9, request_id: Some(77), ipc: Bytes::from_static(b"arrow") }),
+            EntryPayload::Normal(Command::Insert {
+                table_id: 9,
+                request_id: Some(77),
+                ipc: Bytes::from_static(b"arrow"),
+            }),
         );
         let rec = encode(&e);
         let back = decode(&rec).expect("decode");
@@ -132,8 +158,15 @@ mod tests {
 
     #[test]
     fn newer_version_is_refused() {
-        let mut rec = encode(&<Entry as RaftEntry>::new(log_id(1, 1, 1), EntryPayload::Blank)).to_vec();
+        let mut rec = encode(&<Entry as RaftEntry>::new(
+            log_id(1, 1, 1),
+            EntryPayload::Blank,
+        ))
+        .to_vec();
         rec[0] = 9;
-        assert!(matches!(decode(&Bytes::from(rec)), Err(CodecError::Version(9))));
+        assert!(matches!(
+            decode(&Bytes::from(rec)),
+            Err(CodecError::Version(9))
+        ));
     }
 }

@@ -23,17 +23,31 @@ pub enum Command {
 /// One catalog change.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum DdlOp {
-    CreateTable { schema: TableSchema, if_not_exists: bool },
+    CreateTable {
+        schema: TableSchema,
+        if_not_exists: bool,
+    },
     /// Creates the table or adds the missing columns (implicit creation by ingest).
-    EnsureTable { schema: TableSchema },
-    AddColumns { table: String, columns: Vec<ColumnDef>, if_not_exists: bool },
-    DropTable { name: String, if_exists: bool },
+    EnsureTable {
+        schema: TableSchema,
+    },
+    AddColumns {
+        table: String,
+        columns: Vec<ColumnDef>,
+        if_not_exists: bool,
+    },
+    DropTable {
+        name: String,
+        if_exists: bool,
+    },
 }
 
 impl std::fmt::Display for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Command::Insert { table_id, ipc, .. } => write!(f, "insert(table {table_id}, {} bytes)", ipc.len()),
+            Command::Insert { table_id, ipc, .. } => {
+                write!(f, "insert(table {table_id}, {} bytes)", ipc.len())
+            }
             Command::Ddl { ops } => write!(f, "ddl({} ops)", ops.len()),
         }
     }

@@ -30,7 +30,9 @@ openraft::declare_raft_types!(
         Node = openraft::impls::BasicNode,
 );
 
-pub type LogId = openraft::LogId<<<TypeConfig as openraft::RaftTypeConfig>::LeaderId as openraft::vote::RaftLeaderId>::Committed>;
+pub type LogId = openraft::LogId<
+    <<TypeConfig as openraft::RaftTypeConfig>::LeaderId as openraft::vote::RaftLeaderId>::Committed,
+>;
 pub type Entry = <TypeConfig as openraft::RaftTypeConfig>::Entry;
 pub type Vote = <TypeConfig as openraft::RaftTypeConfig>::Vote;
 pub type StoredMembership = openraft::StoredMembership<

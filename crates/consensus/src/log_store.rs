@@ -71,7 +71,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
             return Ok(vec![]);
         }
         let records = self.log.read(start, end).map_err(io_err)?;
-        records.iter().map(|(_, rec)| codec::decode(rec).map_err(io_err)).collect()
+        records
+            .iter()
+            .map(|(_, rec)| codec::decode(rec).map_err(io_err))
+            .collect()
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -89,12 +92,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let recs = self.log.read(last, last + 1).map_err(io_err)?;
                 match recs.first() {
                     Some((_, rec)) => Some(codec::decode_log_id(rec).map_err(io_err)?),
-                    None => last_purged_log_id.clone(),
+                    None => last_purged_log_id,
                 }
             }
-            None => last_purged_log_id.clone(),
+            None => last_purged_log_id,
         };
-        Ok(LogState { last_purged_log_id, last_log_id })
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -105,23 +111,35 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.save_json(META_VOTE, vote)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let records: Vec<(u64, bytes::Bytes)> = entries.into_iter().map(|e| (e.log_id.index, codec::encode(&e))).collect();
+        let records: Vec<(u64, bytes::Bytes)> = entries
+            .into_iter()
+            .map(|e| (e.log_id.index, codec::encode(&e)))
+            .collect();
         if records.is_empty() {
             callback.io_completed(Ok(()));
             return Ok(());
         }
         self.log
-            .append(records, Box::new(move |r| callback.io_completed(r.map_err(io_err))))
+            .append(
+                records,
+                Box::new(move |r| callback.io_completed(r.map_err(io_err))),
+            )
             .map_err(io_err)
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
-        self.log.truncate_after(last_log_id.map(|l| l.index)).map_err(io_err)
+        self.log
+            .truncate_after(last_log_id.map(|l| l.index))
+            .map_err(io_err)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {

@@ -58,14 +58,27 @@ impl Catalog {
     fn create(&mut self, schema: &TableSchema) {
         let id = self.next_table_id;
         self.next_table_id += 1;
-        self.tables.insert(schema.name.clone(), TableEntry { id, schema: schema.clone() });
+        self.tables.insert(
+            schema.name.clone(),
+            TableEntry {
+                id,
+                schema: schema.clone(),
+            },
+        );
     }
 
     fn apply_op(&mut self, op: &DdlOp) -> Result<bool, String> {
         match op {
-            DdlOp::CreateTable { schema, if_not_exists } => {
+            DdlOp::CreateTable {
+                schema,
+                if_not_exists,
+            } => {
                 if self.tables.contains_key(&schema.name) {
-                    return if *if_not_exists { Ok(false) } else { Err(format!("table {} already exists", schema.name)) };
+                    return if *if_not_exists {
+                        Ok(false)
+                    } else {
+                        Err(format!("table {} already exists", schema.name))
+                    };
                 }
                 self.create(schema);
                 Ok(true)
@@ -75,10 +88,20 @@ impl Catalog {
                     self.create(schema);
                     Ok(true)
                 }
-                Some(t) => t.schema.add_columns(&schema.columns).map_err(|e| e.to_string()),
+                Some(t) => t
+                    .schema
+                    .add_columns(&schema.columns)
+                    .map_err(|e| e.to_string()),
             },
-            DdlOp::AddColumns { table, columns, if_not_exists } => {
-                let t = self.tables.get_mut(table).ok_or_else(|| format!("table {table} does not exist"))?;
+            DdlOp::AddColumns {
+                table,
+                columns,
+                if_not_exists,
+            } => {
+                let t = self
+                    .tables
+                    .get_mut(table)
+                    .ok_or_else(|| format!("table {table} does not exist"))?;
                 if !*if_not_exists {
                     if let Some(c) = columns.iter().find(|c| t.schema.column(&c.name).is_some()) {
                         return Err(format!("column {} of table {table} already exists", c.name));
@@ -153,7 +176,10 @@ impl MetaStateMachine {
 
     fn load(&mut self, bytes: &[u8]) -> io::Result<()> {
         let value: serde_json::Value = serde_json::from_slice(bytes).map_err(io_err)?;
-        let found = value.get("format_version").and_then(|v| v.as_u64()).unwrap_or(0);
+        let found = value
+            .get("format_version")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
         if found > u64::from(CATALOG_FORMAT_VERSION) {
             return Err(io_err(format!(
                 "{CATALOG_FILE} has format version {found}, this build reads up to {CATALOG_FORMAT_VERSION}: upgrade Shoal"
@@ -169,7 +195,7 @@ impl MetaStateMachine {
     fn persisted_bytes(&self) -> io::Result<Vec<u8>> {
         let p = PersistedCatalog {
             format_version: CATALOG_FORMAT_VERSION,
-            last_applied: self.applied.clone(),
+            last_applied: self.applied,
             last_membership: self.membership.clone(),
             catalog: (**self.catalog.read()).clone(),
         };
@@ -177,7 +203,10 @@ impl MetaStateMachine {
     }
 
     fn meta(&self) -> SnapshotMeta {
-        SnapshotMeta { last_log_id: self.applied.clone(), last_membership: self.membership.clone() }
+        SnapshotMeta {
+            last_log_id: self.applied,
+            last_membership: self.membership.clone(),
+        }
     }
 }
 
@@ -191,8 +220,15 @@ impl RaftSnapshotBuilder<TypeConfig> for MetaSnapshotBuilder {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<GroupSnapshot, io::Error> {
-        shoal_storage::manifest::write_atomic(&self.dir, CATALOG_FILE, &self.bytes).map_err(io_err)?;
-        Ok(GroupSnapshot { meta: self.meta.clone(), snapshot: SnapshotData { meta: self.bytes.clone(), dir: None } })
+        shoal_storage::manifest::write_atomic(&self.dir, CATALOG_FILE, &self.bytes)
+            .map_err(io_err)?;
+        Ok(GroupSnapshot {
+            meta: self.meta.clone(),
+            snapshot: SnapshotData {
+                meta: self.bytes.clone(),
+                dir: None,
+            },
+        })
     }
 }
 
@@ -201,7 +237,7 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
     type SnapshotBuilder = MetaSnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
-        Ok((self.applied.clone(), self.membership.clone()))
+        Ok((self.applied, self.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -213,7 +249,7 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
             let response = match &entry.payload {
                 EntryPayload::Blank => Response::Ok,
                 EntryPayload::Membership(m) => {
-                    self.membership = StoredMembership::new(Some(entry.log_id.clone()), m.clone());
+                    self.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                     Response::Ok
                 }
                 EntryPayload::Normal(Command::Ddl { ops }) => {
@@ -222,7 +258,10 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
                         Ok((next, changed)) => {
                             let schema_version = next.schema_version;
                             *self.catalog.write() = Arc::new(next);
-                            Response::Ddl { schema_version, changed }
+                            Response::Ddl {
+                                schema_version,
+                                changed,
+                            }
                         }
                         Err(msg) => Response::Rejected(msg),
                     }
@@ -231,7 +270,7 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
                     Response::Rejected("insert sent to the metadata group".into())
                 }
             };
-            self.applied = Some(entry.log_id.clone());
+            self.applied = Some(entry.log_id);
             if let Some(r) = responder {
                 r.send(response);
             }
@@ -247,9 +286,14 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
         }
     }
 
-    async fn install_snapshot(&mut self, _meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        _meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
         self.load(&snapshot.meta)?;
-        shoal_storage::manifest::write_atomic(&self.dir, CATALOG_FILE, &snapshot.meta).map_err(io_err)?;
+        shoal_storage::manifest::write_atomic(&self.dir, CATALOG_FILE, &snapshot.meta)
+            .map_err(io_err)?;
         Ok(())
     }
 
@@ -260,8 +304,17 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
             Err(e) => return Err(e),
         };
         let p: PersistedCatalog = serde_json::from_slice(&bytes).map_err(io_err)?;
-        let meta = SnapshotMeta { last_log_id: p.last_applied, last_membership: p.last_membership };
-        Ok(Some(GroupSnapshot { meta, snapshot: SnapshotData { meta: bytes, dir: None } }))
+        let meta = SnapshotMeta {
+            last_log_id: p.last_applied,
+            last_membership: p.last_membership,
+        };
+        Ok(Some(GroupSnapshot {
+            meta,
+            snapshot: SnapshotData {
+                meta: bytes,
+                dir: None,
+            },
+        }))
     }
 }
 
@@ -271,7 +324,13 @@ mod tests {
     use shoal_common::schema::{ColumnDef, ColumnType};
 
     fn schema(name: &str, cols: &[(&str, ColumnType)]) -> TableSchema {
-        let cols = cols.iter().map(|(n, t)| ColumnDef { name: (*n).into(), column_type: *t }).collect();
+        let cols = cols
+            .iter()
+            .map(|(n, t)| ColumnDef {
+                name: (*n).into(),
+                column_type: *t,
+            })
+            .collect();
         TableSchema::new(name, cols, None).expect("schema")
     }
 
@@ -279,8 +338,14 @@ mod tests {
     fn ddl_batches_are_atomic_and_bump_version_once() {
         let c = Catalog::default();
         let ops = vec![
-            DdlOp::CreateTable { schema: schema("a", &[("v", ColumnType::Float)]), if_not_exists: false },
-            DdlOp::CreateTable { schema: schema("b", &[("v", ColumnType::Float)]), if_not_exists: false },
+            DdlOp::CreateTable {
+                schema: schema("a", &[("v", ColumnType::Float)]),
+                if_not_exists: false,
+            },
+            DdlOp::CreateTable {
+                schema: schema("b", &[("v", ColumnType::Float)]),
+                if_not_exists: false,
+            },
         ];
         let (c, changed) = c.apply_ddl(&ops).expect("ddl");
         assert!(changed);
@@ -288,19 +353,36 @@ mod tests {
         assert_eq!(c.tables.len(), 2);
         // Second batch fails on its last op: nothing of it applies.
         let ops = vec![
-            DdlOp::CreateTable { schema: schema("c", &[("v", ColumnType::Float)]), if_not_exists: false },
-            DdlOp::CreateTable { schema: schema("a", &[("v", ColumnType::Float)]), if_not_exists: false },
+            DdlOp::CreateTable {
+                schema: schema("c", &[("v", ColumnType::Float)]),
+                if_not_exists: false,
+            },
+            DdlOp::CreateTable {
+                schema: schema("a", &[("v", ColumnType::Float)]),
+                if_not_exists: false,
+            },
         ];
-        assert_eq!(c.apply_ddl(&ops).expect_err("dup"), "table a already exists");
+        assert_eq!(
+            c.apply_ddl(&ops).expect_err("dup"),
+            "table a already exists"
+        );
     }
 
     #[test]
     fn dropped_table_ids_are_not_reused() {
         let c = Catalog::default();
-        let create = vec![DdlOp::CreateTable { schema: schema("a", &[]), if_not_exists: false }];
+        let create = vec![DdlOp::CreateTable {
+            schema: schema("a", &[]),
+            if_not_exists: false,
+        }];
         let (c, _) = c.apply_ddl(&create).expect("create");
         let first = c.tables["a"].id;
-        let (c, _) = c.apply_ddl(&[DdlOp::DropTable { name: "a".into(), if_exists: false }]).expect("drop");
+        let (c, _) = c
+            .apply_ddl(&[DdlOp::DropTable {
+                name: "a".into(),
+                if_exists: false,
+            }])
+            .expect("drop");
         assert!(!c.table_id_live(first));
         let (c, _) = c.apply_ddl(&create).expect("recreate");
         assert_ne!(c.tables["a"].id, first);
@@ -310,10 +392,14 @@ mod tests {
     #[test]
     fn ensure_table_reports_type_conflicts() {
         let (c, _) = Catalog::default()
-            .apply_ddl(&[DdlOp::EnsureTable { schema: schema("m", &[("v", ColumnType::Float)]) }])
+            .apply_ddl(&[DdlOp::EnsureTable {
+                schema: schema("m", &[("v", ColumnType::Float)]),
+            }])
             .expect("ensure");
         let err = c
-            .apply_ddl(&[DdlOp::EnsureTable { schema: schema("m", &[("v", ColumnType::String)]) }])
+            .apply_ddl(&[DdlOp::EnsureTable {
+                schema: schema("m", &[("v", ColumnType::String)]),
+            }])
             .expect_err("conflict");
         assert_eq!(err, "table m: column v is float, not string");
     }

@@ -5,7 +5,9 @@ use std::future::Future;
 
 use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
 use openraft::OptionalSend;
 
 use crate::meta_sm::SnapshotData;
@@ -32,7 +34,11 @@ fn unreachable() -> Unreachable<TypeConfig> {
 impl RaftNetworkFactory<TypeConfig> for NoNetwork {
     type Network = NoNetwork;
 
-    async fn new_client(&mut self, _target: u64, _node: &openraft::impls::BasicNode) -> Self::Network {
+    async fn new_client(
+        &mut self,
+        _target: u64,
+        _node: &openraft::impls::BasicNode,
+    ) -> Self::Network {
         NoNetwork
     }
 }

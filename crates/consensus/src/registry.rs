@@ -78,7 +78,11 @@ pub struct Registry {
     shards: Vec<ShardGroup>,
 }
 
-fn raft_config(cfg: &GroupsConfig, group: u32, policy: SnapshotPolicy) -> Result<Arc<openraft::Config>, Error> {
+fn raft_config(
+    cfg: &GroupsConfig,
+    group: u32,
+    policy: SnapshotPolicy,
+) -> Result<Arc<openraft::Config>, Error> {
     let c = openraft::Config {
         cluster_name: format!("shoal-g{group}"),
         heartbeat_interval: cfg.heartbeat_interval_ms,
@@ -90,7 +94,9 @@ fn raft_config(cfg: &GroupsConfig, group: u32, policy: SnapshotPolicy) -> Result
         purge_batch_size: 1,
         ..Default::default()
     };
-    c.validate().map(Arc::new).map_err(|e| Error::Internal(format!("raft config: {e}")))
+    c.validate()
+        .map(Arc::new)
+        .map_err(|e| Error::Internal(format!("raft config: {e}")))
 }
 
 fn open_log(dir: &Path, cfg: &LogConfig) -> Result<Arc<RaftLog>, Error> {
@@ -102,12 +108,19 @@ impl Registry {
     pub async fn open(cfg: GroupsConfig, ready_timeout: Duration) -> Result<Arc<Registry>, Error> {
         let groups = cfg.data_dir.join("groups");
         let g0 = groups.join("g0");
-        let meta_sm = MetaStateMachine::open(&g0.join("state")).map_err(|e| Error::Internal(format!("group 0 state: {e}")))?;
+        let meta_sm = MetaStateMachine::open(&g0.join("state"))
+            .map_err(|e| Error::Internal(format!("group 0 state: {e}")))?;
         let catalog = meta_sm.catalog();
         let meta_log = LogStore::new(open_log(&g0.join("log"), &cfg.log)?);
-        let meta = Raft::new(cfg.node_id, raft_config(&cfg, 0, SnapshotPolicy::LogsSinceLast(1000))?, NoNetwork, meta_log, meta_sm)
-            .await
-            .map_err(|e| Error::Internal(format!("starting group 0: {e}")))?;
+        let meta = Raft::new(
+            cfg.node_id,
+            raft_config(&cfg, 0, SnapshotPolicy::LogsSinceLast(1000))?,
+            NoNetwork,
+            meta_log,
+            meta_sm,
+        )
+        .await
+        .map_err(|e| Error::Internal(format!("starting group 0: {e}")))?;
         let mut shards = Vec::with_capacity(cfg.vshards as usize);
         for v in 0..cfg.vshards {
             let group = group_of_vshard(v);
@@ -116,34 +129,70 @@ impl Registry {
             let sm = ShardStateMachine::new(store.clone(), raft_state, catalog.clone())
                 .map_err(|e| Error::Internal(format!("vshard {v} state: {e}")))?;
             let log = LogStore::new(open_log(&dir.join("log"), &cfg.log)?);
-            let raft = Raft::new(cfg.node_id, raft_config(&cfg, group, SnapshotPolicy::Never)?, NoNetwork, log, sm)
-                .await
-                .map_err(|e| Error::Internal(format!("starting vshard {v}: {e}")))?;
+            let raft = Raft::new(
+                cfg.node_id,
+                raft_config(&cfg, group, SnapshotPolicy::Never)?,
+                NoNetwork,
+                log,
+                sm,
+            )
+            .await
+            .map_err(|e| Error::Internal(format!("starting vshard {v}: {e}")))?;
             shards.push(ShardGroup { raft, store });
         }
-        let reg = Arc::new(Registry { cfg, catalog, meta, shards });
+        let reg = Arc::new(Registry {
+            cfg,
+            catalog,
+            meta,
+            shards,
+        });
         reg.bootstrap_and_wait(ready_timeout).await?;
         Ok(reg)
     }
 
     async fn bootstrap_and_wait(&self, timeout: Duration) -> Result<(), Error> {
-        let members: BTreeMap<u64, openraft::impls::BasicNode> =
-            [(self.cfg.node_id, openraft::impls::BasicNode::new(&self.cfg.node_addr))].into();
+        let members: BTreeMap<u64, openraft::impls::BasicNode> = [(
+            self.cfg.node_id,
+            openraft::impls::BasicNode::new(&self.cfg.node_addr),
+        )]
+        .into();
         let node = self.cfg.node_id;
         let fatal = |g: u32, e: &dyn std::fmt::Display| Error::Internal(format!("group {g}: {e}"));
         if !self.meta.is_initialized().await.map_err(|e| fatal(0, &e))? {
-            self.meta.initialize(members.clone()).await.map_err(|e| fatal(0, &e))?;
+            self.meta
+                .initialize(members.clone())
+                .await
+                .map_err(|e| fatal(0, &e))?;
         }
         for (v, s) in self.shards.iter().enumerate() {
-            if !s.raft.is_initialized().await.map_err(|e| fatal(v as u32 + 1, &e))? {
-                s.raft.initialize(members.clone()).await.map_err(|e| fatal(v as u32 + 1, &e))?;
+            if !s
+                .raft
+                .is_initialized()
+                .await
+                .map_err(|e| fatal(v as u32 + 1, &e))?
+            {
+                s.raft
+                    .initialize(members.clone())
+                    .await
+                    .map_err(|e| fatal(v as u32 + 1, &e))?;
             }
         }
-        let unavailable = |g: u32, e: &dyn std::fmt::Display| Error::Unavailable { group: g, reason: e.to_string() };
-        self.meta.wait(Some(timeout)).current_leader(node, "group 0 leader").await.map_err(|e| unavailable(0, &e))?;
+        let unavailable = |g: u32, e: &dyn std::fmt::Display| Error::Unavailable {
+            group: g,
+            reason: e.to_string(),
+        };
+        self.meta
+            .wait(Some(timeout))
+            .current_leader(node, "group 0 leader")
+            .await
+            .map_err(|e| unavailable(0, &e))?;
         for (v, s) in self.shards.iter().enumerate() {
             let g = v as u32 + 1;
-            s.raft.wait(Some(timeout)).current_leader(node, "vshard leader").await.map_err(|e| unavailable(g, &e))?;
+            s.raft
+                .wait(Some(timeout))
+                .current_leader(node, "vshard leader")
+                .await
+                .map_err(|e| unavailable(g, &e))?;
             // Everything committed before a restart must be applied before the node serves.
             let m = s.raft.metrics().borrow_watched().clone();
             if let Some(last) = m.last_log_index {
@@ -224,7 +273,10 @@ impl Registry {
                 let Some(reg) = weak.upgrade() else { return };
                 for s in &reg.shards {
                     let st = s.store.stats();
-                    if st.hot_rows > 0 && (st.hot_bytes >= reg.cfg.flush_hot_bytes || st.oldest_hot_age_ms >= reg.cfg.flush_age_ms) {
+                    if st.hot_rows > 0
+                        && (st.hot_bytes >= reg.cfg.flush_hot_bytes
+                            || st.oldest_hot_age_ms >= reg.cfg.flush_age_ms)
+                    {
                         let _ = s.raft.trigger().snapshot().await;
                     }
                 }
@@ -259,7 +311,12 @@ impl Registry {
     }
 }
 
-fn status_of(group: u32, vshard: Option<u32>, m: &openraft::RaftMetrics<TypeConfig>, stats: ShardStats) -> GroupStatus {
+fn status_of(
+    group: u32,
+    vshard: Option<u32>,
+    m: &openraft::RaftMetrics<TypeConfig>,
+    stats: ShardStats,
+) -> GroupStatus {
     GroupStatus {
         group,
         vshard,
@@ -276,12 +333,24 @@ fn status_of(group: u32, vshard: Option<u32>, m: &openraft::RaftMetrics<TypeConf
 
 fn map_write(
     group: u32,
-    r: Result<openraft::raft::ClientWriteResponse<TypeConfig>, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>,
+    r: Result<
+        openraft::raft::ClientWriteResponse<TypeConfig>,
+        RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
+    >,
 ) -> Result<Response, Error> {
     match r {
         Ok(resp) => Ok(resp.data),
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(Error::NotLeader { group, hint: f.leader_id }),
-        Err(RaftError::APIError(e)) => Err(Error::Unavailable { group, reason: e.to_string() }),
-        Err(RaftError::Fatal(e)) => Err(Error::Unavailable { group, reason: e.to_string() }),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(Error::NotLeader {
+            group,
+            hint: f.leader_id,
+        }),
+        Err(RaftError::APIError(e)) => Err(Error::Unavailable {
+            group,
+            reason: e.to_string(),
+        }),
+        Err(RaftError::Fatal(e)) => Err(Error::Unavailable {
+            group,
+            reason: e.to_string(),
+        }),
     }
 }

@@ -89,7 +89,7 @@ impl ShardStateMachine {
 
     fn raft_state(&self) -> ShardRaftState {
         ShardRaftState {
-            last_applied: self.applied.clone(),
+            last_applied: self.applied,
             last_membership: self.membership.clone(),
             recent_requests: self.recent.order.iter().copied().collect(),
         }
@@ -117,14 +117,27 @@ impl ShardStateMachine {
     }
 }
 
-fn snapshot_from_manifest(store: &ShardStore, manifest: &Manifest) -> io::Result<Option<GroupSnapshot>> {
+fn snapshot_from_manifest(
+    store: &ShardStore,
+    manifest: &Manifest,
+) -> io::Result<Option<GroupSnapshot>> {
     if manifest.raft_state.is_null() {
         return Ok(None);
     }
-    let state: ShardRaftState = serde_json::from_value(manifest.raft_state.clone()).map_err(io_err)?;
-    let meta = SnapshotMeta { last_log_id: state.last_applied, last_membership: state.last_membership };
+    let state: ShardRaftState =
+        serde_json::from_value(manifest.raft_state.clone()).map_err(io_err)?;
+    let meta = SnapshotMeta {
+        last_log_id: state.last_applied,
+        last_membership: state.last_membership,
+    };
     let bytes = serde_json::to_vec(manifest).map_err(io_err)?;
-    Ok(Some(GroupSnapshot { meta, snapshot: SnapshotData { meta: bytes, dir: Some(store.dir().to_path_buf()) } }))
+    Ok(Some(GroupSnapshot {
+        meta,
+        snapshot: SnapshotData {
+            meta: bytes,
+            dir: Some(store.dir().to_path_buf()),
+        },
+    }))
 }
 
 pub struct ShardSnapshotBuilder {
@@ -137,7 +150,10 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardSnapshotBuilder {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<GroupSnapshot, io::Error> {
-        let job = self.job.take().ok_or_else(|| io_err("snapshot builder used twice"))?;
+        let job = self
+            .job
+            .take()
+            .ok_or_else(|| io_err("snapshot builder used twice"))?;
         let store = self.store.clone();
         let state = serde_json::to_value(&self.state).map_err(io_err)?;
         // Parquet encoding is CPU work and the file writes block: keep them off the runtime.
@@ -145,7 +161,8 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardSnapshotBuilder {
             .await
             .map_err(io_err)?
             .map_err(io_err)?;
-        snapshot_from_manifest(&self.store, &manifest)?.ok_or_else(|| io_err("flush wrote no raft state"))
+        snapshot_from_manifest(&self.store, &manifest)?
+            .ok_or_else(|| io_err("flush wrote no raft state"))
     }
 }
 
@@ -154,7 +171,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
     type SnapshotBuilder = ShardSnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
-        Ok((self.applied.clone(), self.membership.clone()))
+        Ok((self.applied, self.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -166,15 +183,19 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
             let response = match &entry.payload {
                 EntryPayload::Blank => Response::Ok,
                 EntryPayload::Membership(m) => {
-                    self.membership = StoredMembership::new(Some(entry.log_id.clone()), m.clone());
+                    self.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                     Response::Ok
                 }
-                EntryPayload::Normal(Command::Insert { table_id, request_id, ipc }) => {
-                    self.apply_insert(*table_id, *request_id, ipc)
+                EntryPayload::Normal(Command::Insert {
+                    table_id,
+                    request_id,
+                    ipc,
+                }) => self.apply_insert(*table_id, *request_id, ipc),
+                EntryPayload::Normal(Command::Ddl { .. }) => {
+                    Response::Rejected("DDL sent to a vshard group".into())
                 }
-                EntryPayload::Normal(Command::Ddl { .. }) => Response::Rejected("DDL sent to a vshard group".into()),
             };
-            self.applied = Some(entry.log_id.clone());
+            self.applied = Some(entry.log_id);
             if let Some(r) = responder {
                 r.send(response);
             }
@@ -186,20 +207,34 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         let catalog = self.catalog.read().clone();
         self.store.retain_tables(|id| catalog.table_id_live(id));
         let job = self.store.begin_flush()?;
-        Some(ShardSnapshotBuilder { store: self.store.clone(), job: Some(job), state: self.raft_state() })
+        Some(ShardSnapshotBuilder {
+            store: self.store.clone(),
+            job: Some(job),
+            state: self.raft_state(),
+        })
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         let job = self.store.begin_flush();
-        ShardSnapshotBuilder { store: self.store.clone(), job, state: self.raft_state() }
+        ShardSnapshotBuilder {
+            store: self.store.clone(),
+            job,
+            state: self.raft_state(),
+        }
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
         let manifest: Manifest = serde_json::from_slice(&snapshot.meta).map_err(io_err)?;
-        let src = snapshot.dir.ok_or_else(|| io_err("vshard snapshot without a data directory"))?;
+        let src = snapshot
+            .dir
+            .ok_or_else(|| io_err("vshard snapshot without a data directory"))?;
         self.store.install_from(&src, &manifest).map_err(io_err)?;
         let state: ShardRaftState = serde_json::from_value(manifest.raft_state).map_err(io_err)?;
-        self.applied = meta.last_log_id.clone();
+        self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.recent = RecentRequests::from_vec(state.recent_requests);
         Ok(())

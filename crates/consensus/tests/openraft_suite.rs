@@ -17,15 +17,24 @@ struct ShardBuilder;
 struct MetaBuilder;
 
 fn log_store(dir: &std::path::Path) -> LogStore {
-    let log = RaftLog::open(&dir.join("log"), LogConfig { segment_max_bytes: 4096, ..LogConfig::default() })
-        .expect("open log");
+    let log = RaftLog::open(
+        &dir.join("log"),
+        LogConfig {
+            segment_max_bytes: 4096,
+            ..LogConfig::default()
+        },
+    )
+    .expect("open log");
     LogStore::new(Arc::new(log))
 }
 
 impl StoreBuilder<TypeConfig, LogStore, ShardStateMachine, tempfile::TempDir> for ShardBuilder {
-    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, ShardStateMachine), StorageError<TypeConfig>> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, ShardStateMachine), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (store, state) = ShardStore::open(&dir.path().join("data"), StoreConfig::default()).expect("store");
+        let (store, state) =
+            ShardStore::open(&dir.path().join("data"), StoreConfig::default()).expect("store");
         let catalog = Arc::new(RwLock::new(Arc::new(Catalog::default())));
         let sm = ShardStateMachine::new(store, state, catalog).expect("sm");
         Ok((log_store(dir.path()), sm).map_with(dir))
@@ -33,7 +42,9 @@ impl StoreBuilder<TypeConfig, LogStore, ShardStateMachine, tempfile::TempDir> fo
 }
 
 impl StoreBuilder<TypeConfig, LogStore, MetaStateMachine, tempfile::TempDir> for MetaBuilder {
-    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, MetaStateMachine), StorageError<TypeConfig>> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, MetaStateMachine), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("tempdir");
         let sm = MetaStateMachine::open(&dir.path().join("state")).expect("sm");
         Ok((log_store(dir.path()), sm).map_with(dir))
@@ -52,10 +63,14 @@ impl<A, B> WithGuard<A, B> for (A, B) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openraft_suite_with_shard_state_machine() {
-    Suite::test_all(ShardBuilder).await.expect("openraft storage suite (vshard state machine)");
+    Suite::test_all(ShardBuilder)
+        .await
+        .expect("openraft storage suite (vshard state machine)");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openraft_suite_with_meta_state_machine() {
-    Suite::test_all(MetaBuilder).await.expect("openraft storage suite (group 0 state machine)");
+    Suite::test_all(MetaBuilder)
+        .await
+        .expect("openraft storage suite (group 0 state machine)");
 }

@@ -40,8 +40,12 @@ pub fn table_arrow_schema(table: &TableSchema) -> SchemaRef {
                 ColumnType::Tag => "tag",
                 _ => "field",
             };
-            Field::new(&c.name, arrow_type(c.column_type), c.column_type != ColumnType::Timestamp)
-                .with_metadata([(ROLE_KEY.to_string(), role.to_string())].into())
+            Field::new(
+                &c.name,
+                arrow_type(c.column_type),
+                c.column_type != ColumnType::Timestamp,
+            )
+            .with_metadata([(ROLE_KEY.to_string(), role.to_string())].into())
         })
         .collect();
     Arc::new(Schema::new(fields))

@@ -30,15 +30,24 @@ pub use shard::{FlushJob, ScanSnapshot, ShardStore, StoreConfig};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
     #[error("parquet: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
     #[error("manifest {path}: {reason}")]
     BadManifest { path: String, reason: String },
-    #[error("{path} has format version {found}, this build reads up to {supported}: upgrade Shoal")]
-    UnsupportedVersion { path: String, found: u32, supported: u32 },
+    #[error(
+        "{path} has format version {found}, this build reads up to {supported}: upgrade Shoal"
+    )]
+    UnsupportedVersion {
+        path: String,
+        found: u32,
+        supported: u32,
+    },
     #[error("no space left on device while {context}")]
     DiskFull { context: String },
 }

@@ -40,7 +40,10 @@ pub struct Manifest {
 
 impl Manifest {
     pub fn new() -> Manifest {
-        Manifest { format_version: MANIFEST_FORMAT_VERSION, ..Default::default() }
+        Manifest {
+            format_version: MANIFEST_FORMAT_VERSION,
+            ..Default::default()
+        }
     }
 
     /// Reads `dir/manifest.json`, or `None` when the shard has never flushed.
@@ -51,9 +54,15 @@ impl Manifest {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
         };
-        let value: serde_json::Value = serde_json::from_slice(&text)
-            .map_err(|e| Error::BadManifest { path: path.display().to_string(), reason: e.to_string() })?;
-        let found = value.get("format_version").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+        let value: serde_json::Value =
+            serde_json::from_slice(&text).map_err(|e| Error::BadManifest {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        let found = value
+            .get("format_version")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0) as u32;
         if found > MANIFEST_FORMAT_VERSION {
             return Err(Error::UnsupportedVersion {
                 path: path.display().to_string(),
@@ -61,15 +70,19 @@ impl Manifest {
                 supported: MANIFEST_FORMAT_VERSION,
             });
         }
-        let manifest = serde_json::from_value(value)
-            .map_err(|e| Error::BadManifest { path: path.display().to_string(), reason: e.to_string() })?;
+        let manifest = serde_json::from_value(value).map_err(|e| Error::BadManifest {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
         Ok(Some(manifest))
     }
 
     /// Writes the manifest atomically: temp file, fsync, rename over the old one, fsync dir.
     pub fn store(&self, dir: &Path) -> Result<()> {
-        let bytes = serde_json::to_vec(self)
-            .map_err(|e| Error::BadManifest { path: dir.display().to_string(), reason: e.to_string() })?;
+        let bytes = serde_json::to_vec(self).map_err(|e| Error::BadManifest {
+            path: dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
         write_atomic(dir, MANIFEST_FILE, &bytes)
     }
 }
@@ -80,7 +93,8 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     let dst = dir.join(name);
     let ctx = |what: &str| format!("{what} {}", dst.display());
     let mut f = File::create(&tmp).map_err(|e| Error::io(ctx("creating"), e))?;
-    f.write_all(bytes).map_err(|e| Error::io(ctx("writing"), e))?;
+    f.write_all(bytes)
+        .map_err(|e| Error::io(ctx("writing"), e))?;
     f.sync_all().map_err(|e| Error::io(ctx("syncing"), e))?;
     drop(f);
     fs::rename(&tmp, &dst).map_err(|e| Error::io(ctx("renaming"), e))?;

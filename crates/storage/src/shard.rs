@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{new_null_array, Array, ArrayRef, RecordBatch, TimestampNanosecondArray};
-use arrow::compute::{concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch, SortColumn};
+use arrow::compute::{
+    concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch, SortColumn,
+};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use parking_lot::{Mutex, RwLock};
 use parquet::arrow::ArrowWriter;
@@ -40,7 +42,10 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { parquet_row_group_rows: 256 * 1024, parquet_zstd_level: 1 }
+        StoreConfig {
+            parquet_row_group_rows: 256 * 1024,
+            parquet_zstd_level: 1,
+        }
     }
 }
 
@@ -103,7 +108,10 @@ impl Drop for FlushJob {
 
 impl ShardStore {
     /// Opens the store in `dir`, returning it and the Raft state recorded by the last flush.
-    pub fn open(dir: &Path, cfg: StoreConfig) -> Result<(Arc<ShardStore>, Option<serde_json::Value>)> {
+    pub fn open(
+        dir: &Path,
+        cfg: StoreConfig,
+    ) -> Result<(Arc<ShardStore>, Option<serde_json::Value>)> {
         fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let loaded = Manifest::load(dir)?;
         let raft_state = loaded.as_ref().map(|m| m.raft_state.clone());
@@ -111,12 +119,23 @@ impl ShardStore {
         remove_orphans(dir, &manifest)?;
         let mut tables = HashMap::new();
         for (id, parts) in &manifest.tables {
-            tables.insert(*id, TableData { parts: parts.clone(), ..Default::default() });
+            tables.insert(
+                *id,
+                TableData {
+                    parts: parts.clone(),
+                    ..Default::default()
+                },
+            );
         }
         let store = ShardStore {
             dir: dir.to_path_buf(),
             cfg,
-            state: RwLock::new(State { tables, manifest, next_seq: 0, oldest_hot: None }),
+            state: RwLock::new(State {
+                tables,
+                manifest,
+                next_seq: 0,
+                oldest_hot: None,
+            }),
             flush_lock: Mutex::new(()),
             flushing: Arc::new(AtomicBool::new(false)),
         };
@@ -145,7 +164,10 @@ impl ShardStore {
     pub fn stats(&self) -> ShardStats {
         let st = self.state.read();
         let mut s = ShardStats {
-            oldest_hot_age_ms: st.oldest_hot.map(|t| t.elapsed().as_millis() as u64).unwrap_or(0),
+            oldest_hot_age_ms: st
+                .oldest_hot
+                .map(|t| t.elapsed().as_millis() as u64)
+                .unwrap_or(0),
             ..Default::default()
         };
         for t in st.tables.values() {
@@ -162,10 +184,17 @@ impl ShardStore {
     pub fn scan_snapshot(&self, table_id: u64) -> ScanSnapshot {
         let st = self.state.read();
         match st.tables.get(&table_id) {
-            None => ScanSnapshot { hot: vec![], parts: vec![] },
+            None => ScanSnapshot {
+                hot: vec![],
+                parts: vec![],
+            },
             Some(t) => ScanSnapshot {
                 hot: t.hot.iter().map(|(_, b)| b.clone()).collect(),
-                parts: t.parts.iter().map(|p| (self.dir.join(&p.file), p.clone())).collect(),
+                parts: t
+                    .parts
+                    .iter()
+                    .map(|p| (self.dir.join(&p.file), p.clone()))
+                    .collect(),
             },
         }
     }
@@ -187,7 +216,11 @@ impl ShardStore {
             .filter(|(_, t)| !t.hot.is_empty())
             .map(|(id, t)| (*id, t.hot.iter().map(|(_, b)| b.clone()).collect()))
             .collect();
-        Some(FlushJob { upto_seq: st.next_seq, tables, flushing: self.flushing.clone() })
+        Some(FlushJob {
+            upto_seq: st.next_seq,
+            tables,
+            flushing: self.flushing.clone(),
+        })
     }
 
     /// Drops the data of tables for which `live` answers false (dropped tables). Takes effect
@@ -206,10 +239,12 @@ impl ShardStore {
                 let src = src_dir.join(&p.file);
                 let dst = self.dir.join(&p.file);
                 if let Some(parent) = dst.parent() {
-                    fs::create_dir_all(parent).map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+                    fs::create_dir_all(parent)
+                        .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
                 }
                 if src != dst {
-                    fs::copy(&src, &dst).map_err(|e| Error::io(format!("copying {}", src.display()), e))?;
+                    fs::copy(&src, &dst)
+                        .map_err(|e| Error::io(format!("copying {}", src.display()), e))?;
                     File::open(&dst)
                         .and_then(|f| f.sync_all())
                         .map_err(|e| Error::io(format!("syncing {}", dst.display()), e))?;
@@ -221,7 +256,13 @@ impl ShardStore {
         let mut st = self.state.write();
         st.tables.clear();
         for (id, parts) in &manifest.tables {
-            st.tables.insert(*id, TableData { parts: parts.clone(), ..Default::default() });
+            st.tables.insert(
+                *id,
+                TableData {
+                    parts: parts.clone(),
+                    ..Default::default()
+                },
+            );
         }
         st.manifest = manifest.clone();
         st.oldest_hot = None;
@@ -253,7 +294,12 @@ impl FlushJob {
         for (id, part) in &new_parts {
             manifest.tables.entry(*id).or_default().push(part.clone());
         }
-        let dropped: Vec<u64> = manifest.tables.keys().filter(|id| !live.contains(id)).copied().collect();
+        let dropped: Vec<u64> = manifest
+            .tables
+            .keys()
+            .filter(|id| !live.contains(id))
+            .copied()
+            .collect();
         let mut dead_files = vec![];
         for id in dropped {
             if let Some(parts) = manifest.tables.remove(&id) {
@@ -271,7 +317,11 @@ impl FlushJob {
             t.hot.retain(|(seq, _)| *seq >= self.upto_seq);
             if t.hot.len() != before {
                 t.hot_rows = t.hot.iter().map(|(_, b)| b.num_rows() as u64).sum();
-                t.hot_bytes = t.hot.iter().map(|(_, b)| b.get_array_memory_size() as u64).sum();
+                t.hot_bytes = t
+                    .hot
+                    .iter()
+                    .map(|(_, b)| b.get_array_memory_size() as u64)
+                    .sum();
             }
             for (pid, part) in &new_parts {
                 if pid == id {
@@ -296,14 +346,20 @@ fn write_table_parts(
     batches: &[RecordBatch],
 ) -> Result<Vec<PartMeta>> {
     let schema = union_schema(batches);
-    let aligned: Vec<RecordBatch> = batches.iter().map(|b| align_batch(b, &schema)).collect::<Result<_>>()?;
+    let aligned: Vec<RecordBatch> = batches
+        .iter()
+        .map(|b| align_batch(b, &schema))
+        .collect::<Result<_>>()?;
     let all = concat_batches(&schema, &aligned)?;
     let ts_idx = schema.index_of(TIME_COLUMN)?;
     let ts = all
         .column(ts_idx)
         .as_any()
         .downcast_ref::<TimestampNanosecondArray>()
-        .ok_or_else(|| Error::BadManifest { path: "hot buffer".into(), reason: "ts is not a nanosecond timestamp".into() })?;
+        .ok_or_else(|| Error::BadManifest {
+            path: "hot buffer".into(),
+            reason: "ts is not a nanosecond timestamp".into(),
+        })?;
     let days: Vec<i64> = {
         let mut d: Vec<i64> = ts.values().iter().map(|&t| day_of(t)).collect();
         d.sort_unstable();
@@ -311,13 +367,18 @@ fn write_table_parts(
         d
     };
     let table_dir = store.dir.join(format!("t{table_id}"));
-    fs::create_dir_all(&table_dir).map_err(|e| Error::io(format!("creating {}", table_dir.display()), e))?;
+    fs::create_dir_all(&table_dir)
+        .map_err(|e| Error::io(format!("creating {}", table_dir.display()), e))?;
     let mut parts = vec![];
     for day in days {
         let day_batch = if parts.is_empty() && days_single(ts, day) {
             all.clone()
         } else {
-            let mask: arrow::array::BooleanArray = ts.values().iter().map(|&t| Some(day_of(t) == day)).collect();
+            let mask: arrow::array::BooleanArray = ts
+                .values()
+                .iter()
+                .map(|&t| Some(day_of(t) == day))
+                .collect();
             filter_record_batch(&all, &mask)?
         };
         let sorted = sort_for_flush(&day_batch, &schema, ts_idx)?;
@@ -330,9 +391,21 @@ fn write_table_parts(
             .column(ts_idx)
             .as_any()
             .downcast_ref::<TimestampNanosecondArray>()
-            .map(|a| (arrow::compute::min(a).unwrap_or(0), arrow::compute::max(a).unwrap_or(0)))
+            .map(|a| {
+                (
+                    arrow::compute::min(a).unwrap_or(0),
+                    arrow::compute::max(a).unwrap_or(0),
+                )
+            })
             .unwrap_or((0, 0));
-        parts.push(PartMeta { file: rel, day, rows: sorted.num_rows() as u64, bytes, min_ts: sts.0, max_ts: sts.1 });
+        parts.push(PartMeta {
+            file: rel,
+            day,
+            rows: sorted.num_rows() as u64,
+            bytes,
+            min_ts: sts.0,
+            max_ts: sts.1,
+        });
     }
     sync_dir(&table_dir)?;
     Ok(parts)
@@ -359,7 +432,10 @@ fn union_schema(batches: &[RecordBatch]) -> SchemaRef {
 /// Projects `batch` onto `schema`, filling columns it lacks with nulls.
 pub fn align_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     if batch.schema().fields() == schema.fields() {
-        return Ok(RecordBatch::try_new(schema.clone(), batch.columns().to_vec())?);
+        return Ok(RecordBatch::try_new(
+            schema.clone(),
+            batch.columns().to_vec(),
+        )?);
     }
     let cols: Vec<ArrayRef> = schema
         .fields()
@@ -376,17 +452,25 @@ fn sort_for_flush(batch: &RecordBatch, schema: &SchemaRef, ts_idx: usize) -> Res
     let mut keys = vec![];
     if let Some(pk) = schema.metadata().get(PARTITION_KEY_META) {
         if let Ok(i) = schema.index_of(pk) {
-            keys.push(SortColumn { values: batch.column(i).clone(), options: None });
+            keys.push(SortColumn {
+                values: batch.column(i).clone(),
+                options: None,
+            });
         }
     }
-    keys.push(SortColumn { values: batch.column(ts_idx).clone(), options: None });
+    keys.push(SortColumn {
+        values: batch.column(ts_idx).clone(),
+        options: None,
+    });
     let indices = lexsort_to_indices(&keys, None)?;
     Ok(take_record_batch(batch, &indices)?)
 }
 
 fn write_parquet(path: &Path, batch: &RecordBatch, cfg: &StoreConfig) -> Result<u64> {
     let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(cfg.parquet_zstd_level)?))
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(
+            cfg.parquet_zstd_level,
+        )?))
         .set_max_row_group_row_count(Some(cfg.parquet_row_group_rows.max(1)))
         .set_statistics_enabled(EnabledStatistics::Page)
         .build();
@@ -396,15 +480,22 @@ fn write_parquet(path: &Path, batch: &RecordBatch, cfg: &StoreConfig) -> Result<
     writer.write(batch)?;
     let file = writer.into_inner()?;
     file.sync_all().map_err(|e| Error::io(ctx("syncing"), e))?;
-    let bytes = file.metadata().map_err(|e| Error::io(ctx("stat"), e))?.len();
+    let bytes = file
+        .metadata()
+        .map_err(|e| Error::io(ctx("stat"), e))?
+        .len();
     Ok(bytes)
 }
 
 /// Removes Parquet files not named by `manifest` (left by a flush that crashed before its
 /// manifest was stored) and stale temp files.
 fn remove_orphans(dir: &Path, manifest: &Manifest) -> Result<()> {
-    let named: HashSet<PathBuf> =
-        manifest.tables.values().flatten().map(|p| dir.join(&p.file)).collect();
+    let named: HashSet<PathBuf> = manifest
+        .tables
+        .values()
+        .flatten()
+        .map(|p| dir.join(&p.file))
+        .collect();
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
@@ -466,12 +557,21 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let (store, state) = ShardStore::open(dir.path(), StoreConfig::default()).expect("open");
         assert!(state.is_none());
-        store.insert(7, batch(&[5, 1, NANOS_PER_DAY + 3], &["B", "A", "A"], &[1.0, 2.0, 3.0]));
+        store.insert(
+            7,
+            batch(
+                &[5, 1, NANOS_PER_DAY + 3],
+                &["B", "A", "A"],
+                &[1.0, 2.0, 3.0],
+            ),
+        );
         let job = store.begin_flush().expect("flush");
         assert!(store.begin_flush().is_none(), "one flush at a time");
         // Rows inserted during the flush stay hot.
         store.insert(7, batch(&[9], &["C"], &[4.0]));
-        let m = job.commit(&store, serde_json::json!({"applied": 3})).expect("commit");
+        let m = job
+            .commit(&store, serde_json::json!({"applied": 3}))
+            .expect("commit");
         assert_eq!(m.tables[&7].len(), 2, "one part per day");
         assert_eq!(rows(&store.scan_snapshot(7)), (1, 3));
         drop(store);
@@ -485,7 +585,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let (store, _) = ShardStore::open(dir.path(), StoreConfig::default()).expect("open");
         store.insert(1, batch(&[1], &["A"], &[1.0]));
-        store.begin_flush().expect("flush").commit(&store, serde_json::json!(null)).expect("commit");
+        store
+            .begin_flush()
+            .expect("flush")
+            .commit(&store, serde_json::json!(null))
+            .expect("commit");
         let orphan = dir.path().join("t1/d0-p99.parquet");
         fs::write(&orphan, b"partial").expect("write");
         drop(store);
@@ -496,19 +600,34 @@ mod tests {
     #[test]
     fn newer_manifest_version_is_refused() {
         let dir = tempfile::tempdir().expect("tmp");
-        fs::write(dir.path().join("manifest.json"), br#"{"format_version": 99}"#).expect("write");
-        let err = ShardStore::open(dir.path(), StoreConfig::default()).err().expect("refused");
-        assert!(matches!(err, Error::UnsupportedVersion { found: 99, .. }), "{err}");
+        fs::write(
+            dir.path().join("manifest.json"),
+            br#"{"format_version": 99}"#,
+        )
+        .expect("write");
+        let err = ShardStore::open(dir.path(), StoreConfig::default())
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(err, Error::UnsupportedVersion { found: 99, .. }),
+            "{err}"
+        );
     }
 
     #[test]
     fn flush_aligns_evolved_schemas() {
         let dir = tempfile::tempdir().expect("tmp");
         let (store, _) = ShardStore::open(dir.path(), StoreConfig::default()).expect("open");
-        let narrow = batch(&[1], &["A"], &[1.0]).project(&[0, 1]).expect("project");
+        let narrow = batch(&[1], &["A"], &[1.0])
+            .project(&[0, 1])
+            .expect("project");
         store.insert(1, narrow);
         store.insert(1, batch(&[2], &["A"], &[2.0]));
-        let m = store.begin_flush().expect("flush").commit(&store, serde_json::json!(null)).expect("commit");
+        let m = store
+            .begin_flush()
+            .expect("flush")
+            .commit(&store, serde_json::json!(null))
+            .expect("commit");
         assert_eq!(m.tables[&1][0].rows, 2);
     }
 }

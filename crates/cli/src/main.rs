@@ -1,0 +1,50 @@
+//! The `shoal` binary: `shoal start` runs a node; `shoal sql` talks to one.
+
+mod client;
+mod start;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "shoal",
+    version,
+    about = "Shoal: a distributed SQL database for time series"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node (with no flags: a single-node database in ./shoal-data, HTTP on 127.0.0.1:7480).
+    Start(Box<start::StartArgs>),
+    /// Run SQL against a node: one statement as an argument, or an interactive shell.
+    Sql(client::SqlArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("shoal: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Start(args) => runtime.block_on(start::run(*args)),
+        Command::Sql(args) => runtime.block_on(client::run(args)),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shoal: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! The HTTP API against a real node: line protocol v1/v2 (gzip too), SQL formats, bad
+//! input answered with specific 4xx while the node keeps serving, idempotent retries.
+
+mod support;
+
+use std::io::Write;
+
+use support::Node;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_query_and_bad_input() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = Node::start(dir.path(), &["--max-body-bytes", "4096"]).await;
+    let http = reqwest::Client::new();
+
+    // v1 write, then the same body again: a retry adds nothing.
+    let body = "trades,symbol=AAPL,side=B price=1.5,size=10i 1704067200000000000\n\
+                trades,symbol=MSFT,side=S price=2.5,size=20i 1704067201000000000\n";
+    assert_eq!(node.write(body).await.0, 204);
+    assert_eq!(node.write(body).await.0, 204);
+    assert_eq!(
+        node.count("SELECT count(*) FROM trades").await,
+        2,
+        "a retried body must not duplicate rows"
+    );
+
+    // v2 write with gzip and second precision; a new field adds a column.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(b"trades,symbol=AAPL,side=B price=3.5,size=5i,venue=\"X\" 1704067202\n")
+        .expect("gzip");
+    let r = http
+        .post(node.url("/api/v2/write?bucket=b&org=o&precision=s"))
+        .header("Content-Encoding", "gzip")
+        .body(gz.finish().expect("gzip"))
+        .send()
+        .await
+        .expect("v2");
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap_or_default());
+    let (status, v) = node
+        .sql("SELECT venue, ts FROM trades WHERE venue IS NOT NULL")
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(v["rows"][0][0], "X");
+    assert_eq!(
+        v["rows"][0][1], "2024-01-01T00:00:02Z",
+        "precision=s scales to nanoseconds"
+    );
+
+    // An Idempotency-Key makes different bodies one request.
+    for price in ["7.0", "8.0"] {
+        let r = http
+            .post(node.url("/write?db=test"))
+            .header("Idempotency-Key", "order-42")
+            .body(format!(
+                "trades,symbol=IBM price={price} 1704067203000000000\n"
+            ))
+            .send()
+            .await
+            .expect("write");
+        assert_eq!(r.status(), 204);
+    }
+    assert_eq!(
+        node.count("SELECT count(*) FROM trades WHERE symbol = 'IBM'")
+            .await,
+        1
+    );
+
+    // Malformed line: 400 naming the line; the whole request is rejected, so the valid first
+    // line and the new measurement on it are not written.
+    let (status, text) = node
+        .write("fresh,host=a v=1 1\ntrades,symbol=AAPL price= 2\n")
+        .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("line 2"), "{text}");
+    let (status, v) = node.sql("SELECT count(*) FROM fresh").await;
+    assert_eq!(
+        status, 400,
+        "a rejected request must not create tables: {v}"
+    );
+
+    // Type conflict against the stored schema: 400 naming line, field and both types.
+    let (status, text) = node
+        .write("trades,symbol=AAPL price=1 5\ntrades,symbol=AAPL price=\"high\" 6\n")
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        text.contains("line 2")
+            && text.contains("price")
+            && text.contains("string")
+            && text.contains("float"),
+        "{text}"
+    );
+
+    // Oversized body: 413.
+    let big = format!("trades,symbol=AAPL price=1 {}\n", "9".repeat(5000));
+    assert_eq!(node.write(&big).await.0, 413);
+
+    // Bad SQL and unknown tables: 400 with the engine's message.
+    let (status, v) = node.sql("SELEC 1").await;
+    assert_eq!(status, 400, "{v}");
+    let (status, v) = node.sql("SELECT * FROM no_such_table").await;
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"].as_str().unwrap_or("").contains("no_such_table"),
+        "{v}"
+    );
+    let (status, _) = node
+        .sql("CREATE TABLE trades (ts TIMESTAMP, v DOUBLE)")
+        .await;
+    assert_eq!(status, 409, "duplicate table");
+
+    // Unknown precision and format.
+    let r = http
+        .post(node.url("/write?precision=fortnights"))
+        .body("m v=1 1\n")
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), 400);
+    let r = http
+        .post(node.url("/v1/sql?format=xml"))
+        .body("SELECT 1")
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), 400);
+
+    // After all of that the node still serves, and nothing was half-written.
+    assert_eq!(node.count("SELECT count(*) FROM trades").await, 4);
+
+    // Other formats.
+    let csv = http
+        .post(node.url("/v1/sql?format=csv"))
+        .body("SELECT symbol FROM trades ORDER BY ts LIMIT 1")
+        .send()
+        .await
+        .expect("csv");
+    assert_eq!(csv.text().await.expect("text"), "symbol\nAAPL\n");
+    let jl = http
+        .post(node.url("/v1/sql?format=jsonl"))
+        .header("Content-Type", "application/json")
+        .body(r#"{"sql": "SELECT symbol, size FROM trades ORDER BY ts LIMIT 1"}"#)
+        .send()
+        .await
+        .expect("jsonl");
+    assert_eq!(
+        jl.text().await.expect("text"),
+        "{\"symbol\":\"AAPL\",\"size\":10}\n"
+    );
+    let arrow = http
+        .post(node.url("/v1/sql?format=arrow"))
+        .body("SELECT 1 AS one")
+        .send()
+        .await
+        .expect("arrow");
+    assert_eq!(
+        arrow.headers()["content-type"],
+        "application/vnd.apache.arrow.stream"
+    );
+    assert!(arrow.bytes().await.expect("bytes").len() > 100);
+
+    // Liveness.
+    assert_eq!(
+        http.get(node.url("/health/live"))
+            .send()
+            .await
+            .expect("live")
+            .status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_process_on_a_data_dir_is_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = Node::start(dir.path(), &[]).await;
+    let out = std::process::Command::new(support::BIN)
+        .args(["start", "--http-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another Shoal process"), "{err}");
+    // The first node is unaffected.
+    assert_eq!(node.sql("SELECT 1").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_config_keys_are_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("shoal.toml");
+    std::fs::write(&cfg, "flush_age = 5\n").expect("write");
+    let out = std::process::Command::new(support::BIN)
+        .arg("start")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("flush_age"), "{err}");
+}

@@ -1,0 +1,181 @@
+//! A real `shoal` process for integration tests: free ports, a temp data directory, and
+//! readiness by polling `/health/ready` with a deadline (never a fixed sleep).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_shoal");
+
+/// How long a node may take to start or recover in a test.
+pub const READY_DEADLINE: Duration = Duration::from_secs(60);
+
+pub struct Node {
+    pub child: Option<Child>,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub stderr: Arc<Mutex<String>>,
+    extra: Vec<String>,
+}
+
+impl Node {
+    /// Starts a node on `data_dir` with extra flags and waits until it is ready.
+    pub async fn start(data_dir: &Path, extra: &[&str]) -> Node {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut node = Node {
+            child: None,
+            addr: String::new(),
+            data_dir: data_dir.to_path_buf(),
+            stderr: Default::default(),
+            extra,
+        };
+        node.spawn();
+        node.wait_ready().await;
+        node
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(BIN)
+            .arg("start")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--http-addr")
+            .arg("127.0.0.1:0")
+            .args(&self.extra)
+            .env("SHOAL_LOG", "info,openraft=warn")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn shoal");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = self.stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(mut s) = sink.lock() {
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            }
+        });
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let deadline = Instant::now() + READY_DEADLINE;
+        loop {
+            line.clear();
+            let n = reader.read_line(&mut line).expect("read stdout");
+            assert!(
+                n > 0,
+                "shoal exited before printing its address; stderr:\n{}",
+                self.stderr_text()
+            );
+            if let Some(rest) = line.split("http=").nth(1) {
+                self.addr = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                break;
+            }
+            assert!(Instant::now() < deadline, "no address printed");
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in reader.lines() {});
+        self.child = Some(child);
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn wait_ready(&self) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + READY_DEADLINE;
+        loop {
+            if let Ok(r) = client.get(self.url("/health/ready")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node not ready in time; stderr:\n{}",
+                self.stderr_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: no flush, no graceful anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        c.wait().expect("wait")
+    }
+
+    /// Starts the node again on the same data directory (new port).
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+        self.wait_ready().await;
+    }
+
+    pub async fn sql(&self, sql: &str) -> (u16, serde_json::Value) {
+        let r = reqwest::Client::new()
+            .post(self.url("/v1/sql"))
+            .body(sql.to_string())
+            .send()
+            .await
+            .expect("sql request");
+        let status = r.status().as_u16();
+        let text = r.text().await.expect("body");
+        let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        (status, v)
+    }
+
+    /// The single integer a `SELECT count(*) …` returns.
+    pub async fn count(&self, sql: &str) -> i64 {
+        let (status, v) = self.sql(sql).await;
+        assert_eq!(status, 200, "{sql}: {v}");
+        v["rows"][0][0]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{sql}: no integer in {v}"))
+    }
+
+    pub async fn write(&self, body: &str) -> (u16, String) {
+        let r = reqwest::Client::new()
+            .post(self.url("/write?db=test"))
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("write request");
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap_or_default())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

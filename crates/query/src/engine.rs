@@ -1,0 +1,223 @@
+//! The SQL entry point: parses a request (one or more statements), runs DDL through group 0
+//! and everything else through DataFusion, and returns the last statement's result.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider};
+use datafusion::execution::context::SessionState;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::{DFParser, Statement as DfStatement};
+use shoal_consensus::{Registry, Response};
+
+use crate::ddl::ddl_op;
+use crate::error::{ErrorKind, QueryError, Result};
+use crate::provider::ShoalSchema;
+use crate::write::Writer;
+
+/// How a read picks the replica of each vshard. On one node every level reads locally; the
+/// setting already reaches the per-vshard scan so replication only has to choose.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ReadConsistency {
+    #[default]
+    Strong,
+    BoundedStaleness(Duration),
+    Eventual,
+}
+
+impl ReadConsistency {
+    pub fn parse(s: &str) -> Result<ReadConsistency> {
+        let v = s.trim().trim_matches('\'').to_ascii_lowercase();
+        if v == "strong" {
+            return Ok(ReadConsistency::Strong);
+        }
+        if v == "eventual" {
+            return Ok(ReadConsistency::Eventual);
+        }
+        if let Some(d) = v.strip_prefix("bounded_staleness:") {
+            if let Some(d) = shoal_common::time::parse_duration(d) {
+                return Ok(ReadConsistency::BoundedStaleness(d));
+            }
+        }
+        Err(QueryError::bad_input(format!(
+            "invalid read_consistency {s:?}: use 'strong', 'eventual' or 'bounded_staleness:<duration>' (e.g. bounded_staleness:5s, bounded_staleness:500ms)"
+        )))
+    }
+}
+
+impl fmt::Display for ReadConsistency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadConsistency::Strong => f.write_str("strong"),
+            ReadConsistency::Eventual => f.write_str("eventual"),
+            ReadConsistency::BoundedStaleness(d) => {
+                write!(f, "bounded_staleness:{}ms", d.as_millis())
+            }
+        }
+    }
+}
+
+/// Per-request options.
+#[derive(Clone, Debug, Default)]
+pub struct QueryOptions {
+    pub read_consistency: ReadConsistency,
+}
+
+/// A statement's result.
+#[derive(Debug)]
+pub enum QueryOutput {
+    Rows {
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    },
+    /// DDL or DML: a tag (`CREATE TABLE`, `INSERT`) and the rows it touched.
+    Command { tag: String, rows: u64 },
+}
+
+/// Statements one request may carry.
+pub const MAX_STATEMENTS_PER_REQUEST: usize = 1000;
+
+pub struct QueryEngine {
+    registry: Arc<Registry>,
+    writer: Writer,
+    state: SessionState,
+}
+
+impl QueryEngine {
+    pub fn new(registry: Arc<Registry>, target_partitions: usize) -> QueryEngine {
+        let config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_default_catalog_and_schema("shoal", "public")
+            .with_target_partitions(target_partitions.max(1));
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        // `time_bucket(interval, ts)` is `date_bin(interval, ts)` (buckets aligned to the epoch).
+        let bucket = datafusion::functions::datetime::date_bin()
+            .as_ref()
+            .clone()
+            .with_aliases(["time_bucket"]);
+        ctx.register_udf(bucket);
+        QueryEngine {
+            writer: Writer::new(registry.clone()),
+            registry,
+            state: ctx.state(),
+        }
+    }
+
+    pub fn writer(&self) -> &Writer {
+        &self.writer
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    fn context(&self, opts: &QueryOptions) -> SessionContext {
+        let ctx = SessionContext::new_with_state(self.state.clone());
+        let catalog = MemoryCatalogProvider::new();
+        let schema = ShoalSchema::new(
+            self.registry.clone(),
+            self.writer.clone(),
+            opts.read_consistency.clone(),
+        );
+        let _ = catalog.register_schema("public", Arc::new(schema));
+        ctx.register_catalog("shoal", Arc::new(catalog));
+        ctx
+    }
+
+    /// Runs every statement of `sql` in order and returns the last one's result.
+    pub async fn execute(&self, sql: &str, opts: &QueryOptions) -> Result<QueryOutput> {
+        let statements =
+            DFParser::parse_sql(sql).map_err(|e| QueryError::bad_input(e.to_string()))?;
+        if statements.is_empty() {
+            return Err(QueryError::bad_input("empty query"));
+        }
+        if statements.len() > MAX_STATEMENTS_PER_REQUEST {
+            return Err(QueryError::new(
+                ErrorKind::TooLarge,
+                format!("more than {MAX_STATEMENTS_PER_REQUEST} statements in one request"),
+            ));
+        }
+        let ctx = self.context(opts);
+        let mut last = None;
+        for stmt in statements {
+            last = Some(self.execute_one(&ctx, stmt).await?);
+        }
+        last.ok_or_else(|| QueryError::bad_input("empty query"))
+    }
+
+    async fn execute_one(&self, ctx: &SessionContext, stmt: DfStatement) -> Result<QueryOutput> {
+        if let DfStatement::Statement(s) = &stmt {
+            if let Some(op) = ddl_op(s)? {
+                let tag = match &op {
+                    shoal_consensus::DdlOp::DropTable { .. } => "DROP TABLE",
+                    _ => "CREATE TABLE",
+                };
+                return match self.registry.propose_ddl(vec![op]).await? {
+                    Response::Rejected(msg) => {
+                        let kind = if msg.contains("already exists") {
+                            ErrorKind::AlreadyExists
+                        } else if msg.contains("does not exist") {
+                            ErrorKind::NotFound
+                        } else {
+                            ErrorKind::BadInput
+                        };
+                        Err(QueryError::new(kind, msg))
+                    }
+                    _ => Ok(QueryOutput::Command {
+                        tag: tag.into(),
+                        rows: 0,
+                    }),
+                };
+            }
+        }
+        let is_insert = matches!(&stmt, DfStatement::Statement(s) if matches!(**s, datafusion::sql::sqlparser::ast::Statement::Insert(_)));
+        let plan = ctx.state().statement_to_plan(stmt).await?;
+        let df = ctx.execute_logical_plan(plan).await?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await?;
+        if is_insert {
+            let rows = batches
+                .first()
+                .and_then(|b| {
+                    b.column(0)
+                        .as_any()
+                        .downcast_ref::<datafusion::arrow::array::UInt64Array>()
+                })
+                .map(|a| a.value(0))
+                .unwrap_or(0);
+            return Ok(QueryOutput::Command {
+                tag: "INSERT".into(),
+                rows,
+            });
+        }
+        Ok(QueryOutput::Rows { schema, batches })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_consistency_parses_and_rejects() {
+        assert_eq!(
+            ReadConsistency::parse("strong").expect("ok"),
+            ReadConsistency::Strong
+        );
+        assert_eq!(
+            ReadConsistency::parse("'bounded_staleness:500ms'").expect("ok"),
+            ReadConsistency::BoundedStaleness(Duration::from_millis(500))
+        );
+        let err = ReadConsistency::parse("sometimes").expect_err("bad");
+        assert_eq!(err.kind, ErrorKind::BadInput);
+        assert!(err.message.contains("bounded_staleness:<duration>"));
+    }
+}

@@ -1,0 +1,97 @@
+//! The query layer's error, sorted by who is at fault. Client protocols map `ErrorKind` to
+//! HTTP statuses (and later SQLSTATEs) in one place each.
+
+use datafusion::error::DataFusionError;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Bad SQL, unknown table/column, type errors: the client must change the request.
+    BadInput,
+    /// The object named does not exist.
+    NotFound,
+    /// The object already exists.
+    AlreadyExists,
+    /// Retryable: no leader, shutting down.
+    Unavailable,
+    /// The disk is full; retry when space returns.
+    DiskFull,
+    /// The request was too large.
+    TooLarge,
+    /// A bug: logged, reported with little detail.
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct QueryError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl QueryError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> QueryError {
+        QueryError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_input(message: impl Into<String>) -> QueryError {
+        QueryError::new(ErrorKind::BadInput, message)
+    }
+}
+
+impl From<DataFusionError> for QueryError {
+    fn from(e: DataFusionError) -> QueryError {
+        classify(e)
+    }
+}
+
+fn classify(e: DataFusionError) -> QueryError {
+    match e {
+        DataFusionError::External(inner) => match inner.downcast::<QueryError>() {
+            Ok(q) => *q,
+            Err(other) => QueryError::new(ErrorKind::Internal, other.to_string()),
+        },
+        DataFusionError::Context(ctx, inner) => {
+            let mut q = classify(*inner);
+            q.message = format!("{ctx}: {}", q.message);
+            q
+        }
+        DataFusionError::Diagnostic(_, inner) => classify(*inner),
+        DataFusionError::Collection(mut all) if !all.is_empty() => classify(all.remove(0)),
+        DataFusionError::Shared(inner) => QueryError::new(ErrorKind::Internal, inner.to_string()),
+        DataFusionError::SQL(..)
+        | DataFusionError::Plan(_)
+        | DataFusionError::SchemaError(..)
+        | DataFusionError::NotImplemented(_)
+        | DataFusionError::Configuration(_)
+        | DataFusionError::ArrowError(..)
+        | DataFusionError::Execution(_) => {
+            let msg = e.to_string();
+            if msg.contains("table") && msg.contains("not found") {
+                QueryError::new(ErrorKind::NotFound, msg)
+            } else {
+                QueryError::bad_input(msg)
+            }
+        }
+        DataFusionError::ResourcesExhausted(m) => QueryError::new(ErrorKind::TooLarge, m),
+        other => QueryError::new(ErrorKind::Internal, other.to_string()),
+    }
+}
+
+impl From<shoal_consensus::Error> for QueryError {
+    fn from(e: shoal_consensus::Error) -> QueryError {
+        use shoal_consensus::Error as E;
+        let kind = match &e {
+            E::NotLeader { .. } | E::Unavailable { .. } => ErrorKind::Unavailable,
+            E::Rejected(_) => ErrorKind::BadInput,
+            E::DiskFull(_) => ErrorKind::DiskFull,
+            E::Storage(shoal_storage::Error::DiskFull { .. }) => ErrorKind::DiskFull,
+            _ => ErrorKind::Internal,
+        };
+        QueryError::new(kind, e.to_string())
+    }
+}
+
+pub type Result<T, E = QueryError> = std::result::Result<T, E>;

@@ -1,0 +1,19 @@
+//! SQL over Shoal: a DataFusion session whose catalog is group 0's, whose tables scan one
+//! partition per vshard, plus the DDL and write paths that go through Raft.
+//!
+//! ```text
+//!  SQL text ─▶ parse ─┬─ CREATE/DROP TABLE ──▶ group 0 (DDL batch)
+//!                     ├─ INSERT ──▶ DataFusion plan ─▶ Writer ─▶ vshard groups
+//!                     └─ query  ──▶ DataFusion plan ─▶ ShardScanExec (one partition per vshard)
+//!                                                        └─ ShardSource: hot buffer + Parquet parts
+//! ```
+
+pub mod ddl;
+pub mod engine;
+pub mod error;
+pub mod provider;
+pub mod write;
+
+pub use engine::{QueryEngine, QueryOptions, QueryOutput, ReadConsistency};
+pub use error::{ErrorKind, QueryError};
+pub use write::{WriteOutcome, Writer};

@@ -1,0 +1,552 @@
+//! DataFusion's view of Shoal's catalog: a schema provider over group 0's catalog, and a
+//! table whose scan has one partition per vshard.
+//!
+//! A partition asks a [`ShardSource`] for one vshard's rows of one table, with projection,
+//! predicate, time range and limit pushed down. The local source reads the replica's hot
+//! buffer and its Parquet parts (pruned by part time range, then by row-group and page
+//! statistics); a remote source can serve the same request as an Arrow stream.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{SchemaProvider, Session};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DFSchema, Result as DfResult, ScalarValue};
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::sink::{DataSink, DataSinkExec};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, Operator, TableProviderFilterPushDown};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
+use futures::StreamExt;
+use shoal_consensus::{CatalogHandle, Registry, TableEntry};
+use shoal_storage::arrow_schema::table_arrow_schema;
+use shoal_storage::shard::align_batch;
+use shoal_storage::ShardStore;
+
+use crate::engine::ReadConsistency;
+use crate::error::QueryError;
+use crate::write::Writer;
+
+/// The `public` schema: every table of group 0's catalog.
+pub struct ShoalSchema {
+    registry: Arc<Registry>,
+    catalog: CatalogHandle,
+    writer: Writer,
+    consistency: ReadConsistency,
+}
+
+impl fmt::Debug for ShoalSchema {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ShoalSchema")
+    }
+}
+
+impl ShoalSchema {
+    pub fn new(
+        registry: Arc<Registry>,
+        writer: Writer,
+        consistency: ReadConsistency,
+    ) -> ShoalSchema {
+        ShoalSchema {
+            catalog: registry.catalog(),
+            registry,
+            writer,
+            consistency,
+        }
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for ShoalSchema {
+    fn table_names(&self) -> Vec<String> {
+        self.catalog.read().tables.keys().cloned().collect()
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        let entry = self.catalog.read().tables.get(name).cloned();
+        Ok(entry.map(|e| {
+            Arc::new(ShoalTable::new(
+                e,
+                self.registry.clone(),
+                self.writer.clone(),
+                self.consistency.clone(),
+            )) as Arc<dyn TableProvider>
+        }))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.catalog.read().tables.contains_key(name)
+    }
+}
+
+/// One Shoal table as DataFusion sees it.
+pub struct ShoalTable {
+    entry: TableEntry,
+    schema: SchemaRef,
+    registry: Arc<Registry>,
+    writer: Writer,
+    consistency: ReadConsistency,
+}
+
+impl fmt::Debug for ShoalTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ShoalTable({})", self.entry.schema.name)
+    }
+}
+
+impl ShoalTable {
+    pub fn new(
+        entry: TableEntry,
+        registry: Arc<Registry>,
+        writer: Writer,
+        consistency: ReadConsistency,
+    ) -> ShoalTable {
+        let schema = table_arrow_schema(&entry.schema);
+        ShoalTable {
+            entry,
+            schema,
+            registry,
+            writer,
+            consistency,
+        }
+    }
+}
+
+#[async_trait]
+impl TableProvider for ShoalTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        // Pruning is by statistics, so every filter is still applied above the scan.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
+        let predicate = match conjunction(filters.to_vec()) {
+            Some(e) => Some(state.create_physical_expr(e, &df_schema)?),
+            None => None,
+        };
+        let (min_ts, max_ts) = time_bounds(filters);
+        let sources: Vec<Arc<dyn ShardSource>> = (0..self.registry.vshards())
+            .filter_map(|v| {
+                self.registry
+                    .store(v)
+                    .map(|s| Arc::new(LocalShard { store: s.clone() }) as Arc<dyn ShardSource>)
+            })
+            .collect();
+        let request = ShardScanRequest {
+            table_id: self.entry.id,
+            table_schema: self.schema.clone(),
+            projection: projection.cloned(),
+            predicate,
+            limit,
+            min_ts,
+            max_ts,
+            consistency: self.consistency.clone(),
+        };
+        Ok(Arc::new(ShardScanExec::new(request, sources)))
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if insert_op != InsertOp::Append {
+            return Err(datafusion::error::DataFusionError::NotImplemented(format!(
+                "{insert_op} is not supported"
+            )));
+        }
+        let sink = ShoalSink {
+            entry: self.entry.clone(),
+            schema: self.schema.clone(),
+            writer: self.writer.clone(),
+        };
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
+}
+
+/// Extracts `ts` bounds (inclusive) from simple comparisons with literals.
+fn time_bounds(filters: &[Expr]) -> (Option<i64>, Option<i64>) {
+    let mut lo: Option<i64> = None;
+    let mut hi: Option<i64> = None;
+    for f in filters {
+        collect_bounds(f, &mut lo, &mut hi);
+    }
+    (lo, hi)
+}
+
+fn literal_nanos(e: &Expr) -> Option<i64> {
+    match e {
+        Expr::Literal(ScalarValue::TimestampNanosecond(Some(v), _), _) => Some(*v),
+        Expr::Literal(ScalarValue::TimestampMicrosecond(Some(v), _), _) => v.checked_mul(1_000),
+        Expr::Literal(ScalarValue::TimestampMillisecond(Some(v), _), _) => v.checked_mul(1_000_000),
+        Expr::Literal(ScalarValue::TimestampSecond(Some(v), _), _) => v.checked_mul(1_000_000_000),
+        Expr::Cast(c) => literal_nanos(&c.expr),
+        Expr::TryCast(c) => literal_nanos(&c.expr),
+        _ => None,
+    }
+}
+
+fn is_ts_column(e: &Expr) -> bool {
+    matches!(e, Expr::Column(c) if c.name == shoal_common::schema::TIME_COLUMN)
+}
+
+fn collect_bounds(f: &Expr, lo: &mut Option<i64>, hi: &mut Option<i64>) {
+    let Expr::BinaryExpr(b) = f else { return };
+    if b.op == Operator::And {
+        collect_bounds(&b.left, lo, hi);
+        collect_bounds(&b.right, lo, hi);
+        return;
+    }
+    let (op, v) = if is_ts_column(&b.left) {
+        match literal_nanos(&b.right) {
+            Some(v) => (b.op, v),
+            None => return,
+        }
+    } else if is_ts_column(&b.right) {
+        match (literal_nanos(&b.left), b.op.swap()) {
+            (Some(v), Some(op)) => (op, v),
+            _ => return,
+        }
+    } else {
+        return;
+    };
+    let raise = |cur: &mut Option<i64>, v: i64| *cur = Some(cur.map_or(v, |c| c.max(v)));
+    let lower = |cur: &mut Option<i64>, v: i64| *cur = Some(cur.map_or(v, |c| c.min(v)));
+    match op {
+        Operator::Gt => raise(lo, v.saturating_add(1)),
+        Operator::GtEq => raise(lo, v),
+        Operator::Lt => lower(hi, v.saturating_sub(1)),
+        Operator::LtEq => lower(hi, v),
+        Operator::Eq => {
+            raise(lo, v);
+            lower(hi, v);
+        }
+        _ => {}
+    }
+}
+
+/// What one partition of a distributed scan asks of one vshard replica.
+#[derive(Clone)]
+pub struct ShardScanRequest {
+    pub table_id: u64,
+    /// The table's full schema (current catalog version).
+    pub table_schema: SchemaRef,
+    pub projection: Option<Vec<usize>>,
+    pub predicate: Option<Arc<dyn PhysicalExpr>>,
+    pub limit: Option<usize>,
+    pub min_ts: Option<i64>,
+    pub max_ts: Option<i64>,
+    pub consistency: ReadConsistency,
+}
+
+impl ShardScanRequest {
+    fn output_schema(&self) -> DfResult<SchemaRef> {
+        Ok(match &self.projection {
+            Some(p) => Arc::new(self.table_schema.project(p)?),
+            None => self.table_schema.clone(),
+        })
+    }
+}
+
+/// Serves one vshard's rows for a scan.
+pub trait ShardSource: Send + Sync + fmt::Debug {
+    fn scan(
+        &self,
+        req: &ShardScanRequest,
+        ctx: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream>;
+}
+
+/// A replica on this node.
+pub struct LocalShard {
+    pub store: Arc<ShardStore>,
+}
+
+impl fmt::Debug for LocalShard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LocalShard({})", self.store.dir().display())
+    }
+}
+
+impl ShardSource for LocalShard {
+    fn scan(
+        &self,
+        req: &ShardScanRequest,
+        ctx: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let snap = self.store.scan_snapshot(req.table_id);
+        let mut plans: Vec<Arc<dyn ExecutionPlan>> = vec![];
+        let files: Vec<PartitionedFile> = snap
+            .parts
+            .iter()
+            .filter(|(_, p)| {
+                req.min_ts.is_none_or(|lo| p.max_ts >= lo)
+                    && req.max_ts.is_none_or(|hi| p.min_ts <= hi)
+            })
+            .map(|(path, p)| PartitionedFile::new(path.to_string_lossy().to_string(), p.bytes))
+            .collect();
+        if !files.is_empty() {
+            let mut source = ParquetSource::new(req.table_schema.clone());
+            if let Some(pred) = &req.predicate {
+                source = source.with_predicate(pred.clone());
+            }
+            let config =
+                FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+                    .with_file_group(FileGroup::new(files))
+                    .with_projection_indices(req.projection.clone())?
+                    .with_limit(req.limit)
+                    .build();
+            plans.push(DataSourceExec::from_data_source(config));
+        }
+        if !snap.hot.is_empty() {
+            let aligned = snap
+                .hot
+                .iter()
+                .filter(|b| hot_batch_in_range(b, req.min_ts, req.max_ts))
+                .map(|b| align_batch(b, &req.table_schema))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+            if !aligned.is_empty() {
+                plans.push(MemorySourceConfig::try_new_exec(
+                    &[aligned],
+                    req.table_schema.clone(),
+                    req.projection.clone(),
+                )?);
+            }
+        }
+        let schema = req.output_schema()?;
+        let mut streams = vec![];
+        for plan in plans {
+            for p in 0..plan.properties().partitioning.partition_count() {
+                streams.push(plan.execute(p, ctx.clone())?);
+            }
+        }
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            futures::stream::iter(streams).flatten(),
+        )))
+    }
+}
+
+/// Skips hot batches whose `ts` range misses the scan's bounds.
+fn hot_batch_in_range(
+    b: &datafusion::arrow::array::RecordBatch,
+    lo: Option<i64>,
+    hi: Option<i64>,
+) -> bool {
+    if lo.is_none() && hi.is_none() {
+        return true;
+    }
+    let Some(ts) = b
+        .column_by_name(shoal_common::schema::TIME_COLUMN)
+        .and_then(|c| {
+            c.as_any()
+                .downcast_ref::<datafusion::arrow::array::TimestampNanosecondArray>()
+        })
+    else {
+        return true;
+    };
+    let (Some(min), Some(max)) = (
+        datafusion::arrow::compute::min(ts),
+        datafusion::arrow::compute::max(ts),
+    ) else {
+        return false;
+    };
+    lo.is_none_or(|lo| max >= lo) && hi.is_none_or(|hi| min <= hi)
+}
+
+/// A leaf plan with one partition per vshard.
+pub struct ShardScanExec {
+    request: ShardScanRequest,
+    sources: Vec<Arc<dyn ShardSource>>,
+    properties: Arc<PlanProperties>,
+}
+
+impl fmt::Debug for ShardScanExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ShardScanExec(table {}, {} vshards)",
+            self.request.table_id,
+            self.sources.len()
+        )
+    }
+}
+
+impl ShardScanExec {
+    pub fn new(request: ShardScanRequest, sources: Vec<Arc<dyn ShardSource>>) -> ShardScanExec {
+        let schema = request
+            .output_schema()
+            .unwrap_or_else(|_| request.table_schema.clone());
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            Partitioning::UnknownPartitioning(sources.len().max(1)),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        ShardScanExec {
+            request,
+            sources,
+            properties: Arc::new(properties),
+        }
+    }
+}
+
+impl DisplayAs for ShardScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "ShardScanExec: table_id={}, vshards={}, ts=[{:?}, {:?}], limit={:?}, consistency={}",
+            self.request.table_id,
+            self.sources.len(),
+            self.request.min_ts,
+            self.request.max_ts,
+            self.request.limit,
+            self.request.consistency
+        )
+    }
+}
+
+impl ExecutionPlan for ShardScanExec {
+    fn name(&self) -> &'static str {
+        "ShardScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        match self.sources.get(partition) {
+            Some(source) => source.scan(&self.request, context),
+            None => {
+                let schema = self.request.output_schema()?;
+                Ok(Box::pin(RecordBatchStreamAdapter::new(
+                    schema,
+                    futures::stream::empty(),
+                )))
+            }
+        }
+    }
+}
+
+/// `INSERT INTO` target: collects the input and writes it through the Raft write path.
+struct ShoalSink {
+    entry: TableEntry,
+    schema: SchemaRef,
+    writer: Writer,
+}
+
+impl fmt::Debug for ShoalSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ShoalSink({})", self.entry.schema.name)
+    }
+}
+
+impl DisplayAs for ShoalSink {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "ShoalSink: table={}", self.entry.schema.name)
+    }
+}
+
+/// Rows an `INSERT` may carry in one statement.
+pub const MAX_INSERT_ROWS: usize = 1_000_000;
+
+#[async_trait]
+impl DataSink for ShoalSink {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    async fn write_all(
+        &self,
+        mut data: SendableRecordBatchStream,
+        _context: &Arc<TaskContext>,
+    ) -> DfResult<u64> {
+        let mut batches = vec![];
+        let mut rows = 0usize;
+        while let Some(b) = data.next().await {
+            let b = b?;
+            rows += b.num_rows();
+            if rows > MAX_INSERT_ROWS {
+                return Err(datafusion::error::DataFusionError::External(Box::new(
+                    QueryError::new(
+                        crate::error::ErrorKind::TooLarge,
+                        format!("INSERT carries more than {MAX_INSERT_ROWS} rows; split it"),
+                    ),
+                )));
+            }
+            batches.push(b);
+        }
+        if batches.is_empty() {
+            return Ok(0);
+        }
+        let all = datafusion::arrow::compute::concat_batches(&self.schema, &batches)?;
+        if all.column(0).null_count() > 0 {
+            return Err(datafusion::error::DataFusionError::External(Box::new(
+                QueryError::bad_input("ts must not be NULL"),
+            )));
+        }
+        let outcome = self
+            .writer
+            .write(&self.entry, all, None)
+            .await
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        Ok(outcome.rows)
+    }
+}

@@ -1,0 +1,183 @@
+//! The write path shared by every client protocol: split rows by vshard, encode each part as
+//! Arrow IPC and propose it to that vshard's group; acknowledge when every part committed.
+//!
+//! Idempotency: a request key (a hash of the request, or a client-given idempotency key)
+//! derives one request id per (table, vshard) part. A retried request whose parts already
+//! committed is recognised by each vshard and adds nothing, so a client may retry a whole
+//! request after any failure without duplicating rows.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, RecordBatch, StringArray, UInt32Array};
+use arrow::compute::take_record_batch;
+use arrow::datatypes::Schema;
+use datafusion::arrow;
+use shoal_common::hash::{partition_hash, vshard_for_key};
+use shoal_consensus::{Command, Registry, Response, TableEntry};
+use shoal_storage::shard::PARTITION_KEY_META;
+
+use crate::error::{ErrorKind, QueryError, Result};
+
+/// What a committed write did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteOutcome {
+    pub rows: u64,
+    /// Parts (one per touched vshard) proposed.
+    pub parts: u32,
+    /// Parts skipped because their request id was already applied (a retry).
+    pub duplicate_parts: u32,
+}
+
+#[derive(Clone)]
+pub struct Writer {
+    registry: Arc<Registry>,
+}
+
+impl Writer {
+    pub fn new(registry: Arc<Registry>) -> Writer {
+        Writer { registry }
+    }
+
+    /// Writes `batch`, whose columns are a subset of `table`'s, named and typed as in the
+    /// catalog. Returns once every vshard part has committed.
+    pub async fn write(
+        &self,
+        table: &TableEntry,
+        batch: RecordBatch,
+        request_key: Option<u64>,
+    ) -> Result<WriteOutcome> {
+        self.write_many(&[(table, batch)], request_key).await
+    }
+
+    /// Writes batches of several tables as one request: all parts are proposed concurrently.
+    pub async fn write_many(
+        &self,
+        batches: &[(&TableEntry, RecordBatch)],
+        request_key: Option<u64>,
+    ) -> Result<WriteOutcome> {
+        self.registry.check_disk()?;
+        let vshards = self.registry.vshards();
+        let mut proposals = vec![];
+        let mut outcome = WriteOutcome::default();
+        for (table, batch) in batches {
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            outcome.rows += batch.num_rows() as u64;
+            let batch = with_partition_meta(table, batch)?;
+            for (vshard, part) in split_by_vshard(table, &batch, vshards)? {
+                let ipc = shoal_storage::ipc::encode_batch(&part)
+                    .map_err(|e| QueryError::new(ErrorKind::Internal, e.to_string()))?;
+                let request_id = request_key.map(|k| part_request_id(k, table.id, vshard));
+                proposals.push((
+                    vshard,
+                    Command::Insert {
+                        table_id: table.id,
+                        request_id,
+                        ipc,
+                    },
+                ));
+            }
+        }
+        outcome.parts = proposals.len() as u32;
+        let results = futures::future::join_all(
+            proposals
+                .into_iter()
+                .map(|(v, cmd)| self.registry.insert(v, cmd)),
+        )
+        .await;
+        let mut failed = vec![];
+        let mut first_err = None;
+        for r in results {
+            match r {
+                Ok(Response::Duplicate) => outcome.duplicate_parts += 1,
+                Ok(Response::Rejected(msg)) => {
+                    first_err.get_or_insert(QueryError::new(ErrorKind::Internal, msg));
+                    failed.push(());
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    first_err.get_or_insert(QueryError::from(e));
+                    failed.push(());
+                }
+            }
+        }
+        if let Some(mut e) = first_err {
+            e.message = format!(
+                "{} of {} parts of this write failed, the others committed; retrying the same request (same body or idempotency key) is safe: committed parts are not applied twice. First error: {}",
+                failed.len(),
+                outcome.parts,
+                e.message
+            );
+            return Err(e);
+        }
+        Ok(outcome)
+    }
+}
+
+/// A stable request id for one part of a request.
+fn part_request_id(request_key: u64, table_id: u64, vshard: u32) -> u64 {
+    let mut bytes = [0u8; 20];
+    bytes[..8].copy_from_slice(&request_key.to_le_bytes());
+    bytes[8..16].copy_from_slice(&table_id.to_le_bytes());
+    bytes[16..].copy_from_slice(&vshard.to_le_bytes());
+    partition_hash(&bytes)
+}
+
+fn with_partition_meta(table: &TableEntry, batch: &RecordBatch) -> Result<RecordBatch> {
+    let Some(pk) = &table.schema.partition_key else {
+        return Ok(batch.clone());
+    };
+    let schema = batch.schema();
+    if schema.metadata().get(PARTITION_KEY_META) == Some(pk) {
+        return Ok(batch.clone());
+    }
+    let mut meta = schema.metadata().clone();
+    meta.insert(PARTITION_KEY_META.to_string(), pk.clone());
+    let schema = Arc::new(Schema::new_with_metadata(schema.fields().clone(), meta));
+    RecordBatch::try_new(schema, batch.columns().to_vec())
+        .map_err(|e| QueryError::new(ErrorKind::Internal, e.to_string()))
+}
+
+/// Splits a batch into per-vshard batches by the partition key's hash.
+pub fn split_by_vshard(
+    table: &TableEntry,
+    batch: &RecordBatch,
+    vshards: u32,
+) -> Result<Vec<(u32, RecordBatch)>> {
+    let key_col = table
+        .schema
+        .partition_key
+        .as_ref()
+        .and_then(|k| batch.column_by_name(k));
+    let Some(col) = key_col else {
+        // No partition key (or none of these rows carries it): every row hashes the empty key.
+        return Ok(vec![(vshard_for_key(b"", vshards), batch.clone())]);
+    };
+    let keys = col
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or_else(|| QueryError::bad_input("the partition key column must be a string"))?;
+    let mut rows: Vec<Vec<u32>> = vec![vec![]; vshards as usize];
+    for i in 0..keys.len() {
+        let key: &[u8] = if keys.is_null(i) {
+            b""
+        } else {
+            keys.value(i).as_bytes()
+        };
+        rows[vshard_for_key(key, vshards) as usize].push(i as u32);
+    }
+    let touched: Vec<usize> = (0..rows.len()).filter(|v| !rows[*v].is_empty()).collect();
+    if touched.len() == 1 {
+        return Ok(vec![(touched[0] as u32, batch.clone())]);
+    }
+    touched
+        .into_iter()
+        .map(|v| {
+            let idx = UInt32Array::from(std::mem::take(&mut rows[v]));
+            take_record_batch(batch, &idx)
+                .map(|b| (v as u32, b))
+                .map_err(|e| QueryError::new(ErrorKind::Internal, e.to_string()))
+        })
+        .collect()
+}

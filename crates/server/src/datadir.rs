@@ -1,0 +1,149 @@
+//! The data directory's identity and lock.
+//!
+//! `LOCK` is held (exclusive `flock`) for the life of the process, so a second process on the
+//! same directory exits at once naming the holder's pid. `node.json` records the node's
+//! identity and the cluster's fixed parameters; it carries a format version, and a newer
+//! one is refused.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use fs4::fs_std::FileExt;
+use serde::{Deserialize, Serialize};
+
+pub const NODE_FILE: &str = "node.json";
+pub const NODE_FORMAT_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeIdentity {
+    pub format_version: u32,
+    pub cluster_id: String,
+    pub node_id: u64,
+    pub vshards: u32,
+}
+
+/// Holds the directory lock until dropped.
+pub struct DataDir {
+    pub path: PathBuf,
+    pub identity: NodeIdentity,
+    pub created: bool,
+    _lock: File,
+}
+
+fn new_cluster_id() -> String {
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(&shoal_common::time::now_nanos().to_le_bytes());
+    bytes.extend_from_slice(&std::process::id().to_le_bytes());
+    let a = shoal_common::hash::partition_hash(&bytes);
+    bytes.push(1);
+    let b = shoal_common::hash::partition_hash(&bytes);
+    format!("{a:016x}{b:016x}")
+}
+
+impl DataDir {
+    /// Locks and opens `path` (creating it with a fresh identity when new).
+    pub fn open(path: &Path, vshards: u32) -> Result<DataDir, String> {
+        std::fs::create_dir_all(path)
+            .map_err(|e| format!("cannot create data directory {}: {e}", path.display()))?;
+        let lock_path = path.join("LOCK");
+        let mut lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+        match FileExt::try_lock_exclusive(&lock) {
+            Ok(true) => {}
+            Ok(false) | Err(_) => {
+                let mut holder = String::new();
+                let _ = lock.read_to_string(&mut holder);
+                return Err(format!(
+                    "data directory {} is in use by another Shoal process (pid {}); stop it or choose another --data-dir",
+                    path.display(),
+                    holder.trim()
+                ));
+            }
+        }
+        let _ = lock.set_len(0);
+        let _ = lock.seek(SeekFrom::Start(0));
+        let _ = write!(lock, "{}", std::process::id());
+        let _ = lock.sync_all();
+
+        let node_path = path.join(NODE_FILE);
+        let (identity, created) = match std::fs::read(&node_path) {
+            Ok(bytes) => {
+                let v: serde_json::Value = serde_json::from_slice(&bytes)
+                    .map_err(|e| format!("{} is damaged: {e}", node_path.display()))?;
+                let found = v
+                    .get("format_version")
+                    .and_then(|x| x.as_u64())
+                    .unwrap_or(0);
+                if found > u64::from(NODE_FORMAT_VERSION) {
+                    return Err(format!(
+                        "{} has format version {found}, this build reads up to {NODE_FORMAT_VERSION}: upgrade Shoal",
+                        node_path.display()
+                    ));
+                }
+                let id: NodeIdentity = serde_json::from_value(v)
+                    .map_err(|e| format!("{} is damaged: {e}", node_path.display()))?;
+                if id.vshards != vshards {
+                    tracing::warn!(
+                        configured = vshards,
+                        stored = id.vshards,
+                        "the vshard count is fixed when a data directory is created; using the stored value"
+                    );
+                }
+                (id, false)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let id = NodeIdentity {
+                    format_version: NODE_FORMAT_VERSION,
+                    cluster_id: new_cluster_id(),
+                    node_id: 1,
+                    vshards,
+                };
+                let bytes = serde_json::to_vec_pretty(&id).map_err(|e| e.to_string())?;
+                shoal_storage::manifest::write_atomic(path, NODE_FILE, &bytes)
+                    .map_err(|e| e.to_string())?;
+                (id, true)
+            }
+            Err(e) => return Err(format!("cannot read {}: {e}", node_path.display())),
+        };
+        Ok(DataDir {
+            path: path.to_path_buf(),
+            identity,
+            created,
+            _lock: lock,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_open_is_refused_with_the_holders_pid() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let first = DataDir::open(dir.path(), 4).expect("first");
+        assert!(first.created);
+        let err = DataDir::open(dir.path(), 4)
+            .err()
+            .expect("second open must fail");
+        assert!(err.contains(&std::process::id().to_string()), "{err}");
+        drop(first);
+        let again = DataDir::open(dir.path(), 8).expect("reopen");
+        assert!(!again.created);
+        assert_eq!(again.identity.vshards, 4, "stored vshard count wins");
+    }
+
+    #[test]
+    fn newer_identity_format_is_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(dir.path().join(NODE_FILE), br#"{"format_version": 7}"#).expect("write");
+        let err = DataDir::open(dir.path(), 4).err().expect("refused");
+        assert!(err.contains("format version 7"), "{err}");
+    }
+}

@@ -1,0 +1,285 @@
+//! The HTTP API. Every handler maps errors to statuses through [`status_of`], the one place
+//! that decides what a client sees for each kind of failure.
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /v1/sql` | SQL (text body or `{"sql": …}`); `?format=json|csv|jsonl|arrow`, `?read_consistency=` |
+//! | `POST /write` | InfluxDB v1 line protocol (`?db=`, `?precision=n|u|ms|s|m|h`) |
+//! | `POST /api/v2/write` | InfluxDB v2 line protocol (`?bucket=`, `?precision=ns|us|ms|s`) |
+//! | `GET /health/live` | 200 while the process runs |
+//! | `GET /health/ready` | 200 once recovery finished and the node serves, else 503 |
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::json;
+use shoal_lineproto::Precision;
+use shoal_query::{ErrorKind, QueryEngine, QueryError, QueryOptions, QueryOutput, ReadConsistency};
+use tokio::sync::Semaphore;
+
+use crate::format::{self, Format};
+use crate::ingest;
+
+pub struct AppState {
+    pub engine: OnceLock<Arc<QueryEngine>>,
+    pub draining: AtomicBool,
+    pub max_body_bytes: u64,
+    /// Bounds the requests worked on at once (`http_max_concurrent_requests`).
+    pub permits: Arc<Semaphore>,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    // Bodies are limited by the extractor before they are buffered; gzip bodies again after
+    // decompression.
+    let limit = usize::try_from(state.max_body_bytes).unwrap_or(usize::MAX);
+    Router::new()
+        .route("/", get(index))
+        .route("/health/live", get(|| async { (StatusCode::OK, "ok\n") }))
+        .route("/health/ready", get(ready))
+        .route("/v1/sql", post(sql))
+        .route("/write", post(write_v1))
+        .route("/api/v2/write", post(write_v2))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// The HTTP status for each kind of error.
+pub fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::BadInput | ErrorKind::NotFound => StatusCode::BAD_REQUEST,
+        ErrorKind::AlreadyExists => StatusCode::CONFLICT,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
+        ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn error_response(e: &QueryError) -> Response {
+    let status = status_of(e.kind);
+    if status == StatusCode::INTERNAL_SERVER_ERROR {
+        tracing::error!(error = %e.message, "internal error");
+    }
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({"error": e.message}).to_string(),
+    )
+        .into_response()
+}
+
+async fn index() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain")],
+        "Shoal: a distributed SQL database for time series.\nPOST /v1/sql, POST /write, POST /api/v2/write, GET /health/ready\n",
+    )
+}
+
+async fn ready(State(st): State<Arc<AppState>>) -> Response {
+    if st.draining.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
+    match st.engine.get() {
+        Some(_) => (StatusCode::OK, "ready\n").into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "recovering\n").into_response(),
+    }
+}
+
+/// The engine once the node serves, plus a concurrency permit.
+fn admit(
+    st: &AppState,
+) -> Result<(Arc<QueryEngine>, tokio::sync::OwnedSemaphorePermit), QueryError> {
+    if st.draining.load(Ordering::Acquire) {
+        return Err(QueryError::new(
+            ErrorKind::Unavailable,
+            "the node is shutting down",
+        ));
+    }
+    let engine = st.engine.get().cloned().ok_or_else(|| {
+        QueryError::new(
+            ErrorKind::Unavailable,
+            "the node is still recovering; retry shortly",
+        )
+    })?;
+    let permit = st.permits.clone().try_acquire_owned().map_err(|_| {
+        QueryError::new(
+            ErrorKind::Unavailable,
+            "too many concurrent requests (http_max_concurrent_requests); retry shortly",
+        )
+    })?;
+    Ok((engine, permit))
+}
+
+async fn sql(
+    State(st): State<Arc<AppState>>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let (engine, _permit) = admit(&st)?;
+        let format =
+            Format::parse(q.get("format").map(String::as_str)).map_err(QueryError::bad_input)?;
+        let mut opts = QueryOptions::default();
+        if let Some(rc) = q.get("read_consistency") {
+            opts.read_consistency = ReadConsistency::parse(rc)?;
+        }
+        let text = std::str::from_utf8(&body)
+            .map_err(|_| QueryError::bad_input("the SQL body is not UTF-8"))?;
+        let is_json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        let sql_text = if is_json || text.trim_start().starts_with('{') {
+            let v: serde_json::Value = serde_json::from_str(text)
+                .map_err(|e| QueryError::bad_input(format!("bad JSON body: {e}")))?;
+            v.get("sql")
+                .and_then(|s| s.as_str())
+                .map(str::to_string)
+                .ok_or_else(|| QueryError::bad_input("JSON body needs a string field \"sql\""))?
+        } else {
+            text.to_string()
+        };
+        let out = engine.execute(&sql_text, &opts).await?;
+        Ok::<_, QueryError>((format, out))
+    }
+    .await;
+    match result {
+        Err(e) => error_response(&e),
+        Ok((_, QueryOutput::Command { tag, rows })) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            json!({"command": tag, "rows": rows}).to_string(),
+        )
+            .into_response(),
+        Ok((fmt, QueryOutput::Rows { schema, batches })) => {
+            match format::encode(fmt, &schema, &batches) {
+                Ok(bytes) => (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, fmt.content_type())],
+                    bytes,
+                )
+                    .into_response(),
+                Err(e) => error_response(&QueryError::new(ErrorKind::Internal, e)),
+            }
+        }
+    }
+}
+
+/// Decompresses a gzip body, refusing to inflate past `max` bytes.
+fn decode_body(headers: &HeaderMap, body: Bytes, max: u64) -> Result<Bytes, QueryError> {
+    let gzip = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().eq_ignore_ascii_case("gzip"));
+    match gzip {
+        None | Some(false) => {
+            if let Some(enc) = headers
+                .get(header::CONTENT_ENCODING)
+                .and_then(|v| v.to_str().ok())
+            {
+                if !enc.trim().eq_ignore_ascii_case("identity") {
+                    return Err(QueryError::bad_input(format!(
+                        "unsupported Content-Encoding {enc:?}: use gzip or identity"
+                    )));
+                }
+            }
+            Ok(body)
+        }
+        Some(true) => {
+            let mut out = Vec::with_capacity(body.len() * 4);
+            let mut dec = flate2::read::GzDecoder::new(&body[..]).take(max + 1);
+            dec.read_to_end(&mut out)
+                .map_err(|e| QueryError::bad_input(format!("bad gzip body: {e}")))?;
+            if out.len() as u64 > max {
+                return Err(QueryError::new(
+                    ErrorKind::TooLarge,
+                    format!("decompressed body exceeds max_body_bytes ({max} bytes)"),
+                ));
+            }
+            Ok(Bytes::from(out))
+        }
+    }
+}
+
+/// The request key that makes a retried write idempotent.
+fn request_key(headers: &HeaderMap, q: &HashMap<String, String>, body: &[u8]) -> u64 {
+    if let Some(k) = headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
+        return shoal_common::hash::partition_hash(k.as_bytes());
+    }
+    let mut h = shoal_common::hash::partition_hash(body);
+    for k in ["db", "bucket", "precision", "rp", "org"] {
+        if let Some(v) = q.get(k) {
+            h ^= shoal_common::hash::partition_hash(format!("{k}={v}").as_bytes()).rotate_left(7);
+        }
+    }
+    h
+}
+
+async fn write_common(
+    st: &AppState,
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: Bytes,
+    default_precision: Precision,
+) -> Result<(), QueryError> {
+    let (engine, _permit) = admit(st)?;
+    let precision = match q.get("precision") {
+        None => default_precision,
+        Some(p) => Precision::parse(p).ok_or_else(|| {
+            QueryError::bad_input(format!(
+                "unknown precision {p:?}: use ns, us, ms, s (v1 also n, u, m, h)"
+            ))
+        })?,
+    };
+    let body = decode_body(headers, body, st.max_body_bytes)?;
+    let key = request_key(headers, q, &body);
+    ingest::write_lines(&engine, &body, precision, key).await?;
+    Ok(())
+}
+
+async fn write_v1(
+    State(st): State<Arc<AppState>>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match write_common(&st, &q, &headers, body, Precision::Nanoseconds).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn write_v2(
+    State(st): State<Arc<AppState>>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match write_common(&st, &q, &headers, body, Precision::Nanoseconds).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => {
+            let status = status_of(e.kind);
+            let code = match status {
+                StatusCode::BAD_REQUEST => "invalid",
+                StatusCode::PAYLOAD_TOO_LARGE => "request too large",
+                StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+                _ => "internal error",
+            };
+            (
+                status,
+                [(header::CONTENT_TYPE, "application/json")],
+                json!({"code": code, "message": e.message}).to_string(),
+            )
+                .into_response()
+        }
+    }
+}
