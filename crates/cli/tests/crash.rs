@@ -73,6 +73,12 @@ async fn sigkill_mid_ingest_loses_no_acknowledged_row() {
     eprintln!("acknowledged rows before SIGKILL: {}", acked.len());
 
     node.restart().await;
+    eprintln!(
+        "writes interrupted by the kill and finished at restart: {}",
+        node.stderr_text()
+            .matches("finishing a write interrupted")
+            .count()
+    );
     let (status, v) = node.sql("SELECT id FROM events").await;
     assert_eq!(status, 200, "{v}");
     let mut present: Vec<u64> = v["rows"]
@@ -99,14 +105,27 @@ async fn sigkill_mid_ingest_loses_no_acknowledged_row() {
         missing.is_empty(),
         "acknowledged ids missing after restart, e.g. {missing:?}"
     );
-    // Every present row belongs to a request some writer sent.
+    // Every present row belongs to a request some writer sent, and every request is whole:
+    // its rows span many vshards, and a write interrupted by the kill is finished (or was
+    // never begun) at restart, never left half applied.
+    let mut per_request: std::collections::BTreeMap<(u64, u64), u64> = Default::default();
     for id in &present {
         let (w, rest) = (id >> 40, id & ((1 << 40) - 1));
         assert!(
             w < WRITERS && rest < 10_000 * ROWS_PER_REQUEST,
             "row {id} was never sent"
         );
+        *per_request.entry((w, rest / ROWS_PER_REQUEST)).or_default() += 1;
     }
+    let partial: Vec<_> = per_request
+        .iter()
+        .filter(|(_, n)| **n != ROWS_PER_REQUEST)
+        .take(5)
+        .collect();
+    assert!(
+        partial.is_empty(),
+        "requests half visible after restart ((writer, request), rows): {partial:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

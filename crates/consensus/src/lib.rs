@@ -11,6 +11,7 @@
 
 pub mod codec;
 pub mod command;
+pub mod intents;
 pub mod log_store;
 pub mod meta_sm;
 pub mod network;

@@ -22,6 +22,7 @@ use shoal_storage::shard::ShardStats;
 use shoal_storage::{ShardStore, StoreConfig};
 
 use crate::command::{Command, DdlOp, Response};
+use crate::intents::{IntentLog, Part};
 use crate::log_store::LogStore;
 use crate::meta_sm::{CatalogHandle, MetaStateMachine};
 use crate::network::NoNetwork;
@@ -73,10 +74,14 @@ pub struct GroupStatus {
 
 pub struct Registry {
     cfg: GroupsConfig,
+    intents: Arc<IntentLog>,
     catalog: CatalogHandle,
     meta: Raft<TypeConfig, MetaStateMachine>,
     shards: Vec<ShardGroup>,
 }
+
+/// Segment size of the write-intent log: small, so finished intents are purged soon.
+const INTENT_SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 
 fn raft_config(
     cfg: &GroupsConfig,
@@ -140,13 +145,35 @@ impl Registry {
             .map_err(|e| Error::Internal(format!("starting vshard {v}: {e}")))?;
             shards.push(ShardGroup { raft, store });
         }
+        let intent_cfg = LogConfig {
+            segment_max_bytes: INTENT_SEGMENT_BYTES,
+            ..cfg.log.clone()
+        };
+        let (intents, pending) = IntentLog::open(&cfg.data_dir.join("intents"), intent_cfg)?;
         let reg = Arc::new(Registry {
             cfg,
+            intents: Arc::new(intents),
             catalog,
             meta,
             shards,
         });
         reg.bootstrap_and_wait(ready_timeout).await?;
+        // Finish writes that were under way when the node stopped: all of each, or none.
+        for (index, parts) in pending {
+            tracing::info!(
+                intent = index,
+                parts = parts.len(),
+                "finishing a write interrupted by a crash"
+            );
+            let results = reg.propose_parts(parts).await;
+            if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
+                return Err(Error::Unavailable {
+                    group: 0,
+                    reason: format!("finishing interrupted write {index}: {e}"),
+                });
+            }
+            reg.intents.done(index)?;
+        }
         Ok(reg)
     }
 
@@ -251,6 +278,42 @@ impl Registry {
             .ok_or_else(|| Error::Internal(format!("vshard {vshard} out of range")))?;
         let r = s.raft.client_write(cmd).await;
         map_write(group_of_vshard(vshard), r)
+    }
+
+    /// Proposes the parts of one write (one insert per vshard) and waits for all of them.
+    /// With more than one part, a durable intent first makes the write all-or-nothing across
+    /// a crash of this node (see [`crate::intents`]).
+    pub async fn insert_many(&self, parts: Vec<Part>) -> Vec<Result<Response, Error>> {
+        if parts.len() <= 1 {
+            return self.propose_parts(parts).await;
+        }
+        let intent = match self.intents.begin(&parts).await {
+            Ok(i) => i,
+            Err(e) => {
+                return parts
+                    .iter()
+                    .map(|_| {
+                        Err(Error::Unavailable {
+                            group: 0,
+                            reason: e.to_string(),
+                        })
+                    })
+                    .collect()
+            }
+        };
+        let results = self.propose_parts(parts).await;
+        // A part that failed for a retryable reason stays intended: the next start finishes it.
+        let settled = results.iter().all(Result::is_ok);
+        if settled {
+            if let Err(e) = self.intents.done(intent) {
+                tracing::warn!(intent, error = %e, "could not record a finished write; it will be re-proposed (harmlessly) at start-up");
+            }
+        }
+        results
+    }
+
+    async fn propose_parts(&self, parts: Vec<Part>) -> Vec<Result<Response, Error>> {
+        futures::future::join_all(parts.into_iter().map(|(v, cmd)| self.insert(v, cmd))).await
     }
 
     /// Asks every vshard with hot data to flush now.

@@ -80,12 +80,7 @@ impl Writer {
             }
         }
         outcome.parts = proposals.len() as u32;
-        let results = futures::future::join_all(
-            proposals
-                .into_iter()
-                .map(|(v, cmd)| self.registry.insert(v, cmd)),
-        )
-        .await;
+        let results = self.registry.insert_many(proposals).await;
         let mut failed = vec![];
         let mut first_err = None;
         for r in results {
@@ -104,7 +99,7 @@ impl Writer {
         }
         if let Some(mut e) = first_err {
             e.message = format!(
-                "{} of {} parts of this write failed, the others committed; retrying the same request (same body or idempotency key) is safe: committed parts are not applied twice. First error: {}",
+                "{} of {} parts of this write failed; the write is not acknowledged. Retrying the same request (same body or idempotency key) is safe: parts already applied are not applied twice. First error: {}",
                 failed.len(),
                 outcome.parts,
                 e.message

@@ -283,3 +283,38 @@ async fn write_v2(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Before recovery finishes the node is live but not ready, and other routes say so.
+    #[tokio::test]
+    async fn not_ready_until_the_engine_is_set() {
+        let state = Arc::new(AppState {
+            engine: OnceLock::new(),
+            draining: AtomicBool::new(false),
+            max_body_bytes: 1024 * 1024,
+            permits: Arc::new(Semaphore::new(4)),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move { axum::serve(listener, router(state)).await });
+        let http = reqwest::Client::new();
+        let get = |p: &str| http.get(format!("http://{addr}{p}")).send();
+        assert_eq!(get("/health/live").await.expect("live").status(), 200);
+        let ready = get("/health/ready").await.expect("ready");
+        assert_eq!(ready.status(), 503);
+        assert_eq!(ready.text().await.expect("text"), "recovering\n");
+        let sql = http
+            .post(format!("http://{addr}/v1/sql"))
+            .body("SELECT 1")
+            .send()
+            .await
+            .expect("sql");
+        assert_eq!(sql.status(), 503);
+        server.abort();
+    }
+}

@@ -1,0 +1,244 @@
+//! The write-intent log: what makes a write that spans several vshards all-or-nothing across
+//! a crash of this node.
+//!
+//! ```text
+//! write of N > 1 parts:  append BEGIN(parts) ─fsync─▶ propose every part ─▶ append DONE(begin)
+//! start-up:              every BEGIN without DONE is proposed again, part by part
+//! ```
+//! Each part carries its request id, so re-proposing a part that was already applied is a
+//! no-op on its vshard (the shard state machine remembers recent ids). A write whose BEGIN
+//! is durable is therefore eventually applied whole, even if the node died in the middle;
+//! a write whose BEGIN is not durable was never proposed. A single-part write needs no
+//! intent: one Raft entry is atomic by itself.
+//!
+//! Records (in a `raftlog` of their own, `intents/` in the data directory):
+//! `BEGIN = [1][u32 parts]{[u32 vshard][u64 table id][u8 has id][u64 request id][u64 len][ipc]}`,
+//! `DONE = [2][u64 index of the BEGIN]`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use parking_lot::Mutex;
+use shoal_raftlog::{LogConfig, RaftLog};
+
+use crate::command::Command;
+use crate::Error;
+
+const BEGIN: u8 = 1;
+const DONE: u8 = 2;
+
+/// One part of a write: the vshard and its insert command.
+pub type Part = (u32, Command);
+
+/// A write that began but did not finish: its intent id and parts.
+pub type Unfinished = (u64, Vec<Part>);
+
+pub struct IntentLog {
+    log: Arc<RaftLog>,
+    state: Mutex<IntentState>,
+}
+
+struct IntentState {
+    next_index: u64,
+    outstanding: BTreeSet<u64>,
+}
+
+fn encode_begin(parts: &[Part]) -> Bytes {
+    let size: usize = parts
+        .iter()
+        .map(|(_, c)| match c {
+            Command::Insert { ipc, .. } => 29 + ipc.len(),
+            Command::Ddl { .. } => 0,
+        })
+        .sum();
+    let mut b = BytesMut::with_capacity(5 + size);
+    b.put_u8(BEGIN);
+    b.put_u32_le(parts.len() as u32);
+    for (vshard, cmd) in parts {
+        if let Command::Insert {
+            table_id,
+            request_id,
+            ipc,
+        } = cmd
+        {
+            b.put_u32_le(*vshard);
+            b.put_u64_le(*table_id);
+            b.put_u8(u8::from(request_id.is_some()));
+            b.put_u64_le(request_id.unwrap_or(0));
+            b.put_u64_le(ipc.len() as u64);
+            b.put_slice(ipc);
+        }
+    }
+    b.freeze()
+}
+
+fn take<const N: usize>(rec: &Bytes, at: &mut usize) -> Option<[u8; N]> {
+    let s = rec.get(*at..*at + N)?;
+    *at += N;
+    s.try_into().ok()
+}
+
+fn decode_begin(rec: &Bytes) -> Option<Vec<Part>> {
+    let mut at = 1;
+    let n = u32::from_le_bytes(take::<4>(rec, &mut at)?);
+    let mut parts = Vec::with_capacity(n.min(4096) as usize);
+    for _ in 0..n {
+        let vshard = u32::from_le_bytes(take::<4>(rec, &mut at)?);
+        let table_id = u64::from_le_bytes(take::<8>(rec, &mut at)?);
+        let has = take::<1>(rec, &mut at)?[0] == 1;
+        let id = u64::from_le_bytes(take::<8>(rec, &mut at)?);
+        let len = usize::try_from(u64::from_le_bytes(take::<8>(rec, &mut at)?)).ok()?;
+        if rec.len() < at.checked_add(len)? {
+            return None;
+        }
+        let ipc = rec.slice(at..at + len);
+        at += len;
+        parts.push((
+            vshard,
+            Command::Insert {
+                table_id,
+                request_id: has.then_some(id),
+                ipc,
+            },
+        ));
+    }
+    Some(parts)
+}
+
+impl IntentLog {
+    /// Opens the log and returns it with the writes that began but never finished.
+    pub fn open(dir: &Path, cfg: LogConfig) -> Result<(IntentLog, Vec<Unfinished>), Error> {
+        let log = Arc::new(RaftLog::open(dir, cfg)?);
+        let mut begun: BTreeMap<u64, Vec<Part>> = BTreeMap::new();
+        if let (Some(first), Some(last)) = (log.first_index(), log.last_index()) {
+            // Bounded by the intent log's size, which purges behind finished writes.
+            for (index, rec) in log.read(first, last + 1)? {
+                match rec.first() {
+                    Some(&BEGIN) => {
+                        let parts = decode_begin(&rec).ok_or_else(|| {
+                            Error::Internal(format!("intent record {index} is damaged"))
+                        })?;
+                        begun.insert(index, parts);
+                    }
+                    Some(&DONE) => {
+                        let mut at = 1;
+                        if let Some(b) = take::<8>(&rec, &mut at) {
+                            begun.remove(&u64::from_le_bytes(b));
+                        }
+                    }
+                    _ => {
+                        return Err(Error::Internal(format!(
+                            "intent record {index} has an unknown kind"
+                        )))
+                    }
+                }
+            }
+        }
+        let next_index = log.last_index().or(log.purged_upto()).map_or(1, |i| i + 1);
+        let outstanding = begun.keys().copied().collect();
+        let intents = IntentLog {
+            log,
+            state: Mutex::new(IntentState {
+                next_index,
+                outstanding,
+            }),
+        };
+        Ok((intents, begun.into_iter().collect()))
+    }
+
+    fn append(&self, rec: Bytes, durable: bool) -> Result<u64, Error> {
+        let (index, rx) = {
+            let mut st = self.state.lock();
+            let index = st.next_index;
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            self.log.append(
+                vec![(index, rec)],
+                Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            )?;
+            st.next_index += 1;
+            (index, rx)
+        };
+        if durable {
+            rx.recv()
+                .map_err(|_| Error::Internal("intent log writer stopped".into()))??;
+        }
+        Ok(index)
+    }
+
+    /// Makes the intent to write `parts` durable; returns its id for [`IntentLog::done`].
+    pub async fn begin(self: &Arc<Self>, parts: &[Part]) -> Result<u64, Error> {
+        let rec = encode_begin(parts);
+        let me = self.clone();
+        let index = tokio::task::spawn_blocking(move || me.append(rec, true))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??;
+        self.state.lock().outstanding.insert(index);
+        Ok(index)
+    }
+
+    /// Records that every part of intent `index` was applied (or refused for good).
+    pub fn done(&self, index: u64) -> Result<(), Error> {
+        let mut rec = BytesMut::with_capacity(9);
+        rec.put_u8(DONE);
+        rec.put_u64_le(index);
+        // Durable with the writer's next fsync (within milliseconds): long before a
+        // vshard's request-id window could forget the parts.
+        self.append(rec.freeze(), false)?;
+        let purge_to = {
+            let mut st = self.state.lock();
+            st.outstanding.remove(&index);
+            match st.outstanding.first() {
+                Some(&oldest) => oldest.saturating_sub(1),
+                None => st.next_index.saturating_sub(1),
+            }
+        };
+        // Purging only deletes whole segments; skip the bookkeeping while there is one.
+        if self.log.stats().segments > 1 && purge_to > 0 {
+            self.log.purge_upto(purge_to)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(v: u32, id: u64) -> Part {
+        (
+            v,
+            Command::Insert {
+                table_id: 3,
+                request_id: Some(id),
+                ipc: Bytes::from(vec![v as u8; 10]),
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn unfinished_intents_are_returned_on_open() {
+        let dir = tempfile::tempdir().expect("tmp");
+        {
+            let (log, pending) = IntentLog::open(dir.path(), LogConfig::default()).expect("open");
+            assert!(pending.is_empty());
+            let log = Arc::new(log);
+            let a = log
+                .begin(&[part(1, 10), part(2, 11)])
+                .await
+                .expect("begin a");
+            let _b = log
+                .begin(&[part(3, 12), part(4, 13)])
+                .await
+                .expect("begin b");
+            log.done(a).expect("done a");
+            log.log.flush().expect("flush");
+        }
+        let (_log, pending) = IntentLog::open(dir.path(), LogConfig::default()).expect("reopen");
+        assert_eq!(pending.len(), 1, "only the unfinished write");
+        assert_eq!(pending[0].1, vec![part(3, 12), part(4, 13)]);
+    }
+}
