@@ -50,7 +50,37 @@ pub struct StartArgs {
     /// On shutdown, wait this long for in-flight work, ms [default: 30000]
     #[arg(long, env = "SHOAL_DRAIN_TIMEOUT_MS")]
     drain_timeout_ms: Option<u64>,
-    /// Log filter [default: info]
+    /// How often the flush policy runs, ms [default: 500]
+    #[arg(long, env = "SHOAL_FLUSH_CHECK_INTERVAL_MS")]
+    flush_check_interval_ms: Option<u64>,
+    /// Raft log segment size, bytes [default: 67108864]
+    #[arg(long, env = "SHOAL_WAL_SEGMENT_BYTES")]
+    wal_segment_bytes: Option<u64>,
+    /// Raft log recent-entry cache per group, bytes [default: 67108864]
+    #[arg(long, env = "SHOAL_WAL_CACHE_BYTES")]
+    wal_cache_bytes: Option<u64>,
+    /// Rows per Parquet row group [default: 262144]
+    #[arg(long, env = "SHOAL_PARQUET_ROW_GROUP_ROWS")]
+    parquet_row_group_rows: Option<usize>,
+    /// DataFusion target partitions; 0 = cores [default: 0]
+    #[arg(long, env = "SHOAL_QUERY_TARGET_PARTITIONS")]
+    query_target_partitions: Option<usize>,
+    /// HTTP requests worked on at once [default: 256]
+    #[arg(long, env = "SHOAL_HTTP_MAX_CONCURRENT_REQUESTS")]
+    http_max_concurrent_requests: Option<usize>,
+    /// Longest start-up recovery, ms [default: 120000]
+    #[arg(long, env = "SHOAL_STARTUP_TIMEOUT_MS")]
+    startup_timeout_ms: Option<u64>,
+    /// Raft heartbeat interval, ms [default: 200]
+    #[arg(long, env = "SHOAL_RAFT_HEARTBEAT_MS")]
+    raft_heartbeat_ms: Option<u64>,
+    /// Raft election timeout minimum, ms [default: 600]
+    #[arg(long, env = "SHOAL_RAFT_ELECTION_MIN_MS")]
+    raft_election_min_ms: Option<u64>,
+    /// Raft election timeout maximum, ms [default: 1200]
+    #[arg(long, env = "SHOAL_RAFT_ELECTION_MAX_MS")]
+    raft_election_max_ms: Option<u64>,
+    /// Log filter [default: info,openraft=warn]
     #[arg(long, env = "SHOAL_LOG")]
     log: Option<String>,
 }
@@ -79,9 +109,19 @@ pub fn resolve(args: &StartArgs) -> Result<NodeConfig, String> {
         max_body_bytes,
         flush_hot_bytes,
         flush_age_ms,
+        flush_check_interval_ms,
+        wal_segment_bytes,
+        wal_cache_bytes,
         wal_fsync,
         min_free_disk_bytes,
+        parquet_row_group_rows,
+        query_target_partitions,
+        http_max_concurrent_requests,
+        startup_timeout_ms,
         drain_timeout_ms,
+        raft_heartbeat_ms,
+        raft_election_min_ms,
+        raft_election_max_ms,
         log
     );
     cfg.validate()?;
@@ -136,5 +176,49 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        start: StartArgs,
+    }
+
+    /// Every config key is also a flag (and so an env var): nothing is file-only.
+    #[test]
+    fn every_config_key_has_a_flag() {
+        let help = Wrapper::command().render_long_help().to_string();
+        let keys = toml::Value::try_from(NodeConfig::default()).expect("toml");
+        for key in keys.as_table().expect("table").keys() {
+            let flag = format!("--{}", key.replace('_', "-"));
+            assert!(help.contains(&flag), "config key {key} has no flag {flag}");
+            let env = format!("SHOAL_{}", key.to_uppercase());
+            assert!(help.contains(&env), "config key {key} has no env var {env}");
+        }
+    }
+
+    #[test]
+    fn flags_override_the_config_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "vshards = 4\nflush_age_ms = 1000\n").expect("write");
+        let w = Wrapper::try_parse_from([
+            "x",
+            "--config",
+            path.to_str().expect("utf8"),
+            "--vshards",
+            "8",
+        ])
+        .expect("parse");
+        let cfg = resolve(&w.start).expect("resolve");
+        assert_eq!(cfg.vshards, 8, "flag wins");
+        assert_eq!(cfg.flush_age_ms, 1000, "file value kept");
+        assert_eq!(cfg.http_addr, "127.0.0.1:7480", "default kept");
     }
 }

@@ -71,6 +71,40 @@ pub enum Error {
     Internal(String),
 }
 
+/// Applies committed entries for either state machine: membership entries update
+/// `membership`, normal entries go to `on_command`; every entry moves `applied` and answers
+/// its client (if one waits on this node).
+pub(crate) async fn apply_entries<Strm>(
+    mut entries: Strm,
+    applied: &mut Option<LogId>,
+    membership: &mut StoredMembership,
+    mut on_command: impl FnMut(&Command) -> Response,
+) -> Result<(), std::io::Error>
+where
+    Strm: futures::Stream<
+            Item = Result<openraft::storage::EntryResponder<TypeConfig>, std::io::Error>,
+        > + Unpin
+        + openraft::OptionalSend,
+{
+    use futures::StreamExt;
+    while let Some(item) = entries.next().await {
+        let (entry, responder) = item?;
+        let response = match &entry.payload {
+            openraft::EntryPayload::Blank => Response::Ok,
+            openraft::EntryPayload::Membership(m) => {
+                *membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                Response::Ok
+            }
+            openraft::EntryPayload::Normal(cmd) => on_command(cmd),
+        };
+        *applied = Some(entry.log_id);
+        if let Some(r) = responder {
+            r.send(response);
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn io_err(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }

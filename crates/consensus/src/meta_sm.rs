@@ -9,15 +9,17 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
-use openraft::{EntryPayload, OptionalSend};
+use openraft::OptionalSend;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use shoal_common::schema::TableSchema;
 
 use crate::command::{Command, DdlOp, Response};
-use crate::{io_err, GroupSnapshot, LogId, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::{
+    apply_entries, io_err, GroupSnapshot, LogId, SnapshotMeta, StoredMembership, TypeConfig,
+};
 
 pub const CATALOG_FILE: &str = "catalog.json";
 pub const CATALOG_FORMAT_VERSION: u32 = 1;
@@ -240,24 +242,22 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
         Ok((self.applied, self.membership.clone()))
     }
 
-    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    async fn apply<Strm>(&mut self, entries: Strm) -> Result<(), io::Error>
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
-        while let Some(item) = entries.next().await {
-            let (entry, responder) = item?;
-            let response = match &entry.payload {
-                EntryPayload::Blank => Response::Ok,
-                EntryPayload::Membership(m) => {
-                    self.membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                    Response::Ok
-                }
-                EntryPayload::Normal(Command::Ddl { ops }) => {
-                    let current = self.catalog.read().clone();
+        let catalog = &self.catalog;
+        apply_entries(
+            entries,
+            &mut self.applied,
+            &mut self.membership,
+            |cmd| match cmd {
+                Command::Ddl { ops } => {
+                    let current = catalog.read().clone();
                     match current.apply_ddl(ops) {
                         Ok((next, changed)) => {
                             let schema_version = next.schema_version;
-                            *self.catalog.write() = Arc::new(next);
+                            *catalog.write() = Arc::new(next);
                             Response::Ddl {
                                 schema_version,
                                 changed,
@@ -266,16 +266,12 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
                         Err(msg) => Response::Rejected(msg),
                     }
                 }
-                EntryPayload::Normal(Command::Insert { .. }) => {
+                Command::Insert { .. } => {
                     Response::Rejected("insert sent to the metadata group".into())
                 }
-            };
-            self.applied = Some(entry.log_id);
-            if let Some(r) = responder {
-                r.send(response);
-            }
-        }
-        Ok(())
+            },
+        )
+        .await
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {

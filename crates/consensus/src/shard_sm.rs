@@ -11,15 +11,17 @@ use std::collections::{HashSet, VecDeque};
 use std::io;
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
-use openraft::{EntryPayload, OptionalSend};
+use openraft::OptionalSend;
 use serde::{Deserialize, Serialize};
 use shoal_storage::{FlushJob, Manifest, ShardStore};
 
 use crate::command::{Command, Response};
 use crate::meta_sm::{CatalogHandle, SnapshotData};
-use crate::{io_err, GroupSnapshot, LogId, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::{
+    apply_entries, io_err, GroupSnapshot, LogId, SnapshotMeta, StoredMembership, TypeConfig,
+};
 
 /// How many recent insert request ids a vshard remembers for deduplication.
 pub const RECENT_REQUESTS_MAX: usize = 65_536;
@@ -94,26 +96,33 @@ impl ShardStateMachine {
             recent_requests: self.recent.order.iter().copied().collect(),
         }
     }
+}
 
-    fn apply_insert(&mut self, table_id: u64, request_id: Option<u64>, ipc: &[u8]) -> Response {
-        if let Some(id) = request_id {
-            if self.recent.set.contains(&id) {
-                return Response::Duplicate;
-            }
+/// Applies one insert unless its request id was applied recently.
+fn apply_insert(
+    store: &ShardStore,
+    recent: &mut RecentRequests,
+    table_id: u64,
+    request_id: Option<u64>,
+    ipc: &[u8],
+) -> Response {
+    if let Some(id) = request_id {
+        if recent.set.contains(&id) {
+            return Response::Duplicate;
         }
-        match shoal_storage::ipc::decode_batches(ipc) {
-            Ok(batches) => {
-                for b in batches {
-                    self.store.insert(table_id, b);
-                }
-                if let Some(id) = request_id {
-                    self.recent.insert(id);
-                }
-                Response::Ok
+    }
+    match shoal_storage::ipc::decode_batches(ipc) {
+        Ok(batches) => {
+            for b in batches {
+                store.insert(table_id, b);
             }
-            // Deterministic: every replica decodes the same bytes the same way.
-            Err(e) => Response::Rejected(format!("undecodable insert payload: {e}")),
+            if let Some(id) = request_id {
+                recent.insert(id);
+            }
+            Response::Ok
         }
+        // Deterministic: every replica decodes the same bytes the same way.
+        Err(e) => Response::Rejected(format!("undecodable insert payload: {e}")),
     }
 }
 
@@ -174,33 +183,25 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         Ok((self.applied, self.membership.clone()))
     }
 
-    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    async fn apply<Strm>(&mut self, entries: Strm) -> Result<(), io::Error>
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
-        while let Some(item) = entries.next().await {
-            let (entry, responder) = item?;
-            let response = match &entry.payload {
-                EntryPayload::Blank => Response::Ok,
-                EntryPayload::Membership(m) => {
-                    self.membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                    Response::Ok
-                }
-                EntryPayload::Normal(Command::Insert {
+        let (store, recent) = (&self.store, &mut self.recent);
+        apply_entries(
+            entries,
+            &mut self.applied,
+            &mut self.membership,
+            |cmd| match cmd {
+                Command::Insert {
                     table_id,
                     request_id,
                     ipc,
-                }) => self.apply_insert(*table_id, *request_id, ipc),
-                EntryPayload::Normal(Command::Ddl { .. }) => {
-                    Response::Rejected("DDL sent to a vshard group".into())
-                }
-            };
-            self.applied = Some(entry.log_id);
-            if let Some(r) = responder {
-                r.send(response);
-            }
-        }
-        Ok(())
+                } => apply_insert(store, recent, *table_id, *request_id, ipc),
+                Command::Ddl { .. } => Response::Rejected("DDL sent to a vshard group".into()),
+            },
+        )
+        .await
     }
 
     async fn try_create_snapshot_builder(&mut self, _force: bool) -> Option<Self::SnapshotBuilder> {

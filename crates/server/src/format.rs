@@ -93,6 +93,18 @@ fn type_name(t: &DataType) -> String {
     }
 }
 
+/// Display formatters for every column of a batch (for cells JSON has no native type for).
+fn formatters<'a>(
+    b: &'a RecordBatch,
+    opts: &'a FormatOptions<'a>,
+) -> Result<Vec<ArrayFormatter<'a>>, String> {
+    b.columns()
+        .iter()
+        .map(|c| ArrayFormatter::try_new(c.as_ref(), opts))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())
+}
+
 pub fn to_json(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, String> {
     let columns: Vec<Value> = schema
         .fields()
@@ -102,12 +114,7 @@ pub fn to_json(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, S
     let mut rows = vec![];
     let opts = format_options();
     for b in batches {
-        let fmts: Vec<ArrayFormatter<'_>> = b
-            .columns()
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts))
-            .collect::<Result<_, _>>()
-            .map_err(|e| e.to_string())?;
+        let fmts = formatters(b, &opts)?;
         for r in 0..b.num_rows() {
             let row: Vec<Value> = b
                 .columns()
@@ -125,12 +132,7 @@ pub fn to_jsonl(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, 
     let mut out = vec![];
     let opts = format_options();
     for b in batches {
-        let fmts: Vec<ArrayFormatter<'_>> = b
-            .columns()
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts))
-            .collect::<Result<_, _>>()
-            .map_err(|e| e.to_string())?;
+        let fmts = formatters(b, &opts)?;
         for r in 0..b.num_rows() {
             let mut obj = serde_json::Map::new();
             for ((field, c), f) in schema.fields().iter().zip(b.columns()).zip(&fmts) {
