@@ -246,16 +246,39 @@ async fn write_common(
     Ok(())
 }
 
+/// The body InfluxDB v2 clients expect on an error (`code` + `message`).
+fn v2_error(e: &QueryError) -> Response {
+    let status = status_of(e.kind);
+    let code = match status {
+        StatusCode::BAD_REQUEST => "invalid",
+        StatusCode::PAYLOAD_TOO_LARGE => "request too large",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        _ => "internal error",
+    };
+    let body = json!({"code": code, "message": e.message}).to_string();
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn write_with(
+    st: &AppState,
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: Bytes,
+    on_error: fn(&QueryError) -> Response,
+) -> Response {
+    match write_common(st, q, headers, body, Precision::Nanoseconds).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => on_error(&e),
+    }
+}
+
 async fn write_v1(
     State(st): State<Arc<AppState>>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match write_common(&st, &q, &headers, body, Precision::Nanoseconds).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => error_response(&e),
-    }
+    write_with(&st, &q, &headers, body, error_response).await
 }
 
 async fn write_v2(
@@ -264,24 +287,7 @@ async fn write_v2(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match write_common(&st, &q, &headers, body, Precision::Nanoseconds).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => {
-            let status = status_of(e.kind);
-            let code = match status {
-                StatusCode::BAD_REQUEST => "invalid",
-                StatusCode::PAYLOAD_TOO_LARGE => "request too large",
-                StatusCode::SERVICE_UNAVAILABLE => "unavailable",
-                _ => "internal error",
-            };
-            (
-                status,
-                [(header::CONTENT_TYPE, "application/json")],
-                json!({"code": code, "message": e.message}).to_string(),
-            )
-                .into_response()
-        }
-    }
+    write_with(&st, &q, &headers, body, v2_error).await
 }
 
 #[cfg(test)]

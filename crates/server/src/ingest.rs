@@ -11,6 +11,7 @@
 //! a retry of the same body is recognised (request key = hash of body, database and
 //! precision, or the `Idempotency-Key` header) and never duplicates rows.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -28,17 +29,17 @@ use shoal_storage::arrow_schema::arrow_type;
 /// Lines one request may carry.
 pub const MAX_LINES_PER_REQUEST: usize = 5_000_000;
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Value<'a> {
     Float(f64),
     Int(i64),
     UInt(u64),
     Bool(bool),
-    Str(&'a str),
+    Str(Cow<'a, str>),
 }
 
 struct Column<'a> {
-    name: &'a str,
+    name: Cow<'a, str>,
     column_type: ColumnType,
     first_line: usize,
     /// (row, value), rows ascending; a row without the column is null.
@@ -46,10 +47,10 @@ struct Column<'a> {
 }
 
 struct TableRows<'a> {
-    name: &'a str,
+    name: Cow<'a, str>,
     ts: Vec<i64>,
     columns: Vec<Column<'a>>,
-    by_name: HashMap<&'a str, usize>,
+    by_name: HashMap<Cow<'a, str>, usize>,
 }
 
 fn field_type(v: &FieldValue<'_>) -> ColumnType {
@@ -74,12 +75,12 @@ impl<'a> TableRows<'a> {
     fn push(
         &mut self,
         line_no: usize,
-        name: &'a str,
+        name: Cow<'a, str>,
         t: ColumnType,
         v: Value<'a>,
     ) -> Result<(), QueryError> {
         let row = (self.ts.len() - 1) as u32;
-        let idx = match self.by_name.get(name) {
+        let idx = match self.by_name.get(name.as_ref()) {
             Some(&i) => i,
             None => {
                 if name == TIME_COLUMN {
@@ -87,22 +88,23 @@ impl<'a> TableRows<'a> {
                         "line {line_no}: {name:?} is reserved for the time column and cannot be a tag or field"
                     )));
                 }
-                validate_name(name)
+                validate_name(&name)
                     .map_err(|e| QueryError::bad_input(format!("line {line_no}: {e}")))?;
+                self.by_name.insert(name.clone(), self.columns.len());
                 self.columns.push(Column {
                     name,
                     column_type: t,
                     first_line: line_no,
                     values: vec![],
                 });
-                self.by_name.insert(name, self.columns.len() - 1);
                 self.columns.len() - 1
             }
         };
         let col = &mut self.columns[idx];
         if col.column_type != t {
             return Err(QueryError::bad_input(format!(
-                "line {line_no}: field type conflict: {name:?} in measurement {:?} is {} here but {} on line {}",
+                "line {line_no}: field type conflict: {:?} in measurement {:?} is {} here but {} on line {}",
+                col.name,
                 self.name,
                 kind_word(t),
                 kind_word(col.column_type),
@@ -125,7 +127,7 @@ fn parse_body<'a>(
     now: i64,
 ) -> Result<Vec<TableRows<'a>>, QueryError> {
     let mut tables: Vec<TableRows<'a>> = vec![];
-    let mut by_name: HashMap<&'a str, usize> = HashMap::new();
+    let mut by_name: HashMap<Cow<'a, str>, usize> = HashMap::new();
     let mut lines = 0usize;
     let mut iter = shoal_lineproto::parse_lines(body);
     while let Some(parsed) = iter.next() {
@@ -147,10 +149,10 @@ fn parse_body<'a>(
             })?,
             None => now,
         };
-        let measurement = leak_cow(line.measurement);
-        validate_name(measurement)
+        let measurement = line.measurement;
+        validate_name(&measurement)
             .map_err(|e| QueryError::bad_input(format!("line {line_no}: {e}")))?;
-        let ti = *by_name.entry(measurement).or_insert_with(|| {
+        let ti = *by_name.entry(measurement.clone()).or_insert_with(|| {
             tables.push(TableRows {
                 name: measurement,
                 ts: vec![],
@@ -162,12 +164,7 @@ fn parse_body<'a>(
         let t = &mut tables[ti];
         t.ts.push(ts);
         for (k, v) in line.tags {
-            t.push(
-                line_no,
-                leak_cow(k),
-                ColumnType::Tag,
-                Value::Str(leak_cow(v)),
-            )?;
+            t.push(line_no, k, ColumnType::Tag, Value::Str(v))?;
         }
         for (k, v) in line.fields {
             let ft = field_type(&v);
@@ -176,47 +173,12 @@ fn parse_body<'a>(
                 FieldValue::Int(i) => Value::Int(i),
                 FieldValue::UInt(u) => Value::UInt(u),
                 FieldValue::Bool(b) => Value::Bool(b),
-                FieldValue::Str(s) => Value::Str(leak_cow(s)),
+                FieldValue::Str(s) => Value::Str(s),
             };
-            t.push(line_no, leak_cow(k), ft, value)?;
+            t.push(line_no, k, ft, value)?;
         }
     }
     Ok(tables)
-}
-
-/// Unescaped keys and values are owned `Cow`s; those are rare (escapes), so they are kept
-/// alive for the request by an arena instead of complicating every borrowed path.
-fn leak_cow<'a>(c: std::borrow::Cow<'a, str>) -> &'a str {
-    match c {
-        std::borrow::Cow::Borrowed(s) => s,
-        std::borrow::Cow::Owned(s) => ARENA.with(|a| a.keep(s)),
-    }
-}
-
-thread_local! {
-    static ARENA: Arena = const { Arena { strings: std::cell::RefCell::new(Vec::new()) } };
-}
-
-struct Arena {
-    strings: std::cell::RefCell<Vec<Box<str>>>,
-}
-
-impl Arena {
-    fn keep<'a>(&self, s: String) -> &'a str {
-        let boxed: Box<str> = s.into_boxed_str();
-        let ptr: *const str = &*boxed;
-        self.strings.borrow_mut().push(boxed);
-        // SAFETY: the box is kept alive until `clear_arena` runs after the request's batches
-        // are built, and a Box's heap data never moves.
-        #[allow(unsafe_code)]
-        unsafe {
-            &*ptr
-        }
-    }
-}
-
-fn clear_arena() {
-    ARENA.with(|a| a.strings.borrow_mut().clear());
 }
 
 /// Column definitions for creating or extending a table from what a request carries.
@@ -239,13 +201,13 @@ fn wanted_schema(t: &TableRows<'_>) -> Result<TableSchema, QueryError> {
                 column_type: c.column_type,
             }),
     );
-    TableSchema::new(t.name, cols, None).map_err(|e| QueryError::bad_input(e.to_string()))
+    TableSchema::new(&t.name, cols, None).map_err(|e| QueryError::bad_input(e.to_string()))
 }
 
 fn check_against_catalog(t: &TableRows<'_>, entry: &TableEntry) -> Result<bool, QueryError> {
     let mut missing = false;
     for c in &t.columns {
-        match entry.schema.column(c.name) {
+        match entry.schema.column(&c.name) {
             None => missing = true,
             Some(existing) if existing.column_type != c.column_type => {
                 return Err(QueryError::bad_input(format!(
@@ -298,7 +260,7 @@ fn build_column(c: &Column<'_>, rows: usize) -> ArrayRef {
                     next += 1;
                 }
                 if let Value::$variant(x) = v {
-                    b.append_value(*x);
+                    b.append_value(x.clone());
                 } else {
                     b.append_null();
                 }
@@ -330,32 +292,17 @@ pub async fn write_lines(
     request_key: u64,
 ) -> Result<WriteOutcome, QueryError> {
     let now = precision.truncate_nanos(shoal_common::time::now_nanos());
-    let batches = {
-        let result = (|| {
-            let tables = parse_body(body, precision, now)?;
-            Ok::<_, QueryError>(tables)
-        })();
-        let tables = match result {
-            Ok(t) => t,
-            Err(e) => {
-                clear_arena();
-                return Err(e);
-            }
-        };
-        let prepared = prepare(engine, &tables).await;
-        let built = prepared.and_then(|entries| {
-            tables
-                .iter()
-                .zip(entries)
-                .map(|(t, e)| build_batch(t, &e).map(|b| (e, b)))
-                .collect::<Result<Vec<_>, _>>()
-        });
-        clear_arena();
-        built?
-    };
-    let refs: Vec<(&TableEntry, RecordBatch)> =
-        batches.iter().map(|(e, b)| (e, b.clone())).collect();
-    engine.writer().write_many(&refs, Some(request_key)).await
+    let tables = parse_body(body, precision, now)?;
+    let entries = prepare(engine, &tables).await?;
+    let batches = tables
+        .iter()
+        .zip(entries.iter())
+        .map(|(t, e)| build_batch(t, e).map(|b| (e, b)))
+        .collect::<Result<Vec<_>, _>>()?;
+    engine
+        .writer()
+        .write_many(&batches, Some(request_key))
+        .await
 }
 
 /// Type-checks every table against the catalog and creates what is missing (one DDL batch).
@@ -368,7 +315,7 @@ async fn prepare(
     {
         let cat = catalog.read().clone();
         for t in tables {
-            match cat.tables.get(t.name) {
+            match cat.tables.get(t.name.as_ref()) {
                 Some(entry) => {
                     if check_against_catalog(t, entry)? {
                         ops.push(DdlOp::EnsureTable {
@@ -392,7 +339,7 @@ async fn prepare(
     tables
         .iter()
         .map(|t| {
-            let entry = cat.tables.get(t.name).cloned().ok_or_else(|| {
+            let entry = cat.tables.get(t.name.as_ref()).cloned().ok_or_else(|| {
                 QueryError::new(
                     ErrorKind::Unavailable,
                     format!("table {} was dropped during the write", t.name),
@@ -413,7 +360,6 @@ mod tests {
         let body =
             b"cpu,host=a usage=1.5 10\nmem,host=a free=3i 11\ncpu,host=b usage=2.5,idle=true 12\n";
         let tables = parse_body(body, Precision::Nanoseconds, 0).expect("parse");
-        clear_arena();
         assert_eq!(tables.len(), 2);
         assert_eq!(tables[0].name, "cpu");
         assert_eq!(tables[0].ts, vec![10, 12]);
@@ -431,7 +377,6 @@ mod tests {
         let err = parse_body(body, Precision::Nanoseconds, 0)
             .err()
             .expect("conflict");
-        clear_arena();
         assert!(err.message.contains("line 3"), "{}", err.message);
         assert!(
             err.message.contains("string here but float on line 1"),
@@ -445,8 +390,19 @@ mod tests {
         let err = parse_body(b"m v=1 1\nm v= 2\n", Precision::Nanoseconds, 0)
             .err()
             .expect("bad");
-        clear_arena();
         assert!(err.message.contains("line 2"), "{}", err.message);
+    }
+
+    /// Escaped keys and values are unescaped into owned strings that live with the request.
+    #[test]
+    fn escaped_names_and_values_survive() {
+        let body = b"m\\ x,host=a\\ b v=\"q\\\"z\" 1\n";
+        let tables = parse_body(body, Precision::Nanoseconds, 0).expect("parse");
+        assert_eq!(tables[0].name, "m x");
+        let host = &tables[0].columns[tables[0].by_name["host"]];
+        assert!(matches!(&host.values[0].1, Value::Str(s) if s == "a b"));
+        let v = &tables[0].columns[tables[0].by_name["v"]];
+        assert!(matches!(&v.values[0].1, Value::Str(s) if s == "q\"z"));
     }
 
     #[test]
@@ -454,7 +410,6 @@ mod tests {
         let err = parse_body(b"m,ts=x v=1 1\n", Precision::Nanoseconds, 0)
             .err()
             .expect("reserved");
-        clear_arena();
         assert!(err.message.contains("reserved"), "{}", err.message);
     }
 }
