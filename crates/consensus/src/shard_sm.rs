@@ -114,7 +114,10 @@ fn apply_insert(
     match shoal_storage::ipc::decode_batches(ipc) {
         Ok(batches) => {
             for b in batches {
-                store.insert(table_id, b);
+                // Deterministic like decoding: every replica fails the same batch the same way.
+                if let Err(e) = store.insert(table_id, b) {
+                    return Response::Rejected(format!("unapplicable insert payload: {e}"));
+                }
             }
             if let Some(id) = request_id {
                 recent.insert(id);

@@ -7,13 +7,16 @@
 //! statistics); a remote source can serve the same request as an Arrow stream.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{SchemaProvider, Session};
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{DFSchema, Result as DfResult, ScalarValue};
+use datafusion::common::{DFSchema, DataFusionError, Result as DfResult, ScalarValue};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
@@ -34,8 +37,10 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 use shoal_consensus::{CatalogHandle, Registry, TableEntry};
 use shoal_storage::arrow_schema::table_arrow_schema;
+use shoal_common::schema::ColumnType;
+use shoal_storage::dedup::{self, SeriesKey};
 use shoal_storage::shard::align_batch;
-use shoal_storage::ShardStore;
+use shoal_storage::{HotBatch, PartMeta, ShardStore};
 
 use crate::engine::ReadConsistency;
 use crate::error::QueryError;
@@ -156,6 +161,20 @@ impl TableProvider for ShoalTable {
             Some(e) => Some(state.create_physical_expr(e, &df_schema)?),
             None => None,
         };
+        let is_key = |name: &str| {
+            self.entry.schema.column(name).is_some_and(|c| {
+                matches!(c.column_type, ColumnType::Timestamp | ColumnType::Tag)
+            })
+        };
+        let key_filters: Vec<Expr> = filters
+            .iter()
+            .filter(|f| f.column_refs().iter().all(|c| is_key(&c.name)))
+            .cloned()
+            .collect();
+        let key_predicate = match conjunction(key_filters) {
+            Some(e) => Some(state.create_physical_expr(e, &df_schema)?),
+            None => None,
+        };
         let (min_ts, max_ts) = time_bounds(filters);
         let sources: Vec<Arc<dyn ShardSource>> = (0..self.registry.vshards())
             .filter_map(|v| {
@@ -169,6 +188,7 @@ impl TableProvider for ShoalTable {
             table_schema: self.schema.clone(),
             projection: projection.cloned(),
             predicate,
+            key_predicate,
             limit,
             min_ts,
             max_ts,
@@ -266,6 +286,9 @@ pub struct ShardScanRequest {
     pub table_schema: SchemaRef,
     pub projection: Option<Vec<usize>>,
     pub predicate: Option<Arc<dyn PhysicalExpr>>,
+    /// The conjuncts of `predicate` that read only key columns (`ts`, tags): the only safe
+    /// pruning where repeated points are being resolved.
+    pub key_predicate: Option<Arc<dyn PhysicalExpr>>,
     pub limit: Option<usize>,
     pub min_ts: Option<i64>,
     pub max_ts: Option<i64>,
@@ -308,84 +331,189 @@ impl ShardSource for LocalShard {
         ctx: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
         let snap = self.store.scan_snapshot(req.table_id);
-        let mut plans: Vec<Arc<dyn ExecutionPlan>> = vec![];
-        let files: Vec<PartitionedFile> = snap
+        let in_range = |lo: i64, hi: i64| {
+            req.min_ts.is_none_or(|l| hi >= l) && req.max_ts.is_none_or(|h| lo <= h)
+        };
+        let parts: Vec<(PathBuf, PartMeta)> = snap
             .parts
-            .iter()
-            .filter(|(_, p)| {
-                req.min_ts.is_none_or(|lo| p.max_ts >= lo)
-                    && req.max_ts.is_none_or(|hi| p.min_ts <= hi)
-            })
-            .map(|(path, p)| PartitionedFile::new(path.to_string_lossy().to_string(), p.bytes))
+            .into_iter()
+            .filter(|(_, p)| in_range(p.min_ts, p.max_ts))
             .collect();
-        if !files.is_empty() {
-            let mut source = ParquetSource::new(req.table_schema.clone());
-            if let Some(pred) = &req.predicate {
-                source = source.with_predicate(pred.clone());
+        let hot: Vec<HotBatch> = snap
+            .hot
+            .into_iter()
+            .filter(|h| in_range(h.min_ts, h.max_ts))
+            .collect();
+        // Sources that overlap in time may hold the same point twice; only rows inside the
+        // overlap go through last-write-wins resolution (see shoal_storage::dedup).
+        let key = SeriesKey::of(&req.table_schema);
+        let regions = match key {
+            Some(_) => {
+                let ranges: Vec<(i64, i64)> = parts
+                    .iter()
+                    .map(|(_, p)| (p.min_ts, p.max_ts))
+                    .chain(hot.iter().map(|h| (h.min_ts, h.max_ts)))
+                    .collect();
+                dedup::overlap_regions(&ranges)
             }
-            let config =
-                FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
-                    .with_file_group(FileGroup::new(files))
-                    .with_projection_indices(req.projection.clone())?
-                    .with_limit(req.limit)
-                    .build();
-            plans.push(DataSourceExec::from_data_source(config));
+            None => vec![],
+        };
+        let (dirty_parts, clean_parts): (Vec<_>, Vec<_>) = parts
+            .into_iter()
+            .partition(|(_, p)| dedup::touches(&regions, p.min_ts, p.max_ts));
+        let (dirty_hot, clean_hot): (Vec<_>, Vec<_>) = hot
+            .into_iter()
+            .partition(|h| dedup::touches(&regions, h.min_ts, h.max_ts));
+
+        let mut plans = vec![];
+        if !clean_parts.is_empty() {
+            plans.push(parquet_plan(
+                req,
+                &clean_parts,
+                req.predicate.clone(),
+                req.projection.clone(),
+                req.limit,
+            )?);
         }
-        if !snap.hot.is_empty() {
-            let aligned = snap
-                .hot
-                .iter()
-                .filter(|b| hot_batch_in_range(b, req.min_ts, req.max_ts))
-                .map(|b| align_batch(b, &req.table_schema))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-            if !aligned.is_empty() {
-                plans.push(MemorySourceConfig::try_new_exec(
-                    &[aligned],
-                    req.table_schema.clone(),
-                    req.projection.clone(),
-                )?);
-            }
+        if !clean_hot.is_empty() {
+            plans.push(hot_plan(req, &clean_hot, req.projection.clone())?);
         }
-        let schema = req.output_schema()?;
         let mut streams = vec![];
         for plan in plans {
             for p in 0..plan.properties().partitioning.partition_count() {
                 streams.push(plan.execute(p, ctx.clone())?);
             }
         }
+        if let (Some(key), false) = (key, dirty_parts.is_empty() && dirty_hot.is_empty()) {
+            streams.push(resolved_stream(
+                req,
+                &key,
+                &dirty_parts,
+                &dirty_hot,
+                regions,
+                ctx,
+            )?);
+        }
         Ok(Box::pin(RecordBatchStreamAdapter::new(
-            schema,
+            req.output_schema()?,
             futures::stream::iter(streams).flatten(),
         )))
     }
 }
 
-/// Skips hot batches whose `ts` range misses the scan's bounds.
-fn hot_batch_in_range(
-    b: &datafusion::arrow::array::RecordBatch,
-    lo: Option<i64>,
-    hi: Option<i64>,
-) -> bool {
-    if lo.is_none() && hi.is_none() {
-        return true;
+fn df_external(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+/// Reads Parquet parts, pruned by `predicate` (statistics only; filters run above the scan).
+fn parquet_plan(
+    req: &ShardScanRequest,
+    parts: &[(PathBuf, PartMeta)],
+    predicate: Option<Arc<dyn PhysicalExpr>>,
+    projection: Option<Vec<usize>>,
+    limit: Option<usize>,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let files: Vec<PartitionedFile> = parts
+        .iter()
+        .map(|(path, p)| PartitionedFile::new(path.to_string_lossy().to_string(), p.bytes))
+        .collect();
+    let mut source = ParquetSource::new(req.table_schema.clone());
+    if let Some(pred) = predicate {
+        source = source.with_predicate(pred);
     }
-    let Some(ts) = b
-        .column_by_name(shoal_common::schema::TIME_COLUMN)
-        .and_then(|c| {
-            c.as_any()
-                .downcast_ref::<datafusion::arrow::array::TimestampNanosecondArray>()
-        })
-    else {
-        return true;
+    let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+        .with_file_group(FileGroup::new(files))
+        .with_projection_indices(projection)?
+        .with_limit(limit)
+        .build();
+    Ok(DataSourceExec::from_data_source(config))
+}
+
+/// Reads hot batches, in apply order, as one partition.
+fn hot_plan(
+    req: &ShardScanRequest,
+    hot: &[HotBatch],
+    projection: Option<Vec<usize>>,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let aligned = hot
+        .iter()
+        .map(|h| align_batch(&h.batch, &req.table_schema))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(df_external)?;
+    MemorySourceConfig::try_new_exec(&[aligned], req.table_schema.clone(), projection)
+        .map(|p| p as Arc<dyn ExecutionPlan>)
+}
+
+/// Reads sources that overlap in time, oldest first, and resolves the rows inside the
+/// overlap `regions` so that the newest of a repeated point wins. Only key predicates prune
+/// here: pruning by a value could hide the newer version of a point and expose the older.
+fn resolved_stream(
+    req: &ShardScanRequest,
+    key: &SeriesKey,
+    parts: &[(PathBuf, PartMeta)],
+    hot: &[HotBatch],
+    regions: Vec<(i64, i64)>,
+    ctx: Arc<TaskContext>,
+) -> DfResult<SendableRecordBatchStream> {
+    let out_schema = req.output_schema()?;
+    let wanted: Vec<usize> = match &req.projection {
+        Some(p) => p.clone(),
+        None => (0..req.table_schema.fields().len()).collect(),
     };
-    let (Some(min), Some(max)) = (
-        datafusion::arrow::compute::min(ts),
-        datafusion::arrow::compute::max(ts),
-    ) else {
-        return false;
+    let mut read = wanted.clone();
+    for c in key.columns() {
+        if !read.contains(&c) {
+            read.push(c);
+        }
+    }
+    let read_schema = Arc::new(req.table_schema.project(&read)?);
+    let read_key = SeriesKey::of(&read_schema).ok_or_else(|| {
+        DataFusionError::Internal("projected schema lost its column roles".into())
+    })?;
+    let mut plans = vec![];
+    for part in parts {
+        plans.push(parquet_plan(
+            req,
+            std::slice::from_ref(part),
+            req.key_predicate.clone(),
+            Some(read.clone()),
+            None,
+        )?);
+    }
+    if !hot.is_empty() {
+        plans.push(hot_plan(req, hot, Some(read.clone()))?);
+    }
+    let keep: Vec<usize> = (0..wanted.len()).collect();
+    let work = async move {
+        let mut out = vec![];
+        let mut contested = vec![];
+        for plan in plans {
+            for p in 0..plan.properties().partitioning.partition_count() {
+                let mut stream = plan.execute(p, ctx.clone())?;
+                while let Some(batch) = stream.next().await {
+                    let (inside, outside) =
+                        dedup::split_by_regions(&batch?, read_key.ts, &regions)
+                            .map_err(df_external)?;
+                    contested.push(inside);
+                    out.push(outside);
+                }
+            }
+        }
+        let contested = concat_batches(&read_schema, &contested)?;
+        out.push(dedup::resolve(contested, &read_key).map_err(df_external)?);
+        out.into_iter()
+            .filter(|b| b.num_rows() > 0)
+            .map(|b| b.project(&keep).map_err(DataFusionError::from))
+            .collect::<DfResult<Vec<_>>>()
     };
-    lo.is_none_or(|lo| max >= lo) && hi.is_none_or(|hi| min <= hi)
+    let stream = futures::stream::once(work).flat_map(|r| {
+        let items: Vec<DfResult<RecordBatch>> = match r {
+            Ok(batches) => batches.into_iter().map(Ok).collect(),
+            Err(e) => vec![Err(e)],
+        };
+        futures::stream::iter(items)
+    });
+    Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, stream)))
 }
 
 /// A leaf plan with one partition per vshard.

@@ -10,11 +10,10 @@ use std::sync::Arc;
 
 use arrow::array::{Array, RecordBatch, StringArray, UInt32Array};
 use arrow::compute::take_record_batch;
-use arrow::datatypes::Schema;
 use datafusion::arrow;
 use shoal_common::hash::{partition_hash, vshard_for_key};
 use shoal_consensus::{Command, Registry, Response, TableEntry};
-use shoal_storage::shard::PARTITION_KEY_META;
+use shoal_storage::arrow_schema::annotate_batch;
 
 use crate::error::{ErrorKind, QueryError, Result};
 
@@ -120,18 +119,7 @@ fn part_request_id(request_key: u64, table_id: u64, vshard: u32) -> u64 {
 }
 
 fn with_partition_meta(table: &TableEntry, batch: &RecordBatch) -> Result<RecordBatch> {
-    let Some(pk) = &table.schema.partition_key else {
-        return Ok(batch.clone());
-    };
-    let schema = batch.schema();
-    if schema.metadata().get(PARTITION_KEY_META) == Some(pk) {
-        return Ok(batch.clone());
-    }
-    let mut meta = schema.metadata().clone();
-    meta.insert(PARTITION_KEY_META.to_string(), pk.clone());
-    let schema = Arc::new(Schema::new_with_metadata(schema.fields().clone(), meta));
-    RecordBatch::try_new(schema, batch.columns().to_vec())
-        .map_err(|e| QueryError::new(ErrorKind::Internal, e.to_string()))
+    annotate_batch(&table.schema, batch).map_err(|e| QueryError::new(ErrorKind::Internal, e.to_string()))
 }
 
 /// Splits a batch into per-vshard batches by the partition key's hash.

@@ -12,7 +12,9 @@
 
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::error::ArrowError;
 use shoal_common::schema::{ColumnType, TableSchema};
 
 /// Field metadata key that marks a column's Shoal role (`time`, `tag`, `field`).
@@ -29,24 +31,53 @@ pub fn arrow_type(t: ColumnType) -> DataType {
     }
 }
 
+fn role(t: ColumnType) -> &'static str {
+    match t {
+        ColumnType::Timestamp => "time",
+        ColumnType::Tag => "tag",
+        _ => "field",
+    }
+}
+
 /// The Arrow schema of a table: `ts` is not nullable, every other column is.
 pub fn table_arrow_schema(table: &TableSchema) -> SchemaRef {
     let fields: Vec<Field> = table
         .columns
         .iter()
         .map(|c| {
-            let role = match c.column_type {
-                ColumnType::Timestamp => "time",
-                ColumnType::Tag => "tag",
-                _ => "field",
-            };
             Field::new(
                 &c.name,
                 arrow_type(c.column_type),
                 c.column_type != ColumnType::Timestamp,
             )
-            .with_metadata([(ROLE_KEY.to_string(), role.to_string())].into())
+            .with_metadata([(ROLE_KEY.to_string(), role(c.column_type).to_string())].into())
         })
         .collect();
     Arc::new(Schema::new(fields))
+}
+
+/// Gives a batch bound for storage the role of each column (so repeated points can be told
+/// apart, see `dedup`) and the partition key (so flushes sort by it).
+pub fn annotate_batch(table: &TableSchema, batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    let schema = batch.schema();
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let mut meta = f.metadata().clone();
+            if let Some(c) = table.column(f.name()) {
+                meta.insert(ROLE_KEY.to_string(), role(c.column_type).to_string());
+            }
+            f.as_ref().clone().with_metadata(meta)
+        })
+        .collect();
+    let mut meta = schema.metadata().clone();
+    if let Some(pk) = &table.partition_key {
+        meta.insert(crate::shard::PARTITION_KEY_META.to_string(), pk.clone());
+    }
+    let annotated = Arc::new(Schema::new_with_metadata(fields, meta));
+    if annotated == schema {
+        return Ok(batch.clone());
+    }
+    RecordBatch::try_new(annotated, batch.columns().to_vec())
 }

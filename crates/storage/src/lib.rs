@@ -19,12 +19,13 @@
 //!   consensus layer hands in; recovery is manifest + parts, then the log tail is replayed.
 
 pub mod arrow_schema;
+pub mod dedup;
 pub mod ipc;
 pub mod manifest;
 pub mod shard;
 
 pub use manifest::{Manifest, PartMeta};
-pub use shard::{FlushJob, ScanSnapshot, ShardStore, StoreConfig};
+pub use shard::{FlushJob, HotBatch, ScanSnapshot, ShardStore, StoreConfig};
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]

@@ -25,6 +25,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use shoal_common::schema::TIME_COLUMN;
 use shoal_common::time::day_of;
 
+use crate::dedup::{self, SeriesKey};
 use crate::manifest::{sync_dir, Manifest, PartMeta};
 use crate::{Error, Result};
 
@@ -49,10 +50,18 @@ impl Default for StoreConfig {
     }
 }
 
+/// One applied batch in the hot buffer, free of repeated points within itself.
+#[derive(Clone, Debug)]
+pub struct HotBatch {
+    pub batch: RecordBatch,
+    pub min_ts: i64,
+    pub max_ts: i64,
+}
+
 #[derive(Default)]
 struct TableData {
     /// (sequence number, batch), in apply order.
-    hot: Vec<(u64, RecordBatch)>,
+    hot: Vec<(u64, HotBatch)>,
     hot_rows: u64,
     hot_bytes: u64,
     parts: Vec<PartMeta>,
@@ -77,8 +86,9 @@ pub struct ShardStore {
 
 /// What a scan of one table on this replica reads: hot batches plus flushed parts.
 pub struct ScanSnapshot {
-    pub hot: Vec<RecordBatch>,
-    /// Absolute path and metadata of each part.
+    /// Hot batches, oldest first.
+    pub hot: Vec<HotBatch>,
+    /// Absolute path and metadata of each part, oldest first.
     pub parts: Vec<(PathBuf, PartMeta)>,
 }
 
@@ -146,11 +156,19 @@ impl ShardStore {
         &self.dir
     }
 
-    /// Adds an applied batch of table `table_id` to the hot buffer.
-    pub fn insert(&self, table_id: u64, batch: RecordBatch) {
+    /// Adds an applied batch of table `table_id` to the hot buffer; of points repeated within
+    /// the batch the last is kept.
+    pub fn insert(&self, table_id: u64, batch: RecordBatch) -> Result<()> {
         if batch.num_rows() == 0 {
-            return;
+            return Ok(());
         }
+        let batch = match SeriesKey::of(&batch.schema()) {
+            Some(key) => dedup::resolve(batch, &key)?,
+            None => batch,
+        };
+        let Some((min_ts, max_ts)) = dedup::ts_range(&batch) else {
+            return Ok(());
+        };
         let mut st = self.state.write();
         let seq = st.next_seq;
         st.next_seq += 1;
@@ -158,7 +176,15 @@ impl ShardStore {
         let t = st.tables.entry(table_id).or_default();
         t.hot_rows += batch.num_rows() as u64;
         t.hot_bytes += batch.get_array_memory_size() as u64;
-        t.hot.push((seq, batch));
+        t.hot.push((
+            seq,
+            HotBatch {
+                batch,
+                min_ts,
+                max_ts,
+            },
+        ));
+        Ok(())
     }
 
     pub fn stats(&self) -> ShardStats {
@@ -214,7 +240,7 @@ impl ShardStore {
             .tables
             .iter()
             .filter(|(_, t)| !t.hot.is_empty())
-            .map(|(id, t)| (*id, t.hot.iter().map(|(_, b)| b.clone()).collect()))
+            .map(|(id, t)| (*id, t.hot.iter().map(|(_, h)| h.batch.clone()).collect()))
             .collect();
         Some(FlushJob {
             upto_seq: st.next_seq,
@@ -316,11 +342,11 @@ impl FlushJob {
             let before = t.hot.len();
             t.hot.retain(|(seq, _)| *seq >= self.upto_seq);
             if t.hot.len() != before {
-                t.hot_rows = t.hot.iter().map(|(_, b)| b.num_rows() as u64).sum();
+                t.hot_rows = t.hot.iter().map(|(_, h)| h.batch.num_rows() as u64).sum();
                 t.hot_bytes = t
                     .hot
                     .iter()
-                    .map(|(_, b)| b.get_array_memory_size() as u64)
+                    .map(|(_, h)| h.batch.get_array_memory_size() as u64)
                     .sum();
             }
             for (pid, part) in &new_parts {
@@ -337,8 +363,9 @@ impl FlushJob {
     }
 }
 
-/// Unifies the batches' schemas (later schema versions add columns), sorts by (partition key,
-/// ts), splits by UTC day and writes one fsynced Parquet file per day.
+/// Unifies the batches' schemas (later schema versions add columns), keeps the last of
+/// repeated points, sorts by (partition key, ts), splits by UTC day and writes one fsynced
+/// Parquet file per day.
 fn write_table_parts(
     store: &ShardStore,
     next_part_id: &mut u64,
@@ -351,6 +378,10 @@ fn write_table_parts(
         .map(|b| align_batch(b, &schema))
         .collect::<Result<_>>()?;
     let all = concat_batches(&schema, &aligned)?;
+    let all = match SeriesKey::of(&schema) {
+        Some(key) => dedup::resolve(all, &key)?,
+        None => all,
+    };
     let ts_idx = schema.index_of(TIME_COLUMN)?;
     let ts = all
         .column(ts_idx)
@@ -547,7 +578,7 @@ mod tests {
     }
 
     fn rows(s: &ScanSnapshot) -> (usize, usize) {
-        let hot = s.hot.iter().map(|b| b.num_rows()).sum();
+        let hot = s.hot.iter().map(|h| h.batch.num_rows()).sum();
         let parts = s.parts.iter().map(|(_, p)| p.rows as usize).sum();
         (hot, parts)
     }
@@ -564,11 +595,11 @@ mod tests {
                 &["B", "A", "A"],
                 &[1.0, 2.0, 3.0],
             ),
-        );
+        ).expect("insert");
         let job = store.begin_flush().expect("flush");
         assert!(store.begin_flush().is_none(), "one flush at a time");
         // Rows inserted during the flush stay hot.
-        store.insert(7, batch(&[9], &["C"], &[4.0]));
+        store.insert(7, batch(&[9], &["C"], &[4.0])).expect("insert");
         let m = job
             .commit(&store, serde_json::json!({"applied": 3}))
             .expect("commit");
@@ -584,7 +615,7 @@ mod tests {
     fn orphan_parts_are_removed_on_open() {
         let dir = tempfile::tempdir().expect("tmp");
         let (store, _) = ShardStore::open(dir.path(), StoreConfig::default()).expect("open");
-        store.insert(1, batch(&[1], &["A"], &[1.0]));
+        store.insert(1, batch(&[1], &["A"], &[1.0])).expect("insert");
         store
             .begin_flush()
             .expect("flush")
@@ -621,8 +652,8 @@ mod tests {
         let narrow = batch(&[1], &["A"], &[1.0])
             .project(&[0, 1])
             .expect("project");
-        store.insert(1, narrow);
-        store.insert(1, batch(&[2], &["A"], &[2.0]));
+        store.insert(1, narrow).expect("insert");
+        store.insert(1, batch(&[2], &["A"], &[2.0])).expect("insert");
         let m = store
             .begin_flush()
             .expect("flush")

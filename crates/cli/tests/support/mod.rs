@@ -140,6 +140,14 @@ impl Node {
         self.wait_ready().await;
     }
 
+    /// SIGTERM (which flushes every hot buffer to Parquet), then start again.
+    pub async fn restart_graceful(&mut self) {
+        let status = self.stop();
+        assert!(status.success(), "graceful stop failed: {status}");
+        self.spawn();
+        self.wait_ready().await;
+    }
+
     pub async fn sql(&self, sql: &str) -> (u16, serde_json::Value) {
         let r = reqwest::Client::new()
             .post(self.url("/v1/sql"))
