@@ -68,6 +68,9 @@ pub struct StartArgs {
     /// HTTP requests worked on at once [default: 256]
     #[arg(long, env = "SHOAL_HTTP_MAX_CONCURRENT_REQUESTS")]
     http_max_concurrent_requests: Option<usize>,
+    /// Postgres-protocol connections at once [default: 256]
+    #[arg(long, env = "SHOAL_PG_MAX_CONNECTIONS")]
+    pg_max_connections: Option<usize>,
     /// Longest start-up recovery, ms [default: 120000]
     #[arg(long, env = "SHOAL_STARTUP_TIMEOUT_MS")]
     startup_timeout_ms: Option<u64>,
@@ -117,6 +120,7 @@ pub fn resolve(args: &StartArgs) -> Result<NodeConfig, String> {
         parquet_row_group_rows,
         query_target_partitions,
         http_max_concurrent_requests,
+        pg_max_connections,
         startup_timeout_ms,
         drain_timeout_ms,
         raft_heartbeat_ms,
@@ -141,8 +145,9 @@ pub async fn run(args: StartArgs) -> Result<(), String> {
     let mut node = shoal_server::start(cfg.clone()).await?;
     // Scripts and tests read the bound address from this line (port 0 picks a free port).
     println!(
-        "shoal: listening http={} data_dir={}",
+        "shoal: listening http={} pg={} data_dir={}",
         node.http_addr,
+        node.pg_addr,
         cfg.data_dir.display()
     );
     tracing::info!(http = %node.http_addr, cluster_id = %node.cluster_id, node_id = node.node_id, "listening; recovering");

@@ -175,7 +175,14 @@ async fn second_process_on_a_data_dir_is_refused() {
     let dir = tempfile::tempdir().expect("tmp");
     let node = Node::start(dir.path(), &[]).await;
     let out = std::process::Command::new(support::BIN)
-        .args(["start", "--http-addr", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "start",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--pg-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
         .arg(dir.path())
         .output()
         .expect("run");
@@ -217,8 +224,14 @@ async fn repeated_points_last_write_wins() {
     assert_eq!(node.write(&body).await.0, 204);
     // A graceful stop flushes the hot buffer, so the first versions now live in Parquet.
     node.restart_graceful().await;
-    assert!(parquet_files(dir.path()) > 0, "the stop should have flushed");
-    assert_eq!(node.write(&format!("q,sym=A,venue=X px=10 {t0}\n")).await.0, 204);
+    assert!(
+        parquet_files(dir.path()) > 0,
+        "the stop should have flushed"
+    );
+    assert_eq!(
+        node.write(&format!("q,sym=A,venue=X px=10 {t0}\n")).await.0,
+        204
+    );
     let (status, v) = node
         .sql("SELECT sym, venue, px FROM q ORDER BY sym, venue NULLS FIRST")
         .await;
@@ -235,8 +248,14 @@ async fn repeated_points_last_write_wins() {
         "only B/X matches; the replaced A/X px=2 must stay hidden"
     );
     // Both versions hot: the newer still wins, then survives another flush.
-    assert_eq!(node.write(&format!("q,sym=B,venue=X px=4 {t0}\n")).await.0, 204);
-    assert_eq!(node.write(&format!("q,sym=B,venue=X px=5 {t0}\n")).await.0, 204);
+    assert_eq!(
+        node.write(&format!("q,sym=B,venue=X px=4 {t0}\n")).await.0,
+        204
+    );
+    assert_eq!(
+        node.write(&format!("q,sym=B,venue=X px=5 {t0}\n")).await.0,
+        204
+    );
     let q = "SELECT px FROM q WHERE sym = 'B'";
     assert_eq!(node.sql(q).await.1["rows"], serde_json::json!([[5.0]]));
     node.restart_graceful().await;

@@ -6,8 +6,8 @@
 //! the tag `symbol`, else the first tag.
 
 use datafusion::sql::sqlparser::ast::{
-    CreateTable, CreateTableOptions, Expr as SqlExpr, ObjectType, SqlOption, Statement,
-    TableConstraint, Value,
+    AlterTable, AlterTableOperation, CreateTable, CreateTableOptions, Expr as SqlExpr, ObjectType,
+    SqlOption, Statement, TableConstraint, Value,
 };
 use shoal_common::schema::{ColumnDef, ColumnType, TableSchema, TIME_COLUMN};
 use shoal_consensus::DdlOp;
@@ -35,8 +35,55 @@ pub fn ddl_op(stmt: &Statement) -> Result<Option<DdlOp>> {
                 if_exists: *if_exists,
             }))
         }
+        Statement::AlterTable(at) => alter_table(at).map(Some),
         _ => Ok(None),
     }
+}
+
+/// The command tag a DDL operation answers with.
+pub fn ddl_tag(op: &DdlOp) -> &'static str {
+    match op {
+        DdlOp::CreateTable { .. } | DdlOp::EnsureTable { .. } => "CREATE TABLE",
+        DdlOp::AddColumns { .. } => "ALTER TABLE",
+        DdlOp::DropTable { .. } => "DROP TABLE",
+    }
+}
+
+/// `ALTER TABLE t ADD [COLUMN] [IF NOT EXISTS] c TYPE [, ADD …]`: new field columns.
+fn alter_table(at: &AlterTable) -> Result<DdlOp> {
+    let table = object_name(&at.name.to_string());
+    let mut columns = vec![];
+    let mut all_if_not_exists = true;
+    for op in &at.operations {
+        match op {
+            AlterTableOperation::AddColumn {
+                if_not_exists,
+                column_def,
+                ..
+            } => {
+                let name = column_def.name.value.clone();
+                let column_type = column_type(&column_def.data_type.to_string(), false, &name)?;
+                if column_type == ColumnType::Timestamp {
+                    return Err(QueryError::bad_input(format!(
+                        "column {name}: a table has one time column, ts"
+                    )));
+                }
+                all_if_not_exists &= *if_not_exists;
+                columns.push(ColumnDef { name, column_type });
+            }
+            other => {
+                return Err(QueryError::new(
+                    ErrorKind::NotSupported,
+                    format!("ALTER TABLE … {other} is not supported; supported: ADD COLUMN"),
+                ))
+            }
+        }
+    }
+    Ok(DdlOp::AddColumns {
+        table,
+        columns,
+        if_not_exists: all_if_not_exists,
+    })
 }
 
 /// Unquotes a single-part name (`"Trades"` → `Trades`, `trades` → `trades`).

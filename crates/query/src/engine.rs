@@ -11,12 +11,11 @@ use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider};
 use datafusion::execution::context::SessionState;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use datafusion::sql::parser::{DFParser, Statement as DfStatement};
-use shoal_consensus::{Registry, Response};
+use shoal_consensus::Registry;
 
-use crate::ddl::ddl_op;
 use crate::error::{ErrorKind, QueryError, Result};
 use crate::provider::ShoalSchema;
+use crate::session::{split_statements, Session};
 use crate::write::Writer;
 
 /// How a read picks the replica of each vshard. On one node every level reads locally; the
@@ -43,7 +42,7 @@ impl ReadConsistency {
                 return Ok(ReadConsistency::BoundedStaleness(d));
             }
         }
-        Err(QueryError::bad_input(format!(
+        Err(QueryError::invalid_value(format!(
             "invalid read_consistency {s:?}: use 'strong', 'eventual' or 'bounded_staleness:<duration>' (e.g. bounded_staleness:5s, bounded_staleness:500ms)"
         )))
     }
@@ -65,6 +64,8 @@ impl fmt::Display for ReadConsistency {
 #[derive(Clone, Debug, Default)]
 pub struct QueryOptions {
     pub read_consistency: ReadConsistency,
+    /// Statements running longer fail with SQLSTATE 57014; `None` means no limit.
+    pub statement_timeout: Option<Duration>,
 }
 
 /// A statement's result.
@@ -119,7 +120,7 @@ impl QueryEngine {
         &self.registry
     }
 
-    fn context(&self, opts: &QueryOptions) -> SessionContext {
+    pub(crate) fn context(&self, opts: &QueryOptions) -> SessionContext {
         let ctx = SessionContext::new_with_state(self.state.clone());
         let catalog = MemoryCatalogProvider::new();
         let schema = ShoalSchema::new(
@@ -132,10 +133,11 @@ impl QueryEngine {
         ctx
     }
 
-    /// Runs every statement of `sql` in order and returns the last one's result.
+    /// Runs every statement of `sql` in order in a fresh session and returns the last one's
+    /// result; the first error stops the request. A transaction block left open at the end
+    /// is rolled back.
     pub async fn execute(&self, sql: &str, opts: &QueryOptions) -> Result<QueryOutput> {
-        let statements =
-            DFParser::parse_sql(sql).map_err(|e| QueryError::bad_input(e.to_string()))?;
+        let statements = split_statements(sql);
         if statements.is_empty() {
             return Err(QueryError::bad_input("empty query"));
         }
@@ -145,60 +147,12 @@ impl QueryEngine {
                 format!("more than {MAX_STATEMENTS_PER_REQUEST} statements in one request"),
             ));
         }
-        let ctx = self.context(opts);
+        let mut session = Session::new(opts);
         let mut last = None;
         for stmt in statements {
-            last = Some(self.execute_one(&ctx, stmt).await?);
+            last = Some(self.run_statement(&mut session, stmt, &[]).await?);
         }
         last.ok_or_else(|| QueryError::bad_input("empty query"))
-    }
-
-    async fn execute_one(&self, ctx: &SessionContext, stmt: DfStatement) -> Result<QueryOutput> {
-        if let DfStatement::Statement(s) = &stmt {
-            if let Some(op) = ddl_op(s)? {
-                let tag = match &op {
-                    shoal_consensus::DdlOp::DropTable { .. } => "DROP TABLE",
-                    _ => "CREATE TABLE",
-                };
-                return match self.registry.propose_ddl(vec![op]).await? {
-                    Response::Rejected(msg) => {
-                        let kind = if msg.contains("already exists") {
-                            ErrorKind::AlreadyExists
-                        } else if msg.contains("does not exist") {
-                            ErrorKind::NotFound
-                        } else {
-                            ErrorKind::BadInput
-                        };
-                        Err(QueryError::new(kind, msg))
-                    }
-                    _ => Ok(QueryOutput::Command {
-                        tag: tag.into(),
-                        rows: 0,
-                    }),
-                };
-            }
-        }
-        let is_insert = matches!(&stmt, DfStatement::Statement(s) if matches!(**s, datafusion::sql::sqlparser::ast::Statement::Insert(_)));
-        let plan = ctx.state().statement_to_plan(stmt).await?;
-        let df = ctx.execute_logical_plan(plan).await?;
-        let schema = Arc::new(df.schema().as_arrow().clone());
-        let batches = df.collect().await?;
-        if is_insert {
-            let rows = batches
-                .first()
-                .and_then(|b| {
-                    b.column(0)
-                        .as_any()
-                        .downcast_ref::<datafusion::arrow::array::UInt64Array>()
-                })
-                .map(|a| a.value(0))
-                .unwrap_or(0);
-            return Ok(QueryOutput::Command {
-                tag: "INSERT".into(),
-                rows,
-            });
-        }
-        Ok(QueryOutput::Rows { schema, batches })
     }
 }
 

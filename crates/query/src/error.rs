@@ -17,6 +17,12 @@ pub enum ErrorKind {
     DiskFull,
     /// The request was too large.
     TooLarge,
+    /// The statement ran past `statement_timeout`.
+    Timeout,
+    /// A statement inside a transaction block that already failed (until ROLLBACK).
+    TxAborted,
+    /// Valid SQL that Shoal does not do.
+    NotSupported,
     /// A bug: logged, reported with little detail.
     Internal,
 }
@@ -26,6 +32,8 @@ pub enum ErrorKind {
 pub struct QueryError {
     pub kind: ErrorKind,
     pub message: String,
+    /// A SQLSTATE more specific than the kind's default (`42601` syntax, `42703` column…).
+    pub code: Option<&'static str>,
 }
 
 impl QueryError {
@@ -33,11 +41,41 @@ impl QueryError {
         QueryError {
             kind,
             message: message.into(),
+            code: None,
         }
     }
 
     pub fn bad_input(message: impl Into<String>) -> QueryError {
         QueryError::new(ErrorKind::BadInput, message)
+    }
+
+    /// An invalid value for a setting or parameter (SQLSTATE 22023).
+    pub fn invalid_value(message: impl Into<String>) -> QueryError {
+        QueryError::new(ErrorKind::BadInput, message).with_code("22023")
+    }
+
+    pub fn with_code(mut self, code: &'static str) -> QueryError {
+        self.code = Some(code);
+        self
+    }
+
+    /// The Postgres SQLSTATE for this error.
+    pub fn sqlstate(&self) -> &'static str {
+        if let Some(c) = self.code {
+            return c;
+        }
+        match self.kind {
+            ErrorKind::BadInput => "42000",
+            ErrorKind::NotFound => "42P01",
+            ErrorKind::AlreadyExists => "42P07",
+            ErrorKind::Unavailable => "57P03",
+            ErrorKind::DiskFull => "53100",
+            ErrorKind::TooLarge => "54000",
+            ErrorKind::Timeout => "57014",
+            ErrorKind::TxAborted => "25P02",
+            ErrorKind::NotSupported => "0A000",
+            ErrorKind::Internal => "XX000",
+        }
     }
 }
 
@@ -61,10 +99,17 @@ fn classify(e: DataFusionError) -> QueryError {
         DataFusionError::Diagnostic(_, inner) => classify(*inner),
         DataFusionError::Collection(mut all) if !all.is_empty() => classify(all.remove(0)),
         DataFusionError::Shared(inner) => QueryError::new(ErrorKind::Internal, inner.to_string()),
-        DataFusionError::SQL(..)
-        | DataFusionError::Plan(_)
+        DataFusionError::SQL(..) => QueryError::bad_input(e.to_string()).with_code("42601"),
+        DataFusionError::SchemaError(ref se, _)
+            if matches!(**se, datafusion::common::SchemaError::FieldNotFound { .. }) =>
+        {
+            QueryError::bad_input(e.to_string()).with_code("42703")
+        }
+        DataFusionError::NotImplemented(_) => {
+            QueryError::new(ErrorKind::NotSupported, e.to_string())
+        }
+        DataFusionError::Plan(_)
         | DataFusionError::SchemaError(..)
-        | DataFusionError::NotImplemented(_)
         | DataFusionError::Configuration(_)
         | DataFusionError::ArrowError(..)
         | DataFusionError::Execution(_) => {

@@ -12,8 +12,10 @@ pub mod ddl;
 pub mod engine;
 pub mod error;
 pub mod provider;
+pub mod session;
 pub mod write;
 
 pub use engine::{QueryEngine, QueryOptions, QueryOutput, ReadConsistency};
 pub use error::{ErrorKind, QueryError};
+pub use session::{split_statements, Session, TxStatus};
 pub use write::{WriteOutcome, Writer};

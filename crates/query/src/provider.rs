@@ -35,9 +35,9 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
 use futures::StreamExt;
+use shoal_common::schema::ColumnType;
 use shoal_consensus::{CatalogHandle, Registry, TableEntry};
 use shoal_storage::arrow_schema::table_arrow_schema;
-use shoal_common::schema::ColumnType;
 use shoal_storage::dedup::{self, SeriesKey};
 use shoal_storage::shard::align_batch;
 use shoal_storage::{HotBatch, PartMeta, ShardStore};
@@ -162,9 +162,10 @@ impl TableProvider for ShoalTable {
             None => None,
         };
         let is_key = |name: &str| {
-            self.entry.schema.column(name).is_some_and(|c| {
-                matches!(c.column_type, ColumnType::Timestamp | ColumnType::Tag)
-            })
+            self.entry
+                .schema
+                .column(name)
+                .is_some_and(|c| matches!(c.column_type, ColumnType::Timestamp | ColumnType::Tag))
         };
         let key_filters: Vec<Expr> = filters
             .iter()
@@ -491,9 +492,8 @@ fn resolved_stream(
             for p in 0..plan.properties().partitioning.partition_count() {
                 let mut stream = plan.execute(p, ctx.clone())?;
                 while let Some(batch) = stream.next().await {
-                    let (inside, outside) =
-                        dedup::split_by_regions(&batch?, read_key.ts, &regions)
-                            .map_err(df_external)?;
+                    let (inside, outside) = dedup::split_by_regions(&batch?, read_key.ts, &regions)
+                        .map_err(df_external)?;
                     contested.push(inside);
                     out.push(outside);
                 }

@@ -119,7 +119,8 @@ fn part_request_id(request_key: u64, table_id: u64, vshard: u32) -> u64 {
 }
 
 fn with_partition_meta(table: &TableEntry, batch: &RecordBatch) -> Result<RecordBatch> {
-    annotate_batch(&table.schema, batch).map_err(|e| QueryError::new(ErrorKind::Internal, e.to_string()))
+    annotate_batch(&table.schema, batch)
+        .map_err(|e| QueryError::new(ErrorKind::Internal, e.to_string()))
 }
 
 /// Splits a batch into per-vshard batches by the partition key's hash.

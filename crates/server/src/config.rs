@@ -45,6 +45,8 @@ pub struct NodeConfig {
     pub query_target_partitions: usize,
     /// Requests the HTTP server works on at once; more wait in the accept queue.
     pub http_max_concurrent_requests: usize,
+    /// Postgres-protocol connections open at once; more are refused (SQLSTATE 53300).
+    pub pg_max_connections: usize,
     /// Longest time recovery (log replay) may take before the node gives up starting.
     pub startup_timeout_ms: u64,
     /// On shutdown: how long to wait for in-flight requests and the final flush.
@@ -81,6 +83,7 @@ impl Default for NodeConfig {
             parquet_row_group_rows: 256 * 1024,
             query_target_partitions: 0,
             http_max_concurrent_requests: 256,
+            pg_max_connections: 256,
             startup_timeout_ms: 120_000,
             drain_timeout_ms: 30_000,
             raft_heartbeat_ms: 200,

@@ -54,7 +54,11 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// The HTTP status for each kind of error.
 pub fn status_of(kind: ErrorKind) -> StatusCode {
     match kind {
-        ErrorKind::BadInput | ErrorKind::NotFound => StatusCode::BAD_REQUEST,
+        ErrorKind::BadInput
+        | ErrorKind::NotFound
+        | ErrorKind::TxAborted
+        | ErrorKind::NotSupported => StatusCode::BAD_REQUEST,
+        ErrorKind::Timeout => StatusCode::REQUEST_TIMEOUT,
         ErrorKind::AlreadyExists => StatusCode::CONFLICT,
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
@@ -71,7 +75,7 @@ fn error_response(e: &QueryError) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],
-        json!({"error": e.message}).to_string(),
+        json!({"error": e.message, "sqlstate": e.sqlstate()}).to_string(),
     )
         .into_response()
 }

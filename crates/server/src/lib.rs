@@ -11,6 +11,7 @@ pub mod datadir;
 pub mod format;
 pub mod http;
 pub mod ingest;
+pub mod pg;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -29,6 +30,7 @@ use crate::http::AppState;
 /// A started node.
 pub struct NodeHandle {
     pub http_addr: SocketAddr,
+    pub pg_addr: SocketAddr,
     pub cluster_id: String,
     pub node_id: u64,
     pub created: bool,
@@ -97,6 +99,14 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
         .await
         .map_err(|e| format!("cannot listen on http_addr {}: {e}", cfg.http_addr))?;
     let http_addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let pg_listener = tokio::net::TcpListener::bind(&cfg.pg_addr)
+        .await
+        .map_err(|e| format!("cannot listen on pg_addr {}: {e}", cfg.pg_addr))?;
+    let pg_addr = pg_listener.local_addr().map_err(|e| e.to_string())?;
+    let pg = Arc::new(pg::PgState {
+        engine: Arc::new(OnceLock::new()),
+        connections: Arc::new(Semaphore::new(cfg.pg_max_connections.max(1))),
+    });
     let state = Arc::new(AppState {
         engine: OnceLock::new(),
         draining: Default::default(),
@@ -111,9 +121,16 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
     if created {
         tracing::info!(cluster_id = %cluster_id, vshards = dir.identity.vshards, "bootstrapped a new single-node cluster");
     }
-    let done = tokio::spawn(run(cfg, dir, listener, state, stop_rx, ready_tx));
+    let fronts = Fronts {
+        http: listener,
+        http_state: state,
+        pg: pg_listener,
+        pg_state: pg,
+    };
+    let done = tokio::spawn(run(cfg, dir, fronts, stop_rx, ready_tx));
     Ok(NodeHandle {
         http_addr,
+        pg_addr,
         cluster_id,
         node_id,
         created,
@@ -123,14 +140,27 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
     })
 }
 
+/// The client-facing listeners, bound before recovery.
+struct Fronts {
+    http: tokio::net::TcpListener,
+    http_state: Arc<AppState>,
+    pg: tokio::net::TcpListener,
+    pg_state: Arc<pg::PgState>,
+}
+
 async fn run(
     cfg: NodeConfig,
     dir: DataDir,
-    listener: tokio::net::TcpListener,
-    state: Arc<AppState>,
+    fronts: Fronts,
     stop_rx: oneshot::Receiver<()>,
     ready_tx: oneshot::Sender<Result<(), String>>,
 ) -> Result<(), String> {
+    let Fronts {
+        http: listener,
+        http_state: state,
+        pg: pg_listener,
+        pg_state: pg,
+    } = fronts;
     let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
     let app = http::router(state.clone());
     let server = tokio::spawn(async move {
@@ -140,6 +170,11 @@ async fn run(
             })
             .await
     });
+
+    let (pg_stop_tx, pg_stop_rx) = oneshot::channel::<()>();
+    let pg_server = tokio::spawn(pg::serve(pg_listener, pg.clone(), async move {
+        let _ = pg_stop_rx.await;
+    }));
 
     let started = std::time::Instant::now();
     let opened = Registry::open(
@@ -163,6 +198,7 @@ async fn run(
         n => n,
     };
     let engine = Arc::new(QueryEngine::new(registry.clone(), partitions));
+    let _ = pg.engine.set(engine.clone());
     let _ = state.engine.set(engine);
     let flusher = registry.spawn_flusher();
     tracing::info!(
@@ -175,6 +211,8 @@ async fn run(
     tracing::info!("shutting down: draining requests");
     state.draining.store(true, Ordering::Release);
     let _ = http_stop_tx.send(());
+    let _ = pg_stop_tx.send(());
+    let _ = pg_server.await;
     let drain = Duration::from_millis(cfg.drain_timeout_ms);
     match tokio::time::timeout(drain, server).await {
         Ok(_) => {}

@@ -211,16 +211,18 @@ pub fn split_by_regions(
 /// The min and max `ts` of a batch, or `None` when it is empty.
 pub fn ts_range(batch: &RecordBatch) -> Option<(i64, i64)> {
     let i = batch.schema().index_of(TIME_COLUMN).ok()?;
-    let ts = batch.column(i).as_primitive_opt::<TimestampNanosecondType>()?;
+    let ts = batch
+        .column(i)
+        .as_primitive_opt::<TimestampNanosecondType>()?;
     Some((arrow::compute::min(ts)?, arrow::compute::max(ts)?))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
     use arrow::array::{Float64Array, StringArray, TimestampNanosecondArray};
     use arrow::datatypes::{DataType, Field, TimeUnit};
+    use std::sync::Arc;
 
     fn batch(ts: &[i64], sym: &[Option<&str>], price: &[f64]) -> RecordBatch {
         let role = |r: &str| [(ROLE_KEY.to_string(), r.to_string())].into();
@@ -250,7 +252,11 @@ mod tests {
 
     #[test]
     fn distinct_rows_are_left_alone() {
-        let b = batch(&[1, 1, 2], &[Some("A"), Some("B"), Some("A")], &[1., 2., 3.]);
+        let b = batch(
+            &[1, 1, 2],
+            &[Some("A"), Some("B"), Some("A")],
+            &[1., 2., 3.],
+        );
         let key = SeriesKey::of(&b.schema()).expect("key");
         assert_eq!(key.tags, vec![1]);
         assert!(last_wins(&b, &key).expect("dedup").is_none());

@@ -588,18 +588,22 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let (store, state) = ShardStore::open(dir.path(), StoreConfig::default()).expect("open");
         assert!(state.is_none());
-        store.insert(
-            7,
-            batch(
-                &[5, 1, NANOS_PER_DAY + 3],
-                &["B", "A", "A"],
-                &[1.0, 2.0, 3.0],
-            ),
-        ).expect("insert");
+        store
+            .insert(
+                7,
+                batch(
+                    &[5, 1, NANOS_PER_DAY + 3],
+                    &["B", "A", "A"],
+                    &[1.0, 2.0, 3.0],
+                ),
+            )
+            .expect("insert");
         let job = store.begin_flush().expect("flush");
         assert!(store.begin_flush().is_none(), "one flush at a time");
         // Rows inserted during the flush stay hot.
-        store.insert(7, batch(&[9], &["C"], &[4.0])).expect("insert");
+        store
+            .insert(7, batch(&[9], &["C"], &[4.0]))
+            .expect("insert");
         let m = job
             .commit(&store, serde_json::json!({"applied": 3}))
             .expect("commit");
@@ -615,7 +619,9 @@ mod tests {
     fn orphan_parts_are_removed_on_open() {
         let dir = tempfile::tempdir().expect("tmp");
         let (store, _) = ShardStore::open(dir.path(), StoreConfig::default()).expect("open");
-        store.insert(1, batch(&[1], &["A"], &[1.0])).expect("insert");
+        store
+            .insert(1, batch(&[1], &["A"], &[1.0]))
+            .expect("insert");
         store
             .begin_flush()
             .expect("flush")
@@ -653,7 +659,9 @@ mod tests {
             .project(&[0, 1])
             .expect("project");
         store.insert(1, narrow).expect("insert");
-        store.insert(1, batch(&[2], &["A"], &[2.0])).expect("insert");
+        store
+            .insert(1, batch(&[2], &["A"], &[2.0]))
+            .expect("insert");
         let m = store
             .begin_flush()
             .expect("flush")

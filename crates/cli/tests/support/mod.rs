@@ -17,6 +17,8 @@ pub const READY_DEADLINE: Duration = Duration::from_secs(60);
 pub struct Node {
     pub child: Option<Child>,
     pub addr: String,
+    /// host:port of the Postgres listener.
+    pub pg_addr: String,
     pub data_dir: PathBuf,
     pub stderr: Arc<Mutex<String>>,
     extra: Vec<String>,
@@ -29,6 +31,7 @@ impl Node {
         let mut node = Node {
             child: None,
             addr: String::new(),
+            pg_addr: String::new(),
             data_dir: data_dir.to_path_buf(),
             stderr: Default::default(),
             extra,
@@ -44,6 +47,8 @@ impl Node {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--http-addr")
+            .arg("127.0.0.1:0")
+            .arg("--pg-addr")
             .arg("127.0.0.1:0")
             .args(&self.extra)
             .env("SHOAL_LOG", "info,openraft=warn")
@@ -74,12 +79,15 @@ impl Node {
                 "shoal exited before printing its address; stderr:\n{}",
                 self.stderr_text()
             );
-            if let Some(rest) = line.split("http=").nth(1) {
-                self.addr = rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
+            if line.contains("listening") {
+                let field = |key: &str| {
+                    line.split_whitespace()
+                        .find_map(|w| w.strip_prefix(key))
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                self.addr = field("http=");
+                self.pg_addr = field("pg=");
                 break;
             }
             assert!(Instant::now() < deadline, "no address printed");

@@ -1,0 +1,281 @@
+//! The Postgres wire protocol against a real node, with real clients: tokio-postgres
+//! (extended protocol, binary results, typed parameters), psql (simple protocol) and
+//! psycopg 3 when Python has it.
+
+mod support;
+
+use std::process::Command;
+
+use support::Node;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{NoTls, SimpleQueryMessage};
+
+async fn connect(node: &Node) -> tokio_postgres::Client {
+    let (host, port) = node.pg_addr.rsplit_once(':').expect("host:port");
+    let conf = format!("host={host} port={port} user=shoal dbname=shoal");
+    let (client, conn) = tokio_postgres::connect(&conf, NoTls)
+        .await
+        .expect("connect over pgwire");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// The single value a `SHOW …` answers.
+async fn show(c: &tokio_postgres::Client, what: &str) -> String {
+    let msgs = c.simple_query(&format!("SHOW {what}")).await.expect("show");
+    msgs.iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .expect("a row")
+}
+
+fn code(e: &tokio_postgres::Error) -> String {
+    e.code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn types_parameters_and_errors() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = Node::start(dir.path(), &[]).await;
+    let body = "trades,symbol=AAPL,side=B price=1.5,size=10i,ok=true 1704067200000000000\n\
+                trades,symbol=MSFT,side=S price=2.5,size=20i,ok=false 1704067201000000000\n";
+    assert_eq!(node.write(body).await.0, 204);
+    let c = connect(&node).await;
+
+    // Extended protocol: typed parameters in, binary-encoded typed values out.
+    let rows = c
+        .query(
+            "SELECT ts, symbol, price, size, ok FROM trades WHERE symbol = $1 AND size > $2",
+            &[&"AAPL", &5i64],
+        )
+        .await
+        .expect("parameterised query");
+    assert_eq!(rows.len(), 1);
+    let ts: chrono::NaiveDateTime = rows[0].get(0);
+    assert_eq!(ts.and_utc().timestamp(), 1_704_067_200);
+    assert_eq!(rows[0].get::<_, String>(1), "AAPL");
+    assert_eq!(rows[0].get::<_, f64>(2), 1.5);
+    assert_eq!(rows[0].get::<_, i64>(3), 10);
+    assert!(rows[0].get::<_, bool>(4));
+    let stmt = c
+        .prepare("SELECT count(*) AS n FROM trades WHERE price < $1")
+        .await
+        .expect("prepare");
+    assert_eq!(stmt.params(), &[tokio_postgres::types::Type::FLOAT8]);
+    assert_eq!(
+        stmt.columns()[0].type_(),
+        &tokio_postgres::types::Type::INT8
+    );
+    let n: i64 = c.query_one(&stmt, &[&2.0f64]).await.expect("run").get(0);
+    assert_eq!(n, 1);
+    let n: i64 = c.query_one(&stmt, &[&10.0f64]).await.expect("rerun").get(0);
+    assert_eq!(n, 2, "a prepared statement runs again with new parameters");
+
+    // INSERT through the wire reports its row count.
+    let inserted = c
+        .execute(
+            "INSERT INTO trades (ts, symbol, price) VALUES ('2024-01-01T00:00:05Z', 'IBM', 3.0)",
+            &[],
+        )
+        .await
+        .expect("insert");
+    assert_eq!(inserted, 1);
+
+    // Errors carry SQLSTATEs and leave the connection usable.
+    let cases = [
+        ("SELEC 1", "42601"),
+        ("SELECT * FROM nope", "42P01"),
+        ("SELECT nope FROM trades", "42703"),
+        ("CREATE TABLE trades (ts TIMESTAMP, v DOUBLE)", "42P07"),
+        ("SET read_consistency = 'sometimes'", "22023"),
+    ];
+    for (sql, want) in cases {
+        let e = c.batch_execute(sql).await.expect_err(sql);
+        assert_eq!(code(&e), want, "{sql}: {e:?}");
+    }
+    let e = c
+        .batch_execute("SET read_consistency = 'sometimes'")
+        .await
+        .expect_err("bad");
+    let msg = e
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default();
+    assert!(msg.contains("bounded_staleness:<duration>"), "{msg}");
+    assert_eq!(
+        c.query("SELECT 1", &[]).await.expect("still serving").len(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_settings_and_transactional_ddl() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = Node::start(dir.path(), &[]).await;
+    let c = connect(&node).await;
+
+    assert_eq!(show(&c, "read_consistency").await, "strong");
+    c.batch_execute("SET read_consistency = 'bounded_staleness:5s'")
+        .await
+        .expect("set");
+    assert_eq!(
+        show(&c, "read_consistency").await,
+        "bounded_staleness:5000ms"
+    );
+    let other = connect(&node).await;
+    assert_eq!(
+        show(&other, "read_consistency").await,
+        "strong",
+        "settings are per session"
+    );
+
+    // A committed block is one schema version; DDL errors poison the block until ROLLBACK.
+    let v0: u64 = show(&c, "SCHEMA VERSION").await.parse().expect("version");
+    c.batch_execute(
+        "BEGIN; CREATE TABLE a (ts TIMESTAMP, v DOUBLE); CREATE TABLE b (ts TIMESTAMP, w DOUBLE); COMMIT",
+    )
+    .await
+    .expect("block");
+    let v1: u64 = show(&c, "SCHEMA VERSION").await.parse().expect("version");
+    assert_eq!(v1, v0 + 1, "one committed block, one schema version");
+    c.batch_execute("BEGIN; CREATE TABLE c (ts TIMESTAMP, v DOUBLE)")
+        .await
+        .expect("open block");
+    let e = c
+        .batch_execute("CREATE TABLE a (ts TIMESTAMP, v DOUBLE)")
+        .await
+        .expect_err("duplicate");
+    assert_eq!(code(&e), "42P07");
+    let e = c
+        .batch_execute("SELECT 1")
+        .await
+        .expect_err("aborted block");
+    assert_eq!(code(&e), SqlState::IN_FAILED_SQL_TRANSACTION.code());
+    c.batch_execute("ROLLBACK").await.expect("rollback");
+    let e = c
+        .batch_execute("SELECT * FROM c")
+        .await
+        .expect_err("rolled back");
+    assert_eq!(code(&e), "42P01", "a rolled-back block creates nothing");
+    assert_eq!(
+        show(&c, "SCHEMA VERSION").await.parse::<u64>().expect("v"),
+        v1
+    );
+
+    // ALTER TABLE ADD COLUMN, then the column is queryable.
+    c.batch_execute("ALTER TABLE a ADD COLUMN note VARCHAR")
+        .await
+        .expect("alter");
+    c.query("SELECT note FROM a", &[])
+        .await
+        .expect("new column");
+
+    // statement_timeout cancels a long statement with 57014.
+    c.batch_execute("SET statement_timeout = 1")
+        .await
+        .expect("set timeout");
+    let e = c
+        .batch_execute(
+            "SELECT count(*) FROM generate_series(1, 2000000000) a CROSS JOIN generate_series(1, 10) b",
+        )
+        .await
+        .expect_err("timed out");
+    assert_eq!(code(&e), "57014", "{e:?}");
+    c.batch_execute("SET statement_timeout = 0")
+        .await
+        .expect("reset");
+    assert_eq!(show(&c, "statement_timeout").await, "0");
+}
+
+/// psql over the simple protocol: a query, an error with its SQLSTATE, and the exit status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_client() {
+    if Command::new("psql").arg("--version").output().is_err() {
+        println!("SKIP psql_client: psql not installed (.ci/run installs postgresql-client)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = Node::start(dir.path(), &[]).await;
+    assert_eq!(node.write("cpu,host=a usage=0.5 1\n").await.0, 204);
+    let (host, port) = node.pg_addr.rsplit_once(':').expect("host:port");
+    let psql = |sql: &str| {
+        Command::new("psql")
+            .args([
+                "-h", host, "-p", port, "-U", "shoal", "-d", "shoal", "-X", "-A", "-t",
+            ])
+            .args([
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-v",
+                "VERBOSITY=verbose",
+                "-c",
+                sql,
+            ])
+            .output()
+            .expect("run psql")
+    };
+    let out = psql("SELECT host, usage FROM cpu");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "a|0.5");
+    let out = psql("SELECT * FROM missing");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("42P01"), "{err}");
+}
+
+/// psycopg 3 (Python), when installed: parameterised queries and result types.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_client() {
+    let probe = Command::new("python3")
+        .args(["-c", "import psycopg"])
+        .output();
+    if !probe.map(|o| o.status.success()).unwrap_or(false) {
+        println!("SKIP psycopg_client: python3 with psycopg not available (.ci/run installs it)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = Node::start(dir.path(), &[]).await;
+    assert_eq!(
+        node.write("trades,symbol=AAPL price=1.5,size=10i 1704067200000000000\n")
+            .await
+            .0,
+        204
+    );
+    let script = r#"
+import sys, psycopg, datetime
+host, port = sys.argv[1].rsplit(":", 1)
+with psycopg.connect(host=host, port=int(port), user="shoal", dbname="shoal", autocommit=True) as conn:
+    row = conn.execute("SELECT ts, symbol, price, size FROM trades WHERE symbol = %s", ("AAPL",)).fetchone()
+    assert row[0] == datetime.datetime(2024, 1, 1), row
+    assert row[1:] == ("AAPL", 1.5, 10), row
+    with conn.cursor(binary=True) as cur:
+        cur.execute("SELECT price FROM trades WHERE size > %s", (5,))
+        assert cur.fetchall() == [(1.5,)]
+    try:
+        conn.execute("SELECT * FROM nope")
+        raise SystemExit("expected an error")
+    except psycopg.errors.UndefinedTable:
+        pass
+print("ok")
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &node.pg_addr])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
