@@ -275,3 +275,42 @@ fn parquet_files(dir: &std::path::Path) -> usize {
     }
     n
 }
+
+/// Session settings as query parameters, and SQLSTATEs in HTTP error bodies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_settings_as_parameters() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = Node::start(dir.path(), &[]).await;
+    let http = reqwest::Client::new();
+    let post = |q: &'static str, sql: &'static str| {
+        http.post(node.url(&format!("/v1/sql?{q}")))
+            .body(sql)
+            .send()
+    };
+    let r = post(
+        "statement_timeout=1ms",
+        "SELECT count(*) FROM generate_series(1, 2000000000) a CROSS JOIN generate_series(1, 10) b",
+    )
+    .await
+    .expect("sql");
+    assert_eq!(r.status(), 408);
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(v["sqlstate"], "57014", "{v}");
+    let r = post("read_consistency=sometimes", "SELECT 1")
+        .await
+        .expect("sql");
+    assert_eq!(r.status(), 400);
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(v["sqlstate"], "22023", "{v}");
+    let r = post("read_consistency=eventual", "SHOW read_consistency")
+        .await
+        .expect("sql");
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(v["rows"][0][0], "eventual", "{v}");
+    // One request may hold a whole transaction block.
+    let (status, v) = node
+        .sql("BEGIN; CREATE TABLE x1 (ts TIMESTAMP, v DOUBLE); CREATE TABLE x2 (ts TIMESTAMP, v DOUBLE); COMMIT; SHOW TABLES")
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["rows"], serde_json::json!([["x1"], ["x2"]]));
+}

@@ -168,6 +168,34 @@ async fn sessions_settings_and_transactional_ddl() {
         v1
     );
 
+    // Introspection: SHOW forms and the system tables behind them.
+    let rows = c.simple_query("SHOW NODES").await.expect("nodes");
+    assert_eq!(
+        rows.iter()
+            .filter(|m| matches!(m, SimpleQueryMessage::Row(_)))
+            .count(),
+        1
+    );
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM system.shards WHERE leader = 1", &[])
+        .await
+        .expect("shards")
+        .get(0);
+    assert_eq!(n, 16, "one leader per vshard on a single node");
+    assert_eq!(show(&c, "ROUTING FOR 'AAPL'").await, "AAPL");
+    let cols: Vec<String> = c
+        .query(
+            "SELECT c.column_name FROM system.tables t JOIN system.columns c \
+             ON t.table_name = c.table_name WHERE t.table_name = 'a' ORDER BY c.ordinal_position",
+            &[],
+        )
+        .await
+        .expect("join")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(cols, vec!["ts", "v"]);
+
     // ALTER TABLE ADD COLUMN, then the column is queryable.
     c.batch_execute("ALTER TABLE a ADD COLUMN note VARCHAR")
         .await
@@ -227,20 +255,51 @@ async fn psql_client() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "a|0.5");
+    // The catalog queries psql sends for its meta-commands.
+    let out = psql("\\dt");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().any(|l| l == "public|cpu|table|postgres"),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l == "system|shards|table|postgres"),
+        "{text}"
+    );
+    let out = psql("\\d cpu");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("usage|double precision"), "{text}");
+    assert!(
+        text.contains("ts|timestamp without time zone||not null"),
+        "{text}"
+    );
+    for meta in ["\\l", "\\dn"] {
+        let out = psql(meta);
+        assert!(
+            out.status.success(),
+            "{meta}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let out = psql("SELECT * FROM missing");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("42P01"), "{err}");
 }
 
-/// psycopg 3 (Python), when installed: parameterised queries and result types.
+/// psycopg 3 and asyncpg (Python), when installed: parameterised queries, binary results.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn psycopg_client() {
+async fn python_clients() {
     let probe = Command::new("python3")
         .args(["-c", "import psycopg"])
         .output();
     if !probe.map(|o| o.status.success()).unwrap_or(false) {
-        println!("SKIP psycopg_client: python3 with psycopg not available (.ci/run installs it)");
+        println!("SKIP python_clients: python3 with psycopg not available (.ci/run installs it)");
         return;
     }
     let dir = tempfile::tempdir().expect("tmp");
@@ -258,6 +317,7 @@ with psycopg.connect(host=host, port=int(port), user="shoal", dbname="shoal", au
     row = conn.execute("SELECT ts, symbol, price, size FROM trades WHERE symbol = %s", ("AAPL",)).fetchone()
     assert row[0] == datetime.datetime(2024, 1, 1), row
     assert row[1:] == ("AAPL", 1.5, 10), row
+    assert conn.execute("SHOW read_consistency").fetchone() == ("strong",)
     with conn.cursor(binary=True) as cur:
         cur.execute("SELECT price FROM trades WHERE size > %s", (5,))
         assert cur.fetchall() == [(1.5,)]
@@ -266,6 +326,19 @@ with psycopg.connect(host=host, port=int(port), user="shoal", dbname="shoal", au
         raise SystemExit("expected an error")
     except psycopg.errors.UndefinedTable:
         pass
+try:
+    import asyncpg, asyncio
+except ImportError:
+    asyncpg = None
+if asyncpg:
+    async def run():
+        c = await asyncpg.connect(host=host, port=int(port), user="shoal", database="shoal")
+        rows = await c.fetch("SELECT symbol, price FROM trades WHERE size > $1", 5)
+        assert [tuple(r) for r in rows] == [("AAPL", 1.5)], rows
+        st = await c.prepare("SELECT count(*) FROM trades WHERE price < $1")
+        assert await st.fetchval(2.0) == 1
+        await c.close()
+    asyncio.run(run())
 print("ok")
 "#;
     let out = Command::new("python3")

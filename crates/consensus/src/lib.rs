@@ -20,7 +20,7 @@ pub mod shard_sm;
 
 pub use command::{Command, DdlOp, Response};
 pub use meta_sm::{Catalog, CatalogHandle, TableEntry};
-pub use registry::{GroupsConfig, Registry};
+pub use registry::{GroupStatus, GroupsConfig, Registry};
 
 openraft::declare_raft_types!(
     /// The type configuration of every Shoal Raft group.

@@ -11,11 +11,14 @@ use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider};
 use datafusion::execution::context::SessionState;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::{DFParser, Statement as DfStatement};
+use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use shoal_consensus::Registry;
 
 use crate::error::{ErrorKind, QueryError, Result};
 use crate::provider::ShoalSchema;
 use crate::session::{split_statements, Session};
+use crate::system::{NodeInfo, SystemSchema};
 use crate::write::Writer;
 
 /// How a read picks the replica of each vshard. On one node every level reads locally; the
@@ -86,10 +89,13 @@ pub struct QueryEngine {
     registry: Arc<Registry>,
     writer: Writer,
     state: SessionState,
+    /// Rewrites what Postgres clients send (`::regclass`, `OPERATOR(pg_catalog.~)`, …).
+    pg_parser: Arc<PostgresCompatibilityParser>,
+    pub(crate) system: Arc<SystemSchema>,
 }
 
 impl QueryEngine {
-    pub fn new(registry: Arc<Registry>, target_partitions: usize) -> QueryEngine {
+    pub fn new(registry: Arc<Registry>, target_partitions: usize, node: NodeInfo) -> QueryEngine {
         let config = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema("shoal", "public")
@@ -99,6 +105,25 @@ impl QueryEngine {
             .with_default_features()
             .build();
         let ctx = SessionContext::new_with_state(state);
+        let writer = Writer::new(registry.clone());
+        // One catalog for every request: per-request options travel in the session config.
+        let catalog = MemoryCatalogProvider::new();
+        let _ = catalog.register_schema(
+            "public",
+            Arc::new(ShoalSchema::new(registry.clone(), writer.clone())),
+        );
+        let system = Arc::new(SystemSchema::new(registry.clone(), node));
+        let _ = catalog.register_schema("system", system.clone());
+        ctx.register_catalog("shoal", Arc::new(catalog));
+        // pg_catalog tables and functions for Postgres clients (psql \d, drivers, Grafana).
+        if let Err(e) = datafusion_pg_catalog::pg_catalog::setup_pg_catalog(
+            &ctx,
+            "shoal",
+            datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider,
+        ) {
+            tracing::warn!(error = %e, "pg_catalog unavailable");
+        }
+        crate::pgcompat::register(&ctx);
         // `time_bucket(interval, ts)` is `date_bin(interval, ts)` (buckets aligned to the epoch).
         let bucket = datafusion::functions::datetime::date_bin()
             .as_ref()
@@ -106,9 +131,11 @@ impl QueryEngine {
             .with_aliases(["time_bucket"]);
         ctx.register_udf(bucket);
         QueryEngine {
-            writer: Writer::new(registry.clone()),
+            writer,
             registry,
             state: ctx.state(),
+            pg_parser: Arc::new(PostgresCompatibilityParser::new()),
+            system,
         }
     }
 
@@ -121,16 +148,31 @@ impl QueryEngine {
     }
 
     pub(crate) fn context(&self, opts: &QueryOptions) -> SessionContext {
-        let ctx = SessionContext::new_with_state(self.state.clone());
-        let catalog = MemoryCatalogProvider::new();
-        let schema = ShoalSchema::new(
-            self.registry.clone(),
-            self.writer.clone(),
-            opts.read_consistency.clone(),
-        );
-        let _ = catalog.register_schema("public", Arc::new(schema));
-        ctx.register_catalog("shoal", Arc::new(catalog));
-        ctx
+        let mut state = self.state.clone();
+        state
+            .config_mut()
+            .set_extension(Arc::new(opts.read_consistency.clone()));
+        SessionContext::new_with_state(state)
+    }
+
+    /// Parses one statement; Postgres sessions first try the Postgres-compatibility parser.
+    pub(crate) fn parse_one(&self, sql: &str, pg: bool) -> Result<DfStatement> {
+        if pg {
+            if let Ok(mut v) = self.pg_parser.parse(sql) {
+                if v.len() == 1 {
+                    return Ok(DfStatement::Statement(Box::new(v.remove(0))));
+                }
+            }
+        }
+        let mut statements = DFParser::parse_sql(sql)
+            .map_err(|e| QueryError::bad_input(e.to_string()).with_code("42601"))?;
+        if statements.len() != 1 {
+            return Err(QueryError::bad_input(format!(
+                "expected one statement, found {}",
+                statements.len()
+            )));
+        }
+        Ok(statements.pop_front().expect("one statement"))
     }
 
     /// Runs every statement of `sql` in order in a fresh session and returns the last one's

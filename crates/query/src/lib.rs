@@ -11,11 +11,14 @@
 pub mod ddl;
 pub mod engine;
 pub mod error;
+pub mod pgcompat;
 pub mod provider;
 pub mod session;
+pub mod system;
 pub mod write;
 
 pub use engine::{QueryEngine, QueryOptions, QueryOutput, ReadConsistency};
 pub use error::{ErrorKind, QueryError};
 pub use session::{split_statements, Session, TxStatus};
+pub use system::NodeInfo;
 pub use write::{WriteOutcome, Writer};

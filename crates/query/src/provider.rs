@@ -51,7 +51,6 @@ pub struct ShoalSchema {
     registry: Arc<Registry>,
     catalog: CatalogHandle,
     writer: Writer,
-    consistency: ReadConsistency,
 }
 
 impl fmt::Debug for ShoalSchema {
@@ -61,16 +60,11 @@ impl fmt::Debug for ShoalSchema {
 }
 
 impl ShoalSchema {
-    pub fn new(
-        registry: Arc<Registry>,
-        writer: Writer,
-        consistency: ReadConsistency,
-    ) -> ShoalSchema {
+    pub fn new(registry: Arc<Registry>, writer: Writer) -> ShoalSchema {
         ShoalSchema {
             catalog: registry.catalog(),
             registry,
             writer,
-            consistency,
         }
     }
 }
@@ -88,7 +82,6 @@ impl SchemaProvider for ShoalSchema {
                 e,
                 self.registry.clone(),
                 self.writer.clone(),
-                self.consistency.clone(),
             )) as Arc<dyn TableProvider>
         }))
     }
@@ -104,7 +97,6 @@ pub struct ShoalTable {
     schema: SchemaRef,
     registry: Arc<Registry>,
     writer: Writer,
-    consistency: ReadConsistency,
 }
 
 impl fmt::Debug for ShoalTable {
@@ -114,19 +106,13 @@ impl fmt::Debug for ShoalTable {
 }
 
 impl ShoalTable {
-    pub fn new(
-        entry: TableEntry,
-        registry: Arc<Registry>,
-        writer: Writer,
-        consistency: ReadConsistency,
-    ) -> ShoalTable {
+    pub fn new(entry: TableEntry, registry: Arc<Registry>, writer: Writer) -> ShoalTable {
         let schema = table_arrow_schema(&entry.schema);
         ShoalTable {
             entry,
             schema,
             registry,
             writer,
-            consistency,
         }
     }
 }
@@ -193,7 +179,12 @@ impl TableProvider for ShoalTable {
             limit,
             min_ts,
             max_ts,
-            consistency: self.consistency.clone(),
+            // Per request, through the session config (the catalog itself is shared).
+            consistency: state
+                .config()
+                .get_extension::<ReadConsistency>()
+                .map(|c| c.as_ref().clone())
+                .unwrap_or_default(),
         };
         Ok(Arc::new(ShardScanExec::new(request, sources)))
     }

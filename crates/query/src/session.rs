@@ -16,7 +16,7 @@ use std::time::Duration;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::{ParamValues, ScalarValue};
-use datafusion::sql::parser::{DFParser, Statement as DfStatement};
+use datafusion::sql::parser::Statement as DfStatement;
 use shoal_consensus::{Catalog, DdlOp, Response};
 
 use crate::ddl::{ddl_op, ddl_tag};
@@ -45,11 +45,13 @@ pub struct Session {
     /// `SHOW` answers them.
     settings: BTreeMap<String, String>,
     tx: Tx,
+    /// Statements come from a Postgres client: parse them Postgres-style first.
+    pub pg_dialect: bool,
 }
 
 /// Settings a session can `SHOW` before anyone set them (what clients probe on connect).
-const SERVER_SETTINGS: &[(&str, &str)] = &[
-    ("server_version", "16.6 (Shoal)"),
+pub(crate) const SERVER_SETTINGS: &[(&str, &str)] = &[
+    ("server_version", "16.6"),
     ("server_encoding", "UTF8"),
     ("client_encoding", "UTF8"),
     ("datestyle", "ISO, YMD"),
@@ -73,6 +75,15 @@ impl Session {
             statement_timeout: opts.statement_timeout,
             settings: BTreeMap::new(),
             tx: Tx::Idle,
+            pg_dialect: false,
+        }
+    }
+
+    /// A session of a Postgres-protocol connection.
+    pub fn postgres() -> Session {
+        Session {
+            pg_dialect: true,
+            ..Session::default()
         }
     }
 
@@ -393,15 +404,7 @@ impl QueryEngine {
             Some(SessionCommand::Show(what)) => return self.show(session, &what).await,
             None => {}
         }
-        let mut statements = DFParser::parse_sql(sql)
-            .map_err(|e| QueryError::bad_input(e.to_string()).with_code("42601"))?;
-        if statements.len() != 1 {
-            return Err(QueryError::bad_input(format!(
-                "expected one statement, found {}",
-                statements.len()
-            )));
-        }
-        let stmt = statements.pop_front().expect("one statement");
+        let stmt = self.parse_one(sql, session.pg_dialect)?;
         if let DfStatement::Statement(s) = &stmt {
             if let Some(op) = ddl_op(s)? {
                 let tag = ddl_tag(&op);
@@ -447,6 +450,22 @@ impl QueryEngine {
                 "schema_version",
                 vec![catalog.schema_version.to_string()],
             )),
+            ["NODES"] => {
+                self.run_internal(session, "SELECT * FROM system.nodes ORDER BY node_id")
+                    .await
+            }
+            ["SHARDS"] => {
+                self.run_internal(session, "SELECT * FROM system.shards ORDER BY vshard")
+                    .await
+            }
+            ["ROUTING", "FOR", ..] => {
+                let key = unquote(what.trim()[7..].trim_start()[3..].trim());
+                let batch = self.system.routing(&key);
+                Ok(QueryOutput::Rows {
+                    schema: batch.schema(),
+                    batches: vec![batch],
+                })
+            }
             ["TRANSACTION", "ISOLATION", "LEVEL"] => Ok(one_column(
                 "transaction_isolation",
                 vec!["read committed".into()],
@@ -460,6 +479,12 @@ impl QueryEngine {
                 format!("SHOW {what} is not supported"),
             )),
         }
+    }
+
+    /// Runs a query Shoal wrote itself (the `SHOW` forms over `system` tables).
+    async fn run_internal(&self, session: &Session, sql: &str) -> Result<QueryOutput> {
+        let stmt = self.parse_one(sql, false)?;
+        self.execute_statement(stmt, &[], &session.options()).await
     }
 
     /// Plans and runs a parsed statement that is not DDL.
@@ -514,11 +539,7 @@ impl QueryEngine {
                 _ => (vec![], None),
             });
         }
-        let mut statements = DFParser::parse_sql(sql)
-            .map_err(|e| QueryError::bad_input(e.to_string()).with_code("42601"))?;
-        let Some(stmt) = statements.pop_front() else {
-            return Ok((vec![], None));
-        };
+        let stmt = self.parse_one(sql, session.pg_dialect)?;
         if let DfStatement::Statement(s) = &stmt {
             if ddl_op(s)?.is_some() {
                 return Ok((vec![], None));

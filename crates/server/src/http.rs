@@ -136,6 +136,9 @@ async fn sql(
         if let Some(rc) = q.get("read_consistency") {
             opts.read_consistency = ReadConsistency::parse(rc)?;
         }
+        if let Some(t) = q.get("statement_timeout") {
+            opts.statement_timeout = shoal_query::session::parse_timeout(t)?;
+        }
         let text = std::str::from_utf8(&body)
             .map_err(|_| QueryError::bad_input("the SQL body is not UTF-8"))?;
         let is_json = headers

@@ -161,6 +161,8 @@ async fn run(
         pg: pg_listener,
         pg_state: pg,
     } = fronts;
+    let http_addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let pg_addr = pg_listener.local_addr().map_err(|e| e.to_string())?;
     let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
     let app = http::router(state.clone());
     let server = tokio::spawn(async move {
@@ -197,7 +199,13 @@ async fn run(
             .unwrap_or(2),
         n => n,
     };
-    let engine = Arc::new(QueryEngine::new(registry.clone(), partitions));
+    let node = shoal_query::NodeInfo {
+        http_addr: http_addr.to_string(),
+        pg_addr: pg_addr.to_string(),
+        rpc_addr: cfg.rpc_addr.clone(),
+        gossip_addr: cfg.gossip_addr.clone(),
+    };
+    let engine = Arc::new(QueryEngine::new(registry.clone(), partitions, node));
     let _ = pg.engine.set(engine.clone());
     let _ = state.engine.set(engine);
     let flusher = registry.spawn_flusher();

@@ -76,7 +76,7 @@ pub async fn serve(
         };
         let handler = Arc::new(ConnHandler {
             engine: state.engine.clone(),
-            session: Mutex::new(Session::default()),
+            session: Mutex::new(Session::postgres()),
             parser: Arc::new(ShoalParser {
                 engine: state.engine.clone(),
             }),
@@ -388,7 +388,7 @@ impl QueryParser for ShoalParser {
             ));
         }
         let (ptypes, schema) = engine
-            .describe(&Session::default(), first)
+            .describe(&Session::postgres(), first)
             .await
             .map_err(to_pg)?;
         let params = ptypes

@@ -1,0 +1,259 @@
+//! The `system` schema: the node, its Raft groups and the catalog as tables, usable with
+//! WHERE, JOIN and ORDER BY. Each table is a snapshot taken when a statement is planned.
+//! `SHOW NODES`, `SHOW SHARDS` and `SHOW ROUTING FOR '<key>'` read the same data.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::catalog::SchemaProvider;
+use datafusion::common::Result as DfResult;
+use datafusion::datasource::{MemTable, TableProvider};
+use shoal_common::hash::vshard_for_key;
+use shoal_consensus::Registry;
+
+/// This node's addresses, as `system.nodes` shows them.
+#[derive(Clone, Debug, Default)]
+pub struct NodeInfo {
+    pub http_addr: String,
+    pub pg_addr: String,
+    pub rpc_addr: String,
+    pub gossip_addr: String,
+}
+
+pub struct SystemSchema {
+    registry: Arc<Registry>,
+    node: NodeInfo,
+}
+
+impl fmt::Debug for SystemSchema {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SystemSchema")
+    }
+}
+
+pub const SYSTEM_TABLES: &[&str] = &["nodes", "shards", "tables", "columns"];
+
+impl SystemSchema {
+    pub fn new(registry: Arc<Registry>, node: NodeInfo) -> SystemSchema {
+        SystemSchema { registry, node }
+    }
+
+    fn batch(&self, name: &str) -> Option<RecordBatch> {
+        match name {
+            "nodes" => Some(self.nodes()),
+            "shards" => Some(self.shards()),
+            "tables" => Some(self.tables()),
+            "columns" => Some(self.columns()),
+            _ => None,
+        }
+    }
+
+    fn nodes(&self) -> RecordBatch {
+        let id = self.registry.node_id();
+        let meta = self.registry.status().into_iter().find(|g| g.group == 0);
+        let role = match meta.and_then(|m| m.leader) {
+            Some(l) if l == id => "leader",
+            Some(_) => "follower",
+            None => "candidate",
+        };
+        build(vec![
+            ("node_id", u64s(vec![Some(id)])),
+            ("http_addr", strs(vec![Some(self.node.http_addr.clone())])),
+            ("pg_addr", strs(vec![Some(self.node.pg_addr.clone())])),
+            ("rpc_addr", strs(vec![Some(self.node.rpc_addr.clone())])),
+            (
+                "gossip_addr",
+                strs(vec![Some(self.node.gossip_addr.clone())]),
+            ),
+            ("state", strs(vec![Some("alive".into())])),
+            ("group0_role", strs(vec![Some(role.into())])),
+        ])
+    }
+
+    fn shards(&self) -> RecordBatch {
+        let groups: Vec<_> = self
+            .registry
+            .status()
+            .into_iter()
+            .filter(|g| g.vshard.is_some())
+            .collect();
+        let replicas = |g: &shoal_consensus::GroupStatus| {
+            g.replicas
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        build(vec![
+            (
+                "vshard",
+                u64s(groups.iter().map(|g| g.vshard.map(u64::from)).collect()),
+            ),
+            (
+                "raft_group",
+                u64s(groups.iter().map(|g| Some(u64::from(g.group))).collect()),
+            ),
+            ("leader", u64s(groups.iter().map(|g| g.leader).collect())),
+            (
+                "replicas",
+                strs(groups.iter().map(|g| Some(replicas(g))).collect()),
+            ),
+            ("term", u64s(groups.iter().map(|g| Some(g.term)).collect())),
+            (
+                "applied_index",
+                u64s(groups.iter().map(|g| g.applied_index).collect()),
+            ),
+            (
+                "last_log_index",
+                u64s(groups.iter().map(|g| g.last_log_index).collect()),
+            ),
+            (
+                "snapshot_index",
+                u64s(groups.iter().map(|g| g.snapshot_index).collect()),
+            ),
+            // Closed timestamps arrive with replication; one replica has nothing to close.
+            ("closed_ts", strs(groups.iter().map(|_| None).collect())),
+            (
+                "hot_rows",
+                u64s(groups.iter().map(|g| Some(g.stats.hot_rows)).collect()),
+            ),
+            (
+                "hot_bytes",
+                u64s(groups.iter().map(|g| Some(g.stats.hot_bytes)).collect()),
+            ),
+            (
+                "parquet_files",
+                u64s(groups.iter().map(|g| Some(g.stats.parts)).collect()),
+            ),
+            (
+                "parquet_bytes",
+                u64s(groups.iter().map(|g| Some(g.stats.part_bytes)).collect()),
+            ),
+            (
+                "parquet_rows",
+                u64s(groups.iter().map(|g| Some(g.stats.part_rows)).collect()),
+            ),
+        ])
+    }
+
+    fn tables(&self) -> RecordBatch {
+        let catalog = self.registry.catalog().read().clone();
+        let t: Vec<_> = catalog.tables.values().collect();
+        build(vec![
+            (
+                "table_name",
+                strs(t.iter().map(|e| Some(e.schema.name.clone())).collect()),
+            ),
+            ("table_id", u64s(t.iter().map(|e| Some(e.id)).collect())),
+            (
+                "partition_key",
+                strs(t.iter().map(|e| e.schema.partition_key.clone()).collect()),
+            ),
+            (
+                "columns",
+                u64s(
+                    t.iter()
+                        .map(|e| Some(e.schema.columns.len() as u64))
+                        .collect(),
+                ),
+            ),
+            (
+                "schema_version",
+                u64s(t.iter().map(|_| Some(catalog.schema_version)).collect()),
+            ),
+        ])
+    }
+
+    fn columns(&self) -> RecordBatch {
+        let catalog = self.registry.catalog().read().clone();
+        let mut table = vec![];
+        let mut column = vec![];
+        let mut ctype = vec![];
+        let mut ordinal = vec![];
+        let mut is_pk = vec![];
+        for e in catalog.tables.values() {
+            for (i, c) in e.schema.columns.iter().enumerate() {
+                table.push(Some(e.schema.name.clone()));
+                column.push(Some(c.name.clone()));
+                ctype.push(Some(c.column_type.name().to_string()));
+                ordinal.push(Some(i as u64 + 1));
+                is_pk.push(Some(
+                    e.schema.partition_key.as_deref() == Some(c.name.as_str()),
+                ));
+            }
+        }
+        build(vec![
+            ("table_name", strs(table)),
+            ("column_name", strs(column)),
+            ("column_type", strs(ctype)),
+            ("ordinal_position", u64s(ordinal)),
+            (
+                "is_partition_key",
+                Arc::new(BooleanArray::from(is_pk)) as ArrayRef,
+            ),
+        ])
+    }
+
+    /// `SHOW ROUTING FOR '<key>'`: where rows with this partition-key value live.
+    pub fn routing(&self, key: &str) -> RecordBatch {
+        let v = vshard_for_key(key.as_bytes(), self.registry.vshards());
+        let g = self
+            .registry
+            .status()
+            .into_iter()
+            .find(|g| g.vshard == Some(v));
+        let replicas = g.as_ref().map(|g| {
+            g.replicas
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+        build(vec![
+            ("partition_key_value", strs(vec![Some(key.to_string())])),
+            ("vshard", u64s(vec![Some(u64::from(v))])),
+            ("leader", u64s(vec![g.as_ref().and_then(|g| g.leader)])),
+            ("replicas", strs(vec![replicas])),
+        ])
+    }
+}
+
+fn u64s(v: Vec<Option<u64>>) -> ArrayRef {
+    Arc::new(UInt64Array::from(v))
+}
+
+fn strs(v: Vec<Option<String>>) -> ArrayRef {
+    Arc::new(StringArray::from(v))
+}
+
+fn build(cols: Vec<(&str, ArrayRef)>) -> RecordBatch {
+    let fields: Vec<Field> = cols
+        .iter()
+        .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+        .collect();
+    let schema: SchemaRef = Arc::new(Schema::new(fields));
+    RecordBatch::try_new(schema, cols.into_iter().map(|(_, a)| a).collect())
+        .expect("columns of equal length")
+}
+
+#[async_trait]
+impl SchemaProvider for SystemSchema {
+    fn table_names(&self) -> Vec<String> {
+        SYSTEM_TABLES.iter().map(|s| s.to_string()).collect()
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        let Some(batch) = self.batch(name) else {
+            return Ok(None);
+        };
+        let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+        Ok(Some(Arc::new(table)))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        SYSTEM_TABLES.contains(&name)
+    }
+}
