@@ -71,6 +71,12 @@ pub struct StartArgs {
     /// Postgres-protocol connections at once [default: 256]
     #[arg(long, env = "SHOAL_PG_MAX_CONNECTIONS")]
     pg_max_connections: Option<usize>,
+    /// Postgres authentication: trust, scram-sha-256 or md5 [default: trust]
+    #[arg(long, env = "SHOAL_PG_AUTH")]
+    pg_auth: Option<String>,
+    /// Postgres users, comma separated name:password pairs (for scram-sha-256/md5)
+    #[arg(long, env = "SHOAL_PG_USERS", value_delimiter = ',')]
+    pg_users: Option<Vec<String>>,
     /// Longest start-up recovery, ms [default: 120000]
     #[arg(long, env = "SHOAL_STARTUP_TIMEOUT_MS")]
     startup_timeout_ms: Option<u64>,
@@ -121,6 +127,8 @@ pub fn resolve(args: &StartArgs) -> Result<NodeConfig, String> {
         query_target_partitions,
         http_max_concurrent_requests,
         pg_max_connections,
+        pg_auth,
+        pg_users,
         startup_timeout_ms,
         drain_timeout_ms,
         raft_heartbeat_ms,

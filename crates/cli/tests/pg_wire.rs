@@ -352,3 +352,83 @@ print("ok")
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+async fn try_connect(
+    node: &Node,
+    user: &str,
+    password: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (host, port) = node.pg_addr.rsplit_once(':').expect("host:port");
+    let conf = format!("host={host} port={port} user={user} password={password} dbname=shoal");
+    let (client, conn) = tokio_postgres::connect(&conf, NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_authentication() {
+    for method in ["scram-sha-256", "md5"] {
+        let dir = tempfile::tempdir().expect("tmp");
+        let node = Node::start(
+            dir.path(),
+            &[
+                "--pg-auth",
+                method,
+                "--pg-users",
+                "alice:s3cret,bob:hunter2",
+            ],
+        )
+        .await;
+        let c = try_connect(&node, "alice", "s3cret").await.expect(method);
+        assert_eq!(c.query("SELECT 1", &[]).await.expect("query").len(), 1);
+        for (user, pw) in [("alice", "wrong"), ("mallory", "s3cret")] {
+            let Err(e) = try_connect(&node, user, pw).await else {
+                panic!("{method} {user}: a wrong password was accepted");
+            };
+            assert_eq!(code(&e), "28P01", "{method} {user}: {e:?}");
+        }
+        assert!(
+            node.stderr_text().contains("pg authentication failed"),
+            "failures are logged"
+        );
+        // The authenticated session is unaffected by the failures.
+        assert_eq!(c.query("SELECT 2", &[]).await.expect("query").len(), 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_refuses_the_excess_with_53300() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = Node::start(dir.path(), &["--pg-max-connections", "2"]).await;
+    let a = connect(&node).await;
+    let b = connect(&node).await;
+    let Err(e) = try_connect(&node, "shoal", "").await else {
+        panic!("a third connection was accepted past pg_max_connections = 2");
+    };
+    assert_eq!(code(&e), "53300", "{e:?}");
+    assert_eq!(
+        a.query("SELECT 1", &[])
+            .await
+            .expect("a still served")
+            .len(),
+        1
+    );
+    drop(b);
+    // The freed slot is reusable once the server sees the close.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match try_connect(&node, "shoal", "").await {
+            Ok(c) => {
+                assert_eq!(c.query("SELECT 1", &[]).await.expect("served").len(), 1);
+                break;
+            }
+            Err(e) => {
+                assert_eq!(code(&e), "53300", "{e:?}");
+                assert!(std::time::Instant::now() < deadline, "slot never freed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -47,6 +47,10 @@ pub struct NodeConfig {
     pub http_max_concurrent_requests: usize,
     /// Postgres-protocol connections open at once; more are refused (SQLSTATE 53300).
     pub pg_max_connections: usize,
+    /// Postgres-protocol authentication: `trust`, `scram-sha-256` or `md5`.
+    pub pg_auth: String,
+    /// Users for `scram-sha-256`/`md5`, each `name:password`.
+    pub pg_users: Vec<String>,
     /// Longest time recovery (log replay) may take before the node gives up starting.
     pub startup_timeout_ms: u64,
     /// On shutdown: how long to wait for in-flight requests and the final flush.
@@ -84,6 +88,8 @@ impl Default for NodeConfig {
             query_target_partitions: 0,
             http_max_concurrent_requests: 256,
             pg_max_connections: 256,
+            pg_auth: "trust".into(),
+            pg_users: vec![],
             startup_timeout_ms: 120_000,
             drain_timeout_ms: 30_000,
             raft_heartbeat_ms: 200,
@@ -117,6 +123,14 @@ impl NodeConfig {
             return Err(
                 "need raft_heartbeat_ms < raft_election_min_ms < raft_election_max_ms".into(),
             );
+        }
+        let method = crate::pgauth::AuthMethod::parse(&self.pg_auth)?;
+        let users = crate::pgauth::parse_users(&self.pg_users)?;
+        if method != crate::pgauth::AuthMethod::Trust && users.is_empty() {
+            return Err(format!(
+                "pg_auth = {:?} needs at least one pg_users entry (name:password)",
+                self.pg_auth
+            ));
         }
         if !self.join.is_empty() {
             return Err(

@@ -12,6 +12,7 @@ pub mod format;
 pub mod http;
 pub mod ingest;
 pub mod pg;
+pub mod pgauth;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -106,6 +107,10 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
     let pg = Arc::new(pg::PgState {
         engine: Arc::new(OnceLock::new()),
         connections: Arc::new(Semaphore::new(cfg.pg_max_connections.max(1))),
+        startup: Arc::new(pgauth::ShoalStartup::new(
+            pgauth::AuthMethod::parse(&cfg.pg_auth)?,
+            pgauth::parse_users(&cfg.pg_users)?,
+        )),
     });
     let state = Arc::new(AppState {
         engine: OnceLock::new(),

@@ -4,7 +4,7 @@
 //! Each connection gets its own handler holding its [`Session`] (settings, transaction
 //! block). Results are encoded from Arrow by [`pg_type`]'s mapping, text or binary as the
 //! client asks. Errors carry the SQLSTATE of [`QueryError::sqlstate`]. Authentication is
-//! trust (see docs/operations.md).
+//! `pg_auth` (see `pgauth`).
 //!
 //! Limits: `pg_max_connections` connections at once (the excess gets FATAL 53300 and is
 //! closed); statements per simple query as for HTTP (`MAX_STATEMENTS_PER_REQUEST`).
@@ -21,7 +21,6 @@ use datafusion::arrow::datatypes::{
 };
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions as ArrowFormatOptions};
 use futures::{stream, Sink};
-use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::auth::StartupHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
@@ -37,10 +36,14 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, Semaphore};
 
+use crate::pgauth::ShoalStartup;
+
 /// What the accept loop needs: the engine once recovery is done, and the connection limit.
 pub struct PgState {
     pub engine: Arc<OnceLock<Arc<QueryEngine>>>,
     pub connections: Arc<Semaphore>,
+    /// Authentication, shared by every connection (see `pgauth`).
+    pub startup: Arc<ShoalStartup>,
 }
 
 /// Accepts connections until `stop` resolves.
@@ -81,9 +84,14 @@ pub async fn serve(
                 engine: state.engine.clone(),
             }),
         });
+        let startup = state.startup.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = pgwire::tokio::process_socket(sock, None, Handlers(handler)).await {
+            let handlers = Handlers {
+                conn: handler,
+                startup,
+            };
+            if let Err(e) = pgwire::tokio::process_socket(sock, None, handlers).await {
                 tracing::debug!(%peer, error = %e, "pg connection ended with an error");
             }
         });
@@ -105,17 +113,20 @@ fn fatal_message(code: &str, msg: &str) -> Vec<u8> {
     out
 }
 
-struct Handlers(Arc<ConnHandler>);
+struct Handlers {
+    conn: Arc<ConnHandler>,
+    startup: Arc<ShoalStartup>,
+}
 
 impl PgWireServerHandlers for Handlers {
     fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
-        self.0.clone()
+        self.conn.clone()
     }
     fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
-        self.0.clone()
+        self.conn.clone()
     }
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
-        self.0.clone()
+        self.startup.clone()
     }
 }
 
@@ -125,8 +136,6 @@ struct ConnHandler {
     session: Mutex<Session>,
     parser: Arc<ShoalParser>,
 }
-
-impl NoopStartupHandler for ConnHandler {}
 
 fn engine_of(cell: &OnceLock<Arc<QueryEngine>>) -> PgWireResult<Arc<QueryEngine>> {
     cell.get().cloned().ok_or_else(|| {
