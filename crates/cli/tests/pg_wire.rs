@@ -432,3 +432,51 @@ async fn connection_limit_refuses_the_excess_with_53300() {
         }
     }
 }
+
+/// The catalog queries Grafana's PostgreSQL data source sends to list tables and columns
+/// (copied from its query builder).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grafana_catalog_queries() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = Node::start(dir.path(), &[]).await;
+    assert_eq!(node.write("trades,symbol=A price=1 1\n").await.0, 204);
+    let c = connect(&node).await;
+    let schema_constraint = r#"quote_ident(table_schema) IN (
+          SELECT
+            CASE WHEN trim(s[i]) = '"$user"' THEN user ELSE trim(s[i]) END
+          FROM
+            generate_series(
+              array_lower(string_to_array(current_setting('search_path'),','),1),
+              array_upper(string_to_array(current_setting('search_path'),','),1)
+            ) as i,
+            string_to_array(current_setting('search_path'),',') s
+          )"#;
+    let tables = format!(
+        "select quote_ident(table_name) as \"table\" from information_schema.tables
+    where quote_ident(table_schema) not in ('information_schema', 'pg_catalog',
+        '_timescaledb_cache', '_timescaledb_catalog', '_timescaledb_internal',
+        '_timescaledb_config', 'timescaledb_information', 'timescaledb_experimental')
+      and table_type = 'BASE TABLE' and {schema_constraint}"
+    );
+    let rows: Vec<String> = c
+        .query(tables.as_str(), &[])
+        .await
+        .expect("table list")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(rows, vec!["trades"]);
+    let columns = format!(
+        "SELECT quote_ident(column_name) AS \"column\", data_type AS \"type\"
+    FROM information_schema.columns
+    WHERE quote_ident(table_name) = 'trades' AND {schema_constraint}"
+    );
+    let cols: Vec<String> = c
+        .query(columns.as_str(), &[])
+        .await
+        .expect("column list")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(cols, vec!["ts", "symbol", "price"]);
+}

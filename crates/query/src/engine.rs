@@ -158,6 +158,8 @@ impl QueryEngine {
     /// Parses one statement; Postgres sessions first try the Postgres-compatibility parser.
     pub(crate) fn parse_one(&self, sql: &str, pg: bool) -> Result<DfStatement> {
         if pg {
+            let rewritten = crate::pgcompat::rewrite_search_path_subquery(sql);
+            let sql = rewritten.as_deref().unwrap_or(sql);
             if let Ok(mut v) = self.pg_parser.parse(sql) {
                 if v.len() == 1 {
                     return Ok(DfStatement::Statement(Box::new(v.remove(0))));

@@ -68,8 +68,58 @@ fn version() -> ScalarUDF {
     )
 }
 
+/// Grafana's PostgreSQL data source finds the schemas on the search path with a subquery
+/// over `generate_series(...)` and `string_to_array(...)` in FROM, which DataFusion cannot
+/// plan. Shoal's search path is fixed (`public`), so the subquery is replaced by its value.
+pub fn rewrite_search_path_subquery(sql: &str) -> Option<String> {
+    const TAIL: &str = "string_to_array(current_setting('search_path'),',') s";
+    if !sql.contains("current_setting('search_path')") || !sql.contains("trim(s[i])") {
+        return None;
+    }
+    let flat = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut out = String::with_capacity(flat.len());
+    let mut rest = flat.as_str();
+    let mut changed = false;
+    while let Some(start) = rest.find("SELECT CASE WHEN trim(s[i])") {
+        let Some(end) = rest[start..].find(TAIL) else {
+            break;
+        };
+        out.push_str(&rest[..start]);
+        out.push_str("SELECT 'public'");
+        rest = &rest[start + end + TAIL.len()..];
+        changed = true;
+    }
+    out.push_str(rest);
+    changed.then_some(out)
+}
+
 /// Registers the functions (replacing DataFusion's `version()`).
 pub fn register(ctx: &SessionContext) {
     ctx.register_udf(current_setting());
     ctx.register_udf(version());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grafana_search_path_subquery_becomes_public() {
+        let sql = "SELECT quote_ident(table_name) FROM information_schema.tables WHERE quote_ident(table_schema) IN (
+              SELECT
+                CASE WHEN trim(s[i]) = '\"$user\"' THEN user ELSE trim(s[i]) END
+              FROM
+                generate_series(
+                  array_lower(string_to_array(current_setting('search_path'),','),1),
+                  array_upper(string_to_array(current_setting('search_path'),','),1)
+                ) as i,
+                string_to_array(current_setting('search_path'),',') s
+              ) AND table_type = 'BASE TABLE'";
+        let out = rewrite_search_path_subquery(sql).expect("rewritten");
+        assert!(
+            out.contains("IN ( SELECT 'public' ) AND table_type"),
+            "{out}"
+        );
+        assert!(rewrite_search_path_subquery("SELECT 1").is_none());
+    }
 }
