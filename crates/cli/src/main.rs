@@ -1,5 +1,7 @@
-//! The `shoal` binary: `shoal start` runs a node; `shoal sql` talks to one.
+//! The `shoal` binary: `shoal start` runs a node; `shoal sql` talks to one; `shoal bench`
+//! loads and queries one and prints numbers.
 
+mod bench;
 mod client;
 mod start;
 
@@ -22,6 +24,8 @@ enum Command {
     Start(Box<start::StartArgs>),
     /// Run SQL against a node: one statement as an argument, or an interactive shell.
     Sql(client::SqlArgs),
+    /// Benchmark a running node: `bench ingest` (line protocol) or `bench query` (Q1–Q5).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,6 +43,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Start(args) => runtime.block_on(start::run(*args)),
         Command::Sql(args) => runtime.block_on(client::run(args)),
+        Command::Bench(args) => runtime.block_on(bench::run(args)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -128,6 +128,24 @@ async fn sessions_settings_and_transactional_ddl() {
         show(&c, "read_consistency").await,
         "bounded_staleness:5000ms"
     );
+    // The level reaches the per-vshard scan (where replication will pick the replica).
+    c.batch_execute("CREATE TABLE rc (ts TIMESTAMP, v DOUBLE)")
+        .await
+        .expect("create");
+    let plan: String = c
+        .simple_query("EXPLAIN SELECT * FROM rc")
+        .await
+        .expect("explain")
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(1).map(str::to_string),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        plan.contains("consistency=bounded_staleness:5000ms"),
+        "{plan}"
+    );
     let other = connect(&node).await;
     assert_eq!(
         show(&other, "read_consistency").await,
@@ -292,16 +310,69 @@ async fn psql_client() {
     assert!(err.contains("42P01"), "{err}");
 }
 
-/// psycopg 3 and asyncpg (Python), when installed: parameterised queries, binary results.
+/// A virtualenv with psycopg 3 and asyncpg, made on first use under the user's cache dir
+/// (`SHOAL_TEST_VENV` overrides); `None`, with the reason printed, when it cannot be made.
+fn python_venv() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("SHOAL_TEST_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+            std::path::PathBuf::from(home).join(".cache/shoal-pyvenv")
+        });
+    let python = dir.join("bin/python");
+    let ready = |py: &std::path::Path| {
+        Command::new(py)
+            .args(["-c", "import psycopg, asyncpg"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    if ready(&python) {
+        return Some(python);
+    }
+    let steps: [(&str, Vec<std::ffi::OsString>); 2] = [
+        (
+            "python3",
+            vec!["-m".into(), "venv".into(), dir.clone().into()],
+        ),
+        (
+            python.to_str()?,
+            vec![
+                "-m".into(),
+                "pip".into(),
+                "install".into(),
+                "-q".into(),
+                "psycopg[binary]>=3.1".into(),
+                "asyncpg".into(),
+            ],
+        ),
+    ];
+    for (prog, args) in steps {
+        match Command::new(prog).args(&args).output() {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => {
+                println!(
+                    "SKIP python_clients: {prog} {args:?} failed: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                return None;
+            }
+            Err(e) => {
+                println!("SKIP python_clients: cannot run {prog}: {e}");
+                return None;
+            }
+        }
+    }
+    ready(&python).then_some(python)
+}
+
+/// psycopg 3 and asyncpg from a virtualenv: parameterised inserts and selects, prepared
+/// statements, binary results, timestamps with time zones and NULLs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_clients() {
-    let probe = Command::new("python3")
-        .args(["-c", "import psycopg"])
-        .output();
-    if !probe.map(|o| o.status.success()).unwrap_or(false) {
-        println!("SKIP python_clients: python3 with psycopg not available (.ci/run installs it)");
+    let Some(python) = python_venv() else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().expect("tmp");
     let node = Node::start(dir.path(), &[]).await;
     assert_eq!(
@@ -311,40 +382,48 @@ async fn python_clients() {
         204
     );
     let script = r#"
-import sys, psycopg, datetime
+import sys, asyncio, datetime, psycopg, asyncpg
+UTC = datetime.timezone.utc
 host, port = sys.argv[1].rsplit(":", 1)
 with psycopg.connect(host=host, port=int(port), user="shoal", dbname="shoal", autocommit=True) as conn:
     row = conn.execute("SELECT ts, symbol, price, size FROM trades WHERE symbol = %s", ("AAPL",)).fetchone()
-    assert row[0] == datetime.datetime(2024, 1, 1), row
-    assert row[1:] == ("AAPL", 1.5, 10), row
+    assert row == (datetime.datetime(2024, 1, 1), "AAPL", 1.5, 10), row
+    # Parameterised, prepared insert of a tz-aware timestamp and a NULL.
+    t = datetime.datetime(2024, 1, 1, 0, 0, 1, tzinfo=datetime.timezone(datetime.timedelta(hours=2)))
+    conn.execute("INSERT INTO trades (ts, symbol, price, size) VALUES (%s, %s, %s, %s)",
+                 (t, "MSFT", 2.5, None), prepare=True)
+    row = conn.execute("SELECT ts, size FROM trades WHERE symbol = %s", ("MSFT",), prepare=True).fetchone()
+    assert row == (datetime.datetime(2023, 12, 31, 22, 0, 1), None), row
+    tz = conn.execute("SELECT ts AT TIME ZONE 'UTC' FROM trades WHERE symbol = 'MSFT'").fetchone()[0]
+    assert tz == t, (tz, t)
     assert conn.execute("SHOW read_consistency").fetchone() == ("strong",)
     with conn.cursor(binary=True) as cur:
-        cur.execute("SELECT price FROM trades WHERE size > %s", (5,))
-        assert cur.fetchall() == [(1.5,)]
+        cur.execute("SELECT price, size FROM trades WHERE symbol = %s", ("MSFT",))
+        assert cur.fetchall() == [(2.5, None)]
     try:
         conn.execute("SELECT * FROM nope")
         raise SystemExit("expected an error")
     except psycopg.errors.UndefinedTable:
         pass
-try:
-    import asyncpg, asyncio
-except ImportError:
-    asyncpg = None
-if asyncpg:
-    async def run():
-        c = await asyncpg.connect(host=host, port=int(port), user="shoal", database="shoal")
-        rows = await c.fetch("SELECT symbol, price FROM trades WHERE size > $1", 5)
-        assert [tuple(r) for r in rows] == [("AAPL", 1.5)], rows
-        st = await c.prepare("SELECT count(*) FROM trades WHERE price < $1")
-        assert await st.fetchval(2.0) == 1
-        await c.close()
-    asyncio.run(run())
+
+async def run():
+    c = await asyncpg.connect(host=host, port=int(port), user="shoal", database="shoal")
+    rows = await c.fetch("SELECT symbol, price FROM trades WHERE size > $1", 5)
+    assert [tuple(r) for r in rows] == [("AAPL", 1.5)], rows
+    st = await c.prepare("SELECT count(*) FROM trades WHERE price < $1")
+    assert await st.fetchval(2.0) == 1
+    assert await st.fetchval(3.0) == 2
+    await c.execute("INSERT INTO trades (ts, symbol, price) VALUES ($1, $2, $3)",
+                    datetime.datetime(2024, 1, 1, 0, 0, 2), "IBM", 3.5)
+    assert await c.fetchval("SELECT price FROM trades WHERE symbol = $1", "IBM") == 3.5
+    await c.close()
+asyncio.run(run())
 print("ok")
 "#;
-    let out = Command::new("python3")
+    let out = Command::new(&python)
         .args(["-c", script, &node.pg_addr])
         .output()
-        .expect("python3");
+        .expect("python");
     assert!(
         out.status.success(),
         "{}{}",
@@ -479,4 +558,95 @@ async fn grafana_catalog_queries() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(cols, vec!["ts", "symbol", "price"]);
+}
+
+/// A transaction block is all-or-nothing across a crash: an open block at kill -9 leaves
+/// nothing; a committed one survives whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_blocks_are_atomic_across_kill9() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut node = Node::start(dir.path(), &[]).await;
+    let c = connect(&node).await;
+    c.batch_execute(
+        "BEGIN; CREATE TABLE done1 (ts TIMESTAMP, v DOUBLE); CREATE TABLE done2 (ts TIMESTAMP, v DOUBLE); COMMIT",
+    )
+    .await
+    .expect("committed block");
+    c.batch_execute(
+        "BEGIN; CREATE TABLE open1 (ts TIMESTAMP, v DOUBLE); CREATE TABLE open2 (ts TIMESTAMP, v DOUBLE)",
+    )
+    .await
+    .expect("open block");
+    node.kill9();
+    node.restart().await;
+    let c = connect(&node).await;
+    for t in ["done1", "done2"] {
+        c.query(format!("SELECT * FROM {t}").as_str(), &[])
+            .await
+            .unwrap_or_else(|e| panic!("{t} was committed: {e:?}"));
+    }
+    for t in ["open1", "open2"] {
+        let e = c
+            .query(format!("SELECT * FROM {t}").as_str(), &[])
+            .await
+            .expect_err(t);
+        assert_eq!(code(&e), "42P01", "{t} was never committed");
+    }
+}
+
+/// Garbage on the Postgres port: each connection is refused or closed, and the node keeps
+/// serving everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_bytes_on_the_pg_port() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = Node::start(dir.path(), &[]).await;
+    let huge_len = {
+        let mut v = 0x7fff_fff0u32.to_be_bytes().to_vec();
+        v.extend_from_slice(&196_608u32.to_be_bytes());
+        v
+    };
+    let bad_version = {
+        let mut v = 8u32.to_be_bytes().to_vec();
+        v.extend_from_slice(&0x0009_0000u32.to_be_bytes());
+        v
+    };
+    let cases: [(&str, Vec<u8>); 3] = [
+        (
+            "http request",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
+        ("startup packet claiming ~2 GiB", huge_len),
+        ("unknown protocol version 9.0", bad_version),
+    ];
+    for (what, bytes) in cases {
+        let mut s = tokio::net::TcpStream::connect(&node.pg_addr)
+            .await
+            .expect("connect");
+        s.write_all(&bytes).await.expect("send");
+        let mut buf = vec![0u8; 4096];
+        let outcome = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            let mut got = vec![];
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return got,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        let got =
+            outcome.unwrap_or_else(|_| panic!("{what}: the server neither answered nor closed"));
+        assert!(
+            got.is_empty() || got[0] == b'E',
+            "{what}: expected an ErrorResponse or a close, got {:?}",
+            &got[..got.len().min(32)]
+        );
+        let c = connect(&node).await;
+        assert_eq!(
+            c.query("SELECT 1", &[]).await.expect("serving").len(),
+            1,
+            "after {what}"
+        );
+    }
 }

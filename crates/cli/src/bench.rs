@@ -1,0 +1,364 @@
+//! `shoal bench ingest|query`: load and query a running node over HTTP and print throughput,
+//! latency percentiles and the machine's load (optionally as JSON for scripts).
+//!
+//! Ingest data is either a line-protocol file (e.g. from `../shared/bench/gen_ticks.py`) or
+//! ticks generated here: table `trades` (ts, symbol, side, price, size), `--symbols` symbols
+//! with Zipf popularity, strictly increasing timestamps over one day, deterministic for a seed.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    what: BenchCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Write ticks as line protocol over HTTP from concurrent writers.
+    Ingest(IngestArgs),
+    /// Run the benchmark queries Q1–Q5 and report warm latencies.
+    Query(QueryArgs),
+}
+
+#[derive(Args, Debug)]
+struct IngestArgs {
+    /// The node's HTTP address.
+    #[arg(long, env = "SHOAL_HTTP_ADDR", default_value = "127.0.0.1:7480")]
+    host: String,
+    /// A line-protocol file to load; without it, ticks are generated.
+    #[arg(long)]
+    file: Option<std::path::PathBuf>,
+    /// Rows to generate (ignored with --file).
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: u64,
+    /// Distinct symbols to generate.
+    #[arg(long, default_value_t = 500)]
+    symbols: u32,
+    /// Seed of the generator.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Concurrent writers.
+    #[arg(long, default_value_t = 2)]
+    writers: usize,
+    /// Lines per request.
+    #[arg(long, default_value_t = 5000)]
+    batch: usize,
+    /// Write the results as JSON to this file too.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct QueryArgs {
+    /// The node's HTTP address.
+    #[arg(long, env = "SHOAL_HTTP_ADDR", default_value = "127.0.0.1:7480")]
+    host: String,
+    /// Runs of each query after one warm-up run.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// The symbol Q3 bars.
+    #[arg(long, default_value = "SYM0001")]
+    symbol: String,
+    /// Write the results as JSON to this file too.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+/// Longest one request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+
+pub async fn run(args: BenchArgs) -> Result<(), String> {
+    match args.what {
+        BenchCommand::Ingest(a) => ingest(a).await,
+        BenchCommand::Query(a) => query(a).await,
+    }
+}
+
+/// A small deterministic PRNG (splitmix64): the same seed gives the same ticks.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Generates `rows` ticks as line-protocol lines, in time order.
+fn generate(rows: u64, symbols: u32, seed: u64) -> Vec<String> {
+    const START_NS: i64 = 1_704_153_600_000_000_000; // 2024-01-02T00:00:00Z
+    const SPAN_NS: i64 = 86_400_000_000_000;
+    let mut rng = Rng(seed);
+    let symbols = symbols.max(1) as usize;
+    // Zipf weights 1/r, as a cumulative table for inverse sampling.
+    let mut cdf: Vec<f64> = (1..=symbols).map(|r| 1.0 / r as f64).collect();
+    for i in 1..symbols {
+        cdf[i] += cdf[i - 1];
+    }
+    let total = cdf[symbols - 1];
+    let mut price: Vec<f64> = (0..symbols).map(|_| 10.0 + rng.unit() * 490.0).collect();
+    let step = (SPAN_NS / rows.max(1) as i64).max(1);
+    (0..rows)
+        .map(|i| {
+            let x = rng.unit() * total;
+            let s = cdf.partition_point(|&c| c < x).min(symbols - 1);
+            price[s] = (price[s] * (1.0 + (rng.unit() - 0.5) * 0.0008)).max(0.01);
+            let size = 1 + (rng.next() % 1000) * (1 + rng.next() % 100);
+            let side = if rng.next() & 1 == 0 { "B" } else { "S" };
+            let ts = START_NS + i as i64 * step + (rng.next() % step as u64) as i64 / 2;
+            format!(
+                "trades,side={side},symbol=SYM{:04} price={:.2},size={size}i {ts}",
+                s + 1,
+                price[s]
+            )
+        })
+        .collect()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// The 1-minute load average and core count, so a reader can tell a busy machine.
+fn machine() -> serde_json::Value {
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    json!({"load_1m": load, "cores": cores})
+}
+
+fn http_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+fn write_json(path: &Option<std::path::PathBuf>, v: &serde_json::Value) -> Result<(), String> {
+    if let Some(p) = path {
+        std::fs::write(p, serde_json::to_vec_pretty(v).map_err(|e| e.to_string())?)
+            .map_err(|e| format!("writing {}: {e}", p.display()))?;
+    }
+    Ok(())
+}
+
+async fn ingest(a: IngestArgs) -> Result<(), String> {
+    let lines: Vec<String> = match &a.file {
+        Some(f) => std::fs::read_to_string(f)
+            .map_err(|e| format!("reading {}: {e}", f.display()))?
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_string)
+            .collect(),
+        None => generate(a.rows, a.symbols, a.seed),
+    };
+    let total = lines.len() as u64;
+    let batch = a.batch.max(1);
+    let bodies: Vec<String> = lines.chunks(batch).map(|c| c.join("\n")).collect();
+    drop(lines);
+    let bodies = Arc::new(bodies);
+    let next = Arc::new(AtomicU64::new(0));
+    let done_rows = Arc::new(AtomicU64::new(0));
+    let http = http_client()?;
+    let url = format!("http://{}/write?db=bench&precision=ns", a.host);
+    let started = Instant::now();
+    let mut tasks = vec![];
+    for _ in 0..a.writers.max(1) {
+        let (bodies, next, done_rows, http, url) = (
+            bodies.clone(),
+            next.clone(),
+            done_rows.clone(),
+            http.clone(),
+            url.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = vec![];
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some(body) = bodies.get(i) else {
+                    return Ok::<_, String>(latencies);
+                };
+                let t = Instant::now();
+                let r = http
+                    .post(&url)
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if r.status() != 204 {
+                    let status = r.status();
+                    return Err(format!(
+                        "write failed with {status}: {}",
+                        r.text().await.unwrap_or_default()
+                    ));
+                }
+                latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                done_rows.fetch_add(body.lines().count() as u64, Ordering::Relaxed);
+            }
+        }));
+    }
+    let progress = {
+        let done_rows = done_rows.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let d = done_rows.load(Ordering::Relaxed);
+                let pct = d as f64 * 100.0 / total.max(1) as f64;
+                let bar = "#".repeat((pct / 5.0) as usize);
+                eprint!("\r[{bar:<20}] {pct:5.1}% {d}/{total} rows");
+            }
+        })
+    };
+    let mut latencies = vec![];
+    let mut first_err = None;
+    for t in tasks {
+        match t.await.map_err(|e| e.to_string()).and_then(|r| r) {
+            Ok(l) => latencies.extend(l),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    progress.abort();
+    eprintln!();
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    let rows = done_rows.load(Ordering::Relaxed);
+    let result = json!({
+        "bench": "ingest",
+        "rows": rows,
+        "writers": a.writers,
+        "batch_lines": batch,
+        "seconds": secs,
+        "rows_per_sec": rows as f64 / secs,
+        "batch_ms": {
+            "p50": percentile(&latencies, 0.50),
+            "p99": percentile(&latencies, 0.99),
+            "max": latencies.last().copied().unwrap_or(0.0),
+        },
+        "machine": machine(),
+    });
+    println!(
+        "ingest: {rows} rows in {secs:.2} s = {:.0} rows/s ({} writers, {batch} lines/request); batch p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; load {}",
+        rows as f64 / secs,
+        a.writers,
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or(0.0),
+        result["machine"]["load_1m"].as_str().unwrap_or("?"),
+    );
+    write_json(&a.json, &result)
+}
+
+/// The benchmark queries (issue 7), in Shoal's dialect.
+fn queries(symbol: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("Q1", "SELECT symbol, count(*) FROM trades GROUP BY symbol".into()),
+        (
+            "Q2",
+            "SELECT symbol, avg(price), max(price), sum(size) FROM trades GROUP BY symbol".into(),
+        ),
+        (
+            "Q3",
+            format!(
+                "SELECT date_bin(INTERVAL '1 minute', ts) AS bar, first_value(price ORDER BY ts) AS open, \
+                 max(price) AS high, min(price) AS low, last_value(price ORDER BY ts) AS close, sum(size) AS volume \
+                 FROM trades WHERE symbol = '{}' GROUP BY bar ORDER BY bar",
+                symbol.replace('\'', "''")
+            ),
+        ),
+        (
+            "Q4",
+            "SELECT count(*), avg(price), sum(size) FROM trades \
+             WHERE ts >= '2024-01-02T12:00:00Z' AND ts < '2024-01-02T13:00:00Z'"
+                .into(),
+        ),
+        (
+            "Q5",
+            "SELECT date_bin(INTERVAL '1 minute', ts) AS minute, avg(price) FROM trades GROUP BY minute ORDER BY minute"
+                .into(),
+        ),
+    ]
+}
+
+async fn query(a: QueryArgs) -> Result<(), String> {
+    let http = http_client()?;
+    let url = format!("http://{}/v1/sql?format=csv", a.host);
+    let mut out = vec![];
+    for (name, sql) in queries(&a.symbol) {
+        let mut times = vec![];
+        for run in 0..=a.runs.max(1) {
+            let t = Instant::now();
+            let r = http
+                .post(&url)
+                .body(sql.clone())
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = r.status();
+            let body = r.text().await.map_err(|e| e.to_string())?;
+            if status != 200 {
+                return Err(format!("{name} failed with {status}: {body}"));
+            }
+            if run > 0 {
+                times.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let median = percentile(&times, 0.5);
+        println!(
+            "{name}: median {median:.1} ms, min {:.1} ms, max {:.1} ms ({} warm runs)",
+            times[0],
+            times[times.len() - 1],
+            times.len()
+        );
+        out.push(json!({"query": name, "sql": sql, "median_ms": median,
+            "min_ms": times[0], "max_ms": times[times.len() - 1], "runs": times.len()}));
+    }
+    write_json(
+        &a.json,
+        &json!({"bench": "query", "queries": out, "machine": machine()}),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ticks_are_deterministic_and_ordered() {
+        let a = generate(1000, 50, 7);
+        assert_eq!(a, generate(1000, 50, 7));
+        assert_ne!(a, generate(1000, 50, 8));
+        let ts: Vec<i64> = a
+            .iter()
+            .map(|l| l.rsplit(' ').next().expect("ts").parse().expect("int"))
+            .collect();
+        assert!(ts.windows(2).all(|w| w[0] < w[1]), "strictly increasing");
+        assert!(a.iter().all(|l| l.starts_with("trades,side=")));
+    }
+}
