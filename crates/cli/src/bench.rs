@@ -294,7 +294,7 @@ fn queries(symbol: &str) -> Vec<(&'static str, String)> {
         (
             "Q4",
             "SELECT count(*), avg(price), sum(size) FROM trades \
-             WHERE ts >= '2024-01-02T12:00:00Z' AND ts < '2024-01-02T13:00:00Z'"
+             WHERE ts >= '2024-01-02T06:00:00Z' AND ts < '2024-01-02T07:00:00Z'"
                 .into(),
         ),
         (

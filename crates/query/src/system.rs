@@ -80,13 +80,6 @@ impl SystemSchema {
             .into_iter()
             .filter(|g| g.vshard.is_some())
             .collect();
-        let replicas = |g: &shoal_consensus::GroupStatus| {
-            g.replicas
-                .iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        };
         build(vec![
             (
                 "vshard",
@@ -99,7 +92,7 @@ impl SystemSchema {
             ("leader", u64s(groups.iter().map(|g| g.leader).collect())),
             (
                 "replicas",
-                strs(groups.iter().map(|g| Some(replicas(g))).collect()),
+                strs(groups.iter().map(|g| Some(replica_list(g))).collect()),
             ),
             ("term", u64s(groups.iter().map(|g| Some(g.term)).collect())),
             (
@@ -205,13 +198,7 @@ impl SystemSchema {
             .status()
             .into_iter()
             .find(|g| g.vshard == Some(v));
-        let replicas = g.as_ref().map(|g| {
-            g.replicas
-                .iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        });
+        let replicas = g.as_ref().map(replica_list);
         build(vec![
             ("partition_key_value", strs(vec![Some(key.to_string())])),
             ("vshard", u64s(vec![Some(u64::from(v))])),
@@ -219,6 +206,15 @@ impl SystemSchema {
             ("replicas", strs(vec![replicas])),
         ])
     }
+}
+
+/// A group's replicas as `1,2,3`.
+fn replica_list(g: &shoal_consensus::GroupStatus) -> String {
+    g.replicas
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn u64s(v: Vec<Option<u64>>) -> ArrayRef {
