@@ -94,6 +94,8 @@ async fn types_parameters_and_errors() {
         ("SELECT nope FROM trades", "42703"),
         ("CREATE TABLE trades (ts TIMESTAMP, v DOUBLE)", "42P07"),
         ("SET read_consistency = 'sometimes'", "22023"),
+        ("ALTER TABLE trades RENAME TO t2", "0A000"),
+        ("SHOW no_such_setting", "42704"),
     ];
     for (sql, want) in cases {
         let e = c.batch_execute(sql).await.expect_err(sql);
