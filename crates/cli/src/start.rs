@@ -27,8 +27,44 @@ pub struct StartArgs {
     #[arg(long, env = "SHOAL_GOSSIP_ADDR")]
     gossip_addr: Option<String>,
     /// Seeds to join, comma separated (cluster mode; not available yet)
+    /// Address peers use for RPC when it differs from --rpc-addr (needed with 0.0.0.0).
+    #[arg(long, env = "SHOAL_ADVERTISE_RPC_ADDR")]
+    advertise_rpc_addr: Option<String>,
+    #[arg(long, env = "SHOAL_ADVERTISE_GOSSIP_ADDR")]
+    advertise_gossip_addr: Option<String>,
+    #[arg(long, env = "SHOAL_ADVERTISE_HTTP_ADDR")]
+    advertise_http_addr: Option<String>,
+    #[arg(long, env = "SHOAL_ADVERTISE_PG_ADDR")]
+    advertise_pg_addr: Option<String>,
+    /// Seeds (other nodes' --rpc-addr), comma-separated; one reachable seed is enough.
     #[arg(long, env = "SHOAL_JOIN", value_delimiter = ',')]
     join: Option<Vec<String>>,
+    #[arg(long, env = "SHOAL_JOIN_TIMEOUT_MS")]
+    join_timeout_ms: Option<u64>,
+    #[arg(long, env = "SHOAL_MAX_VOTERS")]
+    max_voters: Option<usize>,
+    #[arg(long, env = "SHOAL_RPC_MAX_MESSAGE_BYTES")]
+    rpc_max_message_bytes: Option<usize>,
+    #[arg(long, env = "SHOAL_RPC_MAX_CONNECTIONS")]
+    rpc_max_connections: Option<usize>,
+    #[arg(long, env = "SHOAL_RPC_MAX_INFLIGHT")]
+    rpc_max_inflight: Option<usize>,
+    #[arg(long, env = "SHOAL_RPC_MAX_INFLIGHT_RAFT")]
+    rpc_max_inflight_raft: Option<usize>,
+    #[arg(long, env = "SHOAL_RPC_CONNECT_TIMEOUT_MS")]
+    rpc_connect_timeout_ms: Option<u64>,
+    #[arg(long, env = "SHOAL_BREAKER_FAILURES")]
+    breaker_failures: Option<u32>,
+    #[arg(long, env = "SHOAL_BREAKER_OPEN_MS")]
+    breaker_open_ms: Option<u64>,
+    #[arg(long, env = "SHOAL_PROBER_INTERVAL_MS")]
+    prober_interval_ms: Option<u64>,
+    #[arg(long, env = "SHOAL_SWIM_PROBE_INTERVAL_MS")]
+    swim_probe_interval_ms: Option<u64>,
+    #[arg(long, env = "SHOAL_SWIM_PROBE_TIMEOUT_MS")]
+    swim_probe_timeout_ms: Option<u64>,
+    #[arg(long, env = "SHOAL_SWIM_SUSPECT_TIMEOUT_MS")]
+    swim_suspect_timeout_ms: Option<u64>,
     /// vshards of a new cluster [default: 16]
     #[arg(long, env = "SHOAL_VSHARDS")]
     vshards: Option<u32>,
@@ -113,7 +149,24 @@ pub fn resolve(args: &StartArgs) -> Result<NodeConfig, String> {
         pg_addr,
         rpc_addr,
         gossip_addr,
+        advertise_rpc_addr,
+        advertise_gossip_addr,
+        advertise_http_addr,
+        advertise_pg_addr,
         join,
+        join_timeout_ms,
+        max_voters,
+        rpc_max_message_bytes,
+        rpc_max_connections,
+        rpc_max_inflight,
+        rpc_max_inflight_raft,
+        rpc_connect_timeout_ms,
+        breaker_failures,
+        breaker_open_ms,
+        prober_interval_ms,
+        swim_probe_interval_ms,
+        swim_probe_timeout_ms,
+        swim_suspect_timeout_ms,
         vshards,
         max_body_bytes,
         flush_hot_bytes,
@@ -153,9 +206,12 @@ pub async fn run(args: StartArgs) -> Result<(), String> {
     let mut node = shoal_server::start(cfg.clone()).await?;
     // Scripts and tests read the bound address from this line (port 0 picks a free port).
     println!(
-        "shoal: listening http={} pg={} data_dir={}",
+        "shoal: listening http={} pg={} rpc={} gossip={} node_id={} data_dir={}",
         node.http_addr,
         node.pg_addr,
+        node.rpc_addr,
+        node.gossip_addr,
+        node.node_id,
         cfg.data_dir.display()
     );
     tracing::info!(http = %node.http_addr, cluster_id = %node.cluster_id, node_id = node.node_id, "listening; recovering");

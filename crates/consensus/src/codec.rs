@@ -6,6 +6,7 @@
 //!   kind 1 membership:  JSON of the membership
 //!   kind 2 insert:      [u64 table id][u8 has id][u64 request id][Arrow IPC bytes]
 //!   kind 3 ddl:         JSON of the DDL ops
+//!   kind 4 cluster:     JSON of the node-registry op
 //! ```
 //! Inserts carry their Arrow payload raw (no JSON), and decoding slices it out of the record
 //! without a copy.
@@ -56,6 +57,7 @@ pub fn encode(entry: &Entry) -> Bytes {
         EntryPayload::Membership(_) => 1,
         EntryPayload::Normal(Command::Insert { .. }) => 2,
         EntryPayload::Normal(Command::Ddl { .. }) => 3,
+        EntryPayload::Normal(Command::Cluster(_)) => 4,
     };
     buf.put_u8(kind);
     buf.put_u64_le(term);
@@ -77,6 +79,9 @@ pub fn encode(entry: &Entry) -> Bytes {
         }
         EntryPayload::Normal(Command::Ddl { ops }) => {
             buf.put_slice(&serde_json::to_vec(ops).unwrap_or_default())
+        }
+        EntryPayload::Normal(Command::Cluster(op)) => {
+            buf.put_slice(&serde_json::to_vec(op).unwrap_or_default())
         }
     }
     buf.freeze()
@@ -115,6 +120,7 @@ pub fn decode(record: &Bytes) -> Result<Entry, CodecError> {
         3 => EntryPayload::Normal(Command::Ddl {
             ops: serde_json::from_slice(&body)?,
         }),
+        4 => EntryPayload::Normal(Command::Cluster(serde_json::from_slice(&body)?)),
         k => return Err(CodecError::Kind(k)),
     };
     Ok(<Entry as RaftEntry>::new(id, payload))

@@ -18,6 +18,64 @@ pub enum Command {
     },
     /// A batch of DDL operations applied atomically: all or none.
     Ddl { ops: Vec<DdlOp> },
+    /// A change to the cluster's node registry (group 0 only).
+    Cluster(ClusterOp),
+}
+
+/// The addresses a node advertises to its peers and clients.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddrs {
+    pub rpc: String,
+    pub gossip: String,
+    pub http: String,
+    pub pg: String,
+}
+
+/// Where a node is in its life in the cluster. Only group 0 changes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum NodeState {
+    /// Registered; group 0 is catching it up (a learner).
+    Joining,
+    /// Caught up; a voter of group 0 (or a learner once the voter cap is reached).
+    Active,
+    Draining,
+    Decommissioning,
+    Decommissioned,
+}
+
+impl NodeState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            NodeState::Joining => "JOINING",
+            NodeState::Active => "ACTIVE",
+            NodeState::Draining => "DRAINING",
+            NodeState::Decommissioning => "DECOMMISSIONING",
+            NodeState::Decommissioned => "DECOMMISSIONED",
+        }
+    }
+}
+
+/// One change to the node registry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ClusterOp {
+    /// Registers a node. `id == 0` asks group 0 to assign the next id; `token` makes a
+    /// retried registration (same token) answer the id it got the first time.
+    AddNode {
+        id: u64,
+        token: u64,
+        addrs: NodeAddrs,
+        state: NodeState,
+    },
+    /// A known node restarted with (possibly) new addresses.
+    UpdateAddrs {
+        id: u64,
+        addrs: NodeAddrs,
+    },
+    SetState {
+        id: u64,
+        state: NodeState,
+    },
 }
 
 /// One catalog change.
@@ -49,6 +107,7 @@ impl std::fmt::Display for Command {
                 write!(f, "insert(table {table_id}, {} bytes)", ipc.len())
             }
             Command::Ddl { ops } => write!(f, "ddl({} ops)", ops.len()),
+            Command::Cluster(op) => write!(f, "cluster({op:?})"),
         }
     }
 }
@@ -62,6 +121,8 @@ pub enum Response {
     Duplicate,
     /// A DDL batch committed; the schema version is now this.
     Ddl { schema_version: u64, changed: bool },
+    /// A node registration committed; this is the node's id.
+    Node { id: u64 },
     /// The entry was refused deterministically (every replica refuses it the same way).
     Rejected(String),
 }

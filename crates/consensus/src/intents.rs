@@ -50,7 +50,7 @@ fn encode_begin(parts: &[Part]) -> Bytes {
         .iter()
         .map(|(_, c)| match c {
             Command::Insert { ipc, .. } => 29 + ipc.len(),
-            Command::Ddl { .. } => 0,
+            Command::Ddl { .. } | Command::Cluster(_) => 0,
         })
         .sum();
     let mut b = BytesMut::with_capacity(5 + size);

@@ -14,12 +14,12 @@ pub mod command;
 pub mod intents;
 pub mod log_store;
 pub mod meta_sm;
-pub mod network;
 pub mod registry;
 pub mod shard_sm;
+pub mod transport;
 
-pub use command::{Command, DdlOp, Response};
-pub use meta_sm::{Catalog, CatalogHandle, TableEntry};
+pub use command::{ClusterOp, Command, DdlOp, NodeAddrs, NodeState, Response};
+pub use meta_sm::{Catalog, CatalogHandle, NodeEntry, TableEntry};
 pub use registry::{GroupStatus, GroupsConfig, Registry};
 
 openraft::declare_raft_types!(
@@ -53,6 +53,14 @@ pub enum Error {
     /// This node does not lead the group; retry at the hinted leader.
     #[error("group {group}: not the leader (leader hint: {hint:?})")]
     NotLeader { group: u32, hint: Option<u64> },
+    /// This node holds no replica of the vshard. Until vshards are replicated, every vshard
+    /// lives on the node that bootstrapped the cluster.
+    #[error("node {node} holds no replica of vshard {vshard}; until vshards are replicated, reads and writes of table rows go to the node that bootstrapped the cluster{}", host.as_ref().map(|h| format!(" (http {h})")).unwrap_or_default())]
+    NotHosted {
+        vshard: u32,
+        node: u64,
+        host: Option<String>,
+    },
     /// The group cannot make progress now (no quorum, shutting down); retryable.
     #[error("group {group} unavailable: {reason}")]
     Unavailable { group: u32, reason: String },

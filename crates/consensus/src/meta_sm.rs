@@ -16,7 +16,7 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use shoal_common::schema::TableSchema;
 
-use crate::command::{Command, DdlOp, Response};
+use crate::command::{ClusterOp, Command, DdlOp, NodeAddrs, NodeState, Response};
 use crate::{
     apply_entries, io_err, GroupSnapshot, LogId, SnapshotMeta, StoredMembership, TypeConfig,
 };
@@ -32,11 +32,25 @@ pub struct TableEntry {
     pub schema: TableSchema,
 }
 
+/// One node of the cluster as group 0 records it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeEntry {
+    pub id: u64,
+    pub addrs: NodeAddrs,
+    pub state: NodeState,
+    /// The registration token the node joined with (answers a retried join).
+    #[serde(default)]
+    pub token: u64,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Catalog {
     pub tables: BTreeMap<String, TableEntry>,
     pub next_table_id: u64,
     pub schema_version: u64,
+    /// The node registry (older catalogs have none: the field defaults to empty).
+    #[serde(default)]
+    pub nodes: BTreeMap<u64, NodeEntry>,
 }
 
 /// Shared read access to the latest applied catalog. Readers clone the inner `Arc`.
@@ -119,6 +133,59 @@ impl Catalog {
                 } else {
                     Err(format!("table {name} does not exist"))
                 }
+            }
+        }
+    }
+
+    /// Applies a node-registry change in place; returns the node id it concerns.
+    pub fn apply_cluster(&mut self, op: &ClusterOp) -> Result<u64, String> {
+        match op {
+            ClusterOp::AddNode {
+                id,
+                token,
+                addrs,
+                state,
+            } => {
+                if *token != 0 {
+                    if let Some(n) = self.nodes.values().find(|n| n.token == *token) {
+                        return Ok(n.id);
+                    }
+                }
+                let id = match *id {
+                    0 => self.nodes.keys().next_back().map_or(1, |max| max + 1),
+                    id => id,
+                };
+                if let Some(n) = self.nodes.get(&id) {
+                    if n.state == NodeState::Decommissioned {
+                        return Err(format!("node {id} was decommissioned; it cannot rejoin"));
+                    }
+                }
+                self.nodes.insert(
+                    id,
+                    NodeEntry {
+                        id,
+                        addrs: addrs.clone(),
+                        state: *state,
+                        token: *token,
+                    },
+                );
+                Ok(id)
+            }
+            ClusterOp::UpdateAddrs { id, addrs } => {
+                let n = self
+                    .nodes
+                    .get_mut(id)
+                    .ok_or_else(|| format!("node {id} is not registered"))?;
+                n.addrs = addrs.clone();
+                Ok(*id)
+            }
+            ClusterOp::SetState { id, state } => {
+                let n = self
+                    .nodes
+                    .get_mut(id)
+                    .ok_or_else(|| format!("node {id} is not registered"))?;
+                n.state = *state;
+                Ok(*id)
             }
         }
     }
@@ -262,6 +329,16 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
                                 schema_version,
                                 changed,
                             }
+                        }
+                        Err(msg) => Response::Rejected(msg),
+                    }
+                }
+                Command::Cluster(op) => {
+                    let mut next = (**catalog.read()).clone();
+                    match next.apply_cluster(op) {
+                        Ok(id) => {
+                            *catalog.write() = Arc::new(next);
+                            Response::Node { id }
                         }
                         Err(msg) => Response::Rejected(msg),
                     }

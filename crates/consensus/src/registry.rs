@@ -25,8 +25,8 @@ use crate::command::{Command, DdlOp, Response};
 use crate::intents::{IntentLog, Part};
 use crate::log_store::LogStore;
 use crate::meta_sm::{CatalogHandle, MetaStateMachine};
-use crate::network::NoNetwork;
 use crate::shard_sm::ShardStateMachine;
+use crate::transport::{decode_inbound, GroupNetworkFactory, Inbound, RaftMessage, RaftTransport};
 use crate::{Error, TypeConfig};
 
 /// Everything the registry needs to open a node's groups.
@@ -50,6 +50,31 @@ pub struct GroupsConfig {
     pub heartbeat_interval_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
+    /// Start a new cluster: initialize group 0 with this node as its only voter (a node
+    /// that joined waits for the leader instead).
+    pub bootstrap: bool,
+    /// Open (and, when new, create) this node's vshard groups. Until vshards are
+    /// replicated, only the node that bootstrapped the cluster hosts them.
+    pub host_vshards: bool,
+}
+
+/// The answer to a group-0 command forwarded to the leader: the response and the log index
+/// it was applied at, so the forwarding node can wait until its own copy has it too.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ForwardedWrite {
+    pub response: Response,
+    pub index: u64,
+}
+
+/// How the metadata group looks from this node.
+#[derive(Clone, Debug, Default)]
+pub struct MetaView {
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// This node knows a leader and has applied everything the leader reported committed.
+    pub caught_up: bool,
 }
 
 struct ShardGroup {
@@ -74,11 +99,16 @@ pub struct GroupStatus {
 
 pub struct Registry {
     cfg: GroupsConfig,
+    transport: Arc<dyn RaftTransport>,
     intents: Arc<IntentLog>,
     catalog: CatalogHandle,
     meta: Raft<TypeConfig, MetaStateMachine>,
     shards: Vec<ShardGroup>,
 }
+
+/// The node that hosts every vshard until vshards are replicated: the one that
+/// bootstrapped the cluster, which is always node 1.
+pub const VSHARD_HOST_NODE: u64 = 1;
 
 /// Segment size of the write-intent log: small, so finished intents are purged soon.
 const INTENT_SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
@@ -109,25 +139,37 @@ fn open_log(dir: &Path, cfg: &LogConfig) -> Result<Arc<RaftLog>, Error> {
 }
 
 impl Registry {
-    /// Opens (or creates) every group and waits until this node leads each of them.
-    pub async fn open(cfg: GroupsConfig, ready_timeout: Duration) -> Result<Arc<Registry>, Error> {
+    /// Opens (or creates) every group this node hosts and waits until each vshard it hosts
+    /// has replayed its log. Group 0 may still be without a quorum when this returns (see
+    /// [`Registry::meta_view`]).
+    pub async fn open(
+        cfg: GroupsConfig,
+        transport: Arc<dyn RaftTransport>,
+        ready_timeout: Duration,
+    ) -> Result<Arc<Registry>, Error> {
         let groups = cfg.data_dir.join("groups");
         let g0 = groups.join("g0");
         let meta_sm = MetaStateMachine::open(&g0.join("state"))
             .map_err(|e| Error::Internal(format!("group 0 state: {e}")))?;
         let catalog = meta_sm.catalog();
         let meta_log = LogStore::new(open_log(&g0.join("log"), &cfg.log)?);
+        let net = |group: u32| GroupNetworkFactory {
+            transport: transport.clone(),
+            group,
+            node_id: cfg.node_id,
+        };
         let meta = Raft::new(
             cfg.node_id,
             raft_config(&cfg, 0, SnapshotPolicy::LogsSinceLast(1000))?,
-            NoNetwork,
+            net(0),
             meta_log,
             meta_sm,
         )
         .await
         .map_err(|e| Error::Internal(format!("starting group 0: {e}")))?;
-        let mut shards = Vec::with_capacity(cfg.vshards as usize);
-        for v in 0..cfg.vshards {
+        let hosted = if cfg.host_vshards { cfg.vshards } else { 0 };
+        let mut shards = Vec::with_capacity(hosted as usize);
+        for v in 0..hosted {
             let group = group_of_vshard(v);
             let dir = groups.join(format!("g{group}"));
             let (store, raft_state) = ShardStore::open(&dir.join("data"), cfg.store.clone())?;
@@ -137,7 +179,7 @@ impl Registry {
             let raft = Raft::new(
                 cfg.node_id,
                 raft_config(&cfg, group, SnapshotPolicy::Never)?,
-                NoNetwork,
+                net(group),
                 log,
                 sm,
             )
@@ -152,6 +194,7 @@ impl Registry {
         let (intents, pending) = IntentLog::open(&cfg.data_dir.join("intents"), intent_cfg)?;
         let reg = Arc::new(Registry {
             cfg,
+            transport,
             intents: Arc::new(intents),
             catalog,
             meta,
@@ -185,7 +228,7 @@ impl Registry {
         .into();
         let node = self.cfg.node_id;
         let fatal = |g: u32, e: &dyn std::fmt::Display| Error::Internal(format!("group {g}: {e}"));
-        if !self.meta.is_initialized().await.map_err(|e| fatal(0, &e))? {
+        if self.cfg.bootstrap && !self.meta.is_initialized().await.map_err(|e| fatal(0, &e))? {
             self.meta
                 .initialize(members.clone())
                 .await
@@ -208,11 +251,6 @@ impl Registry {
             group: g,
             reason: e.to_string(),
         };
-        self.meta
-            .wait(Some(timeout))
-            .current_leader(node, "group 0 leader")
-            .await
-            .map_err(|e| unavailable(0, &e))?;
         for (v, s) in self.shards.iter().enumerate() {
             let g = v as u32 + 1;
             s.raft
@@ -233,6 +271,202 @@ impl Registry {
         Ok(())
     }
 
+    /// Group 0 as this node sees it now.
+    pub fn meta_view(&self) -> MetaView {
+        let m = self.meta.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        let applied = m.last_applied.as_ref().map(|l| l.index);
+        let committed = m.cluster_committed.as_ref().map(|l| l.index);
+        MetaView {
+            leader: m.current_leader,
+            term: m.current_term,
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+            caught_up: m.current_leader.is_some() && applied.is_some() && applied >= committed,
+        }
+    }
+
+    /// Waits until group 0 has a leader and this node has applied what it committed.
+    pub async fn wait_meta_caught_up(&self, timeout: Duration) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = self.meta.metrics();
+        loop {
+            if self.meta_view().caught_up {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(Error::Unavailable {
+                    group: 0,
+                    reason: format!("group 0 has no leader or is not caught up after {timeout:?}"),
+                });
+            }
+            let _ = tokio::time::timeout(left, rx.changed()).await;
+        }
+    }
+
+    /// Handles a Raft message from a peer and returns the reply's bytes.
+    pub async fn handle_raft(&self, msg: RaftMessage) -> Result<bytes::Bytes, Error> {
+        let inbound = decode_inbound(&msg).map_err(Error::Rejected)?;
+        let group = msg.group;
+        if group == 0 {
+            handle_inbound(&self.meta, group, inbound).await
+        } else {
+            let s = self
+                .shards
+                .get(group as usize - 1)
+                .ok_or_else(|| Error::Unavailable {
+                    group,
+                    reason: format!("node {} does not host group {group}", self.cfg.node_id),
+                })?;
+            handle_inbound(&s.raft, group, inbound).await
+        }
+    }
+
+    /// Proposes a group-0 command; a follower forwards it to the leader (once, or again
+    /// after the leader changed) and then waits until its own copy applied it, so the caller
+    /// reads its own write.
+    pub async fn propose_meta(&self, cmd: Command) -> Result<Response, Error> {
+        const ATTEMPTS: usize = 5;
+        let mut last = None;
+        for attempt in 0..ATTEMPTS {
+            let hint = match map_write(0, self.meta.client_write(cmd.clone()).await) {
+                Err(Error::NotLeader { hint, .. }) => hint,
+                other => return other,
+            };
+            let Some(leader) = hint.filter(|l| *l != self.cfg.node_id) else {
+                // No leader known yet (an election is under way): wait for one.
+                last = Some(Error::Unavailable {
+                    group: 0,
+                    reason: "group 0 has no leader".into(),
+                });
+                let _ = self
+                    .meta
+                    .wait(Some(Duration::from_millis(200 << attempt.min(4))))
+                    .metrics(|m| m.current_leader.is_some(), "group 0 leader")
+                    .await;
+                continue;
+            };
+            let body = serde_json::to_vec(&cmd).map_err(|e| Error::Internal(e.to_string()))?;
+            match self.transport.forward_meta(leader, body.into()).await {
+                Ok(reply) => {
+                    let fw: ForwardedWrite = serde_json::from_slice(&reply)
+                        .map_err(|e| Error::Internal(format!("bad forwarded reply: {e}")))?;
+                    let _ = self
+                        .meta
+                        .wait(Some(Duration::from_secs(5)))
+                        .applied_index_at_least(Some(fw.index), "forwarded write applied")
+                        .await;
+                    return Ok(fw.response);
+                }
+                Err(e) => {
+                    last = Some(Error::Unavailable {
+                        group: 0,
+                        reason: format!("forwarding to leader {leader}: {e}"),
+                    });
+                    tokio::time::sleep(Duration::from_millis(50 << attempt.min(4))).await;
+                }
+            }
+        }
+        Err(last.unwrap_or(Error::Unavailable {
+            group: 0,
+            reason: "no leader".into(),
+        }))
+    }
+
+    /// Applies a group-0 command forwarded by a follower; only the leader answers.
+    pub async fn handle_forwarded_meta(&self, body: &[u8]) -> Result<bytes::Bytes, Error> {
+        let cmd: Command = serde_json::from_slice(body)
+            .map_err(|e| Error::Rejected(format!("bad forwarded command: {e}")))?;
+        if matches!(cmd, Command::Insert { .. }) {
+            return Err(Error::Rejected("inserts are not group-0 commands".into()));
+        }
+        if matches!(cmd, Command::Ddl { .. }) {
+            self.check_disk()?;
+        }
+        let r = self.meta.client_write(cmd).await;
+        let (response, index) = match r {
+            Ok(resp) => (resp.data, resp.log_id.index),
+            Err(e) => return map_write(0, Err(e)).map(|_| bytes::Bytes::new()),
+        };
+        let fw = ForwardedWrite { response, index };
+        Ok(serde_json::to_vec(&fw).unwrap_or_default().into())
+    }
+
+    /// On the group-0 leader: makes Raft membership follow the node registry. Every
+    /// registered node becomes a learner; a caught-up learner is promoted to voter while
+    /// there are fewer than `max_voters`; a caught-up JOINING node becomes ACTIVE.
+    /// Idempotent, so a new leader simply carries on where the old one stopped.
+    pub async fn reconcile_members(&self, max_voters: usize) -> Result<(), Error> {
+        let m = self.meta.metrics().borrow_watched().clone();
+        if m.current_leader != Some(self.cfg.node_id) {
+            return Ok(());
+        }
+        let membership = m.membership_config.membership().clone();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        let members: std::collections::BTreeSet<u64> =
+            membership.nodes().map(|(id, _)| *id).collect();
+        let catalog = self.catalog.read().clone();
+        let last = m.last_log_index.unwrap_or(0);
+        let matched = |id: u64| -> u64 {
+            if id == self.cfg.node_id {
+                return last;
+            }
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(&id).cloned().flatten())
+                .map_or(0, |l| l.index)
+        };
+        let caught_up = |id: u64| last.saturating_sub(matched(id)) <= 16 && matched(id) > 0;
+        for n in catalog.nodes.values() {
+            if n.state == crate::NodeState::Decommissioned || members.contains(&n.id) {
+                continue;
+            }
+            tracing::info!(node = n.id, rpc = %n.addrs.rpc, "adding node to group 0 as a learner");
+            let r = self
+                .meta
+                .add_learner(n.id, openraft::impls::BasicNode::new(&n.addrs.rpc), false)
+                .await;
+            map_write(0, r)?;
+        }
+        let mut voter_count = voters.len();
+        for id in membership.learner_ids() {
+            if voter_count >= max_voters || !caught_up(id) {
+                continue;
+            }
+            let Some(n) = catalog.nodes.get(&id) else {
+                continue;
+            };
+            if !matches!(
+                n.state,
+                crate::NodeState::Joining | crate::NodeState::Active
+            ) {
+                continue;
+            }
+            tracing::info!(node = id, "promoting caught-up learner to group 0 voter");
+            let r = self
+                .meta
+                .change_membership(
+                    openraft::ChangeMembers::AddVoterIds([id].into_iter().collect()),
+                    true,
+                )
+                .await;
+            map_write(0, r)?;
+            voter_count += 1;
+        }
+        for n in catalog.nodes.values() {
+            if n.state == crate::NodeState::Joining && caught_up(n.id) {
+                tracing::info!(node = n.id, "node caught up; ACTIVE");
+                self.propose_meta(Command::Cluster(crate::ClusterOp::SetState {
+                    id: n.id,
+                    state: crate::NodeState::Active,
+                }))
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn catalog(&self) -> CatalogHandle {
         self.catalog.clone()
     }
@@ -243,6 +477,24 @@ impl Registry {
 
     pub fn node_id(&self) -> u64 {
         self.cfg.node_id
+    }
+
+    /// Whether this node hosts the vshard groups.
+    pub fn hosts_vshards(&self) -> bool {
+        !self.shards.is_empty()
+    }
+
+    /// The error for touching vshard `vshard` here when this node does not host it.
+    pub fn not_hosted(&self, vshard: u32) -> Error {
+        let catalog = self.catalog.read().clone();
+        Error::NotHosted {
+            vshard,
+            node: self.cfg.node_id,
+            host: catalog
+                .nodes
+                .get(&VSHARD_HOST_NODE)
+                .map(|n| n.addrs.http.clone()),
+        }
     }
 
     pub fn store(&self, vshard: u32) -> Option<&Arc<ShardStore>> {
@@ -263,19 +515,21 @@ impl Registry {
         }
     }
 
-    /// Proposes a DDL batch to group 0 and waits for it to apply.
+    /// Proposes a DDL batch to group 0 (through the leader) and waits for it to apply here.
     pub async fn propose_ddl(&self, ops: Vec<DdlOp>) -> Result<Response, Error> {
         self.check_disk()?;
-        let r = self.meta.client_write(Command::Ddl { ops }).await;
-        map_write(0, r)
+        self.propose_meta(Command::Ddl { ops }).await
     }
 
     /// Proposes an insert to a vshard's group and waits until it is committed and applied.
     pub async fn insert(&self, vshard: u32, cmd: Command) -> Result<Response, Error> {
+        if vshard >= self.cfg.vshards {
+            return Err(Error::Internal(format!("vshard {vshard} out of range")));
+        }
         let s = self
             .shards
             .get(vshard as usize)
-            .ok_or_else(|| Error::Internal(format!("vshard {vshard} out of range")))?;
+            .ok_or_else(|| self.not_hosted(vshard))?;
         let r = s.raft.client_write(cmd).await;
         map_write(group_of_vshard(vshard), r)
     }
@@ -371,6 +625,49 @@ impl Registry {
             let _ = s.raft.shutdown().await;
         }
         let _ = self.meta.shutdown().await;
+    }
+}
+
+async fn handle_inbound<SM>(
+    raft: &Raft<TypeConfig, SM>,
+    group: u32,
+    msg: Inbound,
+) -> Result<bytes::Bytes, Error>
+where
+    SM: openraft::storage::RaftStateMachine<
+        TypeConfig,
+        SnapshotData = crate::meta_sm::SnapshotData,
+    >,
+{
+    fn enc<T: serde::Serialize>(v: &T) -> bytes::Bytes {
+        serde_json::to_vec(v).unwrap_or_default().into()
+    }
+    let fail = |e: &dyn std::fmt::Display| Error::Unavailable {
+        group,
+        reason: e.to_string(),
+    };
+    match msg {
+        Inbound::Append(r) => raft
+            .append_entries(r)
+            .await
+            .map(|x| enc(&x))
+            .map_err(|e| fail(&e)),
+        Inbound::Vote(r) => raft.vote(r).await.map(|x| enc(&x)).map_err(|e| fail(&e)),
+        Inbound::PreVote(r) => raft
+            .pre_vote(r)
+            .await
+            .map(|x| enc(&x))
+            .map_err(|e| fail(&e)),
+        Inbound::Snapshot(vote, snap) => raft
+            .install_full_snapshot(vote, snap)
+            .await
+            .map(|x| enc(&x))
+            .map_err(|e| fail(&e)),
+        Inbound::TransferLeader(r) => raft
+            .handle_transfer_leader(r)
+            .await
+            .map(|x| enc(&x))
+            .map_err(|e| fail(&e)),
     }
 }
 

@@ -201,7 +201,9 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
                     request_id,
                     ipc,
                 } => apply_insert(store, recent, *table_id, *request_id, ipc),
-                Command::Ddl { .. } => Response::Rejected("DDL sent to a vshard group".into()),
+                Command::Ddl { .. } | Command::Cluster(_) => {
+                    Response::Rejected("metadata command sent to a vshard group".into())
+                }
             },
         )
         .await

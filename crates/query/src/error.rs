@@ -129,7 +129,9 @@ impl From<shoal_consensus::Error> for QueryError {
     fn from(e: shoal_consensus::Error) -> QueryError {
         use shoal_consensus::Error as E;
         let kind = match &e {
-            E::NotLeader { .. } | E::Unavailable { .. } => ErrorKind::Unavailable,
+            E::NotLeader { .. } | E::Unavailable { .. } | E::NotHosted { .. } => {
+                ErrorKind::Unavailable
+            }
             E::Rejected(_) => ErrorKind::BadInput,
             E::DiskFull(_) => ErrorKind::DiskFull,
             E::Storage(shoal_storage::Error::DiskFull { .. }) => ErrorKind::DiskFull,

@@ -163,6 +163,10 @@ impl TableProvider for ShoalTable {
             None => None,
         };
         let (min_ts, max_ts) = time_bounds(filters);
+        if !self.registry.hosts_vshards() {
+            let e = crate::error::QueryError::from(self.registry.not_hosted(0));
+            return Err(DataFusionError::External(Box::new(e)));
+        }
         let sources: Vec<Arc<dyn ShardSource>> = (0..self.registry.vshards())
             .filter_map(|v| {
                 self.registry

@@ -14,13 +14,24 @@ use datafusion::datasource::{MemTable, TableProvider};
 use shoal_common::hash::vshard_for_key;
 use shoal_consensus::Registry;
 
-/// This node's addresses, as `system.nodes` shows them.
+/// This node's addresses, as `system.nodes` shows them, and where SWIM states come from.
 #[derive(Clone, Debug, Default)]
 pub struct NodeInfo {
     pub http_addr: String,
     pub pg_addr: String,
     pub rpc_addr: String,
     pub gossip_addr: String,
+    pub liveness: Liveness,
+}
+
+/// Looks up a node's SWIM state (`ALIVE`, `SUSPECT`, `DEAD`, `LEFT`); `None` = unknown.
+#[derive(Clone, Default)]
+pub struct Liveness(pub Option<Arc<dyn Fn(u64) -> Option<&'static str> + Send + Sync>>);
+
+impl fmt::Debug for Liveness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Liveness")
+    }
 }
 
 pub struct SystemSchema {
@@ -51,25 +62,83 @@ impl SystemSchema {
         }
     }
 
+    /// One row per registered node (group 0's registry), with its lifecycle state, its
+    /// SWIM state as this node sees it, and its role in group 0.
     fn nodes(&self) -> RecordBatch {
-        let id = self.registry.node_id();
-        let meta = self.registry.status().into_iter().find(|g| g.group == 0);
-        let role = match meta.and_then(|m| m.leader) {
-            Some(l) if l == id => "leader",
-            Some(_) => "follower",
-            None => "candidate",
+        let me = self.registry.node_id();
+        let view = self.registry.meta_view();
+        let catalog = self.registry.catalog().read().clone();
+        let mut rows: Vec<shoal_consensus::NodeEntry> = catalog.nodes.values().cloned().collect();
+        if !rows.iter().any(|n| n.id == me) {
+            // Not registered yet (joining): still show this node.
+            rows.push(shoal_consensus::NodeEntry {
+                id: me,
+                addrs: shoal_consensus::NodeAddrs {
+                    rpc: self.node.rpc_addr.clone(),
+                    gossip: self.node.gossip_addr.clone(),
+                    http: self.node.http_addr.clone(),
+                    pg: self.node.pg_addr.clone(),
+                },
+                state: shoal_consensus::NodeState::Joining,
+                token: 0,
+            });
+            rows.sort_by_key(|n| n.id);
+        }
+        let role = |id: u64| -> &'static str {
+            if view.leader == Some(id) {
+                "leader"
+            } else if view.voters.contains(&id) {
+                "voter"
+            } else if view.learners.contains(&id) {
+                "learner"
+            } else {
+                "none"
+            }
+        };
+        let swim = |id: u64| -> Option<String> {
+            if id == me {
+                return Some("ALIVE".into());
+            }
+            self.node
+                .liveness
+                .0
+                .as_ref()
+                .and_then(|f| f(id))
+                .map(str::to_string)
         };
         build(vec![
-            ("node_id", u64s(vec![Some(id)])),
-            ("http_addr", strs(vec![Some(self.node.http_addr.clone())])),
-            ("pg_addr", strs(vec![Some(self.node.pg_addr.clone())])),
-            ("rpc_addr", strs(vec![Some(self.node.rpc_addr.clone())])),
+            ("node_id", u64s(rows.iter().map(|n| Some(n.id)).collect())),
+            (
+                "http_addr",
+                strs(rows.iter().map(|n| Some(n.addrs.http.clone())).collect()),
+            ),
+            (
+                "pg_addr",
+                strs(rows.iter().map(|n| Some(n.addrs.pg.clone())).collect()),
+            ),
+            (
+                "rpc_addr",
+                strs(rows.iter().map(|n| Some(n.addrs.rpc.clone())).collect()),
+            ),
             (
                 "gossip_addr",
-                strs(vec![Some(self.node.gossip_addr.clone())]),
+                strs(rows.iter().map(|n| Some(n.addrs.gossip.clone())).collect()),
             ),
-            ("state", strs(vec![Some("alive".into())])),
-            ("group0_role", strs(vec![Some(role.into())])),
+            (
+                "lifecycle",
+                strs(rows.iter().map(|n| Some(n.state.as_str().into())).collect()),
+            ),
+            ("state", strs(rows.iter().map(|n| swim(n.id)).collect())),
+            (
+                "group0_role",
+                strs(rows.iter().map(|n| Some(role(n.id).into())).collect()),
+            ),
+            (
+                "is_self",
+                Arc::new(BooleanArray::from(
+                    rows.iter().map(|n| n.id == me).collect::<Vec<_>>(),
+                )) as ArrayRef,
+            ),
         ])
     }
 

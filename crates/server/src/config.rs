@@ -13,14 +13,46 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// HTTP API (SQL, line protocol, health, metrics). Port 0 picks a free port.
     pub http_addr: String,
-    /// Postgres wire protocol (not served yet; reserved so configs stay stable).
+    /// Postgres wire protocol.
     pub pg_addr: String,
-    /// Inter-node RPC (cluster mode; reserved).
+    /// Inter-node RPC (gRPC over HTTP/2). Seeds given to `join` are other nodes' rpc_addr.
     pub rpc_addr: String,
-    /// SWIM gossip over UDP (cluster mode; reserved).
+    /// SWIM gossip over UDP.
     pub gossip_addr: String,
-    /// Seeds to join (cluster mode). Empty: a single-node cluster.
+    /// Addresses peers and clients should use when they differ from the bound ones (a node
+    /// bound to 0.0.0.0 must set them). Empty: the bound address.
+    pub advertise_rpc_addr: String,
+    pub advertise_gossip_addr: String,
+    pub advertise_http_addr: String,
+    pub advertise_pg_addr: String,
+    /// Seeds to join (other nodes' rpc_addr). Empty and no data: bootstrap a new cluster.
     pub join: Vec<String>,
+    /// How long a new node keeps trying its seeds before it exits with an error.
+    pub join_timeout_ms: u64,
+    /// Voters of the metadata group (group 0); further nodes are learners.
+    pub max_voters: usize,
+    /// Largest inter-node message (checked before allocating).
+    pub rpc_max_message_bytes: usize,
+    /// Inter-node connections open at once; the excess is closed at accept.
+    pub rpc_max_connections: usize,
+    /// Non-Raft RPCs worked on at once; more get RESOURCE_EXHAUSTED (retryable).
+    pub rpc_max_inflight: usize,
+    /// Raft messages handled at once.
+    pub rpc_max_inflight_raft: usize,
+    /// Connecting to a peer gives up after this long.
+    pub rpc_connect_timeout_ms: u64,
+    /// Consecutive transport failures that open a peer's circuit breaker.
+    pub breaker_failures: u32,
+    /// An open breaker fails calls at once for this long, then lets one trial through.
+    pub breaker_open_ms: u64,
+    /// How often peers with an open breaker are probed.
+    pub prober_interval_ms: u64,
+    /// SWIM: probe a random member this often.
+    pub swim_probe_interval_ms: u64,
+    /// SWIM: a probe unanswered after this long goes indirect.
+    pub swim_probe_timeout_ms: u64,
+    /// SWIM: a SUSPECT member not refuting within this long is DEAD.
+    pub swim_suspect_timeout_ms: u64,
     /// vshards of a new cluster; fixed once the data directory is created.
     pub vshards: u32,
     /// Largest request body accepted, after decompression (413 past it).
@@ -74,7 +106,24 @@ impl Default for NodeConfig {
             pg_addr: "127.0.0.1:7432".into(),
             rpc_addr: "127.0.0.1:7400".into(),
             gossip_addr: "127.0.0.1:7401".into(),
+            advertise_rpc_addr: String::new(),
+            advertise_gossip_addr: String::new(),
+            advertise_http_addr: String::new(),
+            advertise_pg_addr: String::new(),
             join: vec![],
+            join_timeout_ms: 60_000,
+            max_voters: 5,
+            rpc_max_message_bytes: 64 * MIB as usize,
+            rpc_max_connections: 1024,
+            rpc_max_inflight: 256,
+            rpc_max_inflight_raft: 1024,
+            rpc_connect_timeout_ms: 2_000,
+            breaker_failures: 3,
+            breaker_open_ms: 2_000,
+            prober_interval_ms: 500,
+            swim_probe_interval_ms: 500,
+            swim_probe_timeout_ms: 200,
+            swim_suspect_timeout_ms: 1_500,
             vshards: 16,
             max_body_bytes: 64 * MIB,
             flush_hot_bytes: 128 * MIB,
@@ -132,10 +181,20 @@ impl NodeConfig {
                 self.pg_auth
             ));
         }
-        if !self.join.is_empty() {
-            return Err(
-                "--join: cluster mode is not available in this build yet (single node only)".into(),
-            );
+        if self.max_voters == 0 || self.max_voters > 9 {
+            return Err(format!(
+                "max_voters must be between 1 and 9, not {}",
+                self.max_voters
+            ));
+        }
+        if self.rpc_max_message_bytes < 1024 * 1024 {
+            return Err("rpc_max_message_bytes must be at least 1 MiB".into());
+        }
+        if self.swim_probe_timeout_ms >= self.swim_probe_interval_ms {
+            return Err("need swim_probe_timeout_ms < swim_probe_interval_ms".into());
+        }
+        if self.breaker_failures == 0 {
+            return Err("breaker_failures must be at least 1".into());
         }
         Ok(())
     }

@@ -21,6 +21,56 @@ pub struct NodeIdentity {
     pub cluster_id: String,
     pub node_id: u64,
     pub vshards: u32,
+    /// Whether this node hosts the vshard groups (until vshards are replicated, only the
+    /// node that bootstrapped the cluster does; older directories are all such nodes).
+    #[serde(default = "yes")]
+    pub hosts_vshards: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl NodeIdentity {
+    /// The identity of the first node of a new cluster.
+    pub fn bootstrap(vshards: u32) -> NodeIdentity {
+        NodeIdentity {
+            format_version: NODE_FORMAT_VERSION,
+            cluster_id: new_cluster_id(),
+            node_id: 1,
+            vshards,
+            hosts_vshards: true,
+        }
+    }
+}
+
+/// A locked data directory whose identity may not exist yet (a node about to join).
+pub struct Locked {
+    path: PathBuf,
+    lock: File,
+    pub existing: Option<NodeIdentity>,
+}
+
+impl Locked {
+    /// Finishes opening: keeps the stored identity, or records `fresh` for a new directory.
+    pub fn into_dir(self, fresh: Option<NodeIdentity>) -> Result<DataDir, String> {
+        let (identity, created) = match (self.existing, fresh) {
+            (Some(id), _) => (id, false),
+            (None, Some(id)) => {
+                let bytes = serde_json::to_vec_pretty(&id).map_err(|e| e.to_string())?;
+                shoal_storage::manifest::write_atomic(&self.path, NODE_FILE, &bytes)
+                    .map_err(|e| e.to_string())?;
+                (id, true)
+            }
+            (None, None) => return Err("internal: a new data directory needs an identity".into()),
+        };
+        Ok(DataDir {
+            path: self.path,
+            identity,
+            created,
+            _lock: self.lock,
+        })
+    }
 }
 
 /// Holds the directory lock until dropped.
@@ -42,8 +92,18 @@ fn new_cluster_id() -> String {
 }
 
 impl DataDir {
-    /// Locks and opens `path` (creating it with a fresh identity when new).
+    /// Locks and opens `path` (creating it with a fresh single-node identity when new).
     pub fn open(path: &Path, vshards: u32) -> Result<DataDir, String> {
+        let locked = DataDir::lock(path, vshards)?;
+        let fresh = locked
+            .existing
+            .is_none()
+            .then(|| NodeIdentity::bootstrap(vshards));
+        locked.into_dir(fresh)
+    }
+
+    /// Locks `path` (creating the directory) and reads its identity if it has one.
+    pub fn lock(path: &Path, vshards: u32) -> Result<Locked, String> {
         std::fs::create_dir_all(path)
             .map_err(|e| format!("cannot create data directory {}: {e}", path.display()))?;
         let lock_path = path.join("LOCK");
@@ -72,7 +132,7 @@ impl DataDir {
         let _ = lock.sync_all();
 
         let node_path = path.join(NODE_FILE);
-        let (identity, created) = match std::fs::read(&node_path) {
+        let existing = match std::fs::read(&node_path) {
             Ok(bytes) => {
                 let v: serde_json::Value = serde_json::from_slice(&bytes)
                     .map_err(|e| format!("{} is damaged: {e}", node_path.display()))?;
@@ -95,27 +155,15 @@ impl DataDir {
                         "the vshard count is fixed when a data directory is created; using the stored value"
                     );
                 }
-                (id, false)
+                Some(id)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let id = NodeIdentity {
-                    format_version: NODE_FORMAT_VERSION,
-                    cluster_id: new_cluster_id(),
-                    node_id: 1,
-                    vshards,
-                };
-                let bytes = serde_json::to_vec_pretty(&id).map_err(|e| e.to_string())?;
-                shoal_storage::manifest::write_atomic(path, NODE_FILE, &bytes)
-                    .map_err(|e| e.to_string())?;
-                (id, true)
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(format!("cannot read {}: {e}", node_path.display())),
         };
-        Ok(DataDir {
+        Ok(Locked {
             path: path.to_path_buf(),
-            identity,
-            created,
-            _lock: lock,
+            lock,
+            existing,
         })
     }
 }

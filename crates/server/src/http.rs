@@ -34,6 +34,8 @@ pub struct AppState {
     pub max_body_bytes: u64,
     /// Bounds the requests worked on at once (`http_max_concurrent_requests`).
     pub permits: Arc<Semaphore>,
+    /// Cluster readiness (group 0 caught up, node registered); `Err` says what is missing.
+    pub readiness: OnceLock<Arc<dyn Fn() -> Result<(), String> + Send + Sync>>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -91,9 +93,12 @@ async fn ready(State(st): State<Arc<AppState>>) -> Response {
     if st.draining.load(Ordering::Acquire) {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
-    match st.engine.get() {
-        Some(_) => (StatusCode::OK, "ready\n").into_response(),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "recovering\n").into_response(),
+    if st.engine.get().is_none() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "recovering\n").into_response();
+    }
+    match st.readiness.get().map(|f| f()) {
+        Some(Err(why)) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
+        _ => (StatusCode::OK, "ready\n").into_response(),
     }
 }
 
@@ -309,6 +314,7 @@ mod tests {
             draining: AtomicBool::new(false),
             max_body_bytes: 1024 * 1024,
             permits: Arc::new(Semaphore::new(4)),
+            readiness: OnceLock::new(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -6,6 +6,7 @@
 //! ready. Shutdown: ready → 503, stop accepting, finish in-flight requests (up to
 //! `drain_timeout_ms`), flush every vshard, stop the groups.
 
+pub mod cluster;
 pub mod config;
 pub mod datadir;
 pub mod format;
@@ -32,6 +33,8 @@ use crate::http::AppState;
 pub struct NodeHandle {
     pub http_addr: SocketAddr,
     pub pg_addr: SocketAddr,
+    pub rpc_addr: SocketAddr,
+    pub gossip_addr: SocketAddr,
     pub cluster_id: String,
     pub node_id: u64,
     pub created: bool,
@@ -65,10 +68,12 @@ impl NodeHandle {
     }
 }
 
-fn groups_config(cfg: &NodeConfig, dir: &DataDir) -> GroupsConfig {
+fn groups_config(cfg: &NodeConfig, dir: &DataDir, rpc_addr: &str) -> GroupsConfig {
     GroupsConfig {
         node_id: dir.identity.node_id,
-        node_addr: cfg.rpc_addr.clone(),
+        node_addr: rpc_addr.to_string(),
+        bootstrap: dir.created && cfg.join.is_empty(),
+        host_vshards: dir.identity.hosts_vshards,
         data_dir: cfg.data_dir.clone(),
         vshards: dir.identity.vshards,
         log: shoal_raftlog::LogConfig {
@@ -91,11 +96,11 @@ fn groups_config(cfg: &NodeConfig, dir: &DataDir) -> GroupsConfig {
     }
 }
 
-/// Starts a node: returns once the HTTP port is bound; recovery continues in the background
-/// (see [`NodeHandle::ready`]).
+/// Starts a node: returns once its ports are bound and it has an identity (a new node
+/// with seeds has joined); recovery continues in the background (see [`NodeHandle::ready`]).
 pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
     cfg.validate()?;
-    let dir = DataDir::open(&cfg.data_dir, cfg.vshards)?;
+    let locked = DataDir::lock(&cfg.data_dir, cfg.vshards)?;
     let listener = tokio::net::TcpListener::bind(&cfg.http_addr)
         .await
         .map_err(|e| format!("cannot listen on http_addr {}: {e}", cfg.http_addr))?;
@@ -104,6 +109,70 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
         .await
         .map_err(|e| format!("cannot listen on pg_addr {}: {e}", cfg.pg_addr))?;
     let pg_addr = pg_listener.local_addr().map_err(|e| e.to_string())?;
+    let bound = cluster::bind(&cfg).await?;
+    let rpc_addr = bound.rpc.local_addr().map_err(|e| e.to_string())?;
+    let addrs = shoal_consensus::NodeAddrs {
+        rpc: cluster::advertise(rpc_addr, &cfg.advertise_rpc_addr, "rpc_addr")?,
+        gossip: bound.gossip_addr.to_string(),
+        http: cluster::advertise(http_addr, &cfg.advertise_http_addr, "http_addr")?,
+        pg: cluster::advertise(pg_addr, &cfg.advertise_pg_addr, "pg_addr")?,
+    };
+
+    // Identity: stored, or a new cluster, or the one the seeds let us join.
+    let envelope = Arc::new(parking_lot::RwLock::new(shoal_cluster::Caller::default()));
+    let catalog_addrs: Arc<OnceLock<shoal_consensus::CatalogHandle>> = Arc::new(OnceLock::new());
+    let resolve = {
+        let c = catalog_addrs.clone();
+        move |id: u64| {
+            c.get()
+                .and_then(|h| h.read().nodes.get(&id).map(|n| n.addrs.rpc.clone()))
+        }
+    };
+    let peers = shoal_cluster::Peers::new(
+        shoal_cluster::PeersConfig {
+            max_message_bytes: cfg.rpc_max_message_bytes,
+            connect_timeout: Duration::from_millis(cfg.rpc_connect_timeout_ms),
+            breaker_failures: cfg.breaker_failures,
+            breaker_open: Duration::from_millis(cfg.breaker_open_ms),
+            probe_interval: Duration::from_millis(cfg.prober_interval_ms),
+            forward_timeout: Duration::from_secs(10),
+        },
+        envelope.clone(),
+        resolve,
+    );
+    let fresh = match (&locked.existing, cfg.join.is_empty()) {
+        (Some(id), false) => {
+            envelope.write().cluster_id = id.cluster_id.clone();
+            envelope.write().node_id = id.node_id;
+            cluster::check_seeds(&peers, &cfg.join, &id.cluster_id).await?;
+            None
+        }
+        (Some(_), true) => None,
+        (None, true) => Some(datadir::NodeIdentity::bootstrap(cfg.vshards)),
+        (None, false) => {
+            let reply = cluster::join(
+                &peers,
+                &cfg.join,
+                &addrs,
+                Duration::from_millis(cfg.join_timeout_ms),
+            )
+            .await?;
+            Some(datadir::NodeIdentity {
+                format_version: datadir::NODE_FORMAT_VERSION,
+                cluster_id: reply.cluster_id,
+                node_id: reply.node_id,
+                vshards: reply.vshards,
+                hosts_vshards: false,
+            })
+        }
+    };
+    let dir = locked.into_dir(fresh)?;
+    {
+        let mut env = envelope.write();
+        env.cluster_id = dir.identity.cluster_id.clone();
+        env.node_id = dir.identity.node_id;
+    }
+
     let pg = Arc::new(pg::PgState {
         engine: Arc::new(OnceLock::new()),
         connections: Arc::new(Semaphore::new(cfg.pg_max_connections.max(1))),
@@ -117,25 +186,81 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
         draining: Default::default(),
         max_body_bytes: cfg.max_body_bytes,
         permits: Arc::new(Semaphore::new(cfg.http_max_concurrent_requests.max(1))),
+        readiness: OnceLock::new(),
     });
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (ready_tx, ready_rx) = oneshot::channel();
     let cluster_id = dir.identity.cluster_id.clone();
     let node_id = dir.identity.node_id;
     let created = dir.created;
-    if created {
-        tracing::info!(cluster_id = %cluster_id, vshards = dir.identity.vshards, "bootstrapped a new single-node cluster");
+    if created && cfg.join.is_empty() {
+        tracing::info!(cluster_id = %cluster_id, vshards = dir.identity.vshards, "bootstrapped a new cluster (this node is its first member)");
+    } else if created {
+        tracing::info!(cluster_id = %cluster_id, node_id, "joined an existing cluster");
     }
+
+    let generation = shoal_common::time::now_nanos() as u64 / 1_000;
+    let shared = Arc::new(cluster::Shared {
+        cluster_id: cluster_id.clone(),
+        node_id,
+        vshards: dir.identity.vshards,
+        generation,
+        addrs: addrs.clone(),
+        gossip_addr: bound.gossip_addr,
+        registry: OnceLock::new(),
+        engine: OnceLock::new(),
+    });
+    let rpc = shoal_cluster::RpcServer::start(
+        bound.rpc,
+        shared.clone(),
+        shoal_cluster::ServerLimits {
+            service: shoal_cluster::rpc::ServiceLimits {
+                max_message_bytes: cfg.rpc_max_message_bytes,
+                max_inflight: cfg.rpc_max_inflight,
+                max_inflight_raft: cfg.rpc_max_inflight_raft,
+            },
+            max_connections: cfg.rpc_max_connections,
+            max_streams_per_connection: 1024,
+            drain_timeout: Duration::from_millis(cfg.drain_timeout_ms),
+        },
+    )
+    .map_err(|e| format!("rpc server: {e}"))?;
+    let membership = Arc::new(shoal_cluster::Membership::start(
+        shoal_cluster::NodeIdentity {
+            node_id,
+            gossip_addr: bound.gossip_addr,
+            generation,
+        },
+        &shoal_cluster::SwimConfig {
+            probe_interval: Duration::from_millis(cfg.swim_probe_interval_ms),
+            probe_timeout: Duration::from_millis(cfg.swim_probe_timeout_ms),
+            suspect_timeout: Duration::from_millis(cfg.swim_suspect_timeout_ms),
+            max_packet_bytes: 1400,
+        },
+        &cluster_id,
+        bound.gossip,
+    )?);
+    let gossip_addr = bound.gossip_addr;
     let fronts = Fronts {
         http: listener,
         http_state: state,
         pg: pg_listener,
         pg_state: pg,
     };
-    let done = tokio::spawn(run(cfg, dir, fronts, stop_rx, ready_tx));
+    let net = Net {
+        shared,
+        peers,
+        membership,
+        rpc,
+        catalog_addrs,
+        addrs,
+    };
+    let done = tokio::spawn(run(cfg, dir, fronts, net, stop_rx, ready_tx));
     Ok(NodeHandle {
         http_addr,
         pg_addr,
+        rpc_addr,
+        gossip_addr,
         cluster_id,
         node_id,
         created,
@@ -143,6 +268,16 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
         stop_tx: Some(stop_tx),
         done,
     })
+}
+
+/// The cluster side of a node, started before recovery.
+struct Net {
+    shared: Arc<cluster::Shared>,
+    peers: Arc<shoal_cluster::Peers>,
+    membership: Arc<shoal_cluster::Membership>,
+    rpc: shoal_cluster::RpcServer,
+    catalog_addrs: Arc<OnceLock<shoal_consensus::CatalogHandle>>,
+    addrs: shoal_consensus::NodeAddrs,
 }
 
 /// The client-facing listeners, bound before recovery.
@@ -157,6 +292,7 @@ async fn run(
     cfg: NodeConfig,
     dir: DataDir,
     fronts: Fronts,
+    net: Net,
     stop_rx: oneshot::Receiver<()>,
     ready_tx: oneshot::Sender<Result<(), String>>,
 ) -> Result<(), String> {
@@ -184,8 +320,25 @@ async fn run(
     }));
 
     let started = std::time::Instant::now();
+    let Net {
+        shared,
+        peers,
+        membership,
+        rpc,
+        catalog_addrs,
+        addrs,
+    } = net;
+    let prober = peers.spawn_prober();
+    membership.subscribe(|e| {
+        // Routing hints hang on this once vshards are replicated; for now it is the log.
+        tracing::debug!(node = e.node, old = ?e.old, new = ?e.new, "member state changed");
+    });
+    let transport = Arc::new(shoal_cluster::ClusterTransport {
+        peers: peers.clone(),
+    });
     let opened = Registry::open(
-        groups_config(&cfg, &dir),
+        groups_config(&cfg, &dir, &addrs.rpc),
+        transport,
         Duration::from_millis(cfg.startup_timeout_ms),
     )
     .await;
@@ -195,24 +348,59 @@ async fn run(
             let msg = format!("recovery failed: {e}");
             let _ = ready_tx.send(Err(msg.clone()));
             let _ = http_stop_tx.send(());
+            rpc.shutdown().await;
             return Err(msg);
         }
     };
+    let _ = catalog_addrs.set(registry.catalog());
+    let _ = shared.registry.set(registry.clone());
     let partitions = match cfg.query_target_partitions {
         0 => std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2),
         n => n,
     };
-    let node = shoal_query::NodeInfo {
-        http_addr: http_addr.to_string(),
-        pg_addr: pg_addr.to_string(),
-        rpc_addr: cfg.rpc_addr.clone(),
-        gossip_addr: cfg.gossip_addr.clone(),
+    let liveness = {
+        let m = membership.clone();
+        shoal_query::Liveness(Some(Arc::new(move |id| m.state_of(id).map(|s| s.as_str()))))
     };
+    let node = shoal_query::NodeInfo {
+        http_addr: addrs.http.clone(),
+        pg_addr: addrs.pg.clone(),
+        rpc_addr: addrs.rpc.clone(),
+        gossip_addr: addrs.gossip.clone(),
+        liveness,
+    };
+    let _ = (http_addr, pg_addr);
     let engine = Arc::new(QueryEngine::new(registry.clone(), partitions, node));
+    let _ = shared.engine.set(engine.clone());
     let _ = pg.engine.set(engine.clone());
     let _ = state.engine.set(engine);
+    {
+        let registry = registry.clone();
+        let me = dir.identity.node_id;
+        let _ = state.readiness.set(Arc::new(move || {
+            let v = registry.meta_view();
+            if !v.caught_up {
+                return Err(match v.leader {
+                    None => "waiting for group 0 to elect a leader (no quorum yet)".into(),
+                    Some(l) => format!("catching up group 0 from leader {l}"),
+                });
+            }
+            if !registry.catalog().read().nodes.contains_key(&me) {
+                return Err("registering this node in group 0".into());
+            }
+            Ok(())
+        }));
+    }
+    let maintenance = cluster::spawn_maintenance(
+        shared.clone(),
+        registry.clone(),
+        membership.clone(),
+        peers.envelope().clone(),
+        dir.created && cfg.join.is_empty(),
+        cfg.max_voters,
+    );
     let flusher = registry.spawn_flusher();
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -234,6 +422,11 @@ async fn run(
             "in-flight requests did not finish in time; cutting them"
         ),
     }
+    // Inter-node requests in flight (a peer's query, a forwarded write) finish first.
+    rpc.shutdown().await;
+    membership.leave(Duration::from_secs(1)).await;
+    maintenance.abort();
+    prober.abort();
     flusher.abort();
     registry.shutdown(drain).await;
     drop(dir);

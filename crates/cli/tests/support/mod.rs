@@ -20,28 +20,77 @@ pub struct Node {
     /// host:port of the Postgres listener.
     pub pg_addr: String,
     pub data_dir: PathBuf,
+    /// host:port of the inter-node RPC listener and of the gossip socket.
+    pub rpc_addr: String,
+    pub gossip_addr: String,
+    pub node_id: u64,
     pub stderr: Arc<Mutex<String>>,
     extra: Vec<String>,
+    /// Bind addresses for rpc and gossip (port 0 unless pinned, so restarts keep them).
+    binds: (String, String),
+}
+
+/// A port that was free a moment ago (TCP and UDP).
+pub fn free_port() -> u16 {
+    loop {
+        let t = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = t.local_addr().expect("addr").port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl Node {
     /// Starts a node on `data_dir` with extra flags and waits until it is ready.
     pub async fn start(data_dir: &Path, extra: &[&str]) -> Node {
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let mut node = Node {
-            child: None,
-            addr: String::new(),
-            pg_addr: String::new(),
-            data_dir: data_dir.to_path_buf(),
-            stderr: Default::default(),
-            extra,
-        };
+        let mut node = Node::new(data_dir, extra, false);
         node.spawn();
         node.wait_ready().await;
         node
     }
 
-    fn spawn(&mut self) {
+    /// A node whose rpc and gossip ports stay the same across restarts (cluster tests:
+    /// peers keep dialing the same address). Does not wait for readiness.
+    pub fn spawn_pinned(data_dir: &Path, extra: &[&str]) -> Node {
+        let mut node = Node::new(data_dir, extra, true);
+        node.spawn();
+        node
+    }
+
+    fn new(data_dir: &Path, extra: &[&str], pinned: bool) -> Node {
+        let binds = if pinned {
+            (
+                format!("127.0.0.1:{}", free_port()),
+                format!("127.0.0.1:{}", free_port()),
+            )
+        } else {
+            ("127.0.0.1:0".to_string(), "127.0.0.1:0".to_string())
+        };
+        Node {
+            child: None,
+            addr: String::new(),
+            pg_addr: String::new(),
+            data_dir: data_dir.to_path_buf(),
+            rpc_addr: String::new(),
+            gossip_addr: String::new(),
+            node_id: 0,
+            stderr: Default::default(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            binds,
+        }
+    }
+
+    /// Replaces the extra flags used by the next (re)start.
+    pub fn set_extra(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).expect("running")
+    }
+
+    pub fn spawn(&mut self) {
         let mut child = Command::new(BIN)
             .arg("start")
             .arg("--data-dir")
@@ -50,6 +99,10 @@ impl Node {
             .arg("127.0.0.1:0")
             .arg("--pg-addr")
             .arg("127.0.0.1:0")
+            .arg("--rpc-addr")
+            .arg(&self.binds.0)
+            .arg("--gossip-addr")
+            .arg(&self.binds.1)
             .args(&self.extra)
             .env("SHOAL_LOG", "info,openraft=warn")
             .env_remove("RUST_LOG")
@@ -88,6 +141,9 @@ impl Node {
                 };
                 self.addr = field("http=");
                 self.pg_addr = field("pg=");
+                self.rpc_addr = field("rpc=");
+                self.gossip_addr = field("gossip=");
+                self.node_id = field("node_id=").parse().unwrap_or(0);
                 break;
             }
             assert!(Instant::now() < deadline, "no address printed");

@@ -1,0 +1,304 @@
+//! Cluster formation with real `shoal` processes on loopback: joining, group 0 across
+//! nodes, SWIM failure detection, restarts, refusals (no seed, wrong cluster).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{Node, BIN};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Polls `f` until it returns `Some`, or fails the test naming `what`.
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `SHOW NODES` as (id, lifecycle, swim state, group-0 role) rows.
+async fn nodes(n: &Node) -> Vec<(u64, String, String, String)> {
+    let (status, v) = n
+        .sql("SELECT node_id, lifecycle, state, group0_role FROM system.nodes ORDER BY node_id")
+        .await;
+    if status != 200 {
+        return vec![];
+    }
+    v["rows"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    (
+                        r[0].as_u64().unwrap_or(0),
+                        r[1].as_str().unwrap_or("").to_string(),
+                        r[2].as_str().unwrap_or("").to_string(),
+                        r[3].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn tables(n: &Node) -> Vec<String> {
+    let (_, v) = n.sql("SHOW TABLES").await;
+    v["rows"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .filter_map(|x| x[0].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Starts a first node and `more` nodes joining it; waits until every node is ready and
+/// sees every node ACTIVE and ALIVE.
+async fn cluster(dirs: &[&std::path::Path]) -> Vec<Node> {
+    let first = Node::spawn_pinned(dirs[0], &[]);
+    first.wait_ready().await;
+    let seed = first.rpc_addr.clone();
+    let mut nodes_v = vec![first];
+    for d in &dirs[1..] {
+        let n = Node::spawn_pinned(d, &["--join", &seed]);
+        nodes_v.push(n);
+    }
+    for n in &nodes_v {
+        n.wait_ready().await;
+    }
+    let count = nodes_v.len();
+    for n in &nodes_v {
+        eventually("every node ACTIVE and ALIVE everywhere", || async {
+            let rows = nodes(n).await;
+            (rows.len() == count && rows.iter().all(|r| r.1 == "ACTIVE" && r.2 == "ALIVE"))
+                .then_some(())
+        })
+        .await;
+    }
+    nodes_v
+}
+
+#[tokio::test]
+async fn three_nodes_form_one_cluster_survive_the_leader_and_take_it_back() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dirs: Vec<_> = (1..=3).map(|i| tmp.path().join(format!("n{i}"))).collect();
+    let mut c = cluster(&[&dirs[0], &dirs[1], &dirs[2]]).await;
+
+    // One leader, two voters; ids 1..3; same view from every node.
+    let view = nodes(&c[2]).await;
+    let roles: Vec<&str> = view.iter().map(|r| r.3.as_str()).collect();
+    assert_eq!(
+        roles.iter().filter(|r| **r == "leader").count(),
+        1,
+        "{view:?}"
+    );
+    assert_eq!(
+        roles.iter().filter(|r| **r == "voter").count(),
+        2,
+        "{view:?}"
+    );
+    assert_eq!(view.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert!(c.iter().all(|n| n.node_id >= 1));
+
+    // DDL on any node is visible on every node.
+    let (s, v) = c[2]
+        .sql("CREATE TABLE trades (ts TIMESTAMP, symbol VARCHAR, price DOUBLE, PRIMARY KEY (symbol))")
+        .await;
+    assert_eq!(s, 200, "{v}");
+    for n in &c {
+        eventually("table visible everywhere", || async {
+            tables(n)
+                .await
+                .contains(&"trades".to_string())
+                .then_some(())
+        })
+        .await;
+    }
+    // Read-your-DDL on the node that proposed it through the leader.
+    let (s, v) = c[2].sql("SHOW SCHEMA VERSION").await;
+    assert_eq!(s, 200, "{v}");
+
+    // Rows live on node 1 until vshards are replicated; other nodes say so clearly.
+    let (s, body) = c[1]
+        .write("trades,symbol=AAPL price=1 1700000000000000000")
+        .await;
+    assert_eq!(s, 503, "{body}");
+    assert!(body.contains("holds no replica"), "{body}");
+    let (s, v) = c[1].sql("SELECT count(*) FROM trades").await;
+    assert_eq!(s, 503, "{v}");
+    let (s, body) = c[0]
+        .write("trades,symbol=AAPL price=1 1700000000000000000")
+        .await;
+    assert_eq!(s, 204, "{body}");
+
+    // Kill -9 the group-0 leader: the others elect a new one, see the node DEAD and keep
+    // accepting DDL.
+    let leader = view
+        .iter()
+        .find(|r| r.3 == "leader")
+        .map(|r| r.0)
+        .expect("leader");
+    let li = c
+        .iter()
+        .position(|n| n.node_id == leader)
+        .expect("leader node");
+    let killed = Instant::now();
+    c[li].kill9();
+    let oi = (li + 1) % 3;
+    let dead_after = eventually("the killed node is DEAD", || async {
+        nodes(&c[oi])
+            .await
+            .iter()
+            .any(|r| r.0 == leader && r.2 == "DEAD")
+            .then(|| killed.elapsed())
+    })
+    .await;
+    println!("killed node declared DEAD after {dead_after:?}");
+    eventually("a new group-0 leader", || async {
+        nodes(&c[oi])
+            .await
+            .iter()
+            .any(|r| r.0 != leader && r.3 == "leader")
+            .then_some(())
+    })
+    .await;
+    let (s, v) = c[oi]
+        .sql("CREATE TABLE while_down (ts TIMESTAMP, v DOUBLE)")
+        .await;
+    assert_eq!(s, 200, "{v}");
+
+    // The killed node restarts with its identity and data and catches up.
+    c[li].spawn();
+    c[li].wait_ready().await;
+    assert_eq!(c[li].node_id, leader, "same identity after restart");
+    eventually("restarted node has the DDL it missed", || async {
+        tables(&c[li])
+            .await
+            .contains(&"while_down".to_string())
+            .then_some(())
+    })
+    .await;
+    eventually("restarted node ALIVE again", || async {
+        nodes(&c[oi])
+            .await
+            .iter()
+            .any(|r| r.0 == leader && r.2 == "ALIVE")
+            .then_some(())
+    })
+    .await;
+    if leader == 1 {
+        // Node 1 hosts the rows: the acknowledged row survived the kill.
+        assert_eq!(c[li].count("SELECT count(*) FROM trades").await, 1);
+    }
+}
+
+#[tokio::test]
+async fn joins_through_one_seed_while_another_is_down() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut first = Node::spawn_pinned(&tmp.path().join("a"), &[]);
+    first.wait_ready().await;
+    let dead = format!("127.0.0.1:{}", support::free_port());
+    let seeds = format!("{dead},{}", first.rpc_addr);
+    let second = Node::spawn_pinned(&tmp.path().join("b"), &["--join", &seeds]);
+    second.wait_ready().await;
+    assert_eq!(second.node_id, 2);
+    assert!(
+        second.stderr_text().contains(&dead),
+        "the unreachable seed is logged: {}",
+        second.stderr_text()
+    );
+    eventually("both nodes listed on the first", || async {
+        (nodes(&first).await.len() == 2).then_some(())
+    })
+    .await;
+    first.kill9();
+}
+
+#[tokio::test]
+async fn no_reachable_seed_is_a_clear_nonzero_exit() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (a, b) = (support::free_port(), support::free_port());
+    let seeds = format!("127.0.0.1:{a},127.0.0.1:{b}");
+    let out = std::process::Command::new(BIN)
+        .args(["start", "--data-dir"])
+        .arg(tmp.path().join("x"))
+        .args([
+            "--http-addr",
+            "127.0.0.1:0",
+            "--pg-addr",
+            "127.0.0.1:0",
+            "--rpc-addr",
+            "127.0.0.1:0",
+            "--gossip-addr",
+            "127.0.0.1:0",
+            "--join-timeout-ms",
+            "1500",
+            "--join",
+            &seeds,
+        ])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("could not join"), "{err}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{a}")) && err.contains(&format!("127.0.0.1:{b}")),
+        "{err}"
+    );
+    // It did not quietly make a cluster of its own.
+    assert!(!tmp.path().join("x").join("node.json").exists());
+}
+
+#[tokio::test]
+async fn a_node_of_another_cluster_is_refused() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ours = Node::spawn_pinned(&tmp.path().join("ours"), &[]);
+    ours.wait_ready().await;
+    // A separate single-node cluster, stopped, then pointed at ours.
+    let theirs_dir = tmp.path().join("theirs");
+    let mut theirs = Node::start(&theirs_dir, &[]).await;
+    assert!(theirs.stop().success());
+    let (_, v) = ours.sql("SELECT 1").await;
+    assert!(v["rows"].is_array());
+    let out = std::process::Command::new(BIN)
+        .args(["start", "--data-dir"])
+        .arg(&theirs_dir)
+        .args([
+            "--http-addr",
+            "127.0.0.1:0",
+            "--pg-addr",
+            "127.0.0.1:0",
+            "--rpc-addr",
+            "127.0.0.1:0",
+            "--gossip-addr",
+            "127.0.0.1:0",
+            "--join",
+            &ours.rpc_addr,
+        ])
+        .output()
+        .expect("run");
+    assert!(!out.status.success(), "joining another cluster must fail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to join another cluster") || err.contains("refused"),
+        "{err}"
+    );
+    let ours_log = ours.stderr_text();
+    assert!(
+        ours_log.contains("refused an RPC from another cluster"),
+        "{ours_log}"
+    );
+    // Ours keeps serving.
+    let (s, _) = ours.sql("SHOW NODES").await;
+    assert_eq!(s, 200);
+}

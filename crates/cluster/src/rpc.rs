@@ -1,0 +1,448 @@
+//! The inter-node RPC service `shoal.peer.v1.Peer`: hand-written prost messages (no .proto,
+//! no protoc) served through tonic's generic gRPC machinery.
+//!
+//! Every request carries its envelope in metadata: `x-shoal-cluster` (the sender's cluster
+//! id, empty only for a node that has not joined yet), `x-shoal-node` (sender node id) and
+//! `x-shoal-term` (the sender's view of group 0's term). The server checks the cluster id
+//! once, before any handler runs: a different id is refused with `FAILED_PRECONDITION`
+//! and a log line naming both ids.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+use tonic::body::Body;
+use tonic::codegen::{http, BoxFuture, Service, StdError};
+use tonic::server::{Grpc, NamedService};
+use tonic::{Request, Response, Status};
+use tonic_prost::ProstCodec;
+
+pub const SERVICE: &str = "shoal.peer.v1.Peer";
+pub const HDR_CLUSTER: &str = "x-shoal-cluster";
+pub const HDR_NODE: &str = "x-shoal-node";
+pub const HDR_TERM: &str = "x-shoal-term";
+
+/// Prefix of the message of a cluster-id refusal (clients match on it).
+pub const CLUSTER_MISMATCH: &str = "cluster id mismatch";
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HelloRequest {}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HelloReply {
+    #[prost(string, tag = "1")]
+    pub cluster_id: String,
+    #[prost(uint64, tag = "2")]
+    pub node_id: u64,
+    #[prost(uint32, tag = "3")]
+    pub vshards: u32,
+    #[prost(string, tag = "4")]
+    pub rpc_addr: String,
+    #[prost(string, tag = "5")]
+    pub gossip_addr: String,
+    #[prost(uint64, tag = "6")]
+    pub generation: u64,
+    /// Group 0's leader as this node sees it (0 = unknown).
+    #[prost(uint64, tag = "7")]
+    pub meta_leader: u64,
+    #[prost(uint64, tag = "8")]
+    pub meta_term: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct JoinRequest {
+    /// Random per joining process: a retried join answers the same id.
+    #[prost(uint64, tag = "1")]
+    pub token: u64,
+    #[prost(string, tag = "2")]
+    pub rpc_addr: String,
+    #[prost(string, tag = "3")]
+    pub gossip_addr: String,
+    #[prost(string, tag = "4")]
+    pub http_addr: String,
+    #[prost(string, tag = "5")]
+    pub pg_addr: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct JoinReply {
+    #[prost(string, tag = "1")]
+    pub cluster_id: String,
+    #[prost(uint64, tag = "2")]
+    pub node_id: u64,
+    #[prost(uint32, tag = "3")]
+    pub vshards: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RaftRequest {
+    #[prost(uint32, tag = "1")]
+    pub group: u32,
+    #[prost(uint32, tag = "2")]
+    pub kind: u32,
+    #[prost(bytes = "bytes", tag = "3")]
+    pub header: Bytes,
+    #[prost(bytes = "bytes", repeated, tag = "4")]
+    pub entries: Vec<Bytes>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BytesReply {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub body: Bytes,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MetaRequest {
+    /// JSON of a group-0 command.
+    #[prost(bytes = "bytes", tag = "1")]
+    pub command: Bytes,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SqlRequest {
+    #[prost(string, tag = "1")]
+    pub sql: String,
+}
+
+/// Who sent a request, from its envelope.
+#[derive(Clone, Debug, Default)]
+pub struct Caller {
+    pub cluster_id: String,
+    pub node_id: u64,
+    pub term: u64,
+}
+
+/// What a node does with each RPC. Implemented by the server crate.
+#[async_trait::async_trait]
+pub trait PeerHandler: Send + Sync + 'static {
+    /// This node's cluster id (requests from any other cluster are refused before a
+    /// handler sees them).
+    fn cluster_id(&self) -> String;
+    async fn hello(&self, caller: Caller) -> Result<HelloReply, Status>;
+    async fn join(&self, caller: Caller, req: JoinRequest) -> Result<JoinReply, Status>;
+    async fn raft(&self, caller: Caller, req: RaftRequest) -> Result<BytesReply, Status>;
+    async fn forward_meta(&self, caller: Caller, req: MetaRequest) -> Result<BytesReply, Status>;
+    /// Runs one SQL statement here and answers its result as an Arrow IPC stream.
+    async fn sql(&self, caller: Caller, req: SqlRequest) -> Result<BytesReply, Status>;
+}
+
+/// Limits of the RPC service itself (the connection count is bounded by the listener).
+#[derive(Clone, Debug)]
+pub struct ServiceLimits {
+    /// Largest request or response message; the length prefix is checked before anything
+    /// is allocated.
+    pub max_message_bytes: usize,
+    /// Requests other than Raft messages worked on at once; more are refused at once with
+    /// `RESOURCE_EXHAUSTED` (retryable) instead of queueing without bound.
+    pub max_inflight: usize,
+    /// Raft messages handled at once (their own budget, so queries cannot starve
+    /// heartbeats into elections).
+    pub max_inflight_raft: usize,
+}
+
+struct Inner<H> {
+    handler: Arc<H>,
+    limits: ServiceLimits,
+    work: Arc<Semaphore>,
+    raft: Arc<Semaphore>,
+    inflight: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// The tower service tonic's server runs.
+pub struct PeerService<H> {
+    inner: Arc<Inner<H>>,
+}
+
+impl<H> Clone for PeerService<H> {
+    fn clone(&self) -> Self {
+        PeerService {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<H> NamedService for PeerService<H> {
+    const NAME: &'static str = SERVICE;
+}
+
+impl<H: PeerHandler> PeerService<H> {
+    pub fn new(handler: Arc<H>, limits: ServiceLimits) -> Self {
+        let work = Arc::new(Semaphore::new(limits.max_inflight.max(1)));
+        let raft = Arc::new(Semaphore::new(limits.max_inflight_raft.max(1)));
+        PeerService {
+            inner: Arc::new(Inner {
+                handler,
+                limits,
+                work,
+                raft,
+                inflight: Default::default(),
+            }),
+        }
+    }
+
+    /// Requests being worked on now (all kinds).
+    pub fn inflight(&self) -> Arc<std::sync::atomic::AtomicUsize> {
+        self.inner.inflight.clone()
+    }
+}
+
+fn caller_of<T>(req: &Request<T>) -> Caller {
+    let m = req.metadata();
+    let text = |k: &str| {
+        m.get(k)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    Caller {
+        cluster_id: text(HDR_CLUSTER),
+        node_id: text(HDR_NODE).parse().unwrap_or(0),
+        term: text(HDR_TERM).parse().unwrap_or(0),
+    }
+}
+
+/// Refuses a request from another cluster. Only `Hello` and `Join` may come without an id
+/// (a node that has not joined anything yet).
+fn check_cluster(ours: &str, caller: &Caller, anonymous_ok: bool) -> Result<(), Status> {
+    if caller.cluster_id == ours || (anonymous_ok && caller.cluster_id.is_empty()) {
+        return Ok(());
+    }
+    tracing::warn!(
+        ours = %ours,
+        theirs = %caller.cluster_id,
+        from_node = caller.node_id,
+        "refused an RPC from another cluster"
+    );
+    Err(Status::failed_precondition(format!(
+        "{CLUSTER_MISMATCH}: this node is in cluster {ours}, the caller (node {}) is in cluster {}",
+        caller.node_id,
+        if caller.cluster_id.is_empty() {
+            "<none>"
+        } else {
+            &caller.cluster_id
+        }
+    )))
+}
+
+struct InflightGuard(Arc<std::sync::atomic::AtomicUsize>);
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+macro_rules! unary {
+    ($inner:expr, $req:expr, $Req:ty, $Resp:ty, $anon:expr, $raft:expr, |$h:ident, $c:ident, $m:ident| $body:expr) => {{
+        let inner = $inner.clone();
+        Box::pin(async move {
+            let max = inner.limits.max_message_bytes;
+            let svc = tower::service_fn(move |r: Request<$Req>| {
+                let inner = inner.clone();
+                async move {
+                    let $c = caller_of(&r);
+                    check_cluster(&inner.handler.cluster_id(), &$c, $anon)?;
+                    let sem = if $raft { &inner.raft } else { &inner.work };
+                    let _permit = sem.clone().try_acquire_owned().map_err(|_| {
+                        Status::resource_exhausted(if $raft {
+                            "rpc_max_inflight_raft reached; retry"
+                        } else {
+                            "rpc_max_inflight reached; retry"
+                        })
+                    })?;
+                    inner
+                        .inflight
+                        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                    let _g = InflightGuard(inner.inflight.clone());
+                    let $h = inner.handler.clone();
+                    let $m = r.into_inner();
+                    $body.await.map(Response::new)
+                }
+            });
+            let mut grpc = Grpc::new(ProstCodec::<$Resp, $Req>::default())
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max);
+            Ok(grpc.unary(svc, $req).await)
+        })
+    }};
+}
+
+impl<H: PeerHandler, B> Service<http::Request<B>> for PeerService<H>
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        match req.uri().path() {
+            "/shoal.peer.v1.Peer/Hello" => {
+                unary!(
+                    self.inner,
+                    req,
+                    HelloRequest,
+                    HelloReply,
+                    true,
+                    false,
+                    |h, c, _m| h.hello(c)
+                )
+            }
+            "/shoal.peer.v1.Peer/Join" => {
+                unary!(
+                    self.inner,
+                    req,
+                    JoinRequest,
+                    JoinReply,
+                    true,
+                    false,
+                    |h, c, m| h.join(c, m)
+                )
+            }
+            "/shoal.peer.v1.Peer/Raft" => {
+                unary!(
+                    self.inner,
+                    req,
+                    RaftRequest,
+                    BytesReply,
+                    false,
+                    true,
+                    |h, c, m| h.raft(c, m)
+                )
+            }
+            "/shoal.peer.v1.Peer/ForwardMeta" => {
+                unary!(
+                    self.inner,
+                    req,
+                    MetaRequest,
+                    BytesReply,
+                    false,
+                    false,
+                    |h, c, m| h.forward_meta(c, m)
+                )
+            }
+            "/shoal.peer.v1.Peer/Sql" => {
+                unary!(
+                    self.inner,
+                    req,
+                    SqlRequest,
+                    BytesReply,
+                    false,
+                    false,
+                    |h, c, m| h.sql(c, m)
+                )
+            }
+            _ => Box::pin(async { Ok(Status::unimplemented("no such method").into_http()) }),
+        }
+    }
+}
+
+/// A client for one peer over a shared HTTP/2 connection (cloning is cheap).
+#[derive(Clone)]
+pub struct PeerClient {
+    grpc: tonic::client::Grpc<tonic::transport::Channel>,
+    envelope: Arc<parking_lot::RwLock<Caller>>,
+}
+
+impl PeerClient {
+    pub fn new(
+        channel: tonic::transport::Channel,
+        max_message_bytes: usize,
+        envelope: Arc<parking_lot::RwLock<Caller>>,
+    ) -> PeerClient {
+        PeerClient {
+            grpc: tonic::client::Grpc::new(channel)
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(max_message_bytes),
+            envelope,
+        }
+    }
+
+    async fn unary<Q, R>(
+        &mut self,
+        method: &'static str,
+        msg: Q,
+        ttl: Duration,
+    ) -> Result<R, Status>
+    where
+        Q: prost::Message + Send + Sync + 'static,
+        R: prost::Message + Default + Send + Sync + 'static,
+    {
+        self.grpc
+            .ready()
+            .await
+            .map_err(|e| Status::unavailable(format!("connection: {e}")))?;
+        let mut req = Request::new(msg);
+        req.set_timeout(ttl);
+        {
+            let env = self.envelope.read();
+            let m = req.metadata_mut();
+            if let Ok(v) = env.cluster_id.parse() {
+                m.insert(HDR_CLUSTER, v);
+            }
+            if let Ok(v) = env.node_id.to_string().parse() {
+                m.insert(HDR_NODE, v);
+            }
+            if let Ok(v) = env.term.to_string().parse() {
+                m.insert(HDR_TERM, v);
+            }
+        }
+        let path = http::uri::PathAndQuery::from_static(method);
+        let codec = ProstCodec::<Q, R>::default();
+        let call = self.grpc.unary(req, path, codec);
+        match tokio::time::timeout(ttl, call).await {
+            Ok(r) => r.map(Response::into_inner),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "no answer within {ttl:?}"
+            ))),
+        }
+    }
+
+    pub async fn hello(&mut self, ttl: Duration) -> Result<HelloReply, Status> {
+        self.unary("/shoal.peer.v1.Peer/Hello", HelloRequest {}, ttl)
+            .await
+    }
+
+    pub async fn join(&mut self, req: JoinRequest, ttl: Duration) -> Result<JoinReply, Status> {
+        self.unary("/shoal.peer.v1.Peer/Join", req, ttl).await
+    }
+
+    pub async fn raft(&mut self, req: RaftRequest, ttl: Duration) -> Result<BytesReply, Status> {
+        self.unary("/shoal.peer.v1.Peer/Raft", req, ttl).await
+    }
+
+    pub async fn forward_meta(
+        &mut self,
+        req: MetaRequest,
+        ttl: Duration,
+    ) -> Result<BytesReply, Status> {
+        self.unary("/shoal.peer.v1.Peer/ForwardMeta", req, ttl)
+            .await
+    }
+
+    pub async fn sql(&mut self, sql: String, ttl: Duration) -> Result<BytesReply, Status> {
+        self.unary("/shoal.peer.v1.Peer/Sql", SqlRequest { sql }, ttl)
+            .await
+    }
+}
+
+/// A lazily connecting channel to `addr` with Shoal's transport settings.
+pub fn channel(addr: &str, connect_timeout: Duration) -> Result<tonic::transport::Channel, String> {
+    let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
+        .http2_adaptive_window(true);
+    Ok(ep.connect_lazy())
+}

@@ -1,0 +1,217 @@
+//! The bounded RPC server: a connection cap enforced at accept (the excess is closed at
+//! once with a log line), HTTP/2 stream and message-size limits, the service's in-flight
+//! budgets, and a phased shutdown:
+//!
+//! 1. stop accepting (the listener closes) and send GOAWAY on every connection;
+//! 2. let queued and in-flight requests finish, up to `drain_timeout`;
+//! 3. cut whatever is left (every connection's reads and writes fail at once);
+//! 4. join the server task.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::rpc::{PeerHandler, PeerService, ServiceLimits};
+
+#[derive(Clone, Debug)]
+pub struct ServerLimits {
+    pub service: ServiceLimits,
+    /// Connections open at once; the excess is closed at accept.
+    pub max_connections: usize,
+    /// HTTP/2 streams per connection.
+    pub max_streams_per_connection: u32,
+    /// How long shutdown waits for in-flight requests before cutting them.
+    pub drain_timeout: Duration,
+}
+
+/// A connection that holds a slot of the connection cap and can be cut by a kill switch.
+pub struct LimitedConn {
+    io: TcpStream,
+    _permit: OwnedSemaphorePermit,
+    kill: CancellationToken,
+    killed: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl LimitedConn {
+    fn cut(&mut self, cx: &mut Context<'_>) -> bool {
+        self.kill.is_cancelled() || self.killed.as_mut().poll(cx).is_ready()
+    }
+}
+
+impl Connected for LimitedConn {
+    type ConnectInfo = TcpConnectInfo;
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl AsyncRead for LimitedConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        b: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.cut(cx) {
+            return Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, b)
+    }
+}
+
+impl AsyncWrite for LimitedConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        b: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.cut(cx) {
+            return Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
+        }
+        Pin::new(&mut self.io).poll_write(cx, b)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        b: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.cut(cx) {
+            return Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
+        }
+        Pin::new(&mut self.io).poll_write_vectored(cx, b)
+    }
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Accepts connections while fewer than `max` are open; closes the excess at once.
+fn limited_incoming(
+    listener: TcpListener,
+    max: usize,
+    kill: CancellationToken,
+    refused: Arc<AtomicU64>,
+) -> impl futures::Stream<Item = io::Result<LimitedConn>> {
+    let max = max.max(1);
+    let slots = Arc::new(Semaphore::new(max));
+    futures::stream::unfold(
+        (listener, slots, kill, refused),
+        move |(listener, slots, kill, refused)| async move {
+            loop {
+                match listener.accept().await {
+                    Ok((io, peer)) => match slots.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            let _ = io.set_nodelay(true);
+                            let conn = LimitedConn {
+                                io,
+                                _permit: permit,
+                                killed: Box::pin(kill.clone().cancelled_owned()),
+                                kill: kill.clone(),
+                            };
+                            return Some((Ok(conn), (listener, slots, kill, refused)));
+                        }
+                        Err(_) => {
+                            // Log the first refusal and then every 100th, so a flood cannot
+                            // flood the log too.
+                            let n = refused.fetch_add(1, Ordering::Relaxed);
+                            if n % 100 == 0 {
+                                tracing::warn!(%peer, max, refused_total = n + 1, "rpc_max_connections reached; closing new connection");
+                            }
+                            drop(io);
+                        }
+                    },
+                    Err(e) => {
+                        // EMFILE and friends: back off briefly instead of spinning.
+                        tracing::warn!(error = %e, "rpc accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// A running RPC server.
+pub struct RpcServer {
+    pub addr: std::net::SocketAddr,
+    stop: CancellationToken,
+    kill: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    drain_timeout: Duration,
+    pub refused_connections: Arc<AtomicU64>,
+    pub inflight: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl RpcServer {
+    /// Serves `handler` on `listener` until [`RpcServer::shutdown`].
+    pub fn start<H: PeerHandler>(
+        listener: TcpListener,
+        handler: Arc<H>,
+        limits: ServerLimits,
+    ) -> io::Result<RpcServer> {
+        let addr = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let kill = CancellationToken::new();
+        let refused = Arc::new(AtomicU64::new(0));
+        let service = PeerService::new(handler, limits.service.clone());
+        let inflight = service.inflight();
+        let incoming = limited_incoming(
+            listener,
+            limits.max_connections,
+            kill.clone(),
+            refused.clone(),
+        );
+        let serve = tonic::transport::Server::builder()
+            .max_concurrent_streams(limits.max_streams_per_connection)
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
+        let task = tokio::spawn(async move {
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "rpc server stopped");
+            }
+        });
+        Ok(RpcServer {
+            addr,
+            stop,
+            kill,
+            task,
+            drain_timeout: limits.drain_timeout,
+            refused_connections: refused,
+            inflight,
+        })
+    }
+
+    /// Phased shutdown (see the module docs). Returns whether everything finished in time.
+    pub async fn shutdown(mut self) -> bool {
+        self.stop.cancel();
+        let drained = tokio::time::timeout(self.drain_timeout, &mut self.task)
+            .await
+            .is_ok();
+        if !drained {
+            tracing::warn!(
+                drain_timeout_ms = self.drain_timeout.as_millis() as u64,
+                "rpc requests still in flight after the drain timeout; cutting them"
+            );
+            self.kill.cancel();
+            let _ = (&mut self.task).await;
+        }
+        drained
+    }
+}

@@ -1,0 +1,331 @@
+//! The seam between Raft and the wire. Consensus knows nothing about gRPC: it hands the
+//! transport opaque messages (`RaftMessage`) addressed to a node and a group, and the
+//! transport hands back the reply's bytes. The receiving side decodes a message with
+//! [`crate::Registry::handle_raft`].
+//!
+//! Encoding (format version 1, carried by the transport's own envelope):
+//! - append: `header` = JSON `(vote, prev_log_id, leader_commit)`, `entries` = each entry in
+//!   the log's own record format ([`crate::codec`]), so Arrow payloads travel raw;
+//! - vote / pre-vote / transfer-leader: `header` = JSON of the request;
+//! - snapshot: `header` = JSON `(vote, meta)`, `entries` = `[snapshot bytes]`.
+//!
+//! Replies are JSON of openraft's response types.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::errors::{
+    NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable,
+};
+use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use openraft::OptionalSend;
+
+use crate::meta_sm::SnapshotData;
+use crate::{codec, GroupSnapshot, TypeConfig, Vote};
+
+/// Which Raft RPC a message carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RaftRpc {
+    Append = 1,
+    Vote = 2,
+    PreVote = 3,
+    Snapshot = 4,
+    TransferLeader = 5,
+}
+
+impl RaftRpc {
+    pub fn from_u32(v: u32) -> Option<RaftRpc> {
+        Some(match v {
+            1 => RaftRpc::Append,
+            2 => RaftRpc::Vote,
+            3 => RaftRpc::PreVote,
+            4 => RaftRpc::Snapshot,
+            5 => RaftRpc::TransferLeader,
+            _ => return None,
+        })
+    }
+
+    fn rpc_type(self) -> RPCTypes {
+        match self {
+            RaftRpc::Append => RPCTypes::AppendEntries,
+            RaftRpc::Vote | RaftRpc::PreVote => RPCTypes::Vote,
+            RaftRpc::Snapshot => RPCTypes::InstallSnapshot,
+            RaftRpc::TransferLeader => RPCTypes::TransferLeader,
+        }
+    }
+}
+
+/// One Raft message for one group on one node.
+#[derive(Clone, Debug)]
+pub struct RaftMessage {
+    pub group: u32,
+    pub kind: RaftRpc,
+    pub header: Bytes,
+    pub entries: Vec<Bytes>,
+}
+
+/// Why a message did not get an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The peer cannot be reached now (down, partitioned, breaker open, group not hosted
+    /// there yet): Raft backs off before retrying.
+    #[error("node {node} unreachable: {reason}")]
+    Unreachable { node: u64, reason: String },
+    /// No answer within the deadline.
+    #[error("node {node}: no answer within {after:?}")]
+    Timeout { node: u64, after: Duration },
+    /// The peer answered with an error.
+    #[error("node {node}: {reason}")]
+    Remote { node: u64, reason: String },
+}
+
+/// What consensus needs from the wire.
+#[async_trait::async_trait]
+pub trait RaftTransport: Send + Sync + 'static {
+    /// Sends `msg` to `target` (whose last known RPC address Raft membership records as
+    /// `addr_hint`) and waits up to `ttl` for the reply's bytes.
+    async fn send_raft(
+        &self,
+        target: u64,
+        addr_hint: &str,
+        msg: RaftMessage,
+        ttl: Duration,
+    ) -> Result<Bytes, TransportError>;
+
+    /// Forwards a group-0 command to `target` (the leader) and returns the JSON of
+    /// [`crate::registry::ForwardedWrite`].
+    async fn forward_meta(&self, target: u64, command: Bytes) -> Result<Bytes, TransportError>;
+}
+
+/// A transport for a node that has no peers: every send fails as unreachable. A group
+/// whose only voter is this node never sends anything.
+pub struct NoTransport;
+
+#[async_trait::async_trait]
+impl RaftTransport for NoTransport {
+    async fn send_raft(
+        &self,
+        target: u64,
+        _addr_hint: &str,
+        _msg: RaftMessage,
+        _ttl: Duration,
+    ) -> Result<Bytes, TransportError> {
+        Err(TransportError::Unreachable {
+            node: target,
+            reason: "this node has no transport to peers".into(),
+        })
+    }
+
+    async fn forward_meta(&self, target: u64, _command: Bytes) -> Result<Bytes, TransportError> {
+        Err(TransportError::Unreachable {
+            node: target,
+            reason: "this node has no transport to peers".into(),
+        })
+    }
+}
+
+/// The network of one group: one instance per (group, target) pair, all sharing the
+/// node's transport and so its connections.
+#[derive(Clone)]
+pub struct GroupNetwork {
+    transport: Arc<dyn RaftTransport>,
+    group: u32,
+    target: u64,
+    addr: String,
+    from: u64,
+}
+
+/// Makes [`GroupNetwork`]s for one group.
+#[derive(Clone)]
+pub struct GroupNetworkFactory {
+    pub transport: Arc<dyn RaftTransport>,
+    pub group: u32,
+    pub node_id: u64,
+}
+
+impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
+    type Network = GroupNetwork;
+
+    async fn new_client(&mut self, target: u64, node: &openraft::impls::BasicNode) -> GroupNetwork {
+        GroupNetwork {
+            transport: self.transport.clone(),
+            group: self.group,
+            target,
+            addr: node.addr.clone(),
+            from: self.node_id,
+        }
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Bytes {
+    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+}
+
+impl GroupNetwork {
+    async fn call<R: serde::de::DeserializeOwned>(
+        &self,
+        kind: RaftRpc,
+        header: Bytes,
+        entries: Vec<Bytes>,
+        option: &RPCOption,
+    ) -> Result<R, RPCError<TypeConfig>> {
+        let msg = RaftMessage {
+            group: self.group,
+            kind,
+            header,
+            entries,
+        };
+        let ttl = option.hard_ttl();
+        match self
+            .transport
+            .send_raft(self.target, &self.addr, msg, ttl)
+            .await
+        {
+            Ok(body) => {
+                serde_json::from_slice(&body).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+            }
+            Err(TransportError::Timeout { .. }) => Err(RPCError::Timeout(Timeout {
+                action: kind.rpc_type(),
+                id: self.from,
+                target: self.target,
+                timeout: ttl,
+            })),
+            Err(e @ TransportError::Unreachable { .. }) => {
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+            Err(e @ TransportError::Remote { .. }) => Err(RPCError::Network(NetworkError::new(&e))),
+        }
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for GroupNetwork {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let header = json(&(&rpc.vote, &rpc.prev_log_id, &rpc.leader_commit));
+        let entries = rpc.entries.iter().map(codec::encode).collect();
+        self.call(RaftRpc::Append, header, entries, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(RaftRpc::Vote, json(&rpc), vec![], &option).await
+    }
+
+    /// Pre-vote must really ask the peer: openraft's default grants blindly, which lets a
+    /// partitioned node that rejoins disrupt a healthy leader.
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(RaftRpc::PreVote, json(&rpc), vec![], &option)
+            .await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(RaftRpc::TransferLeader, json(&req), vec![], &option)
+            .await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: GroupSnapshot,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        if snapshot.snapshot.dir.is_some() {
+            // A vshard snapshot is a directory of Parquet parts; shipping it is part of
+            // replicated vshards, which this build does not have yet.
+            return Err(StreamingError::Unreachable(Unreachable::from_string(
+                "vshard snapshots cannot be shipped yet",
+            )));
+        }
+        let header = json(&(&vote, &snapshot.meta));
+        let body = Bytes::from(snapshot.snapshot.meta);
+        let send = self.call::<SnapshotResponse<TypeConfig>>(
+            RaftRpc::Snapshot,
+            header,
+            vec![body],
+            &option,
+        );
+        tokio::select! {
+            r = send => r.map_err(|e| match e {
+                RPCError::Timeout(t) => StreamingError::Timeout(t),
+                RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+                RPCError::Network(n) => StreamingError::Network(n),
+                other => StreamingError::Network(NetworkError::from_string(other)),
+            }),
+            closed = cancel => Err(StreamingError::Closed(closed)),
+        }
+    }
+}
+
+/// A decoded inbound message, ready for a group's `Raft` handle.
+pub(crate) enum Inbound {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<TypeConfig>),
+    PreVote(VoteRequest<TypeConfig>),
+    Snapshot(Vote, GroupSnapshot),
+    TransferLeader(TransferLeaderRequest<TypeConfig>),
+}
+
+pub(crate) fn decode_inbound(msg: &RaftMessage) -> Result<Inbound, String> {
+    let bad = |e: &dyn std::fmt::Display| format!("bad {:?} message: {e}", msg.kind);
+    Ok(match msg.kind {
+        RaftRpc::Append => {
+            let (vote, prev_log_id, leader_commit) =
+                serde_json::from_slice(&msg.header).map_err(|e| bad(&e))?;
+            let entries = msg
+                .entries
+                .iter()
+                .map(codec::decode)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(&e))?;
+            Inbound::Append(AppendEntriesRequest {
+                vote,
+                prev_log_id,
+                entries,
+                leader_commit,
+            })
+        }
+        RaftRpc::Vote => Inbound::Vote(serde_json::from_slice(&msg.header).map_err(|e| bad(&e))?),
+        RaftRpc::PreVote => {
+            Inbound::PreVote(serde_json::from_slice(&msg.header).map_err(|e| bad(&e))?)
+        }
+        RaftRpc::TransferLeader => {
+            Inbound::TransferLeader(serde_json::from_slice(&msg.header).map_err(|e| bad(&e))?)
+        }
+        RaftRpc::Snapshot => {
+            let (vote, meta) = serde_json::from_slice(&msg.header).map_err(|e| bad(&e))?;
+            let data = msg.entries.first().cloned().unwrap_or_default();
+            Inbound::Snapshot(
+                vote,
+                GroupSnapshot {
+                    meta,
+                    snapshot: SnapshotData {
+                        meta: data.to_vec(),
+                        dir: None,
+                    },
+                },
+            )
+        }
+    })
+}

@@ -1,0 +1,381 @@
+//! A node's place in its cluster: binding and advertising the inter-node addresses,
+//! joining through seeds (or bootstrapping), answering peers' RPCs, and the maintenance
+//! loop that keeps group 0's node registry, Raft membership and SWIM in step.
+//!
+//! Join protocol (a new node, empty data directory, `--join a,b`):
+//! 1. `Join{token, addresses}` to each seed in turn until one answers; the seed proposes
+//!    `AddNode` to group 0 (forwarding to the leader), which assigns the node id.
+//! 2. The node records `{cluster id, node id}` in `node.json`, then starts its groups:
+//!    group 0 uninitialized, waiting for the leader.
+//! 3. The leader's reconciler adds the node to group 0 as a learner, replicates the
+//!    catalog to it, promotes it to voter once caught up (up to `max_voters`) and marks it
+//!    ACTIVE. The node is ready when it has caught up.
+//!
+//! A retried `Join` with the same token answers the same id. Seeds never start anything:
+//! if no seed answers within `join_timeout_ms` the node exits, naming each seed's error.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use shoal_cluster::rpc::{
+    BytesReply, Caller, HelloReply, JoinReply, JoinRequest, MetaRequest, RaftRequest, SqlRequest,
+    CLUSTER_MISMATCH,
+};
+use shoal_cluster::swim::{MemberState, NodeIdentity as SwimIdentity};
+use shoal_cluster::{Membership, PeerHandler, Peers};
+use shoal_consensus::transport::{RaftMessage, RaftRpc};
+use shoal_consensus::{ClusterOp, Command, NodeAddrs, NodeState, Registry, Response};
+use shoal_query::{QueryEngine, QueryOptions, QueryOutput};
+use tokio::net::{TcpListener, UdpSocket};
+use tonic::Status;
+
+use crate::config::NodeConfig;
+
+/// The inter-node sockets, bound before anything else so their addresses can be advertised.
+pub struct Bound {
+    pub rpc: TcpListener,
+    pub gossip: UdpSocket,
+    pub gossip_addr: SocketAddr,
+}
+
+/// The address to advertise for a socket bound at `bound`.
+pub fn advertise(bound: SocketAddr, configured: &str, key: &str) -> Result<String, String> {
+    if !configured.is_empty() {
+        return Ok(configured.to_string());
+    }
+    if bound.ip().is_unspecified() {
+        return Err(format!(
+            "{key} is bound to {bound}, which peers cannot dial; set advertise_{key} to an address they can reach"
+        ));
+    }
+    Ok(bound.to_string())
+}
+
+pub async fn bind(cfg: &NodeConfig) -> Result<Bound, String> {
+    let rpc = TcpListener::bind(&cfg.rpc_addr)
+        .await
+        .map_err(|e| format!("cannot listen on rpc_addr {}: {e}", cfg.rpc_addr))?;
+    let gossip = UdpSocket::bind(&cfg.gossip_addr)
+        .await
+        .map_err(|e| format!("cannot bind gossip_addr {}: {e}", cfg.gossip_addr))?;
+    let bound = gossip.local_addr().map_err(|e| e.to_string())?;
+    let gossip_addr: SocketAddr = advertise(bound, &cfg.advertise_gossip_addr, "gossip_addr")?
+        .parse()
+        .map_err(|e| format!("advertise_gossip_addr must be ip:port: {e}"))?;
+    Ok(Bound {
+        rpc,
+        gossip,
+        gossip_addr,
+    })
+}
+
+fn status_of(e: shoal_consensus::Error) -> Status {
+    use shoal_consensus::Error as E;
+    match e {
+        // The peer is healthy but cannot do this now: retryable, and not a transport
+        // failure (it must not open the caller's circuit breaker).
+        E::NotLeader { .. } | E::Unavailable { .. } => Status::aborted(e.to_string()),
+        E::Rejected(m) => Status::invalid_argument(m),
+        E::DiskFull(m) => Status::resource_exhausted(m),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+/// What a node's RPC handler knows.
+pub struct Shared {
+    pub cluster_id: String,
+    pub node_id: u64,
+    pub vshards: u32,
+    pub generation: u64,
+    pub addrs: NodeAddrs,
+    pub gossip_addr: SocketAddr,
+    pub registry: OnceLock<Arc<Registry>>,
+    pub engine: OnceLock<Arc<QueryEngine>>,
+}
+
+impl Shared {
+    fn registry(&self) -> Result<&Arc<Registry>, Status> {
+        self.registry
+            .get()
+            .ok_or_else(|| Status::aborted("the node is still starting"))
+    }
+}
+
+#[async_trait::async_trait]
+impl PeerHandler for Shared {
+    fn cluster_id(&self) -> String {
+        self.cluster_id.clone()
+    }
+
+    async fn hello(&self, _caller: Caller) -> Result<HelloReply, Status> {
+        let view = self
+            .registry
+            .get()
+            .map(|r| r.meta_view())
+            .unwrap_or_default();
+        Ok(HelloReply {
+            cluster_id: self.cluster_id.clone(),
+            node_id: self.node_id,
+            vshards: self.vshards,
+            rpc_addr: self.addrs.rpc.clone(),
+            gossip_addr: self.gossip_addr.to_string(),
+            generation: self.generation,
+            meta_leader: view.leader.unwrap_or(0),
+            meta_term: view.term,
+        })
+    }
+
+    async fn join(&self, _caller: Caller, req: JoinRequest) -> Result<JoinReply, Status> {
+        let registry = self.registry()?;
+        let addrs = NodeAddrs {
+            rpc: req.rpc_addr,
+            gossip: req.gossip_addr,
+            http: req.http_addr,
+            pg: req.pg_addr,
+        };
+        if addrs.rpc.is_empty() || addrs.gossip.is_empty() {
+            return Err(Status::invalid_argument(
+                "a join needs rpc and gossip addresses",
+            ));
+        }
+        let op = ClusterOp::AddNode {
+            id: 0,
+            token: req.token,
+            addrs: addrs.clone(),
+            state: NodeState::Joining,
+        };
+        match registry
+            .propose_meta(Command::Cluster(op))
+            .await
+            .map_err(status_of)?
+        {
+            Response::Node { id } => {
+                tracing::info!(node = id, rpc = %addrs.rpc, "registered a joining node");
+                Ok(JoinReply {
+                    cluster_id: self.cluster_id.clone(),
+                    node_id: id,
+                    vshards: self.vshards,
+                })
+            }
+            Response::Rejected(m) => Err(Status::failed_precondition(m)),
+            other => Err(Status::internal(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    async fn raft(&self, _caller: Caller, req: RaftRequest) -> Result<BytesReply, Status> {
+        let registry = self.registry()?;
+        let kind = RaftRpc::from_u32(req.kind).ok_or_else(|| {
+            Status::invalid_argument(format!("unknown Raft message kind {}", req.kind))
+        })?;
+        let msg = RaftMessage {
+            group: req.group,
+            kind,
+            header: req.header,
+            entries: req.entries,
+        };
+        let body = registry.handle_raft(msg).await.map_err(status_of)?;
+        Ok(BytesReply { body })
+    }
+
+    async fn forward_meta(&self, _caller: Caller, req: MetaRequest) -> Result<BytesReply, Status> {
+        let registry = self.registry()?;
+        let body = registry
+            .handle_forwarded_meta(&req.command)
+            .await
+            .map_err(status_of)?;
+        Ok(BytesReply { body })
+    }
+
+    async fn sql(&self, _caller: Caller, req: SqlRequest) -> Result<BytesReply, Status> {
+        let engine = self
+            .engine
+            .get()
+            .ok_or_else(|| Status::aborted("the node is still starting"))?;
+        let out = engine
+            .execute(&req.sql, &QueryOptions::default())
+            .await
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let body = match out {
+            QueryOutput::Rows { schema, batches } => {
+                crate::format::to_json(&schema, &batches).map_err(Status::internal)?
+            }
+            QueryOutput::Command { tag, rows } => {
+                serde_json::to_vec(&serde_json::json!({"command": tag, "rows": rows}))
+                    .unwrap_or_default()
+            }
+        };
+        Ok(BytesReply { body: body.into() })
+    }
+}
+
+fn join_token() -> u64 {
+    let mut b = shoal_common::time::now_nanos().to_le_bytes().to_vec();
+    b.extend_from_slice(&std::process::id().to_le_bytes());
+    shoal_common::hash::partition_hash(&b) | 1
+}
+
+/// Joins through the seeds; returns the cluster's answer. Never bootstraps.
+pub async fn join(
+    peers: &Peers,
+    seeds: &[String],
+    addrs: &NodeAddrs,
+    timeout: Duration,
+) -> Result<JoinReply, String> {
+    let token = join_token();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut backoff = Duration::from_millis(200);
+    let mut errors: Vec<(String, String)> =
+        seeds.iter().map(|s| (s.clone(), String::new())).collect();
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        for (seed, last) in errors.iter_mut() {
+            let req = JoinRequest {
+                token,
+                rpc_addr: addrs.rpc.clone(),
+                gossip_addr: addrs.gossip.clone(),
+                http_addr: addrs.http.clone(),
+                pg_addr: addrs.pg.clone(),
+            };
+            let r = match peers.client_for_addr(seed) {
+                Ok(mut c) => c
+                    .join(req, Duration::from_secs(15))
+                    .await
+                    .map_err(|s| s.message().to_string()),
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(reply) => {
+                    tracing::info!(seed = %seed, node_id = reply.node_id, cluster_id = %reply.cluster_id, "joined the cluster");
+                    return Ok(reply);
+                }
+                Err(e) => {
+                    tracing::warn!(seed = %seed, attempt, error = %e, "seed not usable; trying the next");
+                    *last = e;
+                }
+            }
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            let detail: Vec<String> = errors.iter().map(|(s, e)| format!("{s}: {e}")).collect();
+            return Err(format!(
+                "could not join through any seed within {} ms ({} attempts): {}",
+                timeout.as_millis(),
+                attempt,
+                detail.join("; ")
+            ));
+        }
+        let jitter = Duration::from_millis(join_token() % 100);
+        tokio::time::sleep((backoff + jitter).min(deadline - now)).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// A node with data checks that its seeds are in its own cluster: any seed that answers
+/// with another cluster id makes the start fail. Unreachable seeds are only logged.
+pub async fn check_seeds(peers: &Peers, seeds: &[String], cluster_id: &str) -> Result<(), String> {
+    for seed in seeds {
+        let r = match peers.client_for_addr(seed) {
+            Ok(mut c) => c.hello(Duration::from_secs(3)).await,
+            Err(e) => return Err(e),
+        };
+        match r {
+            Ok(h) if h.cluster_id != cluster_id => {
+                return Err(format!(
+                    "this node's data belongs to cluster {cluster_id}, but seed {seed} is in cluster {}; refusing to join another cluster",
+                    h.cluster_id
+                ))
+            }
+            Ok(_) => {}
+            Err(s) if s.message().starts_with(CLUSTER_MISMATCH) => {
+                return Err(format!(
+                    "this node's data belongs to cluster {cluster_id}, but seed {seed} refused it: {}",
+                    s.message()
+                ))
+            }
+            Err(s) => tracing::warn!(seed = %seed, error = %s.message(), "seed unreachable; continuing"),
+        }
+    }
+    Ok(())
+}
+
+/// Runs until aborted: keeps this node registered with its current addresses, lets the
+/// group-0 leader reconcile Raft membership with the registry, keeps the RPC envelope's
+/// term current, and introduces SWIM to registered nodes it does not see alive.
+pub fn spawn_maintenance(
+    shared: Arc<Shared>,
+    registry: Arc<Registry>,
+    membership: Arc<Membership>,
+    envelope: Arc<RwLock<Caller>>,
+    bootstrap: bool,
+    max_voters: usize,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut round: u64 = 0;
+        loop {
+            tick.tick().await;
+            round += 1;
+            let view = registry.meta_view();
+            envelope.write().term = view.term;
+            if !view.caught_up {
+                continue;
+            }
+            let me = shared.node_id;
+            let entry = registry.catalog().read().nodes.get(&me).cloned();
+            let op = match entry {
+                None => Some(ClusterOp::AddNode {
+                    id: me,
+                    token: 0,
+                    addrs: shared.addrs.clone(),
+                    state: if bootstrap {
+                        NodeState::Active
+                    } else {
+                        NodeState::Joining
+                    },
+                }),
+                Some(n) if n.addrs != shared.addrs => Some(ClusterOp::UpdateAddrs {
+                    id: me,
+                    addrs: shared.addrs.clone(),
+                }),
+                Some(_) => None,
+            };
+            if let Some(op) = op {
+                if let Err(e) = registry.propose_meta(Command::Cluster(op)).await {
+                    tracing::debug!(error = %e, "registering this node's addresses; will retry");
+                }
+            }
+            if let Err(e) = registry.reconcile_members(max_voters).await {
+                tracing::debug!(error = %e, "reconciling group 0 membership; will retry");
+            }
+            // Every 2 s: announce to registered nodes SWIM does not see alive (a fresh
+            // start, a healed partition, a node back from the dead).
+            if round % 8 == 1 {
+                let nodes = registry.catalog().read().nodes.clone();
+                for n in nodes.values() {
+                    if n.id == me || n.state == NodeState::Decommissioned {
+                        continue;
+                    }
+                    if matches!(
+                        membership.state_of(n.id),
+                        Some(MemberState::Alive | MemberState::Suspect)
+                    ) {
+                        continue;
+                    }
+                    if let Ok(addr) = n.addrs.gossip.parse() {
+                        membership
+                            .announce(SwimIdentity {
+                                node_id: n.id,
+                                gossip_addr: addr,
+                                generation: 0,
+                            })
+                            .await;
+                    }
+                }
+            }
+        }
+    })
+}
