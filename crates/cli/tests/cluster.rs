@@ -27,8 +27,17 @@ where
 
 /// `SHOW NODES` as (id, lifecycle, swim state, group-0 role) rows.
 async fn nodes(n: &Node) -> Vec<(u64, String, String, String)> {
+    nodes_full(n)
+        .await
+        .into_iter()
+        .map(|(a, b, c, d, _)| (a, b, c, d))
+        .collect()
+}
+
+/// Like [`nodes`], plus this node's circuit-breaker state towards each node.
+async fn nodes_full(n: &Node) -> Vec<(u64, String, String, String, String)> {
     let (status, v) = n
-        .sql("SELECT node_id, lifecycle, state, group0_role FROM system.nodes ORDER BY node_id")
+        .sql("SELECT node_id, lifecycle, state, group0_role, breaker FROM system.nodes ORDER BY node_id")
         .await;
     if status != 200 {
         return vec![];
@@ -43,6 +52,7 @@ async fn nodes(n: &Node) -> Vec<(u64, String, String, String)> {
                         r[1].as_str().unwrap_or("").to_string(),
                         r[2].as_str().unwrap_or("").to_string(),
                         r[3].as_str().unwrap_or("").to_string(),
+                        r[4].as_str().unwrap_or("").to_string(),
                     )
                 })
                 .collect()
@@ -164,11 +174,21 @@ async fn three_nodes_form_one_cluster_survive_the_leader_and_take_it_back() {
     })
     .await;
     println!("killed node declared DEAD after {dead_after:?}");
-    eventually("a new group-0 leader", || async {
+    let new_leader = eventually("a new group-0 leader", || async {
         nodes(&c[oi])
             .await
             .iter()
-            .any(|r| r.0 != leader && r.3 == "leader")
+            .find(|r| r.0 != leader && r.3 == "leader")
+            .map(|r| r.0)
+    })
+    .await;
+    let nl = c.iter().position(|n| n.node_id == new_leader).expect("new leader");
+    // The new leader's heartbeats to the dead node fail: its breaker opens.
+    eventually("breaker to the dead node open", || async {
+        nodes_full(&c[nl])
+            .await
+            .iter()
+            .any(|r| r.0 == leader && r.4 == "open")
             .then_some(())
     })
     .await;
@@ -193,6 +213,14 @@ async fn three_nodes_form_one_cluster_survive_the_leader_and_take_it_back() {
             .await
             .iter()
             .any(|r| r.0 == leader && r.2 == "ALIVE")
+            .then_some(())
+    })
+    .await;
+    eventually("breaker to the restarted node closed again", || async {
+        nodes_full(&c[nl])
+            .await
+            .iter()
+            .any(|r| r.0 == leader && r.4 == "closed")
             .then_some(())
     })
     .await;

@@ -235,8 +235,18 @@ impl Drop for InflightGuard {
     }
 }
 
+/// Which in-flight budget a method draws from.
+enum Budget {
+    /// Joins, forwarded writes, SQL: `rpc_max_inflight`.
+    Work,
+    /// Raft messages: `rpc_max_inflight_raft`.
+    Raft,
+    /// `Hello` (constant work; health probes must not be shed).
+    Free,
+}
+
 macro_rules! unary {
-    ($inner:expr, $req:expr, $Req:ty, $Resp:ty, $anon:expr, $raft:expr, |$h:ident, $c:ident, $m:ident| $body:expr) => {{
+    ($inner:expr, $req:expr, $Req:ty, $Resp:ty, $anon:expr, $budget:expr, |$h:ident, $c:ident, $m:ident| $body:expr) => {{
         let inner = $inner.clone();
         Box::pin(async move {
             let max = inner.limits.max_message_bytes;
@@ -245,14 +255,15 @@ macro_rules! unary {
                 async move {
                     let $c = caller_of(&r);
                     check_cluster(&inner.handler.cluster_id(), &$c, $anon)?;
-                    let sem = if $raft { &inner.raft } else { &inner.work };
-                    let _permit = sem.clone().try_acquire_owned().map_err(|_| {
-                        Status::resource_exhausted(if $raft {
-                            "rpc_max_inflight_raft reached; retry"
-                        } else {
-                            "rpc_max_inflight reached; retry"
-                        })
-                    })?;
+                    let _permit = match $budget {
+                        Budget::Work => Some(inner.work.clone().try_acquire_owned().map_err(|_| {
+                            Status::resource_exhausted("rpc_max_inflight reached; retry")
+                        })?),
+                        Budget::Raft => Some(inner.raft.clone().try_acquire_owned().map_err(|_| {
+                            Status::resource_exhausted("rpc_max_inflight_raft reached; retry")
+                        })?),
+                        Budget::Free => None,
+                    };
                     inner
                         .inflight
                         .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -292,7 +303,7 @@ where
                     HelloRequest,
                     HelloReply,
                     true,
-                    false,
+                    Budget::Free,
                     |h, c, _m| h.hello(c)
                 )
             }
@@ -303,7 +314,7 @@ where
                     JoinRequest,
                     JoinReply,
                     true,
-                    false,
+                    Budget::Work,
                     |h, c, m| h.join(c, m)
                 )
             }
@@ -314,7 +325,7 @@ where
                     RaftRequest,
                     BytesReply,
                     false,
-                    true,
+                    Budget::Raft,
                     |h, c, m| h.raft(c, m)
                 )
             }
@@ -325,7 +336,7 @@ where
                     MetaRequest,
                     BytesReply,
                     false,
-                    false,
+                    Budget::Work,
                     |h, c, m| h.forward_meta(c, m)
                 )
             }
@@ -336,7 +347,7 @@ where
                     SqlRequest,
                     BytesReply,
                     false,
-                    false,
+                    Budget::Work,
                     |h, c, m| h.sql(c, m)
                 )
             }

@@ -20,5 +20,5 @@ pub mod write;
 pub use engine::{QueryEngine, QueryOptions, QueryOutput, ReadConsistency};
 pub use error::{ErrorKind, QueryError};
 pub use session::{split_statements, Session, TxStatus};
-pub use system::{Liveness, NodeInfo};
+pub use system::{Lookup, NodeInfo};
 pub use write::{WriteOutcome, Writer};

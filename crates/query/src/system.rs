@@ -21,14 +21,23 @@ pub struct NodeInfo {
     pub pg_addr: String,
     pub rpc_addr: String,
     pub gossip_addr: String,
-    pub liveness: Liveness,
+    /// A node's SWIM state (`ALIVE`, `SUSPECT`, `DEAD`, `LEFT`).
+    pub liveness: Lookup,
+    /// This node's circuit breaker towards a node (`closed`, `open`, `half_open`).
+    pub breaker: Lookup,
 }
 
-/// Looks up a node's SWIM state (`ALIVE`, `SUSPECT`, `DEAD`, `LEFT`); `None` = unknown.
+/// Looks up a per-node string; `None` = unknown.
 #[derive(Clone, Default)]
-pub struct Liveness(pub Option<Arc<dyn Fn(u64) -> Option<&'static str> + Send + Sync>>);
+pub struct Lookup(pub Option<Arc<dyn Fn(u64) -> Option<&'static str> + Send + Sync>>);
 
-impl fmt::Debug for Liveness {
+impl Lookup {
+    fn get(&self, id: u64) -> Option<String> {
+        self.0.as_ref().and_then(|f| f(id)).map(str::to_string)
+    }
+}
+
+impl fmt::Debug for Lookup {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Liveness")
     }
@@ -99,12 +108,7 @@ impl SystemSchema {
             if id == me {
                 return Some("ALIVE".into());
             }
-            self.node
-                .liveness
-                .0
-                .as_ref()
-                .and_then(|f| f(id))
-                .map(str::to_string)
+            self.node.liveness.get(id)
         };
         build(vec![
             ("node_id", u64s(rows.iter().map(|n| Some(n.id)).collect())),
@@ -132,6 +136,14 @@ impl SystemSchema {
             (
                 "group0_role",
                 strs(rows.iter().map(|n| Some(role(n.id).into())).collect()),
+            ),
+            (
+                "breaker",
+                strs(
+                    rows.iter()
+                        .map(|n| if n.id == me { None } else { self.node.breaker.get(n.id) })
+                        .collect(),
+                ),
             ),
             (
                 "is_self",

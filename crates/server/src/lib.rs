@@ -362,7 +362,11 @@ async fn run(
     };
     let liveness = {
         let m = membership.clone();
-        shoal_query::Liveness(Some(Arc::new(move |id| m.state_of(id).map(|s| s.as_str()))))
+        shoal_query::Lookup(Some(Arc::new(move |id| m.state_of(id).map(|s| s.as_str()))))
+    };
+    let breaker = {
+        let p = peers.clone();
+        shoal_query::Lookup(Some(Arc::new(move |id| p.breaker(id).map(|b| b.as_str()))))
     };
     let node = shoal_query::NodeInfo {
         http_addr: addrs.http.clone(),
@@ -370,6 +374,7 @@ async fn run(
         rpc_addr: addrs.rpc.clone(),
         gossip_addr: addrs.gossip.clone(),
         liveness,
+        breaker,
     };
     let _ = (http_addr, pg_addr);
     let engine = Arc::new(QueryEngine::new(registry.clone(), partitions, node));

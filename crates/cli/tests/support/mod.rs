@@ -197,6 +197,24 @@ impl Node {
         c.wait().expect("wait")
     }
 
+    /// Sends SIGTERM and returns at once (see [`Node::wait_exit`]).
+    pub fn terminate(&self) {
+        if let Some(c) = self.child.as_ref() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+        }
+    }
+
+    /// Waits (without blocking the async runtime) for the process to exit.
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        tokio::task::spawn_blocking(move || c.wait().expect("wait"))
+            .await
+            .expect("join")
+    }
+
     /// Starts the node again on the same data directory (new port).
     pub async fn restart(&mut self) {
         self.kill9();
