@@ -98,7 +98,7 @@ impl Rng {
 }
 
 /// Generates `rows` ticks as line-protocol lines, in time order.
-fn generate(rows: u64, symbols: u32, seed: u64) -> Vec<String> {
+pub(crate) fn generate(rows: u64, symbols: u32, seed: u64) -> Vec<String> {
     const START_NS: i64 = 1_704_153_600_000_000_000; // 2024-01-02T00:00:00Z
     const SPAN_NS: i64 = 86_400_000_000_000;
     let mut rng = Rng(seed);

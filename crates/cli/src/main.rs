@@ -1,8 +1,9 @@
 //! The `shoal` binary: `shoal start` runs a node; `shoal sql` talks to one; `shoal bench`
-//! loads and queries one and prints numbers.
+//! loads and queries one and prints numbers; `shoal demo` runs a local cluster.
 
 mod bench;
 mod client;
+mod demo;
 mod start;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +25,8 @@ enum Command {
     Start(Box<start::StartArgs>),
     /// Run SQL against a node: one statement as an argument, or an interactive shell.
     Sql(client::SqlArgs),
+    /// Start an N-node cluster on loopback with sample data, to try clustering.
+    Demo(demo::DemoArgs),
     /// Benchmark a running node: `bench ingest` (line protocol) or `bench query` (Q1–Q5).
     Bench(bench::BenchArgs),
 }
@@ -44,6 +47,7 @@ fn main() -> std::process::ExitCode {
         Command::Start(args) => runtime.block_on(start::run(*args)),
         Command::Sql(args) => runtime.block_on(client::run(args)),
         Command::Bench(args) => runtime.block_on(bench::run(args)),
+        Command::Demo(args) => runtime.block_on(demo::run(args)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -226,7 +226,7 @@ pub async fn run(args: StartArgs) -> Result<(), String> {
     }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

@@ -51,7 +51,11 @@ async fn a_connection_flood_is_capped_and_the_node_keeps_serving() {
     // …and said why it closed the excess.
     let deadline = Instant::now() + DEADLINE;
     while !node.stderr_text().contains("rpc_max_connections reached") {
-        assert!(Instant::now() < deadline, "no log line: {}", node.stderr_text());
+        assert!(
+            Instant::now() < deadline,
+            "no log line: {}",
+            node.stderr_text()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // With every slot taken by the flood, a new peer cannot get in.
@@ -85,7 +89,9 @@ async fn a_message_claiming_a_gigabyte_is_refused_before_allocating() {
     let tmp = tempfile::tempdir().expect("tmp");
     let node = Node::start(tmp.path(), &["--rpc-max-message-bytes", "1048576"]).await;
     let before = rss_kib(node.pid());
-    let tcp = tokio::net::TcpStream::connect(&node.rpc_addr).await.expect("connect");
+    let tcp = tokio::net::TcpStream::connect(&node.rpc_addr)
+        .await
+        .expect("connect");
     let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
     tokio::spawn(async move {
         let _ = conn.await;
@@ -167,14 +173,19 @@ async fn the_inflight_budget_refuses_the_excess_and_shutdown_lets_inflight_work_
                         Err(s) if s.code() == tonic::Code::ResourceExhausted => {
                             long_call = spawn_long(long.clone());
                         }
-                        other => panic!("the long statement ended before the budget was seen full: {other:?}"),
+                        other => panic!(
+                            "the long statement ended before the budget was seen full: {other:?}"
+                        ),
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
     };
-    assert!(refused.message().contains("rpc_max_inflight"), "{refused:?}");
+    assert!(
+        refused.message().contains("rpc_max_inflight"),
+        "{refused:?}"
+    );
     // Shut the node down with the long statement in flight: it completes.
     assert!(!long_call.is_finished(), "long statement ended too early");
     node.terminate();

@@ -256,12 +256,16 @@ macro_rules! unary {
                     let $c = caller_of(&r);
                     check_cluster(&inner.handler.cluster_id(), &$c, $anon)?;
                     let _permit = match $budget {
-                        Budget::Work => Some(inner.work.clone().try_acquire_owned().map_err(|_| {
-                            Status::resource_exhausted("rpc_max_inflight reached; retry")
-                        })?),
-                        Budget::Raft => Some(inner.raft.clone().try_acquire_owned().map_err(|_| {
-                            Status::resource_exhausted("rpc_max_inflight_raft reached; retry")
-                        })?),
+                        Budget::Work => {
+                            Some(inner.work.clone().try_acquire_owned().map_err(|_| {
+                                Status::resource_exhausted("rpc_max_inflight reached; retry")
+                            })?)
+                        }
+                        Budget::Raft => {
+                            Some(inner.raft.clone().try_acquire_owned().map_err(|_| {
+                                Status::resource_exhausted("rpc_max_inflight_raft reached; retry")
+                            })?)
+                        }
                         Budget::Free => None,
                     };
                     inner

@@ -124,6 +124,9 @@ fn raft_config(
         election_timeout_min: cfg.election_timeout_min_ms,
         election_timeout_max: cfg.election_timeout_max_ms,
         snapshot_policy: policy,
+        // A node that was paused, partitioned or restarted asks before it campaigns, so it
+        // cannot inflate its term and depose a healthy leader when it comes back.
+        enable_pre_vote: Some(true),
         // A flush makes the log below it redundant on this replica.
         max_in_snapshot_log_to_keep: 0,
         purge_batch_size: 1,

@@ -137,11 +137,22 @@ impl SystemSchema {
                 "group0_role",
                 strs(rows.iter().map(|n| Some(role(n.id).into())).collect()),
             ),
+            // This node's view of group 0's term (the same in every row).
+            (
+                "group0_term",
+                u64s(rows.iter().map(|_| Some(view.term)).collect()),
+            ),
             (
                 "breaker",
                 strs(
                     rows.iter()
-                        .map(|n| if n.id == me { None } else { self.node.breaker.get(n.id) })
+                        .map(|n| {
+                            if n.id == me {
+                                None
+                            } else {
+                                self.node.breaker.get(n.id)
+                            }
+                        })
                         .collect(),
                 ),
             ),

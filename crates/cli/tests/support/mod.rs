@@ -58,6 +58,14 @@ impl Node {
         node
     }
 
+    /// A node bound to the given rpc and gossip addresses. Does not wait for readiness.
+    pub fn spawn_bound(data_dir: &Path, rpc: &str, gossip: &str, extra: &[&str]) -> Node {
+        let mut node = Node::new(data_dir, extra, false);
+        node.binds = (rpc.to_string(), gossip.to_string());
+        node.spawn();
+        node
+    }
+
     fn new(data_dir: &Path, extra: &[&str], pinned: bool) -> Node {
         let binds = if pinned {
             (
