@@ -203,8 +203,30 @@ impl GroupNetwork {
     }
 }
 
+/// Jittered exponential backoff for an unreachable peer: 50 ms doubling to 2 s, each
+/// step scaled by a pseudo-random factor in [0.5, 1.5) so that many groups retrying the
+/// same dead peer do not retry in lockstep.
+fn jittered_backoff(seed: u64) -> openraft::network::Backoff {
+    let mut state = seed | 1;
+    let mut base = Duration::from_millis(50);
+    openraft::network::Backoff::new(std::iter::from_fn(move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let factor = 0.5 + (state % 1000) as f64 / 1000.0;
+        let d = base.mul_f64(factor);
+        base = (base * 2).min(Duration::from_secs(2));
+        Some(d)
+    }))
+}
+
 impl RaftNetworkV2<TypeConfig> for GroupNetwork {
     type SnapshotData = SnapshotData;
+
+    fn backoff(&self) -> Option<openraft::network::Backoff> {
+        let seed = (u64::from(self.group) << 32) ^ self.target ^ (self.from << 16);
+        Some(jittered_backoff(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+    }
 
     async fn append_entries(
         &mut self,
@@ -328,4 +350,19 @@ pub(crate) fn decode_inbound(msg: &RaftMessage) -> Result<Inbound, String> {
             )
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_a_cap_with_jitter() {
+        let a: Vec<Duration> = jittered_backoff(7).take(12).collect();
+        let b: Vec<Duration> = jittered_backoff(8).take(12).collect();
+        assert!(a[0] >= Duration::from_millis(25) && a[0] < Duration::from_millis(75));
+        assert!(a.iter().all(|d| *d < Duration::from_secs(3)), "{a:?}");
+        assert!(a[11] >= Duration::from_secs(1), "reaches the cap: {a:?}");
+        assert_ne!(a, b, "different groups retry at different times");
+    }
 }
