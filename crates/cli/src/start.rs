@@ -43,6 +43,8 @@ pub struct StartArgs {
     join_timeout_ms: Option<u64>,
     #[arg(long, env = "SHOAL_MAX_VOTERS")]
     max_voters: Option<usize>,
+    #[arg(long, env = "SHOAL_REPLICATION_FACTOR")]
+    replication_factor: Option<usize>,
     #[arg(long, env = "SHOAL_RPC_MAX_MESSAGE_BYTES")]
     rpc_max_message_bytes: Option<usize>,
     #[arg(long, env = "SHOAL_RPC_MAX_CONNECTIONS")]
@@ -156,6 +158,7 @@ pub fn resolve(args: &StartArgs) -> Result<NodeConfig, String> {
         join,
         join_timeout_ms,
         max_voters,
+        replication_factor,
         rpc_max_message_bytes,
         rpc_max_connections,
         rpc_max_inflight,

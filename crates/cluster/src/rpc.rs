@@ -75,6 +75,9 @@ pub struct JoinReply {
     pub node_id: u64,
     #[prost(uint32, tag = "3")]
     pub vshards: u32,
+    /// Whether the new node holds vshard replicas.
+    #[prost(bool, tag = "4")]
+    pub hosts_vshards: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

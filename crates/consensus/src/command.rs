@@ -66,11 +66,16 @@ pub enum ClusterOp {
         token: u64,
         addrs: NodeAddrs,
         state: NodeState,
+        /// Whether the node holds vshard replicas.
+        #[serde(default)]
+        hosts_vshards: bool,
     },
     /// A known node restarted with (possibly) new addresses.
     UpdateAddrs {
         id: u64,
         addrs: NodeAddrs,
+        #[serde(default)]
+        hosts_vshards: Option<bool>,
     },
     SetState {
         id: u64,

@@ -53,9 +53,9 @@ pub enum Error {
     /// This node does not lead the group; retry at the hinted leader.
     #[error("group {group}: not the leader (leader hint: {hint:?})")]
     NotLeader { group: u32, hint: Option<u64> },
-    /// This node holds no replica of the vshard. Until vshards are replicated, every vshard
-    /// lives on the node that bootstrapped the cluster.
-    #[error("node {node} holds no replica of vshard {vshard}; until vshards are replicated, reads and writes of table rows go to the node that bootstrapped the cluster{}", host.as_ref().map(|h| format!(" (http {h})")).unwrap_or_default())]
+    /// This node holds no replica of the vshard (it joined after `replication_factor`
+    /// nodes held them); reads of rows must go to a node that does.
+    #[error("node {node} holds no replica of vshard {vshard}; send row reads to a node that does{}", host.as_ref().map(|h| format!(" (e.g. http {h})")).unwrap_or_default())]
     NotHosted {
         vshard: u32,
         node: u64,

@@ -41,6 +41,10 @@ pub struct NodeEntry {
     /// The registration token the node joined with (answers a retried join).
     #[serde(default)]
     pub token: u64,
+    /// Whether the node holds vshard replicas (decided when it joins: while fewer than
+    /// `replication_factor` nodes do).
+    #[serde(default)]
+    pub hosts_vshards: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -145,6 +149,7 @@ impl Catalog {
                 token,
                 addrs,
                 state,
+                hosts_vshards,
             } => {
                 if *token != 0 {
                     if let Some(n) = self.nodes.values().find(|n| n.token == *token) {
@@ -167,16 +172,24 @@ impl Catalog {
                         addrs: addrs.clone(),
                         state: *state,
                         token: *token,
+                        hosts_vshards: *hosts_vshards,
                     },
                 );
                 Ok(id)
             }
-            ClusterOp::UpdateAddrs { id, addrs } => {
+            ClusterOp::UpdateAddrs {
+                id,
+                addrs,
+                hosts_vshards,
+            } => {
                 let n = self
                     .nodes
                     .get_mut(id)
                     .ok_or_else(|| format!("node {id} is not registered"))?;
                 n.addrs = addrs.clone();
+                if let Some(h) = hosts_vshards {
+                    n.hosts_vshards = *h;
+                }
                 Ok(*id)
             }
             ClusterOp::SetState { id, state } => {
@@ -188,6 +201,14 @@ impl Catalog {
                 Ok(*id)
             }
         }
+    }
+
+    /// Nodes that hold (or are to hold) vshard replicas, by id.
+    pub fn vshard_hosts(&self) -> Vec<&NodeEntry> {
+        self.nodes
+            .values()
+            .filter(|n| n.hosts_vshards && n.state != NodeState::Decommissioned)
+            .collect()
     }
 
     /// Whether rows stored under `table_id` may still be read (the table exists, or was

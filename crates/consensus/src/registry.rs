@@ -26,7 +26,9 @@ use crate::intents::{IntentLog, Part};
 use crate::log_store::LogStore;
 use crate::meta_sm::{CatalogHandle, MetaStateMachine};
 use crate::shard_sm::ShardStateMachine;
-use crate::transport::{decode_inbound, GroupNetworkFactory, Inbound, RaftMessage, RaftTransport};
+use crate::transport::{
+    decode_inbound, ChunkHeader, GroupNetworkFactory, Inbound, RaftMessage, RaftRpc, RaftTransport,
+};
 use crate::{Error, TypeConfig};
 
 /// Everything the registry needs to open a node's groups.
@@ -105,10 +107,6 @@ pub struct Registry {
     meta: Raft<TypeConfig, MetaStateMachine>,
     shards: Vec<ShardGroup>,
 }
-
-/// The node that hosts every vshard until vshards are replicated: the one that
-/// bootstrapped the cluster, which is always node 1.
-pub const VSHARD_HOST_NODE: u64 = 1;
 
 /// Segment size of the write-intent log: small, so finished intents are purged soon.
 const INTENT_SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
@@ -205,22 +203,40 @@ impl Registry {
         });
         reg.bootstrap_and_wait(ready_timeout).await?;
         // Finish writes that were under way when the node stopped: all of each, or none.
+        // In a cluster the parts may need other nodes, so this retries in the background.
+        if !pending.is_empty() {
+            let r = reg.clone();
+            tokio::spawn(async move { r.finish_intents(pending).await });
+        }
+        Ok(reg)
+    }
+
+    async fn finish_intents(&self, pending: Vec<(u64, Vec<Part>)>) {
         for (index, parts) in pending {
             tracing::info!(
                 intent = index,
                 parts = parts.len(),
                 "finishing a write interrupted by a crash"
             );
-            let results = reg.propose_parts(parts).await;
-            if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
-                return Err(Error::Unavailable {
-                    group: 0,
-                    reason: format!("finishing interrupted write {index}: {e}"),
-                });
+            let mut delay = Duration::from_millis(200);
+            loop {
+                let results = self.propose_parts(parts.clone()).await;
+                match results.into_iter().find(|r| r.is_err()) {
+                    None => {
+                        if let Err(e) = self.intents.done(index) {
+                            tracing::warn!(intent = index, error = %e, "could not record a finished write");
+                        }
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(intent = index, error = %e, "interrupted write not finished yet; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(10));
+                    }
+                    Some(Ok(_)) => unreachable!(),
+                }
             }
-            reg.intents.done(index)?;
         }
-        Ok(reg)
     }
 
     async fn bootstrap_and_wait(&self, timeout: Duration) -> Result<(), Error> {
@@ -238,11 +254,15 @@ impl Registry {
                 .map_err(|e| fatal(0, &e))?;
         }
         for (v, s) in self.shards.iter().enumerate() {
-            if !s
-                .raft
-                .is_initialized()
-                .await
-                .map_err(|e| fatal(v as u32 + 1, &e))?
+            // Only the node that starts the cluster creates vshard groups; a node that
+            // joined waits for their leaders to add it (initializing here would make a
+            // second, conflicting group).
+            if self.cfg.bootstrap
+                && !s
+                    .raft
+                    .is_initialized()
+                    .await
+                    .map_err(|e| fatal(v as u32 + 1, &e))?
             {
                 s.raft
                     .initialize(members.clone())
@@ -256,6 +276,13 @@ impl Registry {
         };
         for (v, s) in self.shards.iter().enumerate() {
             let g = v as u32 + 1;
+            let m = s.raft.metrics().borrow_watched().clone();
+            let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+            if voters != [node] {
+                // A replicated group: its leader (maybe elsewhere) brings this copy up to
+                // date; nothing to wait for here.
+                continue;
+            }
             s.raft
                 .wait(Some(timeout))
                 .current_leader(node, "vshard leader")
@@ -310,20 +337,116 @@ impl Registry {
 
     /// Handles a Raft message from a peer and returns the reply's bytes.
     pub async fn handle_raft(&self, msg: RaftMessage) -> Result<bytes::Bytes, Error> {
-        let inbound = decode_inbound(&msg).map_err(Error::Rejected)?;
         let group = msg.group;
-        if group == 0 {
-            handle_inbound(&self.meta, group, inbound).await
-        } else {
-            let s = self
-                .shards
-                .get(group as usize - 1)
-                .ok_or_else(|| Error::Unavailable {
-                    group,
-                    reason: format!("node {} does not host group {group}", self.cfg.node_id),
-                })?;
-            handle_inbound(&s.raft, group, inbound).await
+        match msg.kind {
+            RaftRpc::ClientInsert => return self.handle_forwarded_insert(&msg).await,
+            RaftRpc::SnapshotChunk => return self.stage_chunk(&msg),
+            _ => {}
         }
+        let inbound = decode_inbound(&msg).map_err(Error::Rejected)?;
+        if group == 0 {
+            return handle_inbound(&self.meta, group, inbound).await;
+        }
+        let s = self
+            .shards
+            .get(group as usize - 1)
+            .ok_or_else(|| Error::Unavailable {
+                group,
+                reason: format!("node {} does not host group {group}", self.cfg.node_id),
+            })?;
+        let staged = match &inbound {
+            Inbound::Snapshot(_, _, Some(t)) => Some(self.staging(group, t)?),
+            _ => None,
+        };
+        let inbound = match (inbound, &staged) {
+            (Inbound::Snapshot(vote, mut snap, _), Some(dir)) => {
+                snap.snapshot.dir = Some(dir.clone());
+                Inbound::Snapshot(vote, snap, None)
+            }
+            (other, _) => other,
+        };
+        let r = handle_inbound(&s.raft, group, inbound).await;
+        if let Some(dir) = staged {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        r
+    }
+
+    /// The staging directory of snapshot transfer `transfer` for `group`.
+    fn staging(&self, group: u32, transfer: &str) -> Result<PathBuf, Error> {
+        if transfer.is_empty()
+            || !transfer
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(Error::Rejected(format!(
+                "bad snapshot transfer name {transfer:?}"
+            )));
+        }
+        Ok(self
+            .cfg
+            .data_dir
+            .join("groups")
+            .join(format!("g{group}"))
+            .join("incoming")
+            .join(transfer))
+    }
+
+    /// Writes one snapshot chunk into its staging area.
+    fn stage_chunk(&self, msg: &RaftMessage) -> Result<bytes::Bytes, Error> {
+        use std::io::{Seek, SeekFrom, Write};
+        let h: ChunkHeader = serde_json::from_slice(&msg.header)
+            .map_err(|e| Error::Rejected(format!("bad snapshot chunk: {e}")))?;
+        let rel = Path::new(&h.file);
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(Error::Rejected(format!(
+                "bad snapshot file name {:?}",
+                h.file
+            )));
+        }
+        let path = self.staging(msg.group, &h.transfer)?.join(rel);
+        let io = |e: std::io::Error| Error::Internal(format!("staging {}: {e}", path.display()));
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        f.seek(SeekFrom::Start(h.offset)).map_err(io)?;
+        for e in &msg.entries {
+            f.write_all(e).map_err(io)?;
+        }
+        f.sync_data().map_err(io)?;
+        Ok(bytes::Bytes::from_static(b"null"))
+    }
+
+    /// Proposes an insert forwarded by another node; only answers if this node leads.
+    async fn handle_forwarded_insert(&self, msg: &RaftMessage) -> Result<bytes::Bytes, Error> {
+        #[derive(serde::Deserialize)]
+        struct H {
+            table_id: u64,
+            request_id: Option<u64>,
+        }
+        let h: H = serde_json::from_slice(&msg.header)
+            .map_err(|e| Error::Rejected(format!("bad forwarded insert: {e}")))?;
+        let vshard = msg
+            .group
+            .checked_sub(1)
+            .ok_or_else(|| Error::Rejected("inserts go to vshard groups".into()))?;
+        let cmd = Command::Insert {
+            table_id: h.table_id,
+            request_id: h.request_id,
+            ipc: msg.entries.first().cloned().unwrap_or_default(),
+        };
+        let r = self.insert(vshard, cmd).await?;
+        Ok(serde_json::to_vec(&r).unwrap_or_default().into())
     }
 
     /// Proposes a group-0 command; a follower forwards it to the leader (once, or again
@@ -400,72 +523,42 @@ impl Registry {
     /// registered node becomes a learner; a caught-up learner is promoted to voter while
     /// there are fewer than `max_voters`; a caught-up JOINING node becomes ACTIVE.
     /// Idempotent, so a new leader simply carries on where the old one stopped.
-    pub async fn reconcile_members(&self, max_voters: usize) -> Result<(), Error> {
-        let m = self.meta.metrics().borrow_watched().clone();
-        if m.current_leader != Some(self.cfg.node_id) {
-            return Ok(());
-        }
-        let membership = m.membership_config.membership().clone();
-        let voters: Vec<u64> = membership.voter_ids().collect();
-        let members: std::collections::BTreeSet<u64> =
-            membership.nodes().map(|(id, _)| *id).collect();
+    pub async fn reconcile_members(&self, max_voters: usize, rf: usize) -> Result<(), Error> {
         let catalog = self.catalog.read().clone();
-        let last = m.last_log_index.unwrap_or(0);
-        let matched = |id: u64| -> u64 {
-            if id == self.cfg.node_id {
-                return last;
+        let all: Vec<(u64, String)> = catalog
+            .nodes
+            .values()
+            .filter(|n| n.state != crate::NodeState::Decommissioned)
+            .map(|n| (n.id, n.addrs.rpc.clone()))
+            .collect();
+        let caught_up = reconcile_group(&self.meta, 0, self.cfg.node_id, &all, max_voters).await?;
+        if let Some(caught_up) = caught_up {
+            for n in catalog.nodes.values() {
+                if n.state == crate::NodeState::Joining && caught_up.contains(&n.id) {
+                    tracing::info!(node = n.id, "node caught up; ACTIVE");
+                    self.propose_meta(Command::Cluster(crate::ClusterOp::SetState {
+                        id: n.id,
+                        state: crate::NodeState::Active,
+                    }))
+                    .await?;
+                }
             }
-            m.replication
-                .as_ref()
-                .and_then(|r| r.get(&id).cloned().flatten())
-                .map_or(0, |l| l.index)
-        };
-        let caught_up = |id: u64| last.saturating_sub(matched(id)) <= 16 && matched(id) > 0;
-        for n in catalog.nodes.values() {
-            if n.state == crate::NodeState::Decommissioned || members.contains(&n.id) {
-                continue;
-            }
-            tracing::info!(node = n.id, rpc = %n.addrs.rpc, "adding node to group 0 as a learner");
-            let r = self
-                .meta
-                .add_learner(n.id, openraft::impls::BasicNode::new(&n.addrs.rpc), false)
-                .await;
-            map_write(0, r)?;
         }
-        let mut voter_count = voters.len();
-        for id in membership.learner_ids() {
-            if voter_count >= max_voters || !caught_up(id) {
-                continue;
-            }
-            let Some(n) = catalog.nodes.get(&id) else {
-                continue;
-            };
-            if !matches!(
-                n.state,
-                crate::NodeState::Joining | crate::NodeState::Active
-            ) {
-                continue;
-            }
-            tracing::info!(node = id, "promoting caught-up learner to group 0 voter");
-            let r = self
-                .meta
-                .change_membership(
-                    openraft::ChangeMembers::AddVoterIds([id].into_iter().collect()),
-                    true,
-                )
-                .await;
-            map_write(0, r)?;
-            voter_count += 1;
-        }
-        for n in catalog.nodes.values() {
-            if n.state == crate::NodeState::Joining && caught_up(n.id) {
-                tracing::info!(node = n.id, "node caught up; ACTIVE");
-                self.propose_meta(Command::Cluster(crate::ClusterOp::SetState {
-                    id: n.id,
-                    state: crate::NodeState::Active,
-                }))
-                .await?;
-            }
+        // Every vshard group this node leads takes the vshard hosts as replicas.
+        let hosts: Vec<(u64, String)> = catalog
+            .vshard_hosts()
+            .iter()
+            .map(|n| (n.id, n.addrs.rpc.clone()))
+            .collect();
+        for (v, s) in self.shards.iter().enumerate() {
+            reconcile_group(
+                &s.raft,
+                group_of_vshard(v as u32),
+                self.cfg.node_id,
+                &hosts,
+                rf,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -493,10 +586,7 @@ impl Registry {
         Error::NotHosted {
             vshard,
             node: self.cfg.node_id,
-            host: catalog
-                .nodes
-                .get(&VSHARD_HOST_NODE)
-                .map(|n| n.addrs.http.clone()),
+            host: catalog.vshard_hosts().first().map(|n| n.addrs.http.clone()),
         }
     }
 
@@ -524,8 +614,85 @@ impl Registry {
         self.propose_meta(Command::Ddl { ops }).await
     }
 
-    /// Proposes an insert to a vshard's group and waits until it is committed and applied.
+    /// Proposes an insert to a vshard's group and waits until it is committed and applied
+    /// by a quorum of its replicas. A follower forwards it to the group's leader (again if
+    /// the leader moved meanwhile).
     pub async fn insert(&self, vshard: u32, cmd: Command) -> Result<Response, Error> {
+        const ATTEMPTS: u32 = 4;
+        let group = group_of_vshard(vshard);
+        let mut last = None;
+        for attempt in 0..ATTEMPTS {
+            let hint = match self.insert_local(vshard, cmd.clone()).await {
+                Err(Error::NotLeader { hint, .. }) => hint,
+                // No replica here: hand it to a node that has one (it forwards on to the
+                // leader).
+                Err(Error::NotHosted { .. }) => {
+                    let catalog = self.catalog.read().clone();
+                    let hosts = catalog.vshard_hosts();
+                    if hosts.is_empty() {
+                        return Err(self.not_hosted(vshard));
+                    }
+                    let pick = hosts[(vshard as usize + attempt as usize) % hosts.len()].id;
+                    Some(pick)
+                }
+                other => return other,
+            };
+            let Some(leader) = hint.filter(|l| *l != self.cfg.node_id) else {
+                last = Some(Error::Unavailable {
+                    group,
+                    reason: "no leader (an election is under way)".into(),
+                });
+                if let Some(s) = self.shards.get(vshard as usize) {
+                    let _ = s
+                        .raft
+                        .wait(Some(Duration::from_millis(250 << attempt)))
+                        .metrics(|m| m.current_leader.is_some(), "vshard leader")
+                        .await;
+                }
+                continue;
+            };
+            let Command::Insert {
+                table_id,
+                request_id,
+                ipc,
+            } = &cmd
+            else {
+                return Err(Error::Rejected("only inserts go to vshard groups".into()));
+            };
+            let header = serde_json::json!({"table_id": table_id, "request_id": request_id});
+            let msg = RaftMessage {
+                group,
+                kind: RaftRpc::ClientInsert,
+                header: serde_json::to_vec(&header).unwrap_or_default().into(),
+                entries: vec![ipc.clone()],
+            };
+            match self
+                .transport
+                .send_raft(leader, "", msg, Duration::from_secs(30))
+                .await
+            {
+                Ok(body) => {
+                    return serde_json::from_slice(&body)
+                        .map_err(|e| Error::Internal(format!("bad forwarded reply: {e}")))
+                }
+                Err(e) => {
+                    last = Some(Error::Unavailable {
+                        group,
+                        reason: format!("forwarding to leader {leader}: {e}"),
+                    });
+                    tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                }
+            }
+        }
+        Err(last.unwrap_or(Error::Unavailable {
+            group,
+            reason: "no leader".into(),
+        }))
+    }
+
+    /// Proposes an insert to this node's replica of the group (fails with `NotLeader`
+    /// unless it leads).
+    async fn insert_local(&self, vshard: u32, cmd: Command) -> Result<Response, Error> {
         if vshard >= self.cfg.vshards {
             return Err(Error::Internal(format!("vshard {vshard} out of range")));
         }
@@ -631,6 +798,71 @@ impl Registry {
     }
 }
 
+/// On the leader of `raft`: every node of `desired` becomes a learner; caught-up learners
+/// are promoted while there are fewer than `max_voters` voters. Returns the caught-up nodes
+/// when this node leads, `None` otherwise. Idempotent: a new leader carries on.
+async fn reconcile_group<SM>(
+    raft: &Raft<TypeConfig, SM>,
+    group: u32,
+    me: u64,
+    desired: &[(u64, String)],
+    max_voters: usize,
+) -> Result<Option<std::collections::BTreeSet<u64>>, Error>
+where
+    SM: openraft::storage::RaftStateMachine<TypeConfig>,
+{
+    let m = raft.metrics().borrow_watched().clone();
+    if m.current_leader != Some(me) {
+        return Ok(None);
+    }
+    let membership = m.membership_config.membership().clone();
+    let members: std::collections::BTreeSet<u64> = membership.nodes().map(|(id, _)| *id).collect();
+    let last = m.last_log_index.unwrap_or(0);
+    let matched = |id: u64| -> Option<u64> {
+        if id == me {
+            return Some(last);
+        }
+        m.replication
+            .as_ref()
+            .and_then(|r| r.get(&id).cloned().flatten())
+            .map(|l| l.index)
+    };
+    let caught_up: std::collections::BTreeSet<u64> = members
+        .iter()
+        .copied()
+        .filter(|id| matched(*id).is_some_and(|x| last.saturating_sub(x) <= 16))
+        .collect();
+    for (id, addr) in desired {
+        if members.contains(id) {
+            continue;
+        }
+        tracing::info!(group, node = id, rpc = %addr, "adding a learner");
+        let r = raft
+            .add_learner(*id, openraft::impls::BasicNode::new(addr), false)
+            .await;
+        map_write(group, r)?;
+    }
+    let mut voters = membership.voter_ids().count();
+    for id in membership.learner_ids() {
+        if voters >= max_voters || !caught_up.contains(&id) {
+            continue;
+        }
+        if !desired.iter().any(|(d, _)| *d == id) {
+            continue;
+        }
+        tracing::info!(group, node = id, "promoting a caught-up learner to voter");
+        let r = raft
+            .change_membership(
+                openraft::ChangeMembers::AddVoterIds([id].into_iter().collect()),
+                true,
+            )
+            .await;
+        map_write(group, r)?;
+        voters += 1;
+    }
+    Ok(Some(caught_up))
+}
+
 async fn handle_inbound<SM>(
     raft: &Raft<TypeConfig, SM>,
     group: u32,
@@ -661,7 +893,7 @@ where
             .await
             .map(|x| enc(&x))
             .map_err(|e| fail(&e)),
-        Inbound::Snapshot(vote, snap) => raft
+        Inbound::Snapshot(vote, snap, _) => raft
             .install_full_snapshot(vote, snap)
             .await
             .map(|x| enc(&x))

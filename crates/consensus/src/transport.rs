@@ -36,7 +36,26 @@ pub enum RaftRpc {
     PreVote = 3,
     Snapshot = 4,
     TransferLeader = 5,
+    /// Not openraft's: a client insert forwarded to the vshard's leader. `header` = JSON
+    /// `{table_id, request_id}`, `entries` = `[Arrow IPC]`; reply = JSON `Response`.
+    ClientInsert = 6,
+    /// Not openraft's: one piece of a file of a vshard snapshot, staged on the receiver
+    /// before the `Snapshot` message that installs them. `header` = JSON [`ChunkHeader`].
+    SnapshotChunk = 7,
 }
+
+/// Where a snapshot chunk goes.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ChunkHeader {
+    /// Names the staging area of one snapshot transfer.
+    pub transfer: String,
+    /// A part file, relative to the vshard's data directory.
+    pub file: String,
+    pub offset: u64,
+}
+
+/// Bytes per snapshot chunk (well under `rpc_max_message_bytes`).
+pub const SNAPSHOT_CHUNK_BYTES: usize = 4 << 20;
 
 impl RaftRpc {
     pub fn from_u32(v: u32) -> Option<RaftRpc> {
@@ -46,6 +65,8 @@ impl RaftRpc {
             3 => RaftRpc::PreVote,
             4 => RaftRpc::Snapshot,
             5 => RaftRpc::TransferLeader,
+            6 => RaftRpc::ClientInsert,
+            7 => RaftRpc::SnapshotChunk,
             _ => return None,
         })
     }
@@ -54,7 +75,8 @@ impl RaftRpc {
         match self {
             RaftRpc::Append => RPCTypes::AppendEntries,
             RaftRpc::Vote | RaftRpc::PreVote => RPCTypes::Vote,
-            RaftRpc::Snapshot => RPCTypes::InstallSnapshot,
+            RaftRpc::Snapshot | RaftRpc::SnapshotChunk => RPCTypes::InstallSnapshot,
+            RaftRpc::ClientInsert => RPCTypes::AppendEntries,
             RaftRpc::TransferLeader => RPCTypes::TransferLeader,
         }
     }
@@ -220,6 +242,49 @@ fn jittered_backoff(seed: u64) -> openraft::network::Backoff {
     }))
 }
 
+impl GroupNetwork {
+    /// Sends every part file a vshard manifest names, in chunks, to the staging area
+    /// `transfer` on the target.
+    async fn ship_files(
+        &self,
+        dir: &std::path::Path,
+        manifest: &[u8],
+        transfer: &str,
+        option: &RPCOption,
+    ) -> Result<(), RPCError<TypeConfig>> {
+        let manifest: shoal_storage::manifest::Manifest = serde_json::from_slice(manifest)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let files: Vec<String> = manifest
+            .tables
+            .values()
+            .flat_map(|parts| parts.iter().map(|p| p.file.clone()))
+            .collect();
+        for file in files {
+            let path = dir.join(&file);
+            let data = tokio::fs::read(&path)
+                .await
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            let mut offset = 0usize;
+            loop {
+                let end = (offset + SNAPSHOT_CHUNK_BYTES).min(data.len());
+                let header = json(&ChunkHeader {
+                    transfer: transfer.to_string(),
+                    file: file.clone(),
+                    offset: offset as u64,
+                });
+                let chunk = Bytes::copy_from_slice(&data[offset..end]);
+                self.call::<serde_json::Value>(RaftRpc::SnapshotChunk, header, vec![chunk], option)
+                    .await?;
+                offset = end;
+                if offset >= data.len() {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl RaftNetworkV2<TypeConfig> for GroupNetwork {
     type SnapshotData = SnapshotData;
 
@@ -273,14 +338,32 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
         cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        if snapshot.snapshot.dir.is_some() {
-            // A vshard snapshot is a directory of Parquet parts; shipping it is part of
-            // replicated vshards, which this build does not have yet.
-            return Err(StreamingError::Unreachable(Unreachable::from_string(
-                "vshard snapshots cannot be shipped yet",
-            )));
-        }
-        let header = json(&(&vote, &snapshot.meta));
+        tokio::pin!(cancel);
+        let transfer = match &snapshot.snapshot.dir {
+            Some(dir) => {
+                // A vshard snapshot: the Parquet parts its manifest names, sent in chunks
+                // and staged on the receiver, then the manifest that installs them.
+                let t = format!(
+                    "{}-{}-{}",
+                    self.from,
+                    snapshot.meta.last_log_id.map_or(0, |l| l.index),
+                    shoal_common::time::now_nanos()
+                );
+                let shipped = tokio::select! {
+                    r = self.ship_files(dir, &snapshot.snapshot.meta, &t, &option) => r,
+                    closed = &mut cancel => return Err(StreamingError::Closed(closed)),
+                };
+                shipped.map_err(|e| match e {
+                    RPCError::Timeout(t) => StreamingError::Timeout(t),
+                    RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+                    RPCError::Network(n) => StreamingError::Network(n),
+                    other => StreamingError::Network(NetworkError::from_string(other)),
+                })?;
+                Some(t)
+            }
+            None => None,
+        };
+        let header = json(&(&vote, &snapshot.meta, &transfer));
         let body = Bytes::from(snapshot.snapshot.meta);
         let send = self.call::<SnapshotResponse<TypeConfig>>(
             RaftRpc::Snapshot,
@@ -295,7 +378,7 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
                 RPCError::Network(n) => StreamingError::Network(n),
                 other => StreamingError::Network(NetworkError::from_string(other)),
             }),
-            closed = cancel => Err(StreamingError::Closed(closed)),
+            closed = &mut cancel => Err(StreamingError::Closed(closed)),
         }
     }
 }
@@ -305,7 +388,8 @@ pub(crate) enum Inbound {
     Append(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<TypeConfig>),
     PreVote(VoteRequest<TypeConfig>),
-    Snapshot(Vote, GroupSnapshot),
+    /// The snapshot, and the staging area of its files (vshards).
+    Snapshot(Vote, GroupSnapshot, Option<String>),
     TransferLeader(TransferLeaderRequest<TypeConfig>),
 }
 
@@ -336,7 +420,8 @@ pub(crate) fn decode_inbound(msg: &RaftMessage) -> Result<Inbound, String> {
             Inbound::TransferLeader(serde_json::from_slice(&msg.header).map_err(|e| bad(&e))?)
         }
         RaftRpc::Snapshot => {
-            let (vote, meta) = serde_json::from_slice(&msg.header).map_err(|e| bad(&e))?;
+            let (vote, meta, transfer): (Vote, _, Option<String>) =
+                serde_json::from_slice(&msg.header).map_err(|e| bad(&e))?;
             let data = msg.entries.first().cloned().unwrap_or_default();
             Inbound::Snapshot(
                 vote,
@@ -347,7 +432,11 @@ pub(crate) fn decode_inbound(msg: &RaftMessage) -> Result<Inbound, String> {
                         dir: None,
                     },
                 },
+                transfer,
             )
+        }
+        RaftRpc::ClientInsert | RaftRpc::SnapshotChunk => {
+            return Err(format!("{:?} is not a Raft protocol message", msg.kind))
         }
     })
 }

@@ -90,6 +90,7 @@ impl SystemSchema {
                 },
                 state: shoal_consensus::NodeState::Joining,
                 token: 0,
+                hosts_vshards: self.registry.hosts_vshards(),
             });
             rows.sort_by_key(|n| n.id);
         }

@@ -93,6 +93,10 @@ pub struct Shared {
     pub gossip_addr: SocketAddr,
     pub registry: OnceLock<Arc<Registry>>,
     pub engine: OnceLock<Arc<QueryEngine>>,
+    /// Whether this node holds vshard replicas.
+    pub hosts_vshards: bool,
+    /// Replicas per vshard; a joining node hosts vshards while fewer nodes do.
+    pub replication_factor: usize,
 }
 
 impl Shared {
@@ -140,11 +144,13 @@ impl PeerHandler for Shared {
                 "a join needs rpc and gossip addresses",
             ));
         }
+        let hosts = registry.catalog().read().vshard_hosts().len() < self.replication_factor;
         let op = ClusterOp::AddNode {
             id: 0,
             token: req.token,
             addrs: addrs.clone(),
             state: NodeState::Joining,
+            hosts_vshards: hosts,
         };
         match registry
             .propose_meta(Command::Cluster(op))
@@ -152,11 +158,19 @@ impl PeerHandler for Shared {
             .map_err(status_of)?
         {
             Response::Node { id } => {
-                tracing::info!(node = id, rpc = %addrs.rpc, "registered a joining node");
+                // A retried join answers what the first one decided.
+                let hosts_vshards = registry
+                    .catalog()
+                    .read()
+                    .nodes
+                    .get(&id)
+                    .map_or(hosts, |n| n.hosts_vshards);
+                tracing::info!(node = id, rpc = %addrs.rpc, hosts_vshards, "registered a joining node");
                 Ok(JoinReply {
                     cluster_id: self.cluster_id.clone(),
                     node_id: id,
                     vshards: self.vshards,
+                    hosts_vshards,
                 })
             }
             Response::Rejected(m) => Err(Status::failed_precondition(m)),
@@ -336,11 +350,15 @@ pub fn spawn_maintenance(
                     } else {
                         NodeState::Joining
                     },
+                    hosts_vshards: shared.hosts_vshards,
                 }),
-                Some(n) if n.addrs != shared.addrs => Some(ClusterOp::UpdateAddrs {
-                    id: me,
-                    addrs: shared.addrs.clone(),
-                }),
+                Some(n) if n.addrs != shared.addrs || n.hosts_vshards != shared.hosts_vshards => {
+                    Some(ClusterOp::UpdateAddrs {
+                        id: me,
+                        addrs: shared.addrs.clone(),
+                        hosts_vshards: Some(shared.hosts_vshards),
+                    })
+                }
                 Some(_) => None,
             };
             if let Some(op) = op {
@@ -348,7 +366,10 @@ pub fn spawn_maintenance(
                     tracing::debug!(error = %e, "registering this node's addresses; will retry");
                 }
             }
-            if let Err(e) = registry.reconcile_members(max_voters).await {
+            if let Err(e) = registry
+                .reconcile_members(max_voters, shared.replication_factor)
+                .await
+            {
                 tracing::debug!(error = %e, "reconciling group 0 membership; will retry");
             }
             // Every 2 s: announce to registered nodes SWIM does not see alive (a fresh

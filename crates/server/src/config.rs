@@ -31,6 +31,9 @@ pub struct NodeConfig {
     pub join_timeout_ms: u64,
     /// Voters of the metadata group (group 0); further nodes are learners.
     pub max_voters: usize,
+    /// Replicas of every vshard. Nodes that join while fewer nodes hold vshards hold a
+    /// replica of each; further nodes hold none (yet).
+    pub replication_factor: usize,
     /// Largest inter-node message (checked before allocating).
     pub rpc_max_message_bytes: usize,
     /// Inter-node connections open at once; the excess is closed at accept.
@@ -113,6 +116,7 @@ impl Default for NodeConfig {
             join: vec![],
             join_timeout_ms: 60_000,
             max_voters: 5,
+            replication_factor: 3,
             rpc_max_message_bytes: 64 * MIB as usize,
             rpc_max_connections: 1024,
             rpc_max_inflight: 256,
@@ -185,6 +189,12 @@ impl NodeConfig {
             return Err(format!(
                 "max_voters must be between 1 and 9, not {}",
                 self.max_voters
+            ));
+        }
+        if self.replication_factor == 0 || self.replication_factor > 7 {
+            return Err(format!(
+                "replication_factor must be between 1 and 7, not {}",
+                self.replication_factor
             ));
         }
         if self.rpc_max_message_bytes < 1024 * 1024 {

@@ -162,7 +162,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
                 cluster_id: reply.cluster_id,
                 node_id: reply.node_id,
                 vshards: reply.vshards,
-                hosts_vshards: false,
+                hosts_vshards: reply.hosts_vshards,
             })
         }
     };
@@ -209,6 +209,8 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
         gossip_addr: bound.gossip_addr,
         registry: OnceLock::new(),
         engine: OnceLock::new(),
+        hosts_vshards: dir.identity.hosts_vshards,
+        replication_factor: cfg.replication_factor,
     });
     let rpc = shoal_cluster::RpcServer::start(
         bound.rpc,
