@@ -155,6 +155,25 @@ async fn three_nodes_form_one_cluster_survive_the_leader_and_take_it_back() {
         })
         .await;
     }
+    // strong (the default): a read on any node sees every write acknowledged before it
+    // began, on any node — no polling here.
+    let mut expected = 4;
+    for i in 0..12usize {
+        let line = format!(
+            "trades,symbol=R{i} price={i} {}",
+            1_700_000_100_000_000_000i64 + i as i64
+        );
+        let (s, body) = c[i % 3].write(&line).await;
+        assert_eq!(s, 204, "{body}");
+        expected += 1;
+        let (s, v) = c[(i + 1) % 3].sql("SELECT count(*) FROM trades").await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(
+            v["rows"][0][0].as_i64(),
+            Some(expected),
+            "strong read on another node missed an acknowledged write"
+        );
+    }
     eventually("every vshard has 3 voters", || async {
         let (_, v) = c[0]
             .sql("SELECT DISTINCT replicas FROM system.shards")
@@ -263,7 +282,7 @@ async fn three_nodes_form_one_cluster_survive_the_leader_and_take_it_back() {
     assert_eq!(s, 204, "{body}");
     eventually("restarted node has every acknowledged row", || async {
         let (s, v) = c[li].sql("SELECT count(*) FROM trades").await;
-        (s == 200 && v["rows"][0][0].as_i64() == Some(6)).then_some(())
+        (s == 200 && v["rows"][0][0].as_i64() == Some(18)).then_some(())
     })
     .await;
 }

@@ -341,6 +341,13 @@ impl Registry {
         match msg.kind {
             RaftRpc::ClientInsert => return self.handle_forwarded_insert(&msg).await,
             RaftRpc::SnapshotChunk => return self.stage_chunk(&msg),
+            RaftRpc::ReadIndex => {
+                let v = group
+                    .checked_sub(1)
+                    .ok_or_else(|| Error::Rejected("read index is for vshard groups".into()))?;
+                let index = self.leader_read_index(v).await?;
+                return Ok(serde_json::to_vec(&index).unwrap_or_default().into());
+            }
             _ => {}
         }
         let inbound = decode_inbound(&msg).map_err(Error::Rejected)?;
@@ -370,6 +377,100 @@ impl Registry {
             let _ = std::fs::remove_dir_all(dir);
         }
         r
+    }
+
+    /// On the leader: confirms leadership with a quorum and returns the index a linearizable
+    /// read must wait for.
+    async fn leader_read_index(&self, vshard: u32) -> Result<u64, Error> {
+        let group = group_of_vshard(vshard);
+        let s = self
+            .shards
+            .get(vshard as usize)
+            .ok_or_else(|| self.not_hosted(vshard))?;
+        match s
+            .raft
+            .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+            .await
+        {
+            Ok(r) => Ok(r.log_id().index),
+            Err(RaftError::APIError(openraft::errors::LinearizableReadError::ForwardToLeader(
+                f,
+            ))) => Err(Error::NotLeader {
+                group,
+                hint: f.leader_id,
+            }),
+            Err(e) => Err(Error::Unavailable {
+                group,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Makes the next read of this node's replica of `vshard` linearizable: everything
+    /// acknowledged before this call is applied here when it returns. The leader confirms
+    /// its leadership (read index); a follower asks the leader for that index and waits
+    /// until it applied it (a follower read, no data moves).
+    pub async fn read_barrier(&self, vshard: u32, timeout: Duration) -> Result<(), Error> {
+        let group = group_of_vshard(vshard);
+        let s = self
+            .shards
+            .get(vshard as usize)
+            .ok_or_else(|| self.not_hosted(vshard))?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last = None;
+        for attempt in 0..4u32 {
+            let index = match self.leader_read_index(vshard).await {
+                Ok(i) => i,
+                Err(Error::NotLeader {
+                    hint: Some(leader), ..
+                }) if leader != self.cfg.node_id => {
+                    let msg = RaftMessage {
+                        group,
+                        kind: RaftRpc::ReadIndex,
+                        header: bytes::Bytes::new(),
+                        entries: vec![],
+                    };
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    match self.transport.send_raft(leader, "", msg, left).await {
+                        Ok(body) => serde_json::from_slice::<u64>(&body)
+                            .map_err(|e| Error::Internal(format!("bad read index: {e}")))?,
+                        Err(e) => {
+                            last = Some(Error::Unavailable {
+                                group,
+                                reason: format!("read index from leader {leader}: {e}"),
+                            });
+                            tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                            continue;
+                        }
+                    }
+                }
+                Err(e @ Error::NotLeader { .. }) => {
+                    last = Some(e);
+                    let _ = s
+                        .raft
+                        .wait(Some(Duration::from_millis(250 << attempt)))
+                        .metrics(|m| m.current_leader.is_some(), "vshard leader")
+                        .await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            return s
+                .raft
+                .wait(Some(left))
+                .applied_index_at_least(Some(index), "read index applied")
+                .await
+                .map(|_| ())
+                .map_err(|e| Error::Unavailable {
+                    group,
+                    reason: format!("catching up to read index {index}: {e}"),
+                });
+        }
+        Err(last.unwrap_or(Error::Unavailable {
+            group,
+            reason: "no leader for a linearizable read".into(),
+        }))
     }
 
     /// The staging directory of snapshot transfer `transfer` for `group`.

@@ -42,6 +42,9 @@ pub enum RaftRpc {
     /// Not openraft's: one piece of a file of a vshard snapshot, staged on the receiver
     /// before the `Snapshot` message that installs them. `header` = JSON [`ChunkHeader`].
     SnapshotChunk = 7,
+    /// Not openraft's: "confirm you lead and tell me your read index" (a follower's
+    /// linearizable read). Reply = JSON u64.
+    ReadIndex = 8,
 }
 
 /// Where a snapshot chunk goes.
@@ -67,6 +70,7 @@ impl RaftRpc {
             5 => RaftRpc::TransferLeader,
             6 => RaftRpc::ClientInsert,
             7 => RaftRpc::SnapshotChunk,
+            8 => RaftRpc::ReadIndex,
             _ => return None,
         })
     }
@@ -76,7 +80,7 @@ impl RaftRpc {
             RaftRpc::Append => RPCTypes::AppendEntries,
             RaftRpc::Vote | RaftRpc::PreVote => RPCTypes::Vote,
             RaftRpc::Snapshot | RaftRpc::SnapshotChunk => RPCTypes::InstallSnapshot,
-            RaftRpc::ClientInsert => RPCTypes::AppendEntries,
+            RaftRpc::ClientInsert | RaftRpc::ReadIndex => RPCTypes::AppendEntries,
             RaftRpc::TransferLeader => RPCTypes::TransferLeader,
         }
     }
@@ -435,7 +439,7 @@ pub(crate) fn decode_inbound(msg: &RaftMessage) -> Result<Inbound, String> {
                 transfer,
             )
         }
-        RaftRpc::ClientInsert | RaftRpc::SnapshotChunk => {
+        RaftRpc::ClientInsert | RaftRpc::SnapshotChunk | RaftRpc::ReadIndex => {
             return Err(format!("{:?} is not a Raft protocol message", msg.kind))
         }
     })

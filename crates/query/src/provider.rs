@@ -117,6 +117,9 @@ impl ShoalTable {
     }
 }
 
+/// How long a strong read waits for its replicas to reach their leaders' read index.
+const READ_BARRIER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[async_trait]
 impl TableProvider for ShoalTable {
     fn schema(&self) -> SchemaRef {
@@ -167,6 +170,23 @@ impl TableProvider for ShoalTable {
             let e = crate::error::QueryError::from(self.registry.not_hosted(0));
             return Err(DataFusionError::External(Box::new(e)));
         }
+        let consistency = state
+            .config()
+            .get_extension::<ReadConsistency>()
+            .map(|c| c.as_ref().clone())
+            .unwrap_or_default();
+        // strong (and, until closed timestamps exist, bounded staleness — never staler
+        // than asked): every vshard replica read here first catches up to its leader's
+        // read index. eventual reads the local replicas as they are.
+        if consistency != ReadConsistency::Eventual {
+            let barriers = (0..self.registry.vshards())
+                .map(|v| self.registry.read_barrier(v, READ_BARRIER_TIMEOUT));
+            for r in futures::future::join_all(barriers).await {
+                r.map_err(|e| {
+                    DataFusionError::External(Box::new(crate::error::QueryError::from(e)))
+                })?;
+            }
+        }
         let sources: Vec<Arc<dyn ShardSource>> = (0..self.registry.vshards())
             .filter_map(|v| {
                 self.registry
@@ -184,11 +204,7 @@ impl TableProvider for ShoalTable {
             min_ts,
             max_ts,
             // Per request, through the session config (the catalog itself is shared).
-            consistency: state
-                .config()
-                .get_extension::<ReadConsistency>()
-                .map(|c| c.as_ref().clone())
-                .unwrap_or_default(),
+            consistency,
         };
         Ok(Arc::new(ShardScanExec::new(request, sources)))
     }
