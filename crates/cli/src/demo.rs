@@ -109,7 +109,7 @@ async fn run_cluster(
         wait_ready(&client, n).await?;
     }
 
-    // Sample data through node 1 (which holds the rows until vshards are replicated).
+    // Sample data through node 1 (any node would do).
     let lines = crate::bench::generate(args.rows, 50, 42);
     let write_url = format!("http://{}/write?db=demo", nodes[0].http_addr);
     for chunk in lines.chunks(BATCH_LINES) {
@@ -146,13 +146,13 @@ async fn run_cluster(
     let n1 = &nodes[0];
     let last = &nodes[nodes.len() - 1];
     println!(
-        "Loaded {} sample ticks into table trades (rows live on node 1 until vshards are replicated).",
+        "Loaded {} sample ticks into table trades (every vshard has a replica on up to 3 nodes; any node reads and writes).",
         args.rows
     );
     println!("Try:");
     println!(
         "  curl -s http://{}/v1/sql -d 'SELECT symbol, count(*) AS n FROM trades GROUP BY symbol ORDER BY n DESC LIMIT 5'",
-        n1.http_addr
+        last.http_addr
     );
     println!("  curl -s http://{}/v1/sql -d 'SHOW NODES'", last.http_addr);
     println!(

@@ -197,6 +197,16 @@ async fn three_nodes_form_one_cluster_survive_the_leader_and_take_it_back() {
     let killed = Instant::now();
     c[li].kill9();
     let oi = (li + 1) % 3;
+    // Time from the kill to the first acknowledged write through a survivor (every vshard
+    // was led by the killed node only if it was node 1; the write touches many vshards).
+    let write_back = eventually("a write succeeds after the kill", || async {
+        let (s, _) = c[oi]
+            .write("trades,symbol=AMD price=6 1700000000000000003")
+            .await;
+        (s == 204).then(|| killed.elapsed())
+    })
+    .await;
+    println!("first acknowledged write {write_back:?} after the kill");
     let dead_after = eventually("the killed node is DEAD", || async {
         nodes(&c[oi])
             .await
@@ -233,16 +243,6 @@ async fn three_nodes_form_one_cluster_survive_the_leader_and_take_it_back() {
             .then_some(())
     })
     .await;
-    // Time from the kill to the first acknowledged write through a survivor (every vshard
-    // was led by the killed node only if it was node 1; the write touches many vshards).
-    let write_back = eventually("a write succeeds after the kill", || async {
-        let (s, _) = c[oi]
-            .write("trades,symbol=AMD price=6 1700000000000000003")
-            .await;
-        (s == 204).then(|| killed.elapsed())
-    })
-    .await;
-    println!("first acknowledged write {write_back:?} after the kill");
     let (s, v) = c[oi]
         .sql("CREATE TABLE while_down (ts TIMESTAMP, v DOUBLE)")
         .await;

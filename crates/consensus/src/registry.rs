@@ -379,6 +379,43 @@ impl Registry {
         r
     }
 
+    /// SWIM says `node` is SUSPECT or DEAD: for every group it leads here, ask for an
+    /// election (pre-vote first, so a false suspicion disturbs nothing) every ~300 ms until
+    /// another leader is known or 5 s passed. Peers refuse while the dead leader's lease
+    /// runs; the first try after it expires wins, instead of waiting out another random
+    /// election timeout. Followers are staggered by node id so they do not split votes.
+    pub fn on_member_down(self: &Arc<Self>, node: u64) {
+        if node == self.cfg.node_id {
+            return;
+        }
+        let reg = self.clone();
+        tokio::spawn(async move {
+            let stagger = Duration::from_millis((reg.cfg.node_id * 131 % 7) * 40);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            tokio::time::sleep(stagger).await;
+            loop {
+                let mut pending = 0;
+                let groups = std::iter::once(&reg.meta.metrics())
+                    .map(|m| m.borrow_watched().current_leader)
+                    .collect::<Vec<_>>();
+                if groups[0] == Some(node) {
+                    pending += 1;
+                    let _ = reg.meta.trigger().elect(true).await;
+                }
+                for s in &reg.shards {
+                    if s.raft.metrics().borrow_watched().current_leader == Some(node) {
+                        pending += 1;
+                        let _ = s.raft.trigger().elect(true).await;
+                    }
+                }
+                if pending == 0 || tokio::time::Instant::now() >= deadline {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        });
+    }
+
     /// On the leader: confirms leadership with a quorum and returns the index a linearizable
     /// read must wait for.
     async fn leader_read_index(&self, vshard: u32) -> Result<u64, Error> {

@@ -331,10 +331,6 @@ async fn run(
         addrs,
     } = net;
     let prober = peers.spawn_prober();
-    membership.subscribe(|e| {
-        // Routing hints hang on this once vshards are replicated; for now it is the log.
-        tracing::debug!(node = e.node, old = ?e.old, new = ?e.new, "member state changed");
-    });
     let transport = Arc::new(shoal_cluster::ClusterTransport {
         peers: peers.clone(),
     });
@@ -355,6 +351,18 @@ async fn run(
         }
     };
     let _ = catalog_addrs.set(registry.catalog());
+    {
+        // A suspected or dead leader: its groups here campaign as soon as its lease ends.
+        let registry = registry.clone();
+        membership.subscribe(move |e| {
+            if matches!(
+                e.new,
+                shoal_cluster::MemberState::Suspect | shoal_cluster::MemberState::Dead
+            ) {
+                registry.on_member_down(e.node);
+            }
+        });
+    }
     let _ = shared.registry.set(registry.clone());
     let partitions = match cfg.query_target_partitions {
         0 => std::thread::available_parallelism()
