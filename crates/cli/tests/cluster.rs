@@ -435,6 +435,32 @@ async fn terms_stay_put_and_a_paused_node_is_suspected_then_comes_back() {
     let dirs: Vec<_> = (1..=3).map(|i| tmp.path().join(format!("n{i}"))).collect();
     let c = cluster(&[&dirs[0], &dirs[1], &dirs[2]]).await;
     let start_term = eventually("a term", || meta_term(&c[0])).await;
+    // Every vshard group's term too (16 groups, replicated on all three nodes once the
+    // replicas are promoted).
+    eventually("every vshard replicated", || async {
+        let (_, v) = c[0]
+            .sql("SELECT DISTINCT replicas FROM system.shards")
+            .await;
+        (v["rows"][0][0].as_str() == Some("1,2,3") && v["rows"].as_array().map(Vec::len) == Some(1))
+            .then_some(())
+    })
+    .await;
+    let vshard_terms = |n: &Node| {
+        let n = n.url("/v1/sql");
+        async move {
+            let v: serde_json::Value = reqwest::Client::new()
+                .post(n)
+                .body("SELECT vshard, term FROM system.shards ORDER BY vshard")
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            Some(v["rows"].to_string())
+        }
+    };
+    let start_vshard_terms = vshard_terms(&c[0]).await.expect("vshard terms");
     let secs: u64 = std::env::var("SHOAL_SOAK_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -446,10 +472,16 @@ async fn terms_stay_put_and_a_paused_node_is_suspected_then_comes_back() {
             if let Some(t) = meta_term(n).await {
                 assert_eq!(t, start_term, "group 0 term moved in a healthy cluster");
             }
+            if let Some(t) = vshard_terms(n).await {
+                assert_eq!(
+                    t, start_vshard_terms,
+                    "a vshard term moved in a healthy cluster"
+                );
+            }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    println!("group 0 term at end: {start_term}");
+    println!("group 0 term at end: {start_term}; vshard terms unchanged: {start_vshard_terms}");
 
     // Pause a follower.
     let view = nodes(&c[0]).await;
