@@ -45,6 +45,8 @@ pub struct StartArgs {
     max_voters: Option<usize>,
     #[arg(long, env = "SHOAL_REPLICATION_FACTOR")]
     replication_factor: Option<usize>,
+    #[arg(long, env = "SHOAL_QUIESCE_AFTER_MS")]
+    quiesce_after_ms: Option<u64>,
     #[arg(long, env = "SHOAL_RPC_MAX_MESSAGE_BYTES")]
     rpc_max_message_bytes: Option<usize>,
     #[arg(long, env = "SHOAL_RPC_MAX_CONNECTIONS")]
@@ -159,6 +161,7 @@ pub fn resolve(args: &StartArgs) -> Result<NodeConfig, String> {
         join_timeout_ms,
         max_voters,
         replication_factor,
+        quiesce_after_ms,
         rpc_max_message_bytes,
         rpc_max_connections,
         rpc_max_inflight,

@@ -635,3 +635,81 @@ async fn a_new_replica_catches_up_from_a_shipped_snapshot() {
         second.stderr_text()
     );
 }
+
+/// Idle vshard groups quiesce (no Raft heartbeats), stay at their term, wake on a write,
+/// and still fail over at once when their leader dies: SWIM's suspicion starts the
+/// election, and no lease is left to wait out.
+#[tokio::test]
+async fn quiesced_groups_wake_on_writes_and_fail_over_when_the_leader_dies() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dirs: Vec<_> = (1..=3).map(|i| tmp.path().join(format!("n{i}"))).collect();
+    let mut c = cluster(&[&dirs[0], &dirs[1], &dirs[2]]).await;
+    let (s, b) = c[1].write("q,k=a v=1 1\nq,k=b v=2 2\nq,k=c v=3 3").await;
+    assert_eq!(s, 204, "{b}");
+    let all_quiet = |n: &Node| {
+        let url = n.url("/v1/sql");
+        async move {
+            let v: serde_json::Value = reqwest::Client::new()
+                .post(url)
+                .body("SELECT count(*) FROM system.shards WHERE quiesced AND replicas = '1,2,3'")
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (v["rows"][0][0].as_i64() == Some(16)).then_some(())
+        }
+    };
+    eventually("every vshard quiesced", || all_quiet(&c[0])).await;
+    let terms = |n: &Node| {
+        let url = n.url("/v1/sql");
+        async move {
+            let v: serde_json::Value = reqwest::Client::new()
+                .post(url)
+                .body("SELECT vshard, term, leader FROM system.shards ORDER BY vshard")
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            Some(v["rows"].to_string())
+        }
+    };
+    let before = terms(&c[0]).await.expect("terms");
+    // A write wakes the groups it touches; reads see it; nothing was re-elected.
+    let (s, b) = c[2].write("q,k=d v=4 4").await;
+    assert_eq!(s, 204, "{b}");
+    assert_eq!(c[0].count("SELECT count(*) FROM q").await, 4);
+    assert_eq!(
+        terms(&c[0]).await.expect("terms"),
+        before,
+        "quiescence moved a term"
+    );
+    eventually("quiet again", || all_quiet(&c[0])).await;
+    assert_eq!(
+        terms(&c[0]).await.expect("terms"),
+        before,
+        "quiescence moved a term"
+    );
+
+    // Kill the node that leads the most vshards while everything is quiet.
+    let (_, v) = c[0]
+        .sql("SELECT leader, count(*) AS n FROM system.shards GROUP BY leader ORDER BY n DESC LIMIT 1")
+        .await;
+    let leader = v["rows"][0][0].as_u64().expect("leader");
+    let li = c.iter().position(|n| n.node_id == leader).expect("node");
+    let oi = (li + 1) % 3;
+    let killed = Instant::now();
+    c[li].kill9();
+    let back = eventually("a write through a survivor", || async {
+        let (s, _) = c[oi]
+            .write("q,k=e v=5 5\nq,k=f v=6 6\nq,k=g v=7 7\nq,k=h v=8 8")
+            .await;
+        (s == 204).then(|| killed.elapsed())
+    })
+    .await;
+    println!("quiesced cluster: first acknowledged write {back:?} after the kill");
+    assert_eq!(c[oi].count("SELECT count(*) FROM q").await, 8);
+}

@@ -82,6 +82,66 @@ pub struct MetaView {
 struct ShardGroup {
     raft: Raft<TypeConfig, ShardStateMachine>,
     store: Arc<ShardStore>,
+    /// Quiescence of this replica: `QUIET_NONE`, or the leader id it was quiesced under
+    /// (`me` when this replica leads and stopped heartbeats; another id when this
+    /// follower stopped campaigning).
+    quiet: std::sync::atomic::AtomicU64,
+    /// Unix ms of the last client write or strong read here (leaders stay awake while busy).
+    last_active_ms: std::sync::atomic::AtomicU64,
+    /// The last log index when this replica quiesced; any new entry wakes it.
+    quiet_index: std::sync::atomic::AtomicU64,
+}
+
+const QUIET_NONE: u64 = 0;
+
+/// How long a write keeps looking for its vshard's leader (elections, forwarding).
+const FORWARD_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Retry pause: 50 ms doubling to 400 ms.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(50 << attempt.clamp(1, 4).saturating_sub(1))
+}
+
+fn now_ms() -> u64 {
+    (shoal_common::time::now_nanos() / 1_000_000) as u64
+}
+
+impl ShardGroup {
+    fn quiet(&self) -> u64 {
+        self.quiet.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Back to normal Raft: heartbeats and elections on.
+    fn wake(&self) {
+        if self
+            .quiet
+            .swap(QUIET_NONE, std::sync::atomic::Ordering::AcqRel)
+            != QUIET_NONE
+        {
+            let rc = self.raft.runtime_config();
+            rc.tick(true);
+            rc.heartbeat(true);
+            rc.elect(true);
+        }
+    }
+
+    /// Stops this replica's timers: no heartbeats, no campaigning, no ticks.
+    fn quiesce(&self, leader: u64, index: u64) {
+        self.quiet_index
+            .store(index, std::sync::atomic::Ordering::Release);
+        self.quiet
+            .store(leader, std::sync::atomic::Ordering::Release);
+        let rc = self.raft.runtime_config();
+        rc.heartbeat(false);
+        rc.elect(false);
+        rc.tick(false);
+    }
+
+    fn touch(&self) {
+        self.last_active_ms
+            .store(now_ms(), std::sync::atomic::Ordering::Release);
+        self.wake();
+    }
 }
 
 /// A group's state as `SHOW SHARDS` reports it.
@@ -97,6 +157,8 @@ pub struct GroupStatus {
     pub purged_index: Option<u64>,
     pub replicas: Vec<u64>,
     pub stats: ShardStats,
+    /// Idle and quiesced (no heartbeats; followers not campaigning).
+    pub quiesced: bool,
 }
 
 pub struct Registry {
@@ -186,7 +248,13 @@ impl Registry {
             )
             .await
             .map_err(|e| Error::Internal(format!("starting vshard {v}: {e}")))?;
-            shards.push(ShardGroup { raft, store });
+            shards.push(ShardGroup {
+                raft,
+                store,
+                quiet: std::sync::atomic::AtomicU64::new(QUIET_NONE),
+                last_active_ms: std::sync::atomic::AtomicU64::new(now_ms()),
+                quiet_index: std::sync::atomic::AtomicU64::new(0),
+            });
         }
         let intent_cfg = LogConfig {
             segment_max_bytes: INTENT_SEGMENT_BYTES,
@@ -341,6 +409,10 @@ impl Registry {
         match msg.kind {
             RaftRpc::ClientInsert => return self.handle_forwarded_insert(&msg).await,
             RaftRpc::SnapshotChunk => return self.stage_chunk(&msg),
+            RaftRpc::Quiesce => {
+                let agreed = self.handle_quiesce(&msg);
+                return Ok(serde_json::to_vec(&agreed).unwrap_or_default().into());
+            }
             RaftRpc::ReadIndex => {
                 let v = group
                     .checked_sub(1)
@@ -361,6 +433,13 @@ impl Registry {
                 group,
                 reason: format!("node {} does not host group {group}", self.cfg.node_id),
             })?;
+        // A quiesced follower wakes on anything but a plain heartbeat from its leader.
+        if s.quiet() != QUIET_NONE {
+            let plain = matches!(&inbound, Inbound::Append(a) if a.entries.is_empty() && a.vote.leader_id().node_id == s.quiet());
+            if !plain {
+                s.wake();
+            }
+        }
         let staged = match &inbound {
             Inbound::Snapshot(_, _, Some(t)) => Some(self.staging(group, t)?),
             _ => None,
@@ -377,6 +456,16 @@ impl Registry {
             let _ = std::fs::remove_dir_all(dir);
         }
         r
+    }
+
+    /// This replica could not reach its leader: wake it (it may be quiesced, so not
+    /// campaigning) and ask for a pre-vote election. If the leader is fine for the others,
+    /// they refuse and nothing changes.
+    async fn leader_unreachable(&self, s: &ShardGroup, leader: u64) {
+        if s.raft.metrics().borrow_watched().current_leader == Some(leader) {
+            s.wake();
+            let _ = s.raft.trigger().elect(true).await;
+        }
     }
 
     /// SWIM says `node` is SUSPECT or DEAD: for every group it leads here, ask for an
@@ -404,6 +493,7 @@ impl Registry {
                 }
                 for s in &reg.shards {
                     if s.raft.metrics().borrow_watched().current_leader == Some(node) {
+                        s.wake();
                         pending += 1;
                         let _ = s.raft.trigger().elect(true).await;
                     }
@@ -414,6 +504,110 @@ impl Registry {
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
         });
+    }
+
+    /// A follower's answer to `Quiesce`: agree (and stop campaigning) only if the sender
+    /// is this replica's leader at the same term and this replica has applied everything.
+    fn handle_quiesce(&self, msg: &RaftMessage) -> bool {
+        let Ok((leader, term, index)) = serde_json::from_slice::<(u64, u64, u64)>(&msg.header)
+        else {
+            return false;
+        };
+        let Some(s) = msg
+            .group
+            .checked_sub(1)
+            .and_then(|v| self.shards.get(v as usize))
+        else {
+            return false;
+        };
+        let m = s.raft.metrics().borrow_watched().clone();
+        let applied = m.last_applied.as_ref().map_or(0, |l| l.index);
+        if m.current_leader != Some(leader)
+            || m.current_term != term
+            || m.last_log_index != Some(index)
+            || applied < index
+        {
+            return false;
+        }
+        s.quiesce(leader, index);
+        true
+    }
+
+    /// Quiescence of idle vshard groups, run by the maintenance loop. A leader whose group
+    /// had no write or strong read for `idle_after` and whose followers have everything
+    /// asks each follower to stop campaigning; when all agree it stops heartbeats. Any
+    /// write, strong read, leader change or SWIM suspicion of the leader wakes the group.
+    /// An idle cluster then sends no per-group Raft traffic at all; SWIM (one probe per
+    /// node per interval) watches the leaders instead.
+    pub async fn quiesce_idle(&self, idle_after: Duration) {
+        let me = self.cfg.node_id;
+        for (v, s) in self.shards.iter().enumerate() {
+            let m = s.raft.metrics().borrow_watched().clone();
+            let q = s.quiet();
+            // A replica quiesced under a leader that is gone, or that got new entries
+            // (a membership change, a new term), wakes up.
+            if q != QUIET_NONE
+                && (m.current_leader != Some(q)
+                    || m.last_log_index.unwrap_or(0)
+                        != s.quiet_index.load(std::sync::atomic::Ordering::Acquire))
+            {
+                s.wake();
+                continue;
+            }
+            if q != QUIET_NONE || m.current_leader != Some(me) {
+                continue;
+            }
+            let idle = now_ms()
+                .saturating_sub(s.last_active_ms.load(std::sync::atomic::Ordering::Acquire));
+            if idle < idle_after.as_millis() as u64 {
+                continue;
+            }
+            let last = m.last_log_index.unwrap_or(0);
+            let followers: Vec<u64> = m
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(id, _)| *id)
+                .filter(|id| *id != me)
+                .collect();
+            let caught_up = followers.iter().all(|id| {
+                m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).cloned().flatten())
+                    .is_some_and(|l| l.index == last)
+            });
+            let committed = m.local_committed.as_ref().map_or(0, |l| l.index);
+            if !caught_up || committed != last {
+                continue;
+            }
+            let group = group_of_vshard(v as u32);
+            let header: bytes::Bytes = serde_json::to_vec(&(me, m.current_term, last))
+                .unwrap_or_default()
+                .into();
+            let asks = followers.iter().map(|f| {
+                let msg = RaftMessage {
+                    group,
+                    kind: RaftRpc::Quiesce,
+                    header: header.clone(),
+                    entries: vec![],
+                };
+                self.transport
+                    .send_raft(*f, "", msg, Duration::from_secs(2))
+            });
+            let agreed = futures::future::join_all(asks).await.into_iter().all(|r| {
+                r.ok()
+                    .and_then(|b| serde_json::from_slice::<bool>(&b).ok())
+                    .unwrap_or(false)
+            });
+            // Quiesce only if nothing happened meanwhile.
+            let idle_still = s.last_active_ms.load(std::sync::atomic::Ordering::Acquire)
+                + idle_after.as_millis() as u64
+                <= now_ms();
+            if agreed && idle_still {
+                s.quiesce(me, last);
+                tracing::debug!(vshard = v, "quiesced");
+            }
+        }
     }
 
     /// On the leader: confirms leadership with a quorum and returns the index a linearizable
@@ -455,7 +649,9 @@ impl Registry {
             .ok_or_else(|| self.not_hosted(vshard))?;
         let deadline = tokio::time::Instant::now() + timeout;
         let mut last = None;
-        for attempt in 0..4u32 {
+        let mut attempt = 0u32;
+        while tokio::time::Instant::now() < deadline {
+            attempt += 1;
             let index = match self.leader_read_index(vshard).await {
                 Ok(i) => i,
                 Err(Error::NotLeader {
@@ -476,7 +672,8 @@ impl Registry {
                                 group,
                                 reason: format!("read index from leader {leader}: {e}"),
                             });
-                            tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                            self.leader_unreachable(s, leader).await;
+                            tokio::time::sleep(backoff(attempt)).await;
                             continue;
                         }
                     }
@@ -485,7 +682,7 @@ impl Registry {
                     last = Some(e);
                     let _ = s
                         .raft
-                        .wait(Some(Duration::from_millis(250 << attempt)))
+                        .wait(Some(backoff(attempt) * 4))
                         .metrics(|m| m.current_leader.is_some(), "vshard leader")
                         .await;
                     continue;
@@ -756,10 +953,12 @@ impl Registry {
     /// by a quorum of its replicas. A follower forwards it to the group's leader (again if
     /// the leader moved meanwhile).
     pub async fn insert(&self, vshard: u32, cmd: Command) -> Result<Response, Error> {
-        const ATTEMPTS: u32 = 4;
         let group = group_of_vshard(vshard);
         let mut last = None;
-        for attempt in 0..ATTEMPTS {
+        let deadline = tokio::time::Instant::now() + FORWARD_DEADLINE;
+        let mut attempt = 0u32;
+        while tokio::time::Instant::now() < deadline {
+            attempt += 1;
             let hint = match self.insert_local(vshard, cmd.clone()).await {
                 Err(Error::NotLeader { hint, .. }) => hint,
                 // No replica here: hand it to a node that has one (it forwards on to the
@@ -783,9 +982,11 @@ impl Registry {
                 if let Some(s) = self.shards.get(vshard as usize) {
                     let _ = s
                         .raft
-                        .wait(Some(Duration::from_millis(250 << attempt)))
+                        .wait(Some(backoff(attempt) * 4))
                         .metrics(|m| m.current_leader.is_some(), "vshard leader")
                         .await;
+                } else {
+                    tokio::time::sleep(backoff(attempt)).await;
                 }
                 continue;
             };
@@ -818,7 +1019,10 @@ impl Registry {
                         group,
                         reason: format!("forwarding to leader {leader}: {e}"),
                     });
-                    tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                    if let Some(s) = self.shards.get(vshard as usize) {
+                        self.leader_unreachable(s, leader).await;
+                    }
+                    tokio::time::sleep(backoff(attempt)).await;
                 }
             }
         }
@@ -838,6 +1042,7 @@ impl Registry {
             .shards
             .get(vshard as usize)
             .ok_or_else(|| self.not_hosted(vshard))?;
+        s.touch();
         let r = s.raft.client_write(cmd).await;
         map_write(group_of_vshard(vshard), r)
     }
@@ -915,7 +1120,9 @@ impl Registry {
         out.push(status_of(0, None, &m, ShardStats::default()));
         for (v, s) in self.shards.iter().enumerate() {
             let m = s.raft.metrics().borrow_watched().clone();
-            out.push(status_of(v as u32 + 1, Some(v as u32), &m, s.store.stats()));
+            let mut st = status_of(v as u32 + 1, Some(v as u32), &m, s.store.stats());
+            st.quiesced = s.quiet() != QUIET_NONE;
+            out.push(st);
         }
         out
     }
@@ -1061,6 +1268,7 @@ fn status_of(
         purged_index: m.purged.as_ref().map(|l| l.index),
         replicas: m.membership_config.membership().voter_ids().collect(),
         stats,
+        quiesced: false,
     }
 }
 

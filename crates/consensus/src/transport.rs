@@ -45,6 +45,10 @@ pub enum RaftRpc {
     /// Not openraft's: "confirm you lead and tell me your read index" (a follower's
     /// linearizable read). Reply = JSON u64.
     ReadIndex = 8,
+    /// Not openraft's: the leader of an idle vshard group asks a caught-up follower to
+    /// stop campaigning (see `Registry::quiesce_idle`). `header` = JSON `[leader, term,
+    /// last index]`; reply = JSON bool (agreed).
+    Quiesce = 9,
 }
 
 /// Where a snapshot chunk goes.
@@ -71,6 +75,7 @@ impl RaftRpc {
             6 => RaftRpc::ClientInsert,
             7 => RaftRpc::SnapshotChunk,
             8 => RaftRpc::ReadIndex,
+            9 => RaftRpc::Quiesce,
             _ => return None,
         })
     }
@@ -80,7 +85,9 @@ impl RaftRpc {
             RaftRpc::Append => RPCTypes::AppendEntries,
             RaftRpc::Vote | RaftRpc::PreVote => RPCTypes::Vote,
             RaftRpc::Snapshot | RaftRpc::SnapshotChunk => RPCTypes::InstallSnapshot,
-            RaftRpc::ClientInsert | RaftRpc::ReadIndex => RPCTypes::AppendEntries,
+            RaftRpc::ClientInsert | RaftRpc::ReadIndex | RaftRpc::Quiesce => {
+                RPCTypes::AppendEntries
+            }
             RaftRpc::TransferLeader => RPCTypes::TransferLeader,
         }
     }
@@ -439,7 +446,7 @@ pub(crate) fn decode_inbound(msg: &RaftMessage) -> Result<Inbound, String> {
                 transfer,
             )
         }
-        RaftRpc::ClientInsert | RaftRpc::SnapshotChunk | RaftRpc::ReadIndex => {
+        RaftRpc::ClientInsert | RaftRpc::SnapshotChunk | RaftRpc::ReadIndex | RaftRpc::Quiesce => {
             return Err(format!("{:?} is not a Raft protocol message", msg.kind))
         }
     })

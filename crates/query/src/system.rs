@@ -189,6 +189,12 @@ impl SystemSchema {
             ),
             ("term", u64s(groups.iter().map(|g| Some(g.term)).collect())),
             (
+                "quiesced",
+                Arc::new(BooleanArray::from(
+                    groups.iter().map(|g| g.quiesced).collect::<Vec<_>>(),
+                )) as ArrayRef,
+            ),
+            (
                 "applied_index",
                 u64s(groups.iter().map(|g| g.applied_index).collect()),
             ),

@@ -325,6 +325,7 @@ pub fn spawn_maintenance(
     envelope: Arc<RwLock<Caller>>,
     bootstrap: bool,
     max_voters: usize,
+    quiesce_after: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -371,6 +372,9 @@ pub fn spawn_maintenance(
                 .await
             {
                 tracing::debug!(error = %e, "reconciling group 0 membership; will retry");
+            }
+            if !quiesce_after.is_zero() {
+                registry.quiesce_idle(quiesce_after).await;
             }
             // Every 2 s: announce to registered nodes SWIM does not see alive (a fresh
             // start, a healed partition, a node back from the dead).

@@ -31,6 +31,9 @@ pub struct NodeConfig {
     pub join_timeout_ms: u64,
     /// Voters of the metadata group (group 0); further nodes are learners.
     pub max_voters: usize,
+    /// A vshard group with no write or strong read for this long stops its Raft heartbeats
+    /// (its followers stop campaigning; SWIM watches the leader). 0 = never.
+    pub quiesce_after_ms: u64,
     /// Replicas of every vshard. Nodes that join while fewer nodes hold vshards hold a
     /// replica of each; further nodes hold none (yet).
     pub replication_factor: usize,
@@ -117,6 +120,7 @@ impl Default for NodeConfig {
             join_timeout_ms: 60_000,
             max_voters: 5,
             replication_factor: 3,
+            quiesce_after_ms: 2_000,
             rpc_max_message_bytes: 64 * MIB as usize,
             rpc_max_connections: 1024,
             rpc_max_inflight: 256,

@@ -415,6 +415,7 @@ async fn run(
         peers.envelope().clone(),
         dir.created && cfg.join.is_empty(),
         cfg.max_voters,
+        Duration::from_millis(cfg.quiesce_after_ms),
     );
     let flusher = registry.spawn_flusher();
     tracing::info!(
