@@ -216,7 +216,7 @@ async fn three_nodes_form_one_cluster_survive_the_leader_and_take_it_back() {
     })
     .await;
     println!("killed node declared DEAD after {dead_after:?}");
-    // Defaults: probe every 500 ms, suspect for 1.5 s, so about 2–3 s. The bound asserted
+    // Defaults: probe every 500 ms, suspect for 1 s, so about 1.5–2.5 s. The bound asserted
     // is loose (a loaded 2-core CI machine); the figure is printed.
     assert!(
         dead_after < Duration::from_secs(10),
@@ -311,11 +311,10 @@ async fn joins_through_one_seed_while_another_is_down() {
     );
     second.wait_ready().await;
     assert_eq!(second.node_id, 2);
-    assert!(
-        second.stderr_text().contains(&dead),
-        "the unreachable seed is logged: {}",
-        second.stderr_text()
-    );
+    eventually("the unreachable seed is logged", || async {
+        second.stderr_text().contains(&dead).then_some(())
+    })
+    .await;
     let rows = eventually("both nodes listed, the second ACTIVE", || async {
         let rows = nodes(&first).await;
         (rows.len() == 2 && rows[1].1 == "ACTIVE").then_some(rows)
@@ -398,11 +397,13 @@ async fn a_node_of_another_cluster_is_refused() {
         err.contains("refusing to join another cluster") || err.contains("refused"),
         "{err}"
     );
-    let ours_log = ours.stderr_text();
-    assert!(
-        ours_log.contains("refused an RPC from another cluster"),
-        "{ours_log}"
-    );
+    // Its log says so, naming both ids (stderr is read by a thread: poll for it).
+    eventually("the refusal logged on our node", || async {
+        ours.stderr_text()
+            .contains("refused an RPC from another cluster")
+            .then_some(())
+    })
+    .await;
     // Ours keeps serving.
     let (s, _) = ours.sql("SHOW NODES").await;
     assert_eq!(s, 200);

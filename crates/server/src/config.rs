@@ -131,7 +131,7 @@ impl Default for NodeConfig {
             prober_interval_ms: 500,
             swim_probe_interval_ms: 500,
             swim_probe_timeout_ms: 200,
-            swim_suspect_timeout_ms: 1_500,
+            swim_suspect_timeout_ms: 1_000,
             vshards: 16,
             max_body_bytes: 64 * MIB,
             flush_hot_bytes: 128 * MIB,
