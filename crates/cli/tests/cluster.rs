@@ -72,6 +72,41 @@ async fn tables(n: &Node) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The `rows` of a statement's result on `n`, or `None` unless it answered 200.
+async fn rows(n: &Node, sql: &str) -> Option<serde_json::Value> {
+    let (status, v) = n.sql(sql).await;
+    (status == 200).then(|| v["rows"].clone())
+}
+
+/// Waits until every vshard has the same three voters.
+async fn all_replicated(n: &Node) {
+    eventually("every vshard has 3 voters", || async {
+        let r = rows(n, "SELECT DISTINCT replicas FROM system.shards").await?;
+        (r.as_array().map(Vec::len) == Some(1) && r[0][0].as_str() == Some("1,2,3")).then_some(())
+    })
+    .await;
+}
+
+/// Every vshard's (term, leader) as `n` sees them, as text to compare.
+async fn vshard_terms(n: &Node) -> Option<String> {
+    rows(
+        n,
+        "SELECT vshard, term, leader FROM system.shards ORDER BY vshard",
+    )
+    .await
+    .map(|r| r.to_string())
+}
+
+/// `Some` once all 16 vshards are quiesced with the same three replicas.
+async fn all_quiet(n: &Node) -> Option<()> {
+    let r = rows(
+        n,
+        "SELECT count(*) FROM system.shards WHERE quiesced AND replicas = '1,2,3'",
+    )
+    .await?;
+    (r[0][0].as_i64() == Some(16)).then_some(())
+}
+
 /// Starts a first node and `more` nodes joining it; waits until every node is ready and
 /// sees every node ACTIVE and ALIVE.
 async fn cluster(dirs: &[&std::path::Path]) -> Vec<Node> {
@@ -174,14 +209,7 @@ async fn three_nodes_form_one_cluster_survive_the_leader_and_take_it_back() {
             "strong read on another node missed an acknowledged write"
         );
     }
-    eventually("every vshard has 3 voters", || async {
-        let (_, v) = c[0]
-            .sql("SELECT DISTINCT replicas FROM system.shards")
-            .await;
-        (v["rows"].as_array().map(Vec::len) == Some(1) && v["rows"][0][0].as_str() == Some("1,2,3"))
-            .then_some(())
-    })
-    .await;
+    all_replicated(&c[0]).await;
 
     // Kill -9 the group-0 leader: the others elect a new one, see the node DEAD and keep
     // accepting DDL.
@@ -438,29 +466,7 @@ async fn terms_stay_put_and_a_paused_node_is_suspected_then_comes_back() {
     let start_term = eventually("a term", || meta_term(&c[0])).await;
     // Every vshard group's term too (16 groups, replicated on all three nodes once the
     // replicas are promoted).
-    eventually("every vshard replicated", || async {
-        let (_, v) = c[0]
-            .sql("SELECT DISTINCT replicas FROM system.shards")
-            .await;
-        (v["rows"][0][0].as_str() == Some("1,2,3") && v["rows"].as_array().map(Vec::len) == Some(1))
-            .then_some(())
-    })
-    .await;
-    let vshard_terms = |n: &Node| {
-        let n = n.url("/v1/sql");
-        async move {
-            let v: serde_json::Value = reqwest::Client::new()
-                .post(n)
-                .body("SELECT vshard, term FROM system.shards ORDER BY vshard")
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            Some(v["rows"].to_string())
-        }
-    };
+    all_replicated(&c[0]).await;
     let start_vshard_terms = vshard_terms(&c[0]).await.expect("vshard terms");
     let secs: u64 = std::env::var("SHOAL_SOAK_SECS")
         .ok()
@@ -647,50 +653,20 @@ async fn quiesced_groups_wake_on_writes_and_fail_over_when_the_leader_dies() {
     let mut c = cluster(&[&dirs[0], &dirs[1], &dirs[2]]).await;
     let (s, b) = c[1].write("q,k=a v=1 1\nq,k=b v=2 2\nq,k=c v=3 3").await;
     assert_eq!(s, 204, "{b}");
-    let all_quiet = |n: &Node| {
-        let url = n.url("/v1/sql");
-        async move {
-            let v: serde_json::Value = reqwest::Client::new()
-                .post(url)
-                .body("SELECT count(*) FROM system.shards WHERE quiesced AND replicas = '1,2,3'")
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            (v["rows"][0][0].as_i64() == Some(16)).then_some(())
-        }
-    };
     eventually("every vshard quiesced", || all_quiet(&c[0])).await;
-    let terms = |n: &Node| {
-        let url = n.url("/v1/sql");
-        async move {
-            let v: serde_json::Value = reqwest::Client::new()
-                .post(url)
-                .body("SELECT vshard, term, leader FROM system.shards ORDER BY vshard")
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            Some(v["rows"].to_string())
-        }
-    };
-    let before = terms(&c[0]).await.expect("terms");
+    let before = vshard_terms(&c[0]).await.expect("terms");
     // A write wakes the groups it touches; reads see it; nothing was re-elected.
     let (s, b) = c[2].write("q,k=d v=4 4").await;
     assert_eq!(s, 204, "{b}");
     assert_eq!(c[0].count("SELECT count(*) FROM q").await, 4);
     assert_eq!(
-        terms(&c[0]).await.expect("terms"),
+        vshard_terms(&c[0]).await.expect("terms"),
         before,
         "quiescence moved a term"
     );
     eventually("quiet again", || all_quiet(&c[0])).await;
     assert_eq!(
-        terms(&c[0]).await.expect("terms"),
+        vshard_terms(&c[0]).await.expect("terms"),
         before,
         "quiescence moved a term"
     );
