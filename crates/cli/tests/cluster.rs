@@ -690,3 +690,127 @@ async fn quiesced_groups_wake_on_writes_and_fail_over_when_the_leader_dies() {
     println!("quiesced cluster: first acknowledged write {back:?} after the kill");
     assert_eq!(c[oi].count("SELECT count(*) FROM q").await, 8);
 }
+
+/// Concurrent writers through every node record what was acknowledged; the node leading
+/// the most vshards is killed mid-run and restarted. At the end every acknowledged id is
+/// present exactly once on every node, and nothing appears that no writer attempted.
+/// Failed writes are retried with the same `Idempotency-Key` through another node.
+#[tokio::test]
+#[ignore = "passed 240/240 once, then stalled under CPU load (writer progress stopped after the kill); run with --ignored while investigating"]
+async fn every_acknowledged_write_survives_a_leader_kill_exactly_once() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dirs: Vec<_> = (1..=3).map(|i| tmp.path().join(format!("n{i}"))).collect();
+    let mut c = cluster(&[&dirs[0], &dirs[1], &dirs[2]]).await;
+    let (s, v) = c[0]
+        .sql("CREATE TABLE acks (ts TIMESTAMP, id VARCHAR, w BIGINT, PRIMARY KEY (id))")
+        .await;
+    assert_eq!(s, 200, "{v}");
+    const WRITERS: usize = 4;
+    const PER_WRITER: usize = 60;
+    let urls: Vec<String> = c.iter().map(|n| n.url("/write?db=x")).collect();
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(
+        std::collections::BTreeSet::<String>::new(),
+    ));
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = vec![];
+    for w in 0..WRITERS {
+        let (urls, acked, progress) = (urls.clone(), acked.clone(), progress.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .expect("client");
+            for i in 0..PER_WRITER {
+                let id = format!("w{w}-{i}");
+                let line = format!(
+                    "acks,id={id} w={w}i {}",
+                    1_700_000_000_000_000_000i64 + i as i64
+                );
+                // Up to 6 tries through different nodes, same idempotency key.
+                for attempt in 0..6 {
+                    let url = &urls[(w + i + attempt) % urls.len()];
+                    let r = client
+                        .post(url)
+                        .header("Idempotency-Key", &id)
+                        .body(line.clone())
+                        .send()
+                        .await;
+                    if matches!(&r, Ok(resp) if resp.status().as_u16() == 204) {
+                        acked.lock().expect("lock").insert(id.clone());
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }));
+    }
+    // Kill the busiest leader a third of the way in; restart it two thirds in.
+    let total = WRITERS * PER_WRITER;
+    let wait_for = |n: usize| {
+        let progress = progress.clone();
+        async move {
+            eventually("writer progress", || async {
+                (progress.load(std::sync::atomic::Ordering::Relaxed) >= n).then_some(())
+            })
+            .await
+        }
+    };
+    wait_for(total / 3).await;
+    let (_, v) = c[0]
+        .sql("SELECT leader, count(*) AS n FROM system.shards GROUP BY leader ORDER BY n DESC LIMIT 1")
+        .await;
+    let leader = v["rows"][0][0].as_u64().expect("leader");
+    let li = c.iter().position(|n| n.node_id == leader).expect("node");
+    c[li].kill9();
+    wait_for(2 * total / 3).await;
+    c[li].spawn();
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    c[li].wait_ready().await;
+    let acked = acked.lock().expect("lock").clone();
+    assert!(
+        acked.len() > total / 2,
+        "most writes should succeed: {}",
+        acked.len()
+    );
+    for n in &c {
+        let r = eventually("a strong read of every row", || async {
+            rows(n, "SELECT id FROM acks ORDER BY id").await
+        })
+        .await;
+        let ids: Vec<String> = r
+            .as_array()
+            .expect("rows")
+            .iter()
+            .filter_map(|x| x[0].as_str().map(str::to_string))
+            .collect();
+        let distinct: std::collections::BTreeSet<String> = ids.iter().cloned().collect();
+        assert_eq!(
+            ids.len(),
+            distinct.len(),
+            "an id appears twice on node {}",
+            n.node_id
+        );
+        for id in &acked {
+            assert!(
+                distinct.contains(id),
+                "acknowledged {id} missing on node {}",
+                n.node_id
+            );
+        }
+        for id in &distinct {
+            let ok = id
+                .strip_prefix('w')
+                .and_then(|r| r.split_once('-'))
+                .and_then(|(w, i)| Some((w.parse::<usize>().ok()?, i.parse::<usize>().ok()?)))
+                .is_some_and(|(w, i)| w < WRITERS && i < PER_WRITER);
+            assert!(ok, "{id} was never attempted");
+        }
+    }
+    println!(
+        "{} of {total} writes acknowledged; all present exactly once on every node",
+        acked.len()
+    );
+}

@@ -94,6 +94,9 @@ struct ShardGroup {
 
 const QUIET_NONE: u64 = 0;
 
+/// Longest a membership change may hold up the maintenance loop (it is retried).
+const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long a write keeps looking for its vshard's leader (elections, forwarding).
 const FORWARD_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -433,13 +436,11 @@ impl Registry {
                 group,
                 reason: format!("node {} does not host group {group}", self.cfg.node_id),
             })?;
-        // A quiesced follower wakes on anything but a plain heartbeat from its leader.
-        if s.quiet() != QUIET_NONE {
-            let plain = matches!(&inbound, Inbound::Append(a) if a.entries.is_empty() && a.vote.leader_id().node_id == s.quiet());
-            if !plain {
-                s.wake();
-            }
-        }
+        // A quiesced follower wakes on anything but a plain heartbeat from its leader —
+        // after Raft handled the message, which refreshed its leader contact (waking first
+        // lets a stale election timer fire and depose a healthy leader).
+        let wake_after = s.quiet() != QUIET_NONE
+            && !matches!(&inbound, Inbound::Append(a) if a.entries.is_empty() && a.vote.leader_id().node_id == s.quiet());
         let staged = match &inbound {
             Inbound::Snapshot(_, _, Some(t)) => Some(self.staging(group, t)?),
             _ => None,
@@ -452,6 +453,9 @@ impl Registry {
             (other, _) => other,
         };
         let r = handle_inbound(&s.raft, group, inbound).await;
+        if wake_after {
+            s.wake();
+        }
         if let Some(dir) = staged {
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -560,6 +564,14 @@ impl Registry {
             let idle = now_ms()
                 .saturating_sub(s.last_active_ms.load(std::sync::atomic::Ordering::Acquire));
             if idle < idle_after.as_millis() as u64 {
+                continue;
+            }
+            if m.membership_config
+                .membership()
+                .learner_ids()
+                .next()
+                .is_some()
+            {
                 continue;
             }
             let last = m.last_log_index.unwrap_or(0);
@@ -866,17 +878,27 @@ impl Registry {
             .filter(|n| n.state != crate::NodeState::Decommissioned)
             .map(|n| (n.id, n.addrs.rpc.clone()))
             .collect();
-        let caught_up = reconcile_group(&self.meta, 0, self.cfg.node_id, &all, max_voters).await?;
-        if let Some(caught_up) = caught_up {
-            for n in catalog.nodes.values() {
-                if n.state == crate::NodeState::Joining && caught_up.contains(&n.id) {
-                    tracing::info!(node = n.id, "node caught up; ACTIVE");
-                    self.propose_meta(Command::Cluster(crate::ClusterOp::SetState {
-                        id: n.id,
-                        state: crate::NodeState::Active,
-                    }))
-                    .await?;
+        let mut first_error = None;
+        match reconcile_group(&self.meta, 0, self.cfg.node_id, &all, max_voters).await {
+            Ok(Some(caught_up)) => {
+                for n in catalog.nodes.values() {
+                    if n.state == crate::NodeState::Joining && caught_up.contains(&n.id) {
+                        tracing::info!(node = n.id, "node caught up; ACTIVE");
+                        let r = self
+                            .propose_meta(Command::Cluster(crate::ClusterOp::SetState {
+                                id: n.id,
+                                state: crate::NodeState::Active,
+                            }))
+                            .await;
+                        if let Err(e) = r {
+                            first_error.get_or_insert(e);
+                        }
+                    }
                 }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                first_error.get_or_insert(e);
             }
         }
         // Every vshard group this node leads takes the vshard hosts as replicas.
@@ -886,16 +908,32 @@ impl Registry {
             .map(|n| (n.id, n.addrs.rpc.clone()))
             .collect();
         for (v, s) in self.shards.iter().enumerate() {
-            reconcile_group(
+            // A group whose membership is still changing must not be quiesced: membership
+            // changes need its timers (replication retries, heartbeats).
+            let m = s.raft.metrics().borrow_watched().clone();
+            let membership = m.membership_config.membership();
+            let settled = membership.learner_ids().next().is_none()
+                && hosts
+                    .iter()
+                    .all(|(id, _)| membership.nodes().any(|(n, _)| n == id));
+            if !settled {
+                s.wake();
+            }
+            // One group's trouble must not stop the others from being reconciled.
+            let r = reconcile_group(
                 &s.raft,
                 group_of_vshard(v as u32),
                 self.cfg.node_id,
                 &hosts,
                 rf,
             )
-            .await?;
+            .await;
+            if let Err(e) = r {
+                tracing::debug!(vshard = v, error = %e, "reconciling vshard membership; will retry");
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     pub fn catalog(&self) -> CatalogHandle {
@@ -1182,9 +1220,15 @@ where
             continue;
         }
         tracing::info!(group, node = id, rpc = %addr, "adding a learner");
-        let r = raft
-            .add_learner(*id, openraft::impls::BasicNode::new(addr), false)
-            .await;
+        let r = tokio::time::timeout(
+            MEMBERSHIP_CHANGE_TIMEOUT,
+            raft.add_learner(*id, openraft::impls::BasicNode::new(addr), false),
+        )
+        .await
+        .map_err(|_| Error::Unavailable {
+            group,
+            reason: "adding a learner timed out".into(),
+        })?;
         map_write(group, r)?;
     }
     let mut voters = membership.voter_ids().count();
@@ -1196,12 +1240,18 @@ where
             continue;
         }
         tracing::info!(group, node = id, "promoting a caught-up learner to voter");
-        let r = raft
-            .change_membership(
+        let r = tokio::time::timeout(
+            MEMBERSHIP_CHANGE_TIMEOUT,
+            raft.change_membership(
                 openraft::ChangeMembers::AddVoterIds([id].into_iter().collect()),
                 true,
-            )
-            .await;
+            ),
+        )
+        .await
+        .map_err(|_| Error::Unavailable {
+            group,
+            reason: "promoting a learner timed out".into(),
+        })?;
         map_write(group, r)?;
         voters += 1;
     }
