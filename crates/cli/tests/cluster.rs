@@ -72,6 +72,30 @@ async fn tables(n: &Node) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Waits until `n` sees node `id` in SWIM state `state`.
+async fn wait_swim(n: &Node, id: u64, state: &str) {
+    eventually(&format!("node {id} {state}"), || async {
+        nodes(n)
+            .await
+            .iter()
+            .any(|r| r.0 == id && r.2 == state)
+            .then_some(())
+    })
+    .await;
+}
+
+/// Waits until `n`'s circuit breaker towards node `id` is `state`.
+async fn wait_breaker(n: &Node, id: u64, state: &str) {
+    eventually(&format!("breaker to node {id} {state}"), || async {
+        nodes_full(n)
+            .await
+            .iter()
+            .any(|r| r.0 == id && r.4 == state)
+            .then_some(())
+    })
+    .await;
+}
+
 /// The `rows` of a statement's result on `n`, or `None` unless it answered 200.
 async fn rows(n: &Node, sql: &str) -> Option<serde_json::Value> {
     let (status, v) = n.sql(sql).await;
@@ -263,14 +287,7 @@ async fn three_nodes_form_one_cluster_survive_the_leader_and_take_it_back() {
         .position(|n| n.node_id == new_leader)
         .expect("new leader");
     // The new leader's heartbeats to the dead node fail: its breaker opens.
-    eventually("breaker to the dead node open", || async {
-        nodes_full(&c[nl])
-            .await
-            .iter()
-            .any(|r| r.0 == leader && r.4 == "open")
-            .then_some(())
-    })
-    .await;
+    wait_breaker(&c[nl], leader, "open").await;
     let (s, v) = c[oi]
         .sql("CREATE TABLE while_down (ts TIMESTAMP, v DOUBLE)")
         .await;
@@ -287,22 +304,8 @@ async fn three_nodes_form_one_cluster_survive_the_leader_and_take_it_back() {
             .then_some(())
     })
     .await;
-    eventually("restarted node ALIVE again", || async {
-        nodes(&c[oi])
-            .await
-            .iter()
-            .any(|r| r.0 == leader && r.2 == "ALIVE")
-            .then_some(())
-    })
-    .await;
-    eventually("breaker to the restarted node closed again", || async {
-        nodes_full(&c[nl])
-            .await
-            .iter()
-            .any(|r| r.0 == leader && r.4 == "closed")
-            .then_some(())
-    })
-    .await;
+    wait_swim(&c[oi], leader, "ALIVE").await;
+    wait_breaker(&c[nl], leader, "closed").await;
     // Writes kept working through the survivors, and the restarted node has them all.
     let (s, body) = c[oi]
         .write("trades,symbol=NVDA price=5 1700000000000000002")
@@ -501,14 +504,7 @@ async fn terms_stay_put_and_a_paused_node_is_suspected_then_comes_back() {
     let wi = (fi + 1) % 3;
     signal(&c[fi], "STOP");
     let paused = Instant::now();
-    eventually("paused node SUSPECT", || async {
-        nodes(&c[wi])
-            .await
-            .iter()
-            .any(|r| r.0 == follower && r.2 == "SUSPECT")
-            .then_some(())
-    })
-    .await;
+    wait_swim(&c[wi], follower, "SUSPECT").await;
     let dead_after = eventually("paused node DEAD", || async {
         nodes(&c[wi])
             .await
@@ -519,14 +515,7 @@ async fn terms_stay_put_and_a_paused_node_is_suspected_then_comes_back() {
     .await;
     println!("paused node declared DEAD after {dead_after:?}");
     signal(&c[fi], "CONT");
-    eventually("resumed node ALIVE again", || async {
-        nodes(&c[wi])
-            .await
-            .iter()
-            .any(|r| r.0 == follower && r.2 == "ALIVE")
-            .then_some(())
-    })
-    .await;
+    wait_swim(&c[wi], follower, "ALIVE").await;
     c[fi].wait_ready().await;
     // Pre-vote: the woken follower did not depose the leader.
     assert_eq!(meta_term(&c[wi]).await, Some(start_term));
