@@ -162,6 +162,8 @@ pub struct GroupStatus {
     pub stats: ShardStats,
     /// Idle and quiesced (no heartbeats; followers not campaigning).
     pub quiesced: bool,
+    /// This replica's Raft role: `leader`, `follower`, `candidate` or `learner`.
+    pub role: &'static str,
 }
 
 pub struct Registry {
@@ -1319,6 +1321,12 @@ fn status_of(
         replicas: m.membership_config.membership().voter_ids().collect(),
         stats,
         quiesced: false,
+        role: match m.state {
+            openraft::ServerState::Leader => "leader",
+            openraft::ServerState::Candidate => "candidate",
+            openraft::ServerState::Learner => "learner",
+            _ => "follower",
+        },
     }
 }
 

@@ -189,6 +189,10 @@ impl SystemSchema {
             ),
             ("term", u64s(groups.iter().map(|g| Some(g.term)).collect())),
             (
+                "role",
+                strs(groups.iter().map(|g| Some(g.role.to_string())).collect()),
+            ),
+            (
                 "quiesced",
                 Arc::new(BooleanArray::from(
                     groups.iter().map(|g| g.quiesced).collect::<Vec<_>>(),
