@@ -173,6 +173,8 @@ pub struct Registry {
     catalog: CatalogHandle,
     meta: Raft<TypeConfig, MetaStateMachine>,
     shards: Vec<ShardGroup>,
+    /// Whether membership (SWIM) believes a node is alive; unset = assume alive.
+    alive: std::sync::OnceLock<Arc<dyn Fn(u64) -> bool + Send + Sync>>,
 }
 
 /// Segment size of the write-intent log: small, so finished intents are purged soon.
@@ -273,6 +275,7 @@ impl Registry {
             catalog,
             meta,
             shards,
+            alive: std::sync::OnceLock::new(),
         });
         reg.bootstrap_and_wait(ready_timeout).await?;
         // Finish writes that were under way when the node stopped: all of each, or none.
@@ -438,6 +441,9 @@ impl Registry {
                 group,
                 reason: format!("node {} does not host group {group}", self.cfg.node_id),
             })?;
+        if let Some(reply) = self.guard_quiesced_vote(group, s, &inbound) {
+            return Ok(reply);
+        }
         // A quiesced follower wakes on anything but a plain heartbeat from its leader —
         // after Raft handled the message, which refreshed its leader contact (waking first
         // lets a stale election timer fire and depose a healthy leader).
@@ -462,6 +468,52 @@ impl Registry {
             let _ = std::fs::remove_dir_all(dir);
         }
         r
+    }
+
+    /// Tells the registry how to ask membership whether a node is alive (SWIM ALIVE).
+    pub fn set_liveness(&self, alive: Arc<dyn Fn(u64) -> bool + Send + Sync>) {
+        let _ = self.alive.set(alive);
+    }
+
+    fn is_alive(&self, node: u64) -> bool {
+        self.alive.get().is_none_or(|f| f(node))
+    }
+
+    /// A quiesced group has no heartbeats, so Raft's leader lease has long expired on every
+    /// replica and any (pre-)vote would be granted — one node that failed a single RPC to
+    /// its leader could move the group's leadership (the fault harness saw exactly that
+    /// after a healed partition). While the group is quiesced under a leader that SWIM
+    /// says is alive, its replicas refuse votes instead, as a live lease would; the leader
+    /// itself refuses and wakes up, so its heartbeats reach the candidate again. A leader
+    /// that is really gone turns SUSPECT within about a second and then votes go through.
+    fn guard_quiesced_vote(
+        &self,
+        group: u32,
+        s: &ShardGroup,
+        inbound: &Inbound,
+    ) -> Option<bytes::Bytes> {
+        let (Inbound::Vote(req) | Inbound::PreVote(req)) = inbound else {
+            return None;
+        };
+        let leader = s.quiet();
+        let candidate = req.vote.leader_id().node_id;
+        if leader == QUIET_NONE || candidate == leader || req.leadership_transfer {
+            return None;
+        }
+        if leader == self.cfg.node_id {
+            s.touch();
+        } else if !self.is_alive(leader) {
+            return None;
+        }
+        let m = s.raft.metrics().borrow_watched().clone();
+        tracing::debug!(
+            group,
+            candidate,
+            leader,
+            "refused a vote: the group is quiesced under a live leader"
+        );
+        let reply = openraft::raft::VoteResponse::<TypeConfig>::new(m.vote, m.last_applied, false);
+        Some(serde_json::to_vec(&reply).unwrap_or_default().into())
     }
 
     /// This replica could not reach its leader: wake it (it may be quiesced, so not

@@ -363,6 +363,12 @@ async fn run(
             }
         });
     }
+    {
+        let m = membership.clone();
+        registry.set_liveness(Arc::new(move |id| {
+            matches!(m.state_of(id), Some(shoal_cluster::MemberState::Alive))
+        }));
+    }
     let _ = shared.registry.set(registry.clone());
     let partitions = match cfg.query_target_partitions {
         0 => std::thread::available_parallelism()

@@ -1,0 +1,79 @@
+//! The fault-injection harness against real `shoal` processes, one network namespace per
+//! node (see docs/testing.md). CI runs a short mix of every nemesis on 3 nodes; the long
+//! soak is the same test with more time and nodes:
+//!
+//! ```text
+//! SHOAL_FAULTS_TIME=1800 SHOAL_FAULTS_NODES=5 cargo test --workspace --test faults -- --nocapture
+//! ```
+//!
+//! Knobs (environment): `SHOAL_FAULTS_SEED` (default: from the clock, printed),
+//! `SHOAL_FAULTS_TIME` (seconds of faults, default 100), `SHOAL_FAULTS_NODES` (3),
+//! `SHOAL_FAULTS` (comma-separated fault kinds, default all), `SHOAL_FAULTS_CLIENTS` (6).
+//! Needs root, `ip` and `iptables`; without them it prints why and passes, unless
+//! `SHOAL_FAULTS_REQUIRED=1` (set by `.ci/run` as root), where that is a failure.
+
+use std::time::Duration;
+
+use shoal_faults::nemesis::Fault;
+use shoal_faults::net::Net;
+use shoal_faults::run::{keep, run, Config};
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[test]
+fn faults_short_mix() {
+    if let Err(why) = Net::check_support() {
+        assert!(
+            std::env::var("SHOAL_FAULTS_REQUIRED").as_deref() != Ok("1"),
+            "the fault harness must run here but cannot: {}",
+            why.0
+        );
+        println!("SKIP faults_short_mix: {}", why.0);
+        return;
+    }
+    let seed = env_or(
+        "SHOAL_FAULTS_SEED",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64 % 1_000_000)
+            .unwrap_or(1),
+    );
+    let faults: Vec<String> = std::env::var("SHOAL_FAULTS")
+        .map(|s| s.split(',').map(str::to_string).collect())
+        .unwrap_or_else(|_| Fault::all().iter().map(|s| s.to_string()).collect());
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cfg = Config {
+        bin: env!("CARGO_BIN_EXE_shoal").into(),
+        nodes: env_or("SHOAL_FAULTS_NODES", 3),
+        seed,
+        time: Duration::from_secs(env_or("SHOAL_FAULTS_TIME", 100)),
+        faults,
+        clients: env_or("SHOAL_FAULTS_CLIENTS", 6),
+        dir: tmp.path().to_path_buf(),
+        vshards: 16,
+    };
+    println!(
+        "fault run, seed {seed}; reproduce with:\n  {}",
+        cfg.reproduce()
+    );
+    let outcome = run(&cfg);
+    let failed = !matches!(&outcome, Ok(r) if r.ok());
+    if failed {
+        let kept = std::env::temp_dir().join(format!("shoal-faults-{seed}"));
+        let _ = keep(tmp.path(), &kept);
+        println!(
+            "the run's data dirs, logs, history.jsonl and timeline.txt are in {}\nreproduce with:\n  {}",
+            kept.display(),
+            cfg.reproduce()
+        );
+    }
+    match outcome {
+        Ok(r) => assert!(r.ok(), "violations: {:#?}", r.violations),
+        Err(e) => panic!("the harness could not run: {e}"),
+    }
+}

@@ -1,0 +1,207 @@
+//! Hosts as network namespaces: one namespace per node plus a hub namespace holding a
+//! bridge, so every packet between two nodes crosses veth pairs and a bridge a test can
+//! cut. Faults are `iptables` rules inside the node namespaces (partitions: drop what
+//! arrives from the other side; loss: a random-drop rule). Nothing is configured outside
+//! namespaces this module created, and [`Net`]'s `Drop` deletes them all.
+//!
+//! The harness' own clients run inside the hub namespace ([`Net::enter_hub`] on each
+//! runtime thread), so they reach the nodes over the same bridge and see the same faults
+//! a client on another machine would; the hub itself is never partitioned.
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+/// Why the harness cannot run here (not root, no `ip`, no `iptables`, namespaces refused).
+#[derive(Debug)]
+pub struct Unsupported(pub String);
+
+/// Runs `cmd args…`, returning its stderr as the error when it fails.
+pub fn sh(cmd: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The namespaces, bridge and addresses of one run.
+pub struct Net {
+    /// Prefix of every namespace name of this run (`sf<pid>`), unique per process.
+    prefix: String,
+    /// Third octet of the run's 10.231.X.0/24 subnet.
+    subnet: u8,
+    nodes: usize,
+}
+
+impl Net {
+    /// Checks the tools and privileges the harness needs; the reason when it cannot run.
+    pub fn check_support() -> Result<(), Unsupported> {
+        if !nix::unistd::Uid::effective().is_root() {
+            return Err(Unsupported("needs root for network namespaces".into()));
+        }
+        for tool in ["ip", "iptables"] {
+            let found = Command::new(tool).arg("--version").output().is_ok()
+                || Command::new(tool).arg("-V").output().is_ok();
+            if !found {
+                return Err(Unsupported(format!(
+                    "`{tool}` not found (apt-get install -y iproute2 iptables)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the hub (bridge, client address .254) and `nodes` node namespaces (.1 …).
+    pub fn create(nodes: usize) -> Result<Net, String> {
+        let pid = std::process::id();
+        let net = Net {
+            prefix: format!("sf{}", pid % 100_000),
+            subnet: (20 + pid % 200) as u8,
+            nodes,
+        };
+        net.destroy();
+        let hub = net.hub();
+        sh("ip", &["netns", "add", &hub])?;
+        sh("ip", &["-n", &hub, "link", "set", "lo", "up"])?;
+        sh("ip", &["-n", &hub, "link", "add", "br0", "type", "bridge"])?;
+        sh("ip", &["-n", &hub, "link", "set", "br0", "up"])?;
+        let hub_cidr = format!("{}/24", net.hub_ip());
+        sh("ip", &["-n", &hub, "addr", "add", &hub_cidr, "dev", "br0"])?;
+        for i in 1..=nodes {
+            let ns = net.node_ns(i);
+            let veth = format!("v{i}");
+            sh("ip", &["netns", "add", &ns])?;
+            sh("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
+            sh(
+                "ip",
+                &[
+                    "-n", &hub, "link", "add", &veth, "type", "veth", "peer", "name", "eth0",
+                    "netns", &ns,
+                ],
+            )?;
+            sh("ip", &["-n", &hub, "link", "set", &veth, "master", "br0"])?;
+            sh("ip", &["-n", &hub, "link", "set", &veth, "up"])?;
+            let cidr = format!("{}/24", net.ip(i));
+            sh("ip", &["-n", &ns, "addr", "add", &cidr, "dev", "eth0"])?;
+            sh("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
+        }
+        Ok(net)
+    }
+
+    pub fn nodes(&self) -> usize {
+        self.nodes
+    }
+
+    pub fn hub(&self) -> String {
+        format!("{}-hub", self.prefix)
+    }
+
+    pub fn node_ns(&self, i: usize) -> String {
+        format!("{}-n{i}", self.prefix)
+    }
+
+    /// Node `i`'s address (1-based).
+    pub fn ip(&self, i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(10, 231, self.subnet, i as u8)
+    }
+
+    pub fn hub_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 231, self.subnet, 254)
+    }
+
+    /// Moves the calling thread into the hub namespace: sockets it opens from now on live
+    /// there. Meant for `tokio::runtime::Builder::on_thread_start`.
+    pub fn enter_hub(hub: &str) -> Result<(), String> {
+        let f = File::open(format!("/var/run/netns/{hub}")).map_err(|e| format!("{hub}: {e}"))?;
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("setns {hub}: {e}"))
+    }
+
+    fn iptables(&self, i: usize, args: &[&str]) -> Result<(), String> {
+        let ns = self.node_ns(i);
+        let mut all = vec!["netns", "exec", &ns, "iptables", "-w"];
+        all.extend_from_slice(args);
+        sh("ip", &all)
+    }
+
+    /// Node `to` drops every packet from node `from` (one direction only).
+    pub fn drop_from(&self, to: usize, from: usize) -> Result<(), String> {
+        let src = self.ip(from).to_string();
+        self.iptables(to, &["-A", "INPUT", "-s", &src, "-j", "DROP"])
+    }
+
+    /// Cuts the network into `sides`: nodes on different sides cannot exchange a packet;
+    /// a node in no side keeps talking to everyone (a bridge node).
+    pub fn partition(&self, sides: &[Vec<usize>]) -> Result<(), String> {
+        for (a, side) in sides.iter().enumerate() {
+            for (b, other) in sides.iter().enumerate() {
+                if a == b {
+                    continue;
+                }
+                for &x in side {
+                    for &y in other {
+                        self.drop_from(x, y)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Node `i` drops a random `percent` % of the packets it receives from other nodes.
+    pub fn loss(&self, i: usize, percent: u32) -> Result<(), String> {
+        let p = format!("{:.3}", f64::from(percent) / 100.0);
+        let subnet = format!("10.231.{}.0/24", self.subnet);
+        let hub = self.hub_ip().to_string();
+        // Client traffic from the hub stays clean: the fault is between nodes.
+        self.iptables(i, &["-A", "INPUT", "-s", &hub, "-j", "ACCEPT"])?;
+        self.iptables(
+            i,
+            &[
+                "-A",
+                "INPUT",
+                "-s",
+                &subnet,
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                &p,
+                "-j",
+                "DROP",
+            ],
+        )
+    }
+
+    /// Removes every network fault.
+    pub fn heal(&self) -> Result<(), String> {
+        for i in 1..=self.nodes {
+            self.iptables(i, &["-F", "INPUT"])?;
+        }
+        Ok(())
+    }
+
+    /// Deletes this run's namespaces (and with them the veths and the bridge).
+    fn destroy(&self) {
+        for i in 1..=self.nodes {
+            let _ = sh("ip", &["netns", "del", &self.node_ns(i)]);
+        }
+        let _ = sh("ip", &["netns", "del", &self.hub()]);
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        self.destroy();
+    }
+}

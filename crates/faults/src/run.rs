@@ -1,0 +1,796 @@
+//! One harness run: namespaces, a cluster of real `shoal` processes, client workloads
+//! recording a history, a seeded fault plan, then the checks. A failing run keeps every
+//! node's data directory and log, the history (JSONL) and a plain-text timeline, and
+//! prints the one command that reproduces it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::check::{check_register, check_set, Outcome as Lin};
+use crate::client::{Client, Outcome};
+use crate::history::{write_jsonl, OpF, OpKind, Recorder};
+use crate::hosts::{Host, RPC_PORT};
+use crate::nemesis::{plan, Fault, Target};
+use crate::net::Net;
+use crate::rng::Rng;
+
+/// How long a node may take to become ready after a start or a heal.
+const READY_DEADLINE: Duration = Duration::from_secs(90);
+/// Search bound for the linearizability checker, per key.
+const MAX_LIN_STATES: u64 = 2_000_000;
+/// Register keys rotate every this long, so one key's history stays small enough to check.
+const KEY_EPOCH: Duration = Duration::from_secs(10);
+/// Keys written concurrently per epoch.
+const KEYS_PER_EPOCH: u64 = 3;
+/// The quiet window at the end in which no group's term may move.
+const STABLE_WINDOW: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The `shoal` binary.
+    pub bin: PathBuf,
+    pub nodes: usize,
+    pub seed: u64,
+    /// How long faults are injected (set-up and checks come on top).
+    pub time: Duration,
+    /// Fault kinds to draw from (names as in [`Fault::all`]).
+    pub faults: Vec<String>,
+    /// Concurrent client processes.
+    pub clients: usize,
+    /// Where the run keeps its files.
+    pub dir: PathBuf,
+    /// Vshards of the cluster (the default unless the nodes are started otherwise).
+    pub vshards: u32,
+}
+
+impl Config {
+    /// The command line that reruns this configuration.
+    pub fn reproduce(&self) -> String {
+        format!(
+            "sudo -E env SHOAL_FAULTS_SEED={} SHOAL_FAULTS_TIME={} SHOAL_FAULTS_NODES={} SHOAL_FAULTS={} \
+             cargo test --workspace --test faults -- --nocapture",
+            self.seed,
+            self.time.as_secs(),
+            self.nodes,
+            self.faults.join(",")
+        )
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub violations: Vec<String>,
+    pub lines: Vec<String>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    fn say(&mut self, line: String) {
+        println!("{line}");
+        self.lines.push(line);
+    }
+
+    fn violation(&mut self, v: String) {
+        println!("VIOLATION: {v}");
+        self.violations.push(v);
+    }
+}
+
+/// Fault events with their time on the history's clock, for the timeline.
+#[derive(Clone, Default)]
+struct Timeline(Arc<Mutex<Vec<(u64, String)>>>);
+
+impl Timeline {
+    fn note(&self, rec: &Recorder, what: String) {
+        let t = rec.elapsed_ns();
+        println!("[{:>8.3}s] {what}", t as f64 / 1e9);
+        if let Ok(mut v) = self.0.lock() {
+            v.push((t, what));
+        }
+    }
+
+    fn events(&self) -> Vec<(u64, String)> {
+        self.0.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+}
+
+/// Runs the whole thing; `Err` only when the harness itself could not run.
+pub fn run(cfg: &Config) -> Result<Report, String> {
+    std::fs::create_dir_all(&cfg.dir).map_err(|e| e.to_string())?;
+    let steps = plan(cfg.seed, &cfg.faults, cfg.time, cfg.vshards)?;
+    let net = Arc::new(Net::create(cfg.nodes)?);
+    let hub = net.hub();
+    let entered = Arc::new(AtomicBool::new(true));
+    let flag = entered.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .on_thread_start(move || {
+            if Net::enter_hub(&hub).is_err() {
+                flag.store(false, Ordering::SeqCst);
+            }
+        })
+        .build()
+        .map_err(|e| e.to_string())?;
+    // Spawned, not run by `block_on` itself: `block_on` polls on the calling thread, which
+    // is not in the hub namespace.
+    let task = rt.spawn(run_in_hub(cfg.clone(), net.clone(), steps, entered));
+    let result = rt
+        .block_on(task)
+        .unwrap_or_else(|e| Err(format!("harness task failed: {e}")));
+    rt.shutdown_timeout(Duration::from_secs(5));
+    result
+}
+
+async fn run_in_hub(
+    cfg: Config,
+    net: Arc<Net>,
+    steps: Vec<crate::nemesis::Step>,
+    entered: Arc<AtomicBool>,
+) -> Result<Report, String> {
+    let mut report = Report::default();
+    let rec = Arc::new(Recorder::new());
+    let timeline = Timeline::default();
+    let seed_addr = format!("{}:{RPC_PORT}", net.ip(1));
+    let mut hosts: Vec<Host> = (1..=cfg.nodes)
+        .map(|i| {
+            Host::new(
+                &net,
+                i,
+                &cfg.dir,
+                &cfg.bin,
+                (i > 1).then(|| seed_addr.clone()),
+            )
+        })
+        .collect();
+    let client = Client::new(hosts.iter().map(Host::http).collect());
+    // The probe runs on a runtime thread: it proves the threads are in the hub namespace.
+    tokio::spawn(async {}).await.map_err(|e| e.to_string())?;
+    if !entered.load(Ordering::SeqCst) {
+        return Err("could not enter the hub namespace".into());
+    }
+
+    // A cluster: node 1 first, the others joining through it.
+    hosts[0].start()?;
+    wait_ready(&client, &mut hosts[0]).await?;
+    for h in hosts.iter_mut().skip(1) {
+        h.start()?;
+    }
+    for h in hosts.iter_mut().skip(1) {
+        wait_ready(&client, h).await?;
+    }
+    for ddl in [
+        "CREATE TABLE faults_set (ts TIMESTAMP, v BIGINT)",
+        "CREATE TABLE faults_reg (ts TIMESTAMP, k VARCHAR, v BIGINT, PRIMARY KEY (k))",
+    ] {
+        client.sql(1, ddl, "strong").await?;
+    }
+    let rf = cfg.nodes.min(3);
+    poll("every vshard fully replicated", READY_DEADLINE, || async {
+        let rows = client
+            .rows(1, "SELECT replicas FROM system.shards", "eventual")
+            .await
+            .ok()?;
+        rows.iter()
+            .all(|r| r[0].as_str().is_some_and(|s| s.split(',').count() == rf))
+            .then_some(())
+    })
+    .await?;
+    let ids: BTreeMap<u64, usize> = hosts.iter().map(|h| (h.node_id, h.index)).collect();
+    timeline.note(
+        &rec,
+        format!(
+            "cluster up: node ids {:?} (host → id)",
+            hosts
+                .iter()
+                .map(|h| (h.index, h.node_id))
+                .collect::<Vec<_>>()
+        ),
+    );
+
+    // Clients and the leader observer run until the fault phase ends.
+    let stop = Arc::new(AtomicBool::new(false));
+    let next_value = Arc::new(AtomicI64::new(1));
+    let mut tasks = vec![];
+    for p in 0..cfg.clients {
+        tasks.push(tokio::spawn(client_loop(
+            p as u64,
+            cfg.seed ^ (p as u64 + 1).wrapping_mul(0x9E37),
+            cfg.nodes,
+            client.clone(),
+            rec.clone(),
+            stop.clone(),
+            next_value.clone(),
+        )));
+    }
+    let leaders = Arc::new(Mutex::new(LeaderLog::default()));
+    let observer = tokio::spawn(observe_leaders(
+        client.clone(),
+        cfg.nodes,
+        leaders.clone(),
+        stop.clone(),
+    ));
+
+    // The nemesis.
+    let mut rng = Rng::new(cfg.seed ^ 0xFA_17);
+    let end = Instant::now() + cfg.time;
+    let mut heals = vec![];
+    for step in steps {
+        if Instant::now() >= end {
+            break;
+        }
+        let undo = apply(
+            &step.fault,
+            &mut hosts,
+            &net,
+            &client,
+            &ids,
+            &mut rng,
+            &rec,
+            &timeline,
+        )
+        .await;
+        tokio::time::sleep(step.hold).await;
+        heal(undo, &mut hosts, &net, &rec, &timeline)?;
+        heals.push(rec.elapsed_ns());
+        crashed(&mut hosts, &mut report);
+        tokio::time::sleep(step.quiet).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let _ = observer.await;
+    timeline.note(&rec, "faults over; clients stopped".into());
+
+    // Everyone back, then the checks.
+    for h in hosts.iter_mut() {
+        if !h.running() {
+            h.start()?;
+        }
+        if h.paused() {
+            h.resume();
+        }
+    }
+    for h in hosts.iter_mut() {
+        wait_ready(&client, h).await?;
+    }
+    crashed(&mut hosts, &mut report);
+    let ops = rec.ops();
+    check_all(&cfg, &client, &ops, &leaders, &heals, &mut report).await;
+    std::fs::write(
+        cfg.dir.join("timeline.txt"),
+        render_timeline(&timeline.events(), &ops),
+    )
+    .map_err(|e| e.to_string())?;
+    write_jsonl(&cfg.dir.join("history.jsonl"), &ops).map_err(|e| e.to_string())?;
+    std::fs::write(cfg.dir.join("report.txt"), report.lines.join("\n"))
+        .map_err(|e| e.to_string())?;
+    Ok(report)
+}
+
+/// Polls `f` every 200 ms until it gives `Some` or `deadline` passes.
+async fn poll<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() >= until {
+            return Err(format!("timed out waiting for {what}"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn wait_ready(client: &Client, h: &mut Host) -> Result<(), String> {
+    let i = h.index;
+    poll(&format!("node {i} ready"), READY_DEADLINE, || async {
+        client.ready(i).await.then_some(())
+    })
+    .await?;
+    if h.read_node_id().is_none() {
+        return Err(format!("node {i} printed no node id"));
+    }
+    Ok(())
+}
+
+/// A node that exited without being told to is a finding.
+fn crashed(hosts: &mut [Host], report: &mut Report) {
+    for h in hosts.iter_mut() {
+        if let Some(st) = h.exited() {
+            report.violation(format!(
+                "node {} (host {}) exited on its own: {st}; see {}",
+                h.node_id,
+                h.index,
+                h.log.display()
+            ));
+        }
+    }
+}
+
+/// One client process: set adds, register writes and strong register reads through
+/// random nodes. After an unknown outcome it continues as a new process id, as Jepsen
+/// does: the old one may still have an operation in flight.
+async fn client_loop(
+    p: u64,
+    seed: u64,
+    nodes: usize,
+    client: Client,
+    rec: Arc<Recorder>,
+    stop: Arc<AtomicBool>,
+    next_value: Arc<AtomicI64>,
+) {
+    let mut rng = Rng::new(seed);
+    let mut process = p;
+    while !stop.load(Ordering::SeqCst) {
+        let h = rng.range(1, nodes as u64) as usize;
+        let epoch = rec.elapsed_ns() / KEY_EPOCH.as_nanos() as u64;
+        let key = format!("k{}", epoch * KEYS_PER_EPOCH + rng.below(KEYS_PER_EPOCH));
+        let v = next_value.fetch_add(1, Ordering::SeqCst);
+        let (f, key, value) = match rng.below(4) {
+            0 | 1 => (OpF::Add, "set".to_string(), Some(v)),
+            2 => (OpF::Write, key, Some(v)),
+            _ => (OpF::Read, key, None),
+        };
+        rec.invoke(process, f, &key, value, Some(h as u64));
+        let outcome = match f {
+            OpF::Add => {
+                let body = format!("faults_set v={v}i {}", 1_700_000_000_000_000_000i64 + v);
+                client.write(h, body, &format!("s{v}")).await
+            }
+            OpF::Write => {
+                let body = format!("faults_reg,k={key} v={v}i 1000000000");
+                client.write(h, body, &format!("r{v}")).await
+            }
+            OpF::Read => {
+                let sql = format!("SELECT v FROM faults_reg WHERE k = '{key}'");
+                match client.rows(h, &sql, "strong").await {
+                    Ok(rows) => Outcome::Ok(rows.first().and_then(|r| r[0].as_i64())),
+                    // A read that failed changed nothing.
+                    Err(e) => Outcome::Fail(e),
+                }
+            }
+        };
+        match outcome {
+            Outcome::Ok(read) => {
+                let value = if f == OpF::Read { read } else { value };
+                rec.complete(process, OpKind::Ok, f, &key, value, None);
+            }
+            Outcome::Fail(e) => rec.complete(process, OpKind::Fail, f, &key, value, Some(e)),
+            Outcome::Info(e) => {
+                rec.complete(process, OpKind::Info, f, &key, value, Some(e));
+                process += 1_000;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.range(5, 30))).await;
+    }
+}
+
+/// Every (group, term) → leader pair any node reported, and who reported it.
+#[derive(Default)]
+struct LeaderLog {
+    seen: BTreeMap<(u64, u64), BTreeSet<u64>>,
+    samples: u64,
+}
+
+/// Polls every node's view of group 0 and of every vshard's leader and term; two
+/// different leaders for one (group, term) would break Raft's election safety.
+async fn observe_leaders(
+    client: Client,
+    nodes: usize,
+    log: Arc<Mutex<LeaderLog>>,
+    stop: Arc<AtomicBool>,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        for h in 1..=nodes {
+            let views = leader_views(&client, h).await;
+            if let Ok(mut l) = log.lock() {
+                l.samples += 1;
+                for (g, term, leader) in views {
+                    l.seen.entry((g, term)).or_default().insert(leader);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// (group, term, leader) as host `h` sees them right now; empty when it does not answer.
+async fn leader_views(client: &Client, h: usize) -> Vec<(u64, u64, u64)> {
+    let mut out = vec![];
+    if let Ok(rows) = client
+        .rows(
+            h,
+            "SELECT raft_group, term, leader FROM system.shards WHERE leader IS NOT NULL",
+            "eventual",
+        )
+        .await
+    {
+        for r in rows {
+            if let (Some(g), Some(t), Some(l)) = (r[0].as_u64(), r[1].as_u64(), r[2].as_u64()) {
+                out.push((g, t, l));
+            }
+        }
+    }
+    if let Ok(rows) = client
+        .rows(
+            h,
+            "SELECT group0_term, node_id FROM system.nodes WHERE group0_role = 'leader'",
+            "eventual",
+        )
+        .await
+    {
+        for r in rows {
+            if let (Some(t), Some(l)) = (r[0].as_u64(), r[1].as_u64()) {
+                out.push((0, t, l));
+            }
+        }
+    }
+    out
+}
+
+/// The host leading `target`, as the first answering node sees it.
+async fn leader_of(
+    client: &Client,
+    nodes: usize,
+    ids: &BTreeMap<u64, usize>,
+    target: Target,
+) -> Option<usize> {
+    let group = match target {
+        Target::Meta => 0,
+        Target::Vshard(v) => u64::from(v) + 1,
+    };
+    for h in 1..=nodes {
+        let views = leader_views(client, h).await;
+        if let Some((_, _, l)) = views.iter().find(|(g, _, _)| *g == group) {
+            return ids.get(l).copied();
+        }
+    }
+    None
+}
+
+/// What heal must undo.
+#[derive(Default)]
+struct Undo {
+    network: bool,
+    killed: Vec<usize>,
+    paused: Vec<usize>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn apply(
+    fault: &Fault,
+    hosts: &mut [Host],
+    net: &Net,
+    client: &Client,
+    ids: &BTreeMap<u64, usize>,
+    rng: &mut Rng,
+    rec: &Recorder,
+    timeline: &Timeline,
+) -> Undo {
+    let n = hosts.len();
+    let mut all: Vec<usize> = (1..=n).collect();
+    rng.shuffle(&mut all);
+    let random = all[0];
+    let leader = |t: Target| async move { leader_of(client, n, ids, t).await.unwrap_or(random) };
+    let mut undo = Undo {
+        network: fault.is_network(),
+        ..Undo::default()
+    };
+    let isolate =
+        |x: usize| -> Vec<Vec<usize>> { vec![vec![x], (1..=n).filter(|y| *y != x).collect()] };
+    let result: Result<String, String> = match *fault {
+        Fault::Halves => {
+            let (a, b) = all.split_at(n / 2);
+            net.partition(&[a.to_vec(), b.to_vec()])
+                .map(|_| format!("partition {a:?} | {b:?}"))
+        }
+        Fault::IsolateOne => net
+            .partition(&isolate(random))
+            .map(|_| format!("isolate host {random}")),
+        Fault::IsolateLeader(t) => {
+            let x = leader(t).await;
+            net.partition(&isolate(x))
+                .map(|_| format!("isolate host {x} (leader of {t:?})"))
+        }
+        Fault::Bridge => {
+            // all[0] is the bridge; the rest split in two sides that each see it.
+            let rest = &all[1..];
+            let (a, b) = rest.split_at(rest.len() / 2);
+            net.partition(&[a.to_vec(), b.to_vec()])
+                .map(|_| format!("bridge: {a:?} | {b:?}, both see host {}", all[0]))
+        }
+        Fault::Asymmetric => {
+            let (from, to) = (all[0], all[1 % n]);
+            net.drop_from(to, from)
+                .map(|_| format!("asymmetric: host {to} drops everything from host {from}"))
+        }
+        Fault::Loss => {
+            let pct = rng.range(10, 40) as u32;
+            net.loss(random, pct)
+                .map(|_| format!("loss: host {random} drops {pct}% from peers"))
+        }
+        Fault::Kill | Fault::KillLeader(_) => {
+            let x = match *fault {
+                Fault::KillLeader(t) => leader(t).await,
+                _ => random,
+            };
+            hosts[x - 1].kill9();
+            undo.killed.push(x);
+            Ok(format!("kill -9 host {x} ({fault:?})"))
+        }
+        Fault::Pause | Fault::PauseLeader(_) => {
+            let x = match *fault {
+                Fault::PauseLeader(t) => leader(t).await,
+                _ => random,
+            };
+            hosts[x - 1].pause();
+            undo.paused.push(x);
+            Ok(format!("SIGSTOP host {x} ({fault:?})"))
+        }
+        Fault::Restart => {
+            timeline.note(rec, format!("restart host {random}"));
+            hosts[random - 1].stop(Duration::from_secs(15));
+            let r = hosts[random - 1].start();
+            r.map(|_| format!("host {random} started again"))
+        }
+        Fault::RollingRestart => {
+            let mut r = Ok("rolling restart done".to_string());
+            for x in 1..=n {
+                timeline.note(rec, format!("rolling restart: host {x}"));
+                hosts[x - 1].stop(Duration::from_secs(15));
+                if let Err(e) = hosts[x - 1].start() {
+                    r = Err(e);
+                    break;
+                }
+                if let Err(e) = wait_ready(client, &mut hosts[x - 1]).await {
+                    r = Err(e);
+                    break;
+                }
+            }
+            r
+        }
+    };
+    match result {
+        Ok(what) => timeline.note(rec, what),
+        Err(e) => timeline.note(rec, format!("fault {fault:?} could not be applied: {e}")),
+    }
+    undo
+}
+
+fn heal(
+    undo: Undo,
+    hosts: &mut [Host],
+    net: &Net,
+    rec: &Recorder,
+    timeline: &Timeline,
+) -> Result<(), String> {
+    if undo.network {
+        net.heal()?;
+        timeline.note(rec, "heal network".into());
+    }
+    for x in undo.killed {
+        hosts[x - 1].start()?;
+        timeline.note(rec, format!("restart killed host {x}"));
+    }
+    for x in undo.paused {
+        hosts[x - 1].resume();
+        timeline.note(rec, format!("SIGCONT host {x}"));
+    }
+    Ok(())
+}
+
+async fn check_all(
+    cfg: &Config,
+    client: &Client,
+    ops: &[crate::history::Op],
+    leaders: &Mutex<LeaderLog>,
+    heals: &[u64],
+    report: &mut Report,
+) {
+    let count = |f: OpF, k: OpKind| ops.iter().filter(|o| o.f == f && o.kind == k).count();
+    report.say(format!(
+        "operations: set add ok/fail/info {}/{}/{}, register write ok/fail/info {}/{}/{}, strong read ok/fail {}/{}",
+        count(OpF::Add, OpKind::Ok),
+        count(OpF::Add, OpKind::Fail),
+        count(OpF::Add, OpKind::Info),
+        count(OpF::Write, OpKind::Ok),
+        count(OpF::Write, OpKind::Fail),
+        count(OpF::Write, OpKind::Info),
+        count(OpF::Read, OpKind::Ok),
+        count(OpF::Read, OpKind::Fail),
+    ));
+
+    // Set: every node, strong read.
+    let mut contents: Vec<(usize, Vec<i64>)> = vec![];
+    for h in 1..=cfg.nodes {
+        let read = poll(
+            &format!("a strong read of the set on host {h}"),
+            READY_DEADLINE,
+            || async {
+                client
+                    .rows(h, "SELECT v FROM faults_set ORDER BY v", "strong")
+                    .await
+                    .ok()
+            },
+        )
+        .await;
+        match read {
+            Ok(rows) => {
+                let vals: Vec<i64> = rows.iter().filter_map(|r| r[0].as_i64()).collect();
+                let s = check_set(ops, &vals);
+                report.say(format!(
+                    "set on host {h}: {} rows; acknowledged {}, lost {}, duplicated {}, unexpected {}, unknown-but-present {}",
+                    vals.len(), s.acknowledged, s.lost.len(), s.duplicated.len(), s.unexpected.len(), s.recovered_unknown
+                ));
+                if !s.valid {
+                    report.violation(format!(
+                        "set on host {h}: lost {:?} duplicated {:?} unexpected {:?}",
+                        first(&s.lost),
+                        first(&s.duplicated),
+                        first(&s.unexpected)
+                    ));
+                }
+                contents.push((h, vals));
+            }
+            Err(e) => report.violation(e),
+        }
+    }
+    if let Some((h0, c0)) = contents.first() {
+        for (h, c) in &contents[1..] {
+            if c != c0 {
+                report.violation(format!(
+                    "hosts {h0} and {h} disagree on the set: {} vs {} rows",
+                    c0.len(),
+                    c.len()
+                ));
+            }
+        }
+    }
+
+    // Register: linearizability.
+    let lin = check_register(ops, MAX_LIN_STATES);
+    report.say(format!(
+        "register: {} keys, {} operations, {} states explored: {:?}",
+        lin.keys, lin.ops, lin.states_explored, lin.outcome
+    ));
+    match lin.outcome {
+        Lin::Linearizable => {}
+        Lin::NotLinearizable(why) => report.violation(format!("register not linearizable: {why}")),
+        Lin::Unknown(why) => report.say(format!("register check inconclusive: {why}")),
+    }
+
+    // Election safety as observed.
+    if let Ok(l) = leaders.lock() {
+        let terms = l.seen.len();
+        report.say(format!(
+            "leaders: {} samples, {terms} (group, term) pairs observed",
+            l.samples
+        ));
+        for ((g, t), who) in &l.seen {
+            if who.len() > 1 {
+                report.violation(format!("group {g} term {t} had leaders {who:?}"));
+            }
+        }
+    }
+
+    // Terms stay put once nothing is wrong.
+    let before = all_terms(client, cfg.nodes).await;
+    tokio::time::sleep(STABLE_WINDOW).await;
+    let after = all_terms(client, cfg.nodes).await;
+    if before != after {
+        report.violation(format!(
+            "terms moved in a healthy {STABLE_WINDOW:?} window: {before:?} -> {after:?}"
+        ));
+    } else {
+        report.say(format!(
+            "terms stable over {STABLE_WINDOW:?} after the faults"
+        ));
+    }
+
+    // Availability: from each heal to the first acknowledged write and strong read.
+    let mut writes = vec![];
+    let mut reads = vec![];
+    for &t in heals {
+        let first_ok = |f: OpF| {
+            ops.iter()
+                .filter(|o| o.kind == OpKind::Ok && o.f == f && o.time_ns >= t)
+                .map(|o| o.time_ns - t)
+                .min()
+        };
+        writes.extend(first_ok(OpF::Add));
+        reads.extend(first_ok(OpF::Read));
+    }
+    report.say(format!(
+        "after heal: first acknowledged write {}; first strong read {}",
+        distribution(&mut writes),
+        distribution(&mut reads)
+    ));
+}
+
+fn first(v: &[i64]) -> Vec<i64> {
+    v.iter().take(10).copied().collect()
+}
+
+fn distribution(ns: &mut [u64]) -> String {
+    if ns.is_empty() {
+        return "n/a".into();
+    }
+    ns.sort_unstable();
+    let ms = |x: u64| x as f64 / 1e6;
+    format!(
+        "min {:.0} ms, median {:.0} ms, max {:.0} ms (n={})",
+        ms(ns[0]),
+        ms(ns[ns.len() / 2]),
+        ms(ns[ns.len() - 1]),
+        ns.len()
+    )
+}
+
+/// Every host's (group, term) list, for the stability check.
+async fn all_terms(client: &Client, nodes: usize) -> Vec<Vec<(u64, u64, u64)>> {
+    let mut out = vec![];
+    for h in 1..=nodes {
+        let mut v = leader_views(client, h).await;
+        v.sort_unstable();
+        out.push(v);
+    }
+    out
+}
+
+/// Faults and client operations in time order, one line each.
+fn render_timeline(events: &[(u64, String)], ops: &[crate::history::Op]) -> String {
+    let mut lines: Vec<(u64, String)> = events
+        .iter()
+        .map(|(t, e)| (*t, format!("NEMESIS {e}")))
+        .collect();
+    for o in ops {
+        lines.push((
+            o.time_ns,
+            format!(
+                "p{} {:?} {:?} {} {:?}{}{}",
+                o.process,
+                o.kind,
+                o.f,
+                o.key,
+                o.value,
+                o.node.map(|n| format!(" via host {n}")).unwrap_or_default(),
+                o.error
+                    .as_ref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            ),
+        ));
+    }
+    lines.sort_by_key(|(t, _)| *t);
+    lines
+        .iter()
+        .map(|(t, l)| format!("{:>10.3}s {l}\n", *t as f64 / 1e9))
+        .collect()
+}
+
+/// Keeps `dir` (a failing run's evidence) by copying it out of a temporary location.
+pub fn keep(dir: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let dst = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            keep(&e.path(), &dst)?;
+        } else {
+            std::fs::copy(e.path(), dst)?;
+        }
+    }
+    Ok(())
+}
