@@ -824,3 +824,44 @@ async fn every_acknowledged_write_survives_a_leader_kill_exactly_once() {
         acked.len()
     );
 }
+
+/// Regression (found by the fault harness): a quiesced group sends no heartbeats, so
+/// every replica's leader lease had expired and a vote from any node was granted. A
+/// follower restarted while its peers were quiet woke up without a leader, campaigned and
+/// took the leadership of every vshard. Quiesced replicas now refuse votes while their
+/// leader is alive, and the quiesced leader wakes up instead: terms must not move.
+#[tokio::test]
+async fn a_restarted_follower_does_not_depose_quiesced_leaders() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dirs: Vec<_> = (1..=3).map(|i| tmp.path().join(format!("n{i}"))).collect();
+    let mut c = cluster(&[&dirs[0], &dirs[1], &dirs[2]]).await;
+    all_replicated(&c[0]).await;
+    let (s, b) = c[1].write("r,k=a v=1 1\nr,k=b v=2 2").await;
+    assert_eq!(s, 204, "{b}");
+    eventually("every vshard quiesced", || all_quiet(&c[0])).await;
+    let before = vshard_terms(&c[0]).await.expect("terms");
+    // A node that leads nothing, restarted gracefully.
+    let mut follower = None;
+    for (i, n) in c.iter().enumerate() {
+        let sql = format!(
+            "SELECT count(*) FROM system.shards WHERE leader = {}",
+            n.node_id
+        );
+        if c[0].count(&sql).await == 0 {
+            follower = Some(i);
+        }
+    }
+    let f = follower.expect("a node leading no vshard");
+    c[f].restart_graceful().await;
+    // Its election timers fire within a second; it is quiet again only once a leader
+    // answered it and quiesced the group anew.
+    eventually("the restarted node quiesced again", || all_quiet(&c[f])).await;
+    for n in &c {
+        assert_eq!(
+            vshard_terms(n).await.expect("terms"),
+            before,
+            "a restarted follower moved a term (seen from node {})",
+            n.node_id
+        );
+    }
+}

@@ -25,46 +25,39 @@ fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-#[test]
-fn faults_short_mix() {
+/// Runs the harness once and fails the test on any violation; prints SKIP when it cannot
+/// run here (and need not).
+fn scenario(name: &str, seed: u64, faults: Vec<String>, secs: u64, nodes: usize) {
     if let Err(why) = Net::check_support() {
         assert!(
             std::env::var("SHOAL_FAULTS_REQUIRED").as_deref() != Ok("1"),
             "the fault harness must run here but cannot: {}",
             why.0
         );
-        println!("SKIP faults_short_mix: {}", why.0);
+        println!("SKIP {name}: {}", why.0);
         return;
     }
-    let seed = env_or(
-        "SHOAL_FAULTS_SEED",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64 % 1_000_000)
-            .unwrap_or(1),
-    );
-    let faults: Vec<String> = std::env::var("SHOAL_FAULTS")
-        .map(|s| s.split(',').map(str::to_string).collect())
-        .unwrap_or_else(|_| Fault::all().iter().map(|s| s.to_string()).collect());
+    // One cluster at a time: two would fight over two cores and time out on their own.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().expect("tmp");
     let cfg = Config {
         bin: env!("CARGO_BIN_EXE_shoal").into(),
-        nodes: env_or("SHOAL_FAULTS_NODES", 3),
+        nodes,
         seed,
-        time: Duration::from_secs(env_or("SHOAL_FAULTS_TIME", 100)),
+        time: Duration::from_secs(secs),
         faults,
         clients: env_or("SHOAL_FAULTS_CLIENTS", 6),
         dir: tmp.path().to_path_buf(),
         vshards: 16,
     };
     println!(
-        "fault run, seed {seed}; reproduce with:\n  {}",
+        "{name}: seed {seed}; reproduce with:\n  {}",
         cfg.reproduce()
     );
     let outcome = run(&cfg);
-    let failed = !matches!(&outcome, Ok(r) if r.ok());
-    if failed {
-        let kept = std::env::temp_dir().join(format!("shoal-faults-{seed}"));
+    if !matches!(&outcome, Ok(r) if r.ok()) {
+        let kept = std::env::temp_dir().join(format!("shoal-faults-{name}-{seed}"));
         let _ = keep(tmp.path(), &kept);
         println!(
             "the run's data dirs, logs, history.jsonl and timeline.txt are in {}\nreproduce with:\n  {}",
@@ -76,4 +69,26 @@ fn faults_short_mix() {
         Ok(r) => assert!(r.ok(), "violations: {:#?}", r.violations),
         Err(e) => panic!("the harness could not run: {e}"),
     }
+}
+
+/// The CI mix: every nemesis (or `SHOAL_FAULTS`), a seed from the clock unless given.
+#[test]
+fn faults_short_mix() {
+    let seed = env_or(
+        "SHOAL_FAULTS_SEED",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64 % 1_000_000)
+            .unwrap_or(1),
+    );
+    let faults: Vec<String> = std::env::var("SHOAL_FAULTS")
+        .map(|s| s.split(',').map(str::to_string).collect())
+        .unwrap_or_else(|_| Fault::all().iter().map(|s| s.to_string()).collect());
+    scenario(
+        "mix",
+        seed,
+        faults,
+        env_or("SHOAL_FAULTS_TIME", 100),
+        env_or("SHOAL_FAULTS_NODES", 3),
+    );
 }

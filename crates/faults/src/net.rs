@@ -35,7 +35,7 @@ pub fn sh(cmd: &str, args: &[&str]) -> Result<(), String> {
 
 /// The namespaces, bridge and addresses of one run.
 pub struct Net {
-    /// Prefix of every namespace name of this run (`sf<pid>`), unique per process.
+    /// Prefix of every namespace name of this run (`sf<pid>r<run>`), unique per run.
     prefix: String,
     /// Third octet of the run's 10.231.X.0/24 subnet.
     subnet: u8,
@@ -62,10 +62,12 @@ impl Net {
 
     /// Creates the hub (bridge, client address .254) and `nodes` node namespaces (.1 …).
     pub fn create(nodes: usize) -> Result<Net, String> {
+        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let pid = std::process::id();
         let net = Net {
-            prefix: format!("sf{}", pid % 100_000),
-            subnet: (20 + pid % 200) as u8,
+            prefix: format!("sf{}r{run}", pid % 100_000),
+            subnet: (20 + (pid + run * 37) % 200) as u8,
             nodes,
         };
         net.destroy();
