@@ -18,8 +18,10 @@ impl std::fmt::Display for SqlError {
 
 impl std::error::Error for SqlError {}
 
+/// Statements go to the nodes' SQL endpoints in turn (one node: always the same).
 struct HttpDb {
-    url: String,
+    urls: Vec<String>,
+    next: usize,
     http: reqwest::Client,
 }
 
@@ -48,9 +50,11 @@ impl sqllogictest::AsyncDB for HttpDb {
         &mut self,
         sql: &str,
     ) -> Result<sqllogictest::DBOutput<Self::ColumnType>, SqlError> {
+        let url = &self.urls[self.next % self.urls.len()];
+        self.next += 1;
         let r = self
             .http
-            .post(&self.url)
+            .post(url)
             .body(sql.to_string())
             .send()
             .await
@@ -109,8 +113,7 @@ impl sqllogictest::AsyncDB for HttpDb {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slt_files_pass_on_a_single_node() {
+fn slt_files() -> Vec<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/slt");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .expect("slt dir")
@@ -119,22 +122,56 @@ async fn slt_files_pass_on_a_single_node() {
         .collect();
     files.sort();
     assert!(!files.is_empty(), "no .slt files in {}", dir.display());
-    for file in files {
+    files
+}
+
+/// Runs one file against `nodes`, statements spread over them in turn. `label` lets a
+/// file say `skipif cluster` for the few records that describe the topology itself.
+async fn run_file(file: &PathBuf, nodes: &[Node], label: Option<&str>) {
+    let urls: Vec<String> = nodes.iter().map(|n| n.url("/v1/sql")).collect();
+    let mut runner = sqllogictest::Runner::new(move || {
+        let urls = urls.clone();
+        async move {
+            Ok(HttpDb {
+                urls,
+                next: 0,
+                http: reqwest::Client::new(),
+            })
+        }
+    });
+    if let Some(l) = label {
+        runner.add_label(l);
+    }
+    if let Err(e) = runner.run_file_async(file).await {
+        let logs: Vec<String> = nodes.iter().map(|n| n.stderr_text()).collect();
+        panic!(
+            "{}: {e}\nnode logs:\n{}",
+            file.display(),
+            logs.join("\n----\n")
+        );
+    }
+    eprintln!("ok: {}", file.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slt_files_pass_on_a_single_node() {
+    for file in slt_files() {
         let data = tempfile::tempdir().expect("tmp");
         let node = Node::start(data.path(), &[]).await;
-        let url = node.url("/v1/sql");
-        let mut runner = sqllogictest::Runner::new(move || {
-            let url = url.clone();
-            async move {
-                Ok(HttpDb {
-                    url,
-                    http: reqwest::Client::new(),
-                })
-            }
-        });
-        if let Err(e) = runner.run_file_async(&file).await {
-            panic!("{}: {e}\nnode log:\n{}", file.display(), node.stderr_text());
-        }
-        eprintln!("ok: {}", file.display());
+        run_file(&file, &[node], None).await;
+    }
+}
+
+/// The same files against a 3-node cluster with every vshard on three replicas: DDL is
+/// forwarded to group 0's leader, writes to each vshard's leader, and reads are strong
+/// wherever they land, so the results must be those of one node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slt_files_pass_on_a_three_node_cluster() {
+    for file in slt_files() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dirs: Vec<_> = (1..=3).map(|i| tmp.path().join(format!("n{i}"))).collect();
+        let nodes = support::cluster(&[&dirs[0], &dirs[1], &dirs[2]]).await;
+        support::all_replicated(&nodes[0]).await;
+        run_file(&file, &nodes, Some("cluster")).await;
     }
 }

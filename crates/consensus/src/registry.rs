@@ -422,10 +422,10 @@ impl Registry {
                 return Ok(serde_json::to_vec(&agreed).unwrap_or_default().into());
             }
             RaftRpc::ReadIndex => {
-                let v = group
-                    .checked_sub(1)
-                    .ok_or_else(|| Error::Rejected("read index is for vshard groups".into()))?;
-                let index = self.leader_read_index(v).await?;
+                let index = match group.checked_sub(1) {
+                    Some(v) => self.leader_read_index(v).await?,
+                    None => read_index_of(&self.meta, 0).await?,
+                };
                 return Ok(serde_json::to_vec(&index).unwrap_or_default().into());
             }
             _ => {}
@@ -679,28 +679,11 @@ impl Registry {
     /// On the leader: confirms leadership with a quorum and returns the index a linearizable
     /// read must wait for.
     async fn leader_read_index(&self, vshard: u32) -> Result<u64, Error> {
-        let group = group_of_vshard(vshard);
         let s = self
             .shards
             .get(vshard as usize)
             .ok_or_else(|| self.not_hosted(vshard))?;
-        match s
-            .raft
-            .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
-            .await
-        {
-            Ok(r) => Ok(r.log_id().index),
-            Err(RaftError::APIError(openraft::errors::LinearizableReadError::ForwardToLeader(
-                f,
-            ))) => Err(Error::NotLeader {
-                group,
-                hint: f.leader_id,
-            }),
-            Err(e) => Err(Error::Unavailable {
-                group,
-                reason: e.to_string(),
-            }),
-        }
+        read_index_of(&s.raft, group_of_vshard(vshard)).await
     }
 
     /// Makes the next read of this node's replica of `vshard` linearizable: everything
@@ -708,17 +691,42 @@ impl Registry {
     /// its leadership (read index); a follower asks the leader for that index and waits
     /// until it applied it (a follower read, no data moves).
     pub async fn read_barrier(&self, vshard: u32, timeout: Duration) -> Result<(), Error> {
-        let group = group_of_vshard(vshard);
         let s = self
             .shards
             .get(vshard as usize)
             .ok_or_else(|| self.not_hosted(vshard))?;
+        self.barrier(&s.raft, group_of_vshard(vshard), Some(s), timeout)
+            .await
+    }
+
+    /// The same for the catalog: when it returns, every DDL acknowledged anywhere before
+    /// the call is applied to this node's catalog (a strong read planned after it sees a
+    /// table created a moment ago through another node).
+    pub async fn meta_barrier(&self, timeout: Duration) -> Result<(), Error> {
+        self.barrier(&self.meta, 0, None, timeout).await
+    }
+
+    /// Read index from `group`'s leader (here, or over RPC), then wait until this replica
+    /// applied it.
+    async fn barrier<SM>(
+        &self,
+        raft: &Raft<TypeConfig, SM>,
+        group: u32,
+        shard: Option<&ShardGroup>,
+        timeout: Duration,
+    ) -> Result<(), Error>
+    where
+        SM: openraft::storage::RaftStateMachine<
+            TypeConfig,
+            SnapshotData = crate::meta_sm::SnapshotData,
+        >,
+    {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut last = None;
         let mut attempt = 0u32;
         while tokio::time::Instant::now() < deadline {
             attempt += 1;
-            let index = match self.leader_read_index(vshard).await {
+            let index = match read_index_of(raft, group).await {
                 Ok(i) => i,
                 Err(Error::NotLeader {
                     hint: Some(leader), ..
@@ -738,7 +746,9 @@ impl Registry {
                                 group,
                                 reason: format!("read index from leader {leader}: {e}"),
                             });
-                            self.leader_unreachable(s, leader).await;
+                            if let Some(s) = shard {
+                                self.leader_unreachable(s, leader).await;
+                            }
                             tokio::time::sleep(backoff(attempt)).await;
                             continue;
                         }
@@ -746,18 +756,16 @@ impl Registry {
                 }
                 Err(e @ Error::NotLeader { .. }) => {
                     last = Some(e);
-                    let _ = s
-                        .raft
+                    let _ = raft
                         .wait(Some(backoff(attempt) * 4))
-                        .metrics(|m| m.current_leader.is_some(), "vshard leader")
+                        .metrics(|m| m.current_leader.is_some(), "leader")
                         .await;
                     continue;
                 }
                 Err(e) => return Err(e),
             };
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            return s
-                .raft
+            return raft
                 .wait(Some(left))
                 .applied_index_at_least(Some(index), "read index applied")
                 .await
@@ -1310,6 +1318,33 @@ where
         voters += 1;
     }
     Ok(Some(caught_up))
+}
+
+/// On the leader: confirms leadership with a quorum and returns the index a linearizable
+/// read must wait for; elsewhere `NotLeader` with the leader hint.
+async fn read_index_of<SM>(raft: &Raft<TypeConfig, SM>, group: u32) -> Result<u64, Error>
+where
+    SM: openraft::storage::RaftStateMachine<
+        TypeConfig,
+        SnapshotData = crate::meta_sm::SnapshotData,
+    >,
+{
+    match raft
+        .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+        .await
+    {
+        Ok(r) => Ok(r.log_id().index),
+        Err(RaftError::APIError(openraft::errors::LinearizableReadError::ForwardToLeader(f))) => {
+            Err(Error::NotLeader {
+                group,
+                hint: f.leader_id,
+            })
+        }
+        Err(e) => Err(Error::Unavailable {
+            group,
+            reason: e.to_string(),
+        }),
+    }
 }
 
 async fn handle_inbound<SM>(

@@ -338,6 +338,9 @@ pub fn ddl_rejection(msg: String) -> QueryError {
     }
 }
 
+/// How long a strong statement waits to bring the catalog up to date before it fails.
+const CATALOG_BARRIER_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl QueryEngine {
     /// Runs one statement (as split by [`split_statements`]) in `session`, with `$n`
     /// parameters bound from `params` (text values, typed by the plan).
@@ -422,6 +425,7 @@ impl QueryEngine {
                 };
             }
         }
+        self.catalog_barrier(session).await?;
         let opts = session.options();
         let work = self.execute_statement(stmt, params, &opts);
         match opts.statement_timeout {
@@ -438,7 +442,23 @@ impl QueryEngine {
         }
     }
 
+    /// Unless the session reads `eventual` (or works in a transaction's own catalog), the
+    /// catalog is brought up to group 0's read index first: a table created through any
+    /// node a moment ago is there, one dropped is gone.
+    async fn catalog_barrier(&self, session: &Session) -> Result<()> {
+        if session.read_consistency == ReadConsistency::Eventual
+            || matches!(session.tx, Tx::Open { .. })
+        {
+            return Ok(());
+        }
+        self.registry()
+            .meta_barrier(CATALOG_BARRIER_TIMEOUT)
+            .await
+            .map_err(QueryError::from)
+    }
+
     async fn show(&self, session: &Session, what: &str) -> Result<QueryOutput> {
+        self.catalog_barrier(session).await?;
         let upper = what.to_ascii_uppercase();
         let catalog = self.registry().catalog().read().clone();
         match upper.split_whitespace().collect::<Vec<_>>().as_slice() {

@@ -277,3 +277,98 @@ impl Drop for Node {
         self.kill9();
     }
 }
+
+// Cluster helpers shared by the cluster and .slt suites.
+
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Polls `f` until it returns `Some`, or fails the test naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `SHOW NODES` as (id, lifecycle, swim state, group-0 role) rows.
+pub async fn nodes(n: &Node) -> Vec<(u64, String, String, String)> {
+    nodes_full(n)
+        .await
+        .into_iter()
+        .map(|(a, b, c, d, _)| (a, b, c, d))
+        .collect()
+}
+
+/// Like [`nodes`], plus this node's circuit-breaker state towards each node.
+pub async fn nodes_full(n: &Node) -> Vec<(u64, String, String, String, String)> {
+    let (status, v) = n
+        .sql("SELECT node_id, lifecycle, state, group0_role, breaker FROM system.nodes ORDER BY node_id")
+        .await;
+    if status != 200 {
+        return vec![];
+    }
+    v["rows"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    (
+                        r[0].as_u64().unwrap_or(0),
+                        r[1].as_str().unwrap_or("").to_string(),
+                        r[2].as_str().unwrap_or("").to_string(),
+                        r[3].as_str().unwrap_or("").to_string(),
+                        r[4].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub async fn rows(n: &Node, sql: &str) -> Option<serde_json::Value> {
+    let (status, v) = n.sql(sql).await;
+    (status == 200).then(|| v["rows"].clone())
+}
+
+/// Waits until every vshard has the same three voters.
+pub async fn all_replicated(n: &Node) {
+    eventually("every vshard has 3 voters", || async {
+        let r = rows(n, "SELECT DISTINCT replicas FROM system.shards").await?;
+        (r.as_array().map(Vec::len) == Some(1) && r[0][0].as_str() == Some("1,2,3")).then_some(())
+    })
+    .await;
+}
+
+/// Starts a first node and `more` nodes joining it; waits until every node is ready and
+/// sees every node ACTIVE and ALIVE.
+pub async fn cluster(dirs: &[&std::path::Path]) -> Vec<Node> {
+    let first = Node::spawn_pinned(dirs[0], &[]);
+    first.wait_ready().await;
+    let seed = first.rpc_addr.clone();
+    let mut nodes_v = vec![first];
+    for d in &dirs[1..] {
+        let n = Node::spawn_pinned(d, &["--join", &seed]);
+        nodes_v.push(n);
+    }
+    for n in &nodes_v {
+        n.wait_ready().await;
+    }
+    let count = nodes_v.len();
+    for n in &nodes_v {
+        eventually("every node ACTIVE and ALIVE everywhere", || async {
+            let rows = nodes(n).await;
+            (rows.len() == count && rows.iter().all(|r| r.1 == "ACTIVE" && r.2 == "ALIVE"))
+                .then_some(())
+        })
+        .await;
+    }
+    nodes_v
+}
