@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use shoal_faults::nemesis::Fault;
 use shoal_faults::net::Net;
-use shoal_faults::run::{keep, run, Config};
+use shoal_faults::run::{run, Config};
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
     std::env::var(key)
@@ -50,6 +50,7 @@ fn scenario(name: &str, seed: u64, faults: Vec<String>, secs: u64, nodes: usize)
         clients: env_or("SHOAL_FAULTS_CLIENTS", 6),
         dir: tmp.path().to_path_buf(),
         vshards: 16,
+        keep: Some(std::env::temp_dir().join(format!("shoal-faults-{name}-{seed}"))),
     };
     println!(
         "{name}: seed {seed}; reproduce with:\n  {}",
@@ -57,13 +58,7 @@ fn scenario(name: &str, seed: u64, faults: Vec<String>, secs: u64, nodes: usize)
     );
     let outcome = run(&cfg);
     if !matches!(&outcome, Ok(r) if r.ok()) {
-        let kept = std::env::temp_dir().join(format!("shoal-faults-{name}-{seed}"));
-        let _ = keep(tmp.path(), &kept);
-        println!(
-            "the run's data dirs, logs, history.jsonl and timeline.txt are in {}\nreproduce with:\n  {}",
-            kept.display(),
-            cfg.reproduce()
-        );
+        println!("reproduce with:\n  {}", cfg.reproduce());
     }
     match outcome {
         Ok(r) => assert!(r.ok(), "violations: {:#?}", r.violations),

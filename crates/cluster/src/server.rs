@@ -15,6 +15,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+/// Client-reset streams one connection may have pending before the server drops it.
+const MAX_PENDING_RESETS: usize = 1024;
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -180,6 +183,11 @@ impl RpcServer {
             .max_concurrent_streams(limits.max_streams_per_connection)
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            // Peers cancel RPCs that time out (RST_STREAM). After a healed partition many
+            // do at once; with h2's default allowance of 20 pending resets the server tore
+            // down the whole connection (GOAWAY), failing every other group's heartbeats
+            // on it. Bounded, but sized for 17 groups' worth of timed-out traffic.
+            .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
         let task = tokio::spawn(async move {

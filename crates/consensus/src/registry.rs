@@ -431,6 +431,14 @@ impl Registry {
             _ => {}
         }
         let inbound = decode_inbound(&msg).map_err(Error::Rejected)?;
+        // A replica whose disk is (nearly) full takes no more log entries or snapshots: a
+        // write error would fail its log for good, while a refused append is only a slow
+        // follower that the leader retries, and catches up once space is back.
+        let grows = matches!(&inbound, Inbound::Append(a) if !a.entries.is_empty())
+            || matches!(&inbound, Inbound::Snapshot(..));
+        if grows {
+            self.check_disk()?;
+        }
         if group == 0 {
             return handle_inbound(&self.meta, group, inbound).await;
         }
@@ -672,6 +680,35 @@ impl Registry {
             if agreed && idle_still {
                 s.quiesce(me, last);
                 tracing::debug!(vshard = v, "quiesced");
+            }
+        }
+    }
+
+    /// Run by the maintenance loop: a node whose disk dropped below `min_free_disk_bytes`
+    /// cannot append, so every vshard it leads would stall until space is back. It hands
+    /// each of them to a follower that has every entry (a leadership transfer, which
+    /// followers grant even while they believe in this leader).
+    pub async fn shed_leaders_if_disk_full(&self) {
+        if self.check_disk().is_ok() {
+            return;
+        }
+        let me = self.cfg.node_id;
+        for (v, s) in self.shards.iter().enumerate() {
+            let m = s.raft.metrics().borrow_watched().clone();
+            if m.current_leader != Some(me) {
+                continue;
+            }
+            let last = m.last_log_index.unwrap_or(0);
+            let to = m.replication.as_ref().and_then(|r| {
+                r.iter()
+                    .filter(|(id, l)| **id != me && l.as_ref().is_some_and(|l| l.index == last))
+                    .map(|(id, _)| *id)
+                    .next()
+            });
+            if let Some(to) = to {
+                s.wake();
+                tracing::warn!(vshard = v, to, "disk full: handing vshard leadership away");
+                let _ = s.raft.trigger().transfer_leader(to).await;
             }
         }
     }
@@ -1143,6 +1180,7 @@ impl Registry {
             .get(vshard as usize)
             .ok_or_else(|| self.not_hosted(vshard))?;
         s.touch();
+        self.check_disk()?;
         let r = s.raft.client_write(cmd).await;
         map_write(group_of_vshard(vshard), r)
     }
@@ -1201,6 +1239,11 @@ impl Registry {
             loop {
                 tick.tick().await;
                 let Some(reg) = weak.upgrade() else { return };
+                // A flush needs room for its Parquet part; until there is some, rows stay
+                // hot (they are in the log already).
+                if reg.check_disk().is_err() {
+                    continue;
+                }
                 for s in &reg.shards {
                     let st = s.store.stats();
                     if st.hot_rows > 0

@@ -29,6 +29,9 @@ pub struct Host {
     paused: bool,
     bin: PathBuf,
     join: Option<String>,
+    /// A tmpfs of this many MiB is mounted on the data directory (disk-full faults).
+    disk_mib: Option<u64>,
+    mounted: bool,
 }
 
 impl Host {
@@ -44,7 +47,45 @@ impl Host {
             paused: false,
             bin: bin.to_path_buf(),
             join,
+            disk_mib: None,
+            mounted: false,
         }
+    }
+
+    /// Gives the node a data directory of its own `mib`-MiB tmpfs, so one node's disk can
+    /// be filled without touching anyone else's.
+    pub fn with_disk(mut self, mib: u64) -> Host {
+        self.disk_mib = Some(mib);
+        self
+    }
+
+    fn filler(&self) -> PathBuf {
+        self.data_dir.join("disk-full-filler")
+    }
+
+    /// Fills the node's disk to the last byte (the data directory must be its tmpfs).
+    pub fn fill_disk(&self) -> Result<u64, String> {
+        use std::io::Write;
+        if !self.mounted {
+            return Err("no disk of its own (tmpfs) to fill".into());
+        }
+        let mut f = std::fs::File::create(self.filler()).map_err(|e| e.to_string())?;
+        let chunk = vec![0u8; 1 << 20];
+        let mut written = 0u64;
+        loop {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(n) => written += n as u64,
+                Err(_) => break,
+            }
+        }
+        let _ = f.sync_all();
+        Ok(written)
+    }
+
+    /// Gives the space back.
+    pub fn free_disk(&self) {
+        let _ = std::fs::remove_file(self.filler());
     }
 
     pub fn http(&self) -> String {
@@ -70,6 +111,12 @@ impl Host {
             return Ok(());
         }
         std::fs::create_dir_all(&self.data_dir).map_err(|e| e.to_string())?;
+        if let (Some(mib), false) = (self.disk_mib, self.mounted) {
+            let size = format!("size={mib}m");
+            let dir = self.data_dir.to_string_lossy().to_string();
+            crate::net::sh("mount", &["-t", "tmpfs", "-o", &size, "tmpfs", &dir])?;
+            self.mounted = true;
+        }
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -186,5 +233,9 @@ impl Host {
 impl Drop for Host {
     fn drop(&mut self) {
         self.kill9();
+        if self.mounted {
+            let dir = self.data_dir.to_string_lossy().to_string();
+            let _ = crate::net::sh("umount", &["-l", &dir]);
+        }
     }
 }

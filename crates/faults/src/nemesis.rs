@@ -42,6 +42,8 @@ pub enum Fault {
     Restart,
     /// Every node restarted, one after the other, each waited for.
     RollingRestart,
+    /// One node's disk (its own tmpfs) filled to the last byte; freed at heal.
+    DiskFull,
 }
 
 impl Fault {
@@ -85,6 +87,7 @@ impl Fault {
             "pause-leader" => Fault::PauseLeader(target(rng)),
             "restart" => Fault::Restart,
             "rolling-restart" => Fault::RollingRestart,
+            "disk-full" => Fault::DiskFull,
             _ => return None,
         })
     }

@@ -25,6 +25,10 @@ const MAX_LIN_STATES: u64 = 2_000_000;
 const KEY_EPOCH: Duration = Duration::from_secs(10);
 /// Keys written concurrently per epoch.
 const KEYS_PER_EPOCH: u64 = 3;
+/// Size of each node's own tmpfs data directory when the plan fills disks.
+const DISK_MIB: u64 = 384;
+/// How long the cluster may take to settle (every vshard quiesced) after the faults.
+const SETTLE_DEADLINE: Duration = Duration::from_secs(30);
 /// The quiet window at the end in which no group's term may move.
 const STABLE_WINDOW: Duration = Duration::from_secs(10);
 
@@ -44,6 +48,8 @@ pub struct Config {
     pub dir: PathBuf,
     /// Vshards of the cluster (the default unless the nodes are started otherwise).
     pub vshards: u32,
+    /// Where a failing run's files are copied (while the nodes' disks are still mounted).
+    pub keep: Option<PathBuf>,
 }
 
 impl Config {
@@ -78,6 +84,7 @@ impl Report {
 
     fn violation(&mut self, v: String) {
         println!("VIOLATION: {v}");
+        self.lines.push(format!("VIOLATION: {v}"));
         self.violations.push(v);
     }
 }
@@ -138,17 +145,23 @@ async fn run_in_hub(
     let rec = Arc::new(Recorder::new());
     let timeline = Timeline::default();
     let seed_addr = format!("{}:{RPC_PORT}", net.ip(1));
+    let disks = cfg.faults.iter().any(|f| f == "disk-full");
     let mut hosts: Vec<Host> = (1..=cfg.nodes)
         .map(|i| {
-            Host::new(
-                &net,
-                i,
-                &cfg.dir,
-                &cfg.bin,
-                (i > 1).then(|| seed_addr.clone()),
-            )
+            let join = (i > 1).then(|| seed_addr.clone());
+            let h = Host::new(&net, i, &cfg.dir, &cfg.bin, join);
+            if disks {
+                h.with_disk(DISK_MIB)
+            } else {
+                h
+            }
         })
         .collect();
+    // Declared after `hosts`, so dropped before them: the copy sees mounted data dirs.
+    let mut evidence = KeepOnFailure {
+        from: cfg.dir.clone(),
+        to: cfg.keep.clone(),
+    };
     let client = Client::new(hosts.iter().map(Host::http).collect());
     // The probe runs on a runtime thread: it proves the threads are in the hub namespace.
     tokio::spawn(async {}).await.map_err(|e| e.to_string())?;
@@ -272,7 +285,31 @@ async fn run_in_hub(
     write_jsonl(&cfg.dir.join("history.jsonl"), &ops).map_err(|e| e.to_string())?;
     std::fs::write(cfg.dir.join("report.txt"), report.lines.join("\n"))
         .map_err(|e| e.to_string())?;
+    if report.ok() {
+        evidence.to = None;
+    }
     Ok(report)
+}
+
+/// Copies a run's directory somewhere safe when dropped armed (any early return is a
+/// failure too).
+struct KeepOnFailure {
+    from: PathBuf,
+    to: Option<PathBuf>,
+}
+
+impl Drop for KeepOnFailure {
+    fn drop(&mut self) {
+        if let Some(to) = &self.to {
+            match keep(&self.from, to) {
+                Ok(()) => println!(
+                    "the run's data dirs, logs, history.jsonl and timeline.txt are in {}",
+                    to.display()
+                ),
+                Err(e) => println!("could not keep the run's files in {}: {e}", to.display()),
+            }
+        }
+    }
 }
 
 /// Polls `f` every 200 ms until it gives `Some` or `deadline` passes.
@@ -466,6 +503,7 @@ struct Undo {
     network: bool,
     killed: Vec<usize>,
     paused: Vec<usize>,
+    filled: Vec<usize>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -545,6 +583,11 @@ async fn apply(
             let r = hosts[random - 1].start();
             r.map(|_| format!("host {random} started again"))
         }
+        Fault::DiskFull => {
+            let r = hosts[random - 1].fill_disk();
+            undo.filled.push(random);
+            r.map(|b| format!("disk full on host {random} ({} MiB filler)", b >> 20))
+        }
         Fault::RollingRestart => {
             let mut r = Ok("rolling restart done".to_string());
             for x in 1..=n {
@@ -587,6 +630,10 @@ fn heal(
     for x in undo.paused {
         hosts[x - 1].resume();
         timeline.note(rec, format!("SIGCONT host {x}"));
+    }
+    for x in undo.filled {
+        hosts[x - 1].free_disk();
+        timeline.note(rec, format!("disk space back on host {x}"));
     }
     Ok(())
 }
@@ -685,7 +732,32 @@ async fn check_all(
         }
     }
 
-    // Terms stay put once nothing is wrong.
+    // Terms stay put once nothing is wrong: from the moment every node reports every
+    // vshard quiesced (the cluster settled after the last heal; at most SETTLE_DEADLINE).
+    let settled = poll(
+        "every node settled (all vshards quiesced)",
+        SETTLE_DEADLINE,
+        || async {
+            for h in 1..=cfg.nodes {
+                let r = client
+                    .rows(
+                        h,
+                        "SELECT count(*) FROM system.shards WHERE NOT quiesced",
+                        "eventual",
+                    )
+                    .await
+                    .ok()?;
+                if r.first().and_then(|r| r[0].as_i64()) != Some(0) {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    if let Err(e) = settled {
+        report.say(format!("not settled: {e}; checking term stability anyway"));
+    }
     let before = all_terms(client, cfg.nodes).await;
     tokio::time::sleep(STABLE_WINDOW).await;
     let after = all_terms(client, cfg.nodes).await;

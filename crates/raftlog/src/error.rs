@@ -62,6 +62,13 @@ pub enum Error {
 }
 
 impl Error {
+    /// The disk (or the filesystem's quota) is full: retryable once space is back.
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.kind() == io::ErrorKind::StorageFull)
+    }
+}
+
+impl Error {
     /// An equivalent error for another waiter on the same failed batch (`io::Error` is
     /// not `Clone`).
     pub(crate) fn duplicate(&self) -> Error {

@@ -201,6 +201,7 @@ impl RaftLog {
         fs::create_dir_all(dir).ctx(|| format!("create log directory {}", dir.display()))?;
         let lock = lock_dir(dir)?;
         meta::remove_stale_temp_files(dir)?;
+        meta::ensure_reserve(dir);
         let purged = meta::read_purge_point(dir)?;
         let recovered = recovery::recover(dir, &cfg, purged)?;
         if recovered.report.records_found > 0 || recovered.report.segments_scanned > 0 {
@@ -366,7 +367,16 @@ impl RaftLog {
             });
         }
         let _meta = self.shared.meta.lock();
-        let fsyncs = meta::write_meta_file(&self.shared.dir, &name, value, self.shared.cfg.fsync)?;
+        let dir = &self.shared.dir;
+        let fsync = self.shared.cfg.fsync;
+        let fsyncs = match meta::write_meta_file(dir, &name, value, fsync) {
+            Err(e) if e.is_storage_full() && meta::release_reserve(dir) => {
+                tracing::warn!(dir = %dir.display(), key, "disk full: used the reserved space to save raft metadata");
+                meta::write_meta_file(dir, &name, value, fsync)?
+            }
+            other => other?,
+        };
+        meta::ensure_reserve(dir);
         self.shared.fsyncs.fetch_add(fsyncs, Ordering::Relaxed);
         Ok(())
     }

@@ -44,6 +44,33 @@ pub(crate) fn user_meta_file(key: &str) -> Result<String, Error> {
     Ok(format!("{USER_META_PREFIX}{key}"))
 }
 
+/// A few blocks kept allocated in every log directory and given back when a metadata
+/// write finds the disk full. A Raft replica must be able to persist its vote even on a
+/// full disk (openraft stops a group for good when it cannot), and replacing the vote
+/// file is net-neutral after the first time (the rename frees the old file's block).
+pub(crate) const RESERVE_FILE: &str = "RESERVE";
+const RESERVE_BYTES: usize = 64 * 1024;
+
+/// Makes sure the reserve exists; best effort (on a full disk it waits for space).
+pub(crate) fn ensure_reserve(dir: &Path) {
+    let path = dir.join(RESERVE_FILE);
+    if path.exists() {
+        return;
+    }
+    let made = File::create(&path).and_then(|mut f| {
+        f.write_all(&vec![0u8; RESERVE_BYTES])?;
+        f.sync_all()
+    });
+    if made.is_err() {
+        let _ = fs::remove_file(&path);
+    }
+}
+
+/// Gives the reserve back to the filesystem; whether there was one.
+pub(crate) fn release_reserve(dir: &Path) -> bool {
+    fs::remove_file(dir.join(RESERVE_FILE)).is_ok()
+}
+
 /// Durably replaces the value stored in `dir/name`. Returns the number of fsyncs done.
 pub(crate) fn write_meta_file(
     dir: &Path,

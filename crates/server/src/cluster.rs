@@ -373,6 +373,7 @@ pub fn spawn_maintenance(
             {
                 tracing::debug!(error = %e, "reconciling group 0 membership; will retry");
             }
+            registry.shed_leaders_if_disk_full().await;
             if !quiesce_after.is_zero() {
                 registry.quiesce_idle(quiesce_after).await;
             }
