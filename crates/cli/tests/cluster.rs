@@ -771,4 +771,25 @@ async fn a_restarted_follower_does_not_depose_quiesced_leaders() {
             n.node_id
         );
     }
+    // Each leader reports its two followers fully caught up (the restarted one included).
+    let mut led = 0;
+    for n in &c {
+        let r = rows(
+            n,
+            "SELECT followers FROM system.shards WHERE role = 'leader'",
+        )
+        .await
+        .expect("rows");
+        for row in r.as_array().expect("rows") {
+            let f = row[0].as_str().expect("followers");
+            let parts: Vec<&str> = f.split(',').collect();
+            assert_eq!(parts.len(), 2, "two followers: {f}");
+            assert!(parts.iter().all(|p| p.ends_with("(+0)")), "caught up: {f}");
+            led += 1;
+        }
+    }
+    assert_eq!(
+        led, 16,
+        "every vshard has one leader reporting its followers"
+    );
 }

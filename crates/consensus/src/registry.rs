@@ -164,6 +164,9 @@ pub struct GroupStatus {
     pub quiesced: bool,
     /// This replica's Raft role: `leader`, `follower`, `candidate` or `learner`.
     pub role: &'static str,
+    /// On the leader: every other replica's (node id, last log index it holds, entries
+    /// behind the leader's log); empty elsewhere.
+    pub followers: Vec<(u64, Option<u64>, u64)>,
 }
 
 pub struct Registry {
@@ -1451,6 +1454,20 @@ fn status_of(
         replicas: m.membership_config.membership().voter_ids().collect(),
         stats,
         quiesced: false,
+        followers: m
+            .replication
+            .as_ref()
+            .map(|r| {
+                let last = m.last_log_index.unwrap_or(0);
+                r.iter()
+                    .filter(|(id, _)| Some(**id) != m.current_leader)
+                    .map(|(id, l)| {
+                        let matched = l.as_ref().map(|l| l.index);
+                        (*id, matched, last.saturating_sub(matched.unwrap_or(0)))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
         role: match m.state {
             openraft::ServerState::Leader => "leader",
             openraft::ServerState::Candidate => "candidate",

@@ -192,6 +192,27 @@ impl SystemSchema {
                 "role",
                 strs(groups.iter().map(|g| Some(g.role.to_string())).collect()),
             ),
+            // Where this node leads: each follower as `node:matched_index(+behind)`.
+            (
+                "followers",
+                strs(
+                    groups
+                        .iter()
+                        .map(|g| {
+                            (!g.followers.is_empty()).then(|| {
+                                g.followers
+                                    .iter()
+                                    .map(|(id, m, behind)| match m {
+                                        Some(m) => format!("{id}:{m}(+{behind})"),
+                                        None => format!("{id}:-"),
+                                    })
+                                    .collect::<Vec<_>>()
+                                    .join(",")
+                            })
+                        })
+                        .collect(),
+                ),
+            ),
             (
                 "quiesced",
                 Arc::new(BooleanArray::from(
