@@ -528,6 +528,11 @@ async fn apply(
     };
     let isolate =
         |x: usize| -> Vec<Vec<usize>> { vec![vec![x], (1..=n).filter(|y| *y != x).collect()] };
+    // The node a targeted fault hits: a group's leader, else a random node.
+    let victim = match *fault {
+        Fault::IsolateLeader(t) | Fault::KillLeader(t) | Fault::PauseLeader(t) => leader(t).await,
+        _ => random,
+    };
     let result: Result<String, String> = match *fault {
         Fault::Halves => {
             let (a, b) = all.split_at(n / 2);
@@ -537,11 +542,9 @@ async fn apply(
         Fault::IsolateOne => net
             .partition(&isolate(random))
             .map(|_| format!("isolate host {random}")),
-        Fault::IsolateLeader(t) => {
-            let x = leader(t).await;
-            net.partition(&isolate(x))
-                .map(|_| format!("isolate host {x} (leader of {t:?})"))
-        }
+        Fault::IsolateLeader(t) => net
+            .partition(&isolate(victim))
+            .map(|_| format!("isolate host {victim} (leader of {t:?})")),
         Fault::Bridge => {
             // all[0] is the bridge; the rest split in two sides that each see it.
             let rest = &all[1..];
@@ -560,22 +563,14 @@ async fn apply(
                 .map(|_| format!("loss: host {random} drops {pct}% from peers"))
         }
         Fault::Kill | Fault::KillLeader(_) => {
-            let x = match *fault {
-                Fault::KillLeader(t) => leader(t).await,
-                _ => random,
-            };
-            hosts[x - 1].kill9();
-            undo.killed.push(x);
-            Ok(format!("kill -9 host {x} ({fault:?})"))
+            hosts[victim - 1].kill9();
+            undo.killed.push(victim);
+            Ok(format!("kill -9 host {victim} ({fault:?})"))
         }
         Fault::Pause | Fault::PauseLeader(_) => {
-            let x = match *fault {
-                Fault::PauseLeader(t) => leader(t).await,
-                _ => random,
-            };
-            hosts[x - 1].pause();
-            undo.paused.push(x);
-            Ok(format!("SIGSTOP host {x} ({fault:?})"))
+            hosts[victim - 1].pause();
+            undo.paused.push(victim);
+            Ok(format!("SIGSTOP host {victim} ({fault:?})"))
         }
         Fault::Restart => {
             timeline.note(rec, format!("restart host {random}"));
