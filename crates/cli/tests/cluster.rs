@@ -793,3 +793,130 @@ async fn a_restarted_follower_does_not_depose_quiesced_leaders() {
         "every vshard has one leader reporting its followers"
     );
 }
+
+/// The physical plan out of an EXPLAIN result's JSON, one operator per line.
+fn remote_plan_text(json: &str) -> String {
+    json.replace("\\n", "\n")
+}
+
+/// The rows of `sql` on `n`, failing the test unless it answered 200.
+async fn must_rows(n: &Node, sql: &str) -> serde_json::Value {
+    let (s, v) = n.sql(sql).await;
+    assert_eq!(s, 200, "node {}: {sql}: {v}", n.node_id);
+    v["rows"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_replicas_reads_every_vshard_from_its_peers() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dirs: Vec<_> = (1..=4).map(|i| tmp.path().join(format!("n{i}"))).collect();
+    let mut c = cluster(&[&dirs[0], &dirs[1], &dirs[2], &dirs[3]]).await;
+    all_replicated(&c[0]).await;
+    let hosts = must_rows(&c[3], "SELECT count(*) FROM system.shards").await;
+    assert_eq!(hosts[0][0].as_i64(), Some(0), "node 4 holds no replica");
+    let (s, v) = c[3]
+        .sql("CREATE TABLE trades (ts TIMESTAMP, symbol VARCHAR, price DOUBLE, size BIGINT, PRIMARY KEY (symbol))")
+        .await;
+    assert_eq!(s, 200, "{v}");
+    // 20 symbols × 50 points, written through the node without replicas.
+    const SYMBOLS: i64 = 20;
+    const POINTS: i64 = 50;
+    const T0: i64 = 1_700_000_000_000_000_000;
+    let mut body = String::new();
+    for p in 0..POINTS {
+        for s in 0..SYMBOLS {
+            body.push_str(&format!(
+                "trades,symbol=s{s:02} price={}.5,size={}i {}\n",
+                s * 100 + p,
+                p + 1,
+                T0 + p * 1_000_000_000
+            ));
+        }
+    }
+    let (s, b) = c[3].write(&body).await;
+    assert_eq!(s, 204, "{b}");
+
+    // Every shape runs on node 4 (all 16 vshards remote) and on node 1 (all local); both
+    // must give the answer computed here.
+    let count = "SELECT count(*) FROM trades";
+    for n in [&c[3], &c[0]] {
+        assert_eq!(n.count(count).await, SYMBOLS * POINTS, "node {}", n.node_id);
+    }
+    let agg = "SELECT symbol, count(*), sum(size), max(price), min(ts) FROM trades GROUP BY symbol ORDER BY symbol";
+    let remote = must_rows(&c[3], agg).await;
+    assert_eq!(remote, must_rows(&c[0], agg).await);
+    let rows_v = remote.as_array().expect("rows");
+    assert_eq!(rows_v.len(), SYMBOLS as usize);
+    for (s, row) in rows_v.iter().enumerate() {
+        assert_eq!(row[0].as_str(), Some(format!("s{s:02}").as_str()));
+        assert_eq!(row[1].as_i64(), Some(POINTS));
+        assert_eq!(row[2].as_i64(), Some(POINTS * (POINTS + 1) / 2));
+        assert_eq!(
+            row[3].as_f64(),
+            Some((s as i64 * 100 + POINTS - 1) as f64 + 0.5)
+        );
+    }
+    let filtered = format!(
+        "SELECT ts, price FROM trades WHERE symbol = 's07' AND ts >= to_timestamp({}) ORDER BY ts DESC LIMIT 3",
+        T0 / 1_000_000_000 + 40
+    );
+    let remote = must_rows(&c[3], &filtered).await;
+    assert_eq!(remote, must_rows(&c[0], &filtered).await);
+    let prices: Vec<f64> = remote
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r[1].as_f64().expect("price"))
+        .collect();
+    assert_eq!(prices, vec![749.5, 748.5, 747.5]);
+    let eventual = must_rows(
+        &c[3],
+        "SET read_consistency = 'eventual'; SELECT count(*) FROM trades WHERE size > 25",
+    )
+    .await;
+    assert_eq!(eventual[0][0].as_i64(), Some(SYMBOLS * (POINTS - 25)));
+
+    // The plan says where the work runs: on node 4 the partial aggregate ships to the
+    // replicas; node 1 hosts everything and plans as a single node does.
+    let explain = format!("EXPLAIN {agg}");
+    let plan = must_rows(&c[3], &explain).await.to_string();
+    assert!(
+        plan.contains("ShardFragmentExec: vshards=16, local=0, remote=16"),
+        "{plan}"
+    );
+    let topk = must_rows(&c[3], &format!("EXPLAIN {filtered}")).await;
+    println!(
+        "node 4 plans:\n{}\n{}",
+        remote_plan_text(&plan),
+        remote_plan_text(&topk.to_string())
+    );
+    let below = &plan[plan.find("ShardFragmentExec").expect("fragment")..];
+    assert!(below.contains("AggregateExec: mode=Partial"), "{plan}");
+    let local_plan = must_rows(&c[0], &explain).await.to_string();
+    assert!(!local_plan.contains("ShardFragmentExec"), "{local_plan}");
+
+    // Bad SQL on the coordinating node and an error raised inside a remote fragment both
+    // come back as clear errors, and node 4 keeps serving.
+    let (s, v) = c[3].sql("SELECT nope FROM trades").await;
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = c[3]
+        .sql("SELECT count(*) FROM trades WHERE CAST(symbol AS BIGINT) > 1")
+        .await;
+    assert!(s >= 400, "a failing cast must fail the query: {v}");
+    assert_eq!(c[3].count(count).await, SYMBOLS * POINTS);
+
+    // A replica host dies: node 4 reads each vshard from the hosts left (strong reads once
+    // the dead node's vshards have new leaders).
+    c[0].kill9();
+    let t = Instant::now();
+    eventually("node 4 reads everything with node 1 dead", || async {
+        let r = rows(&c[3], agg).await?;
+        (r.as_array().map(Vec::len) == Some(SYMBOLS as usize)).then_some(())
+    })
+    .await;
+    println!(
+        "reads through node 4 resumed {:?} after node 1 died",
+        t.elapsed()
+    );
+    assert_eq!(c[3].count(count).await, SYMBOLS * POINTS);
+}

@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tonic::body::Body;
 use tonic::codegen::{http, BoxFuture, Service, StdError};
@@ -111,6 +112,25 @@ pub struct SqlRequest {
     pub sql: String,
 }
 
+/// A piece of a query plan to run against the receiver's vshard replicas.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FragmentRequest {
+    /// The fragment, serialized with datafusion-proto and Shoal's extension codec.
+    #[prost(bytes = "bytes", tag = "1")]
+    pub plan: Bytes,
+    /// The partition (vshard) to run.
+    #[prost(uint32, tag = "2")]
+    pub partition: u32,
+}
+
+/// A streamed answer: Arrow IPC chunks.
+pub type ChunkStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<BytesReply, Status>> + Send + 'static>>;
+
+/// How long a fragment's stream may run at most (the caller's statement timeout usually
+/// ends it much sooner by dropping it).
+pub const FRAGMENT_DEADLINE: Duration = Duration::from_secs(3600);
+
 /// Who sent a request, from its envelope.
 #[derive(Clone, Debug, Default)]
 pub struct Caller {
@@ -131,6 +151,8 @@ pub trait PeerHandler: Send + Sync + 'static {
     async fn forward_meta(&self, caller: Caller, req: MetaRequest) -> Result<BytesReply, Status>;
     /// Runs one SQL statement here and answers its result as an Arrow IPC stream.
     async fn sql(&self, caller: Caller, req: SqlRequest) -> Result<BytesReply, Status>;
+    /// Runs one partition of a plan fragment here and streams its output.
+    async fn fragment(&self, caller: Caller, req: FragmentRequest) -> Result<ChunkStream, Status>;
 }
 
 /// Limits of the RPC service itself (the connection count is bounded by the listener).
@@ -248,6 +270,37 @@ enum Budget {
     Free,
 }
 
+/// Checks a request's cluster id and takes its in-flight budget; both are held until the
+/// returned guard drops.
+fn admit<H: PeerHandler>(
+    inner: &Inner<H>,
+    caller: &Caller,
+    anonymous_ok: bool,
+    budget: Budget,
+) -> Result<(Option<tokio::sync::OwnedSemaphorePermit>, InflightGuard), Status> {
+    check_cluster(&inner.handler.cluster_id(), caller, anonymous_ok)?;
+    let permit =
+        match budget {
+            Budget::Work => {
+                Some(
+                    inner.work.clone().try_acquire_owned().map_err(|_| {
+                        Status::resource_exhausted("rpc_max_inflight reached; retry")
+                    })?,
+                )
+            }
+            Budget::Raft => {
+                Some(inner.raft.clone().try_acquire_owned().map_err(|_| {
+                    Status::resource_exhausted("rpc_max_inflight_raft reached; retry")
+                })?)
+            }
+            Budget::Free => None,
+        };
+    inner
+        .inflight
+        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    Ok((permit, InflightGuard(inner.inflight.clone())))
+}
+
 macro_rules! unary {
     ($inner:expr, $req:expr, $Req:ty, $Resp:ty, $anon:expr, $budget:expr, |$h:ident, $c:ident, $m:ident| $body:expr) => {{
         let inner = $inner.clone();
@@ -257,24 +310,7 @@ macro_rules! unary {
                 let inner = inner.clone();
                 async move {
                     let $c = caller_of(&r);
-                    check_cluster(&inner.handler.cluster_id(), &$c, $anon)?;
-                    let _permit = match $budget {
-                        Budget::Work => {
-                            Some(inner.work.clone().try_acquire_owned().map_err(|_| {
-                                Status::resource_exhausted("rpc_max_inflight reached; retry")
-                            })?)
-                        }
-                        Budget::Raft => {
-                            Some(inner.raft.clone().try_acquire_owned().map_err(|_| {
-                                Status::resource_exhausted("rpc_max_inflight_raft reached; retry")
-                            })?)
-                        }
-                        Budget::Free => None,
-                    };
-                    inner
-                        .inflight
-                        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                    let _g = InflightGuard(inner.inflight.clone());
+                    let _admitted = admit(&inner, &$c, $anon, $budget)?;
                     let $h = inner.handler.clone();
                     let $m = r.into_inner();
                     $body.await.map(Response::new)
@@ -358,6 +394,30 @@ where
                     |h, c, m| h.sql(c, m)
                 )
             }
+            "/shoal.peer.v1.Peer/Fragment" => {
+                let inner = self.inner.clone();
+                Box::pin(async move {
+                    let max = inner.limits.max_message_bytes;
+                    let svc = tower::service_fn(move |r: Request<FragmentRequest>| {
+                        let inner = inner.clone();
+                        async move {
+                            let c = caller_of(&r);
+                            let admitted = admit(&inner, &c, false, Budget::Work)?;
+                            let stream = inner.handler.fragment(c, r.into_inner()).await?;
+                            // The budget stays taken for as long as the stream runs.
+                            let stream = stream.map(move |m| {
+                                let _ = &admitted;
+                                m
+                            });
+                            Ok::<_, Status>(Response::new(Box::pin(stream) as ChunkStream))
+                        }
+                    });
+                    let mut grpc = Grpc::new(ProstCodec::<BytesReply, FragmentRequest>::default())
+                        .max_decoding_message_size(max)
+                        .max_encoding_message_size(max);
+                    Ok(grpc.server_streaming(svc, req).await)
+                })
+            }
             _ => Box::pin(async { Ok(Status::unimplemented("no such method").into_http()) }),
         }
     }
@@ -394,6 +454,20 @@ impl PeerClient {
         Q: prost::Message + Send + Sync + 'static,
         R: prost::Message + Default + Send + Sync + 'static,
     {
+        let req = self.request(msg, ttl).await?;
+        let path = http::uri::PathAndQuery::from_static(method);
+        let codec = ProstCodec::<Q, R>::default();
+        let call = self.grpc.unary(req, path, codec);
+        match tokio::time::timeout(ttl, call).await {
+            Ok(r) => r.map(Response::into_inner),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "no answer within {ttl:?}"
+            ))),
+        }
+    }
+
+    /// A request carrying this node's envelope, once the connection is ready.
+    async fn request<Q>(&mut self, msg: Q, ttl: Duration) -> Result<Request<Q>, Status> {
         self.grpc
             .ready()
             .await
@@ -413,13 +487,24 @@ impl PeerClient {
                 m.insert(HDR_TERM, v);
             }
         }
-        let path = http::uri::PathAndQuery::from_static(method);
-        let codec = ProstCodec::<Q, R>::default();
-        let call = self.grpc.unary(req, path, codec);
-        match tokio::time::timeout(ttl, call).await {
+        Ok(req)
+    }
+
+    /// Starts a fragment on the peer: waits up to `open` for the stream to open; the stream
+    /// itself may run up to [`FRAGMENT_DEADLINE`].
+    pub async fn fragment(
+        &mut self,
+        req: FragmentRequest,
+        open: Duration,
+    ) -> Result<tonic::Streaming<BytesReply>, Status> {
+        let req = self.request(req, FRAGMENT_DEADLINE).await?;
+        let path = http::uri::PathAndQuery::from_static("/shoal.peer.v1.Peer/Fragment");
+        let codec = ProstCodec::<FragmentRequest, BytesReply>::default();
+        let call = self.grpc.server_streaming(req, path, codec);
+        match tokio::time::timeout(open, call).await {
             Ok(r) => r.map(Response::into_inner),
             Err(_) => Err(Status::deadline_exceeded(format!(
-                "no answer within {ttl:?}"
+                "the fragment did not start within {open:?}"
             ))),
         }
     }

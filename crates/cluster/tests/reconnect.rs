@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use shoal_cluster::rpc::{
-    BytesReply, Caller, HelloReply, JoinReply, JoinRequest, MetaRequest, PeerHandler, RaftRequest,
-    ServiceLimits, SqlRequest,
+    BytesReply, Caller, ChunkStream, FragmentRequest, HelloReply, JoinReply, JoinRequest,
+    MetaRequest, PeerHandler, RaftRequest, ServiceLimits, SqlRequest,
 };
 use shoal_cluster::{ClusterTransport, Peers, PeersConfig, RpcServer, ServerLimits};
 use shoal_consensus::transport::{RaftMessage, RaftRpc, RaftTransport};
@@ -44,6 +44,9 @@ impl PeerHandler for Recorder {
     }
     async fn sql(&self, _c: Caller, _r: SqlRequest) -> Result<BytesReply, Status> {
         Err(Status::unimplemented("sql"))
+    }
+    async fn fragment(&self, _c: Caller, _r: FragmentRequest) -> Result<ChunkStream, Status> {
+        Err(Status::unimplemented("fragment"))
     }
 }
 

@@ -1065,6 +1065,29 @@ impl Registry {
         }
     }
 
+    /// The nodes to read vshard `vshard` from when this node has no replica of it: every
+    /// node holding one, those SWIM says are alive first, starting at a different node per
+    /// vshard so that reads spread over the replicas.
+    pub fn read_hosts(&self, vshard: u32) -> Vec<u64> {
+        let mut hosts: Vec<u64> = self
+            .catalog
+            .read()
+            .vshard_hosts()
+            .iter()
+            .map(|n| n.id)
+            .filter(|id| *id != self.cfg.node_id)
+            .collect();
+        if hosts.is_empty() {
+            return hosts;
+        }
+        let start = vshard as usize % hosts.len();
+        hosts.rotate_left(start);
+        let (mut alive, down): (Vec<u64>, Vec<u64>) =
+            hosts.into_iter().partition(|n| self.is_alive(*n));
+        alive.extend(down);
+        alive
+    }
+
     pub fn store(&self, vshard: u32) -> Option<&Arc<ShardStore>> {
         self.shards.get(vshard as usize).map(|s| &s.store)
     }

@@ -15,6 +15,7 @@ use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use shoal_consensus::Registry;
 
+use crate::distributed::{DistributeScans, FragmentRunner, ShoalCodec};
 use crate::error::{ErrorKind, QueryError, Result};
 use crate::provider::ShoalSchema;
 use crate::session::{split_statements, Session};
@@ -95,15 +96,29 @@ pub struct QueryEngine {
 }
 
 impl QueryEngine {
-    pub fn new(registry: Arc<Registry>, target_partitions: usize, node: NodeInfo) -> QueryEngine {
+    /// `remote` runs plan fragments on other nodes; without it (a node alone) every vshard
+    /// must be hosted here.
+    pub fn new(
+        registry: Arc<Registry>,
+        target_partitions: usize,
+        node: NodeInfo,
+        remote: Option<Arc<dyn FragmentRunner>>,
+    ) -> QueryEngine {
         let config = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema("shoal", "public")
             .with_target_partitions(target_partitions.max(1));
-        let state = SessionStateBuilder::new()
+        let mut builder = SessionStateBuilder::new()
             .with_config(config)
-            .with_default_features()
-            .build();
+            .with_default_features();
+        if let Some(runner) = remote {
+            // Last, so it sees the plan every other rule has finished with.
+            builder = builder.with_physical_optimizer_rule(Arc::new(DistributeScans::new(
+                registry.clone(),
+                runner,
+            )));
+        }
+        let state = builder.build();
         let ctx = SessionContext::new_with_state(state);
         let writer = Writer::new(registry.clone());
         // One catalog for every request: per-request options travel in the session config.
@@ -145,6 +160,28 @@ impl QueryEngine {
 
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// Runs partition `partition` of a plan fragment a peer sent (see
+    /// [`crate::distributed`]) against this node's replicas.
+    pub fn run_fragment(
+        &self,
+        plan: &[u8],
+        partition: u32,
+    ) -> Result<datafusion::execution::SendableRecordBatchStream> {
+        let ctx = Arc::new(datafusion::execution::TaskContext::from(&self.state));
+        let codec = ShoalCodec::new(self.registry.clone());
+        let plan = codec
+            .decode(plan, &ctx)
+            .map_err(|e| QueryError::new(ErrorKind::Internal, format!("bad plan fragment: {e}")))?;
+        let n = plan.properties().partitioning.partition_count();
+        if partition as usize >= n {
+            return Err(QueryError::new(
+                ErrorKind::Internal,
+                format!("plan fragment has {n} partitions, asked for {partition}"),
+            ));
+        }
+        Ok(plan.execute(partition as usize, ctx)?)
     }
 
     pub(crate) fn context(&self, opts: &QueryOptions) -> SessionContext {

@@ -5,10 +5,13 @@
 //!  SQL text ─▶ parse ─┬─ CREATE/DROP TABLE ──▶ group 0 (DDL batch)
 //!                     ├─ INSERT ──▶ DataFusion plan ─▶ Writer ─▶ vshard groups
 //!                     └─ query  ──▶ DataFusion plan ─▶ ShardScanExec (one partition per vshard)
-//!                                                        └─ ShardSource: hot buffer + Parquet parts
+//!                                       │                 └─ local replica: hot buffer + Parquet parts
+//!                                       └─ ShardFragmentExec: vshards not hosted here run on a
+//!                                          replica elsewhere (scan + filter + partial aggregate)
 //! ```
 
 pub mod ddl;
+pub mod distributed;
 pub mod engine;
 pub mod error;
 pub mod pgcompat;
@@ -17,6 +20,7 @@ pub mod session;
 pub mod system;
 pub mod write;
 
+pub use distributed::{FragmentRunner, RemoteError};
 pub use engine::{QueryEngine, QueryOptions, QueryOutput, ReadConsistency};
 pub use error::{ErrorKind, QueryError};
 pub use session::{split_statements, Session, TxStatus};

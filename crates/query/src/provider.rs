@@ -1,10 +1,10 @@
 //! DataFusion's view of Shoal's catalog: a schema provider over group 0's catalog, and a
 //! table whose scan has one partition per vshard.
 //!
-//! A partition asks a [`ShardSource`] for one vshard's rows of one table, with projection,
-//! predicate, time range and limit pushed down. The local source reads the replica's hot
-//! buffer and its Parquet parts (pruned by part time range, then by row-group and page
-//! statistics); a remote source can serve the same request as an Arrow stream.
+//! Partition `v` reads vshard `v` of one table on this node's replica, with projection,
+//! predicate, time range and limit pushed down: the replica's hot buffer and its Parquet
+//! parts (pruned by part time range, then by row-group and page statistics). Vshards this
+//! node does not host are read elsewhere (see [`crate::distributed`]).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -34,7 +34,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use shoal_common::schema::ColumnType;
 use shoal_consensus::{CatalogHandle, Registry, TableEntry};
 use shoal_storage::arrow_schema::table_arrow_schema;
@@ -166,34 +166,11 @@ impl TableProvider for ShoalTable {
             None => None,
         };
         let (min_ts, max_ts) = time_bounds(filters);
-        if !self.registry.hosts_vshards() {
-            let e = crate::error::QueryError::from(self.registry.not_hosted(0));
-            return Err(DataFusionError::External(Box::new(e)));
-        }
         let consistency = state
             .config()
             .get_extension::<ReadConsistency>()
             .map(|c| c.as_ref().clone())
             .unwrap_or_default();
-        // strong (and, until closed timestamps exist, bounded staleness — never staler
-        // than asked): every vshard replica read here first catches up to its leader's
-        // read index. eventual reads the local replicas as they are.
-        if consistency != ReadConsistency::Eventual {
-            let barriers = (0..self.registry.vshards())
-                .map(|v| self.registry.read_barrier(v, READ_BARRIER_TIMEOUT));
-            for r in futures::future::join_all(barriers).await {
-                r.map_err(|e| {
-                    DataFusionError::External(Box::new(crate::error::QueryError::from(e)))
-                })?;
-            }
-        }
-        let sources: Vec<Arc<dyn ShardSource>> = (0..self.registry.vshards())
-            .filter_map(|v| {
-                self.registry
-                    .store(v)
-                    .map(|s| Arc::new(LocalShard { store: s.clone() }) as Arc<dyn ShardSource>)
-            })
-            .collect();
         let request = ShardScanRequest {
             table_id: self.entry.id,
             table_schema: self.schema.clone(),
@@ -206,7 +183,7 @@ impl TableProvider for ShoalTable {
             // Per request, through the session config (the catalog itself is shared).
             consistency,
         };
-        Ok(Arc::new(ShardScanExec::new(request, sources)))
+        Ok(Arc::new(ShardScanExec::new(request, self.registry.clone())))
     }
 
     async fn insert_into(
@@ -316,101 +293,80 @@ impl ShardScanRequest {
     }
 }
 
-/// Serves one vshard's rows for a scan.
-pub trait ShardSource: Send + Sync + fmt::Debug {
-    fn scan(
-        &self,
-        req: &ShardScanRequest,
-        ctx: Arc<TaskContext>,
-    ) -> DfResult<SendableRecordBatchStream>;
-}
+/// Reads one vshard's rows for a scan from this node's replica: the hot buffer and the
+/// Parquet parts whose time range the request can touch.
+fn scan_local(
+    store: &ShardStore,
+    req: &ShardScanRequest,
+    ctx: Arc<TaskContext>,
+) -> DfResult<SendableRecordBatchStream> {
+    let snap = store.scan_snapshot(req.table_id);
+    let in_range =
+        |lo: i64, hi: i64| req.min_ts.is_none_or(|l| hi >= l) && req.max_ts.is_none_or(|h| lo <= h);
+    let parts: Vec<(PathBuf, PartMeta)> = snap
+        .parts
+        .into_iter()
+        .filter(|(_, p)| in_range(p.min_ts, p.max_ts))
+        .collect();
+    let hot: Vec<HotBatch> = snap
+        .hot
+        .into_iter()
+        .filter(|h| in_range(h.min_ts, h.max_ts))
+        .collect();
+    // Sources that overlap in time may hold the same point twice; only rows inside the
+    // overlap go through last-write-wins resolution (see shoal_storage::dedup).
+    let key = SeriesKey::of(&req.table_schema);
+    let regions = match key {
+        Some(_) => {
+            let ranges: Vec<(i64, i64)> = parts
+                .iter()
+                .map(|(_, p)| (p.min_ts, p.max_ts))
+                .chain(hot.iter().map(|h| (h.min_ts, h.max_ts)))
+                .collect();
+            dedup::overlap_regions(&ranges)
+        }
+        None => vec![],
+    };
+    let (dirty_parts, clean_parts): (Vec<_>, Vec<_>) = parts
+        .into_iter()
+        .partition(|(_, p)| dedup::touches(&regions, p.min_ts, p.max_ts));
+    let (dirty_hot, clean_hot): (Vec<_>, Vec<_>) = hot
+        .into_iter()
+        .partition(|h| dedup::touches(&regions, h.min_ts, h.max_ts));
 
-/// A replica on this node.
-pub struct LocalShard {
-    pub store: Arc<ShardStore>,
-}
-
-impl fmt::Debug for LocalShard {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "LocalShard({})", self.store.dir().display())
+    let mut plans = vec![];
+    if !clean_parts.is_empty() {
+        plans.push(parquet_plan(
+            req,
+            &clean_parts,
+            req.predicate.clone(),
+            req.projection.clone(),
+            req.limit,
+        )?);
     }
-}
-
-impl ShardSource for LocalShard {
-    fn scan(
-        &self,
-        req: &ShardScanRequest,
-        ctx: Arc<TaskContext>,
-    ) -> DfResult<SendableRecordBatchStream> {
-        let snap = self.store.scan_snapshot(req.table_id);
-        let in_range = |lo: i64, hi: i64| {
-            req.min_ts.is_none_or(|l| hi >= l) && req.max_ts.is_none_or(|h| lo <= h)
-        };
-        let parts: Vec<(PathBuf, PartMeta)> = snap
-            .parts
-            .into_iter()
-            .filter(|(_, p)| in_range(p.min_ts, p.max_ts))
-            .collect();
-        let hot: Vec<HotBatch> = snap
-            .hot
-            .into_iter()
-            .filter(|h| in_range(h.min_ts, h.max_ts))
-            .collect();
-        // Sources that overlap in time may hold the same point twice; only rows inside the
-        // overlap go through last-write-wins resolution (see shoal_storage::dedup).
-        let key = SeriesKey::of(&req.table_schema);
-        let regions = match key {
-            Some(_) => {
-                let ranges: Vec<(i64, i64)> = parts
-                    .iter()
-                    .map(|(_, p)| (p.min_ts, p.max_ts))
-                    .chain(hot.iter().map(|h| (h.min_ts, h.max_ts)))
-                    .collect();
-                dedup::overlap_regions(&ranges)
-            }
-            None => vec![],
-        };
-        let (dirty_parts, clean_parts): (Vec<_>, Vec<_>) = parts
-            .into_iter()
-            .partition(|(_, p)| dedup::touches(&regions, p.min_ts, p.max_ts));
-        let (dirty_hot, clean_hot): (Vec<_>, Vec<_>) = hot
-            .into_iter()
-            .partition(|h| dedup::touches(&regions, h.min_ts, h.max_ts));
-
-        let mut plans = vec![];
-        if !clean_parts.is_empty() {
-            plans.push(parquet_plan(
-                req,
-                &clean_parts,
-                req.predicate.clone(),
-                req.projection.clone(),
-                req.limit,
-            )?);
-        }
-        if !clean_hot.is_empty() {
-            plans.push(hot_plan(req, &clean_hot, req.projection.clone())?);
-        }
-        let mut streams = vec![];
-        for plan in plans {
-            for p in 0..plan.properties().partitioning.partition_count() {
-                streams.push(plan.execute(p, ctx.clone())?);
-            }
-        }
-        if let (Some(key), false) = (key, dirty_parts.is_empty() && dirty_hot.is_empty()) {
-            streams.push(resolved_stream(
-                req,
-                &key,
-                &dirty_parts,
-                &dirty_hot,
-                regions,
-                ctx,
-            )?);
-        }
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            req.output_schema()?,
-            futures::stream::iter(streams).flatten(),
-        )))
+    if !clean_hot.is_empty() {
+        plans.push(hot_plan(req, &clean_hot, req.projection.clone())?);
     }
+    let mut streams = vec![];
+    for plan in plans {
+        for p in 0..plan.properties().partitioning.partition_count() {
+            streams.push(plan.execute(p, ctx.clone())?);
+        }
+    }
+    if let (Some(key), false) = (key, dirty_parts.is_empty() && dirty_hot.is_empty()) {
+        streams.push(resolved_stream(
+            req,
+            &key,
+            &dirty_parts,
+            &dirty_hot,
+            regions,
+            ctx,
+        )?);
+    }
+    Ok(Box::pin(RecordBatchStreamAdapter::new(
+        req.output_schema()?,
+        futures::stream::iter(streams).flatten(),
+    )))
 }
 
 fn df_external(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
@@ -527,40 +483,41 @@ fn resolved_stream(
     Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, stream)))
 }
 
-/// A leaf plan with one partition per vshard.
+/// A leaf plan with one partition per vshard, each read from this node's replica (a
+/// [`crate::distributed::ShardFragmentExec`] above it sends the partitions of vshards this
+/// node does not host to nodes that do).
 pub struct ShardScanExec {
     request: ShardScanRequest,
-    sources: Vec<Arc<dyn ShardSource>>,
+    registry: Arc<Registry>,
     properties: Arc<PlanProperties>,
 }
 
 impl fmt::Debug for ShardScanExec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "ShardScanExec(table {}, {} vshards)",
-            self.request.table_id,
-            self.sources.len()
-        )
+        write!(f, "ShardScanExec(table {})", self.request.table_id)
     }
 }
 
 impl ShardScanExec {
-    pub fn new(request: ShardScanRequest, sources: Vec<Arc<dyn ShardSource>>) -> ShardScanExec {
+    pub fn new(request: ShardScanRequest, registry: Arc<Registry>) -> ShardScanExec {
         let schema = request
             .output_schema()
             .unwrap_or_else(|_| request.table_schema.clone());
         let properties = PlanProperties::new(
             EquivalenceProperties::new(schema),
-            Partitioning::UnknownPartitioning(sources.len().max(1)),
+            Partitioning::UnknownPartitioning(registry.vshards().max(1) as usize),
             EmissionType::Incremental,
             Boundedness::Bounded,
         );
         ShardScanExec {
             request,
-            sources,
+            registry,
             properties: Arc::new(properties),
         }
+    }
+
+    pub fn request(&self) -> &ShardScanRequest {
+        &self.request
     }
 }
 
@@ -570,7 +527,7 @@ impl DisplayAs for ShardScanExec {
             f,
             "ShardScanExec: table_id={}, vshards={}, ts=[{:?}, {:?}], limit={:?}, consistency={}",
             self.request.table_id,
-            self.sources.len(),
+            self.registry.vshards(),
             self.request.min_ts,
             self.request.max_ts,
             self.request.limit,
@@ -611,16 +568,29 @@ impl ExecutionPlan for ShardScanExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
-        match self.sources.get(partition) {
-            Some(source) => source.scan(&self.request, context),
-            None => {
-                let schema = self.request.output_schema()?;
-                Ok(Box::pin(RecordBatchStreamAdapter::new(
-                    schema,
-                    futures::stream::empty(),
-                )))
-            }
+        let vshard = partition as u32;
+        let store = self.registry.store(vshard).cloned().ok_or_else(|| {
+            DataFusionError::External(Box::new(QueryError::from(self.registry.not_hosted(vshard))))
+        })?;
+        let req = self.request.clone();
+        if req.consistency == ReadConsistency::Eventual {
+            return scan_local(&store, &req, context);
         }
+        // strong (and, until closed timestamps exist, bounded staleness — never staler
+        // than asked): the replica first catches up to its leader's read index.
+        let registry = self.registry.clone();
+        let schema = req.output_schema()?;
+        let open = async move {
+            registry
+                .read_barrier(vshard, READ_BARRIER_TIMEOUT)
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(QueryError::from(e))))?;
+            scan_local(&store, &req, context)
+        };
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            futures::stream::once(open).try_flatten(),
+        )))
     }
 }
 

@@ -18,18 +18,20 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use futures::stream::BoxStream;
+use futures::StreamExt;
 use parking_lot::RwLock;
 use shoal_cluster::rpc::{
-    BytesReply, Caller, HelloReply, JoinReply, JoinRequest, MetaRequest, RaftRequest, SqlRequest,
-    CLUSTER_MISMATCH,
+    BytesReply, Caller, ChunkStream, FragmentRequest, HelloReply, JoinReply, JoinRequest,
+    MetaRequest, RaftRequest, SqlRequest, CLUSTER_MISMATCH,
 };
 use shoal_cluster::swim::{MemberState, NodeIdentity as SwimIdentity};
 use shoal_cluster::{Membership, PeerHandler, Peers};
-use shoal_consensus::transport::{RaftMessage, RaftRpc};
+use shoal_consensus::transport::{RaftMessage, RaftRpc, TransportError};
 use shoal_consensus::{ClusterOp, Command, NodeAddrs, NodeState, Registry, Response};
-use shoal_query::{QueryEngine, QueryOptions, QueryOutput};
+use shoal_query::{FragmentRunner, QueryEngine, QueryOptions, QueryOutput, RemoteError};
 use tokio::net::{TcpListener, UdpSocket};
-use tonic::Status;
+use tonic::{Code, Status};
 
 use crate::config::NodeConfig;
 
@@ -97,6 +99,8 @@ pub struct Shared {
     pub hosts_vshards: bool,
     /// Replicas per vshard; a joining node hosts vshards while fewer nodes do.
     pub replication_factor: usize,
+    /// Largest RPC message (a streamed fragment's chunks stay well below it).
+    pub max_message_bytes: usize,
 }
 
 impl Shared {
@@ -221,6 +225,80 @@ impl PeerHandler for Shared {
             }
         };
         Ok(BytesReply { body: body.into() })
+    }
+
+    async fn fragment(&self, _caller: Caller, req: FragmentRequest) -> Result<ChunkStream, Status> {
+        let engine = self
+            .engine
+            .get()
+            .ok_or_else(|| Status::aborted("the node is still starting"))?;
+        let stream = engine
+            .run_fragment(&req.plan, req.partition)
+            .map_err(|e| query_status(&e))?;
+        let chunks =
+            shoal_query::distributed::ipc_chunks(stream, self.max_message_bytes).map(|c| {
+                c.map(|body| BytesReply { body })
+                    .map_err(|e| query_status(&e))
+            });
+        Ok(Box::pin(chunks))
+    }
+}
+
+/// How long a peer may take to open a fragment's stream (it decodes the plan first).
+const FRAGMENT_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs plan fragments on peers over the RPC connections (behind their circuit breakers).
+pub struct PeerFragments {
+    pub peers: Arc<Peers>,
+}
+
+#[async_trait::async_trait]
+impl FragmentRunner for PeerFragments {
+    async fn run(
+        &self,
+        node: u64,
+        plan: bytes::Bytes,
+        partition: u32,
+    ) -> Result<BoxStream<'static, Result<bytes::Bytes, RemoteError>>, RemoteError> {
+        let req = FragmentRequest { plan, partition };
+        let stream = self
+            .peers
+            .call(node, "", |mut c| async move {
+                c.fragment(req, FRAGMENT_OPEN_TIMEOUT).await
+            })
+            .await
+            .map_err(|e| match e {
+                TransportError::Remote { reason, .. } => {
+                    RemoteError::from_wire(node, false, &reason)
+                }
+                other => RemoteError::unreachable(node, other),
+            })?;
+        Ok(stream
+            .map(move |m| {
+                m.map(|r| r.body).map_err(|s| {
+                    let elsewhere = matches!(
+                        s.code(),
+                        Code::Unavailable
+                            | Code::Aborted
+                            | Code::Cancelled
+                            | Code::DeadlineExceeded
+                    );
+                    RemoteError::from_wire(node, elsewhere, s.message())
+                })
+            })
+            .boxed())
+    }
+}
+
+/// A query error as a gRPC status: `ABORTED` (retry on another replica, without counting
+/// against this node's breaker) when the node cannot serve it now, else `INTERNAL`; the
+/// message keeps the kind and SQLSTATE.
+fn query_status(e: &shoal_query::QueryError) -> Status {
+    let (elsewhere, text) = shoal_query::distributed::to_wire(e);
+    if elsewhere {
+        Status::aborted(text)
+    } else {
+        Status::internal(text)
     }
 }
 

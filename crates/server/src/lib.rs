@@ -211,6 +211,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
         engine: OnceLock::new(),
         hosts_vshards: dir.identity.hosts_vshards,
         replication_factor: cfg.replication_factor,
+        max_message_bytes: cfg.rpc_max_message_bytes,
     });
     let rpc = shoal_cluster::RpcServer::start(
         bound.rpc,
@@ -393,7 +394,15 @@ async fn run(
         breaker,
     };
     let _ = (http_addr, pg_addr);
-    let engine = Arc::new(QueryEngine::new(registry.clone(), partitions, node));
+    let fragments = Arc::new(cluster::PeerFragments {
+        peers: peers.clone(),
+    });
+    let engine = Arc::new(QueryEngine::new(
+        registry.clone(),
+        partitions,
+        node,
+        Some(fragments),
+    ));
     let _ = shared.engine.set(engine.clone());
     let _ = pg.engine.set(engine.clone());
     let _ = state.engine.set(engine);
