@@ -30,6 +30,17 @@ use crate::segment::{
 };
 use crate::{Shared, State};
 
+/// How often an append that hit a full disk is tried again, and for how long.
+pub(crate) const DISK_FULL_RETRY_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+pub(crate) const DISK_FULL_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The end of the records on disk at some moment.
+struct Mark {
+    active: Option<(u64, u64)>,
+    disk_last: Option<u64>,
+    next_seq: u64,
+}
+
 /// Called once with the outcome of a queued request, on the writer thread.
 pub type Done = Box<dyn FnOnce(Result<(), Error>) + Send>;
 
@@ -120,7 +131,9 @@ impl Writer {
     }
 
     /// Runs a disk operation unless the log already failed, and fails the log if the
-    /// operation does.
+    /// operation does — except for a full disk: every operation leaves the log as it was
+    /// when it fails for want of space (appends cut their partial records off again, a
+    /// metadata file is replaced by rename only), so the caller may simply try again later.
     fn guarded(&mut self, op: impl FnOnce(&mut Writer) -> Result<(), Error>) -> Result<(), Error> {
         if let Some(reason) = &self.shared.state.lock().failed {
             return Err(Error::Failed {
@@ -128,6 +141,10 @@ impl Writer {
             });
         }
         op(self).inspect_err(|e| {
+            if e.is_storage_full() {
+                tracing::warn!(error = %e, "raft log: disk full; the log is unchanged");
+                return;
+            }
             tracing::error!(error = %e, "raft log write failed; refusing further use");
             self.shared.state.lock().failed = Some(e.to_string());
         })
@@ -139,12 +156,8 @@ impl Writer {
         }
         let mut placed = Vec::new();
         let result = self.guarded(|w| {
-            placed = w.write_records(appends.iter().flat_map(|(records, _)| records))?;
-            if placed.is_empty() {
-                // Only flush barriers: everything before them is already durable.
-                return Ok(());
-            }
-            w.sync_active()
+            placed = w.write_batch(&appends)?;
+            Ok(())
         });
         if result.is_ok() {
             self.publish(&placed, appends.len() as u64);
@@ -152,6 +165,100 @@ impl Writer {
         for (_, done) in appends {
             complete(done, result.as_ref().map(|_| ()).map_err(Error::duplicate));
         }
+    }
+
+    /// Writes and syncs one batch of appends. A full disk (ENOSPC from a write or from
+    /// fdatasync) is waited out: the batch's partial records are cut off again and the
+    /// whole batch rewritten every [`DISK_FULL_RETRY_EVERY`] for up to
+    /// [`DISK_FULL_RETRY_FOR`]; after that the batch fails with the log unchanged. (Callers
+    /// check free space before appending; this covers the append already under way when
+    /// the disk filled up.)
+    fn write_batch(
+        &mut self,
+        appends: &[(Vec<(u64, Bytes)>, Done)],
+    ) -> Result<Vec<(u64, Loc)>, Error> {
+        let mark = self.mark();
+        let started = std::time::Instant::now();
+        loop {
+            let attempt = self
+                .write_records(appends.iter().flat_map(|(records, _)| records))
+                .and_then(|placed| {
+                    // Only flush barriers: everything before them is already durable.
+                    if !placed.is_empty() {
+                        self.sync_active()?;
+                    }
+                    Ok(placed)
+                });
+            match attempt {
+                Ok(placed) => {
+                    if started.elapsed() > DISK_FULL_RETRY_EVERY {
+                        tracing::info!(
+                            waited_ms = started.elapsed().as_millis() as u64,
+                            "raft log: space returned; the append went through"
+                        );
+                    }
+                    return Ok(placed);
+                }
+                Err(e) if e.is_storage_full() => {
+                    self.rollback(&mark)?;
+                    if started.elapsed() >= DISK_FULL_RETRY_FOR {
+                        return Err(e);
+                    }
+                    if started.elapsed() < DISK_FULL_RETRY_EVERY {
+                        tracing::warn!(error = %e, "raft log: disk full mid-append; retrying until space returns");
+                    }
+                    std::thread::sleep(DISK_FULL_RETRY_EVERY);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Where the records on disk end now (see [`Writer::rollback`]).
+    fn mark(&self) -> Mark {
+        Mark {
+            active: self.active.as_ref().map(|a| (a.seq, a.len)),
+            disk_last: self.disk_last,
+            next_seq: self.next_seq,
+        }
+    }
+
+    /// Undoes unpublished writes back to `mark`: segments created since are removed, the
+    /// active segment is cut back to its length then. Nothing written since the mark was
+    /// published, so no reader can be looking at it.
+    fn rollback(&mut self, mark: &Mark) -> Result<(), Error> {
+        let shared = self.shared.clone();
+        let mut state = shared.state.lock();
+        let created: Vec<u64> = state
+            .segments
+            .range(mark.next_seq..)
+            .map(|(&s, _)| s)
+            .rev()
+            .collect();
+        for seq in created {
+            if let Some(seg) = state.segments.remove(&seq) {
+                remove_segment(&seg.path)?;
+            }
+        }
+        self.active = None;
+        if let Some((seq, len)) = mark.active {
+            let seg = state.segments.get(&seq).ok_or_else(|| Error::Corrupt {
+                file: shared.dir.join(segment_file_name(seq)),
+                offset: len,
+                reason: "internal invariant broken: the active segment is gone".to_string(),
+            })?;
+            seg.file
+                .set_len(len)
+                .ctx(|| format!("cut {} back to {len} bytes", seg.path.display()))?;
+            self.active = Some(Active {
+                seq,
+                file: seg.file.clone(),
+                len,
+            });
+        }
+        self.disk_last = mark.disk_last;
+        self.next_seq = mark.next_seq;
+        Ok(())
     }
 
     /// Writes records to the active segment, rolling to new segments as they fill.

@@ -593,3 +593,110 @@ fn oversized_records_and_a_tiny_queue_still_make_progress() {
     let got = log.read(1, 21).unwrap();
     assert_eq!(got, (1..=20).map(|i| (i, big(i))).collect::<Vec<_>>());
 }
+
+/// A 1 MiB tmpfs mounted for one test (root only), unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount() -> Result<SmallDisk, String> {
+        let uid = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map_err(|e| format!("id: {e}"))?;
+        if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+            return Err("needs root to mount a small tmpfs".into());
+        }
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(SmallDisk { dir })
+    }
+
+    /// Writes a file until the disk is full.
+    fn fill(&self) -> PathBuf {
+        let path = self.dir.path().join("filler");
+        let mut f = fs::File::create(&path).unwrap();
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.write_all(&[0u8]);
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn an_append_that_hits_a_full_disk_waits_for_space_and_leaves_no_partial_record() {
+    let disk = match SmallDisk::mount() {
+        Ok(d) => d,
+        Err(why) => {
+            println!("SKIP: {why}");
+            return;
+        }
+    };
+    let dir = disk.dir.path().join("log");
+    fs::create_dir(&dir).unwrap();
+    let cfg = LogConfig {
+        segment_max_bytes: 256 * 1024,
+        fsync: true,
+        ..LogConfig::default()
+    };
+    let log = Arc::new(RaftLog::open(&dir, cfg.clone()).unwrap());
+    log.append_blocking(records(1..=10, 1)).unwrap();
+    let filler = disk.fill();
+
+    let big = Bytes::from(vec![7u8; 64 * 1024]);
+    let (tx, rx) = mpsc::channel();
+    let appender = {
+        let (log, big) = (log.clone(), big.clone());
+        thread::spawn(move || {
+            let r = log.append_blocking(vec![(11, big)]);
+            let _ = tx.send(());
+            r
+        })
+    };
+    // The append cannot finish while the disk is full…
+    assert!(
+        rx.recv_timeout(std::time::Duration::from_millis(500))
+            .is_err(),
+        "an append of 64 KiB finished on a full disk"
+    );
+    // …and goes through, once, when space returns.
+    fs::remove_file(&filler).unwrap();
+    appender
+        .join()
+        .unwrap()
+        .expect("the append succeeds once space returns");
+    assert_reads(&log, 1..=10, 1);
+    assert_eq!(log.read(11, 12).unwrap(), vec![(11, big.clone())]);
+    drop(log);
+
+    // On disk: exactly the records, no leftovers of the attempts that hit the full disk.
+    let log = RaftLog::open(&dir, cfg).unwrap();
+    assert_reads(&log, 1..=10, 1);
+    assert_eq!(log.read(11, 12).unwrap(), vec![(11, big)]);
+    let expected: u64 = (1..=10).map(record_len).sum::<u64>()
+        + RECORD_HEADER_LEN
+        + 64 * 1024
+        + shoal_raftlog::SEGMENT_HEADER_LEN;
+    let on_disk: u64 = segment_files(&dir).iter().map(|p| file_len(p)).sum();
+    assert_eq!(on_disk, expected, "segment bytes after the retried append");
+    log.append_blocking(records(12..=12, 1)).unwrap();
+}
