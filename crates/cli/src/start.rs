@@ -47,6 +47,8 @@ pub struct StartArgs {
     replication_factor: Option<usize>,
     #[arg(long, env = "SHOAL_QUIESCE_AFTER_MS")]
     quiesce_after_ms: Option<u64>,
+    #[arg(long, env = "SHOAL_LEADER_BALANCE_INTERVAL_MS")]
+    leader_balance_interval_ms: Option<u64>,
     #[arg(long, env = "SHOAL_RPC_MAX_MESSAGE_BYTES")]
     rpc_max_message_bytes: Option<usize>,
     #[arg(long, env = "SHOAL_RPC_MAX_CONNECTIONS")]
@@ -162,6 +164,7 @@ pub fn resolve(args: &StartArgs) -> Result<NodeConfig, String> {
         max_voters,
         replication_factor,
         quiesce_after_ms,
+        leader_balance_interval_ms,
         rpc_max_message_bytes,
         rpc_max_connections,
         rpc_max_inflight,

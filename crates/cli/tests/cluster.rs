@@ -5,7 +5,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{all_replicated, cluster, eventually, nodes, nodes_full, rows, Node, BIN};
+use support::{
+    all_replicated, cluster, cluster_with, eventually, nodes, nodes_full, rows, Node, BIN,
+};
 
 async fn tables(n: &Node) -> Vec<String> {
     let (_, v) = n.sql("SHOW TABLES").await;
@@ -62,6 +64,22 @@ async fn all_quiet(n: &Node) -> Option<()> {
     )
     .await?;
     (r[0][0].as_i64() == Some(16)).then_some(())
+}
+
+/// `Some((leaders per node))` once every vshard is quiesced and their leadership is spread
+/// over the three nodes (each leads 5 or 6 of 16): leader balancing has finished.
+async fn settled(n: &Node) -> Option<Vec<i64>> {
+    all_quiet(n).await?;
+    let r = rows(
+        n,
+        "SELECT leader, count(*) FROM system.shards GROUP BY leader ORDER BY leader",
+    )
+    .await?;
+    let counts: Vec<i64> = r.as_array()?.iter().filter_map(|r| r[1].as_i64()).collect();
+    let spread = counts.len() == 3
+        && counts.iter().max()? - counts.iter().min()? <= 1
+        && counts.iter().sum::<i64>() == 16;
+    spread.then_some(counts)
 }
 
 #[tokio::test]
@@ -377,6 +395,14 @@ async fn terms_stay_put_and_a_paused_node_is_suspected_then_comes_back() {
     // Every vshard group's term too (16 groups, replicated on all three nodes once the
     // replicas are promoted).
     all_replicated(&c[0]).await;
+    // Node 1 led every vshard at bootstrap; leader balancing hands some to the others and
+    // then stops — nothing moves once it is done.
+    let t = Instant::now();
+    let spread = eventually("leaders spread over the nodes", || settled(&c[0])).await;
+    println!(
+        "vshard leaders per node {spread:?}, {:?} after all were replicated",
+        t.elapsed()
+    );
     let start_vshard_terms = vshard_terms(&c[0]).await.expect("vshard terms");
     let secs: u64 = std::env::var("SHOAL_SOAK_SECS")
         .ok()
@@ -549,7 +575,7 @@ async fn quiesced_groups_wake_on_writes_and_fail_over_when_the_leader_dies() {
     let mut c = cluster(&[&dirs[0], &dirs[1], &dirs[2]]).await;
     let (s, b) = c[1].write("q,k=a v=1 1\nq,k=b v=2 2\nq,k=c v=3 3").await;
     assert_eq!(s, 204, "{b}");
-    eventually("every vshard quiesced", || all_quiet(&c[0])).await;
+    eventually("every vshard quiesced, leaders spread", || settled(&c[0])).await;
     let before = vshard_terms(&c[0]).await.expect("terms");
     // A write wakes the groups it touches; reads see it; nothing was re-elected.
     let (s, b) = c[2].write("q,k=d v=4 4").await;
@@ -741,7 +767,12 @@ async fn every_acknowledged_write_survives_a_leader_kill_exactly_once() {
 async fn a_restarted_follower_does_not_depose_quiesced_leaders() {
     let tmp = tempfile::tempdir().expect("tmp");
     let dirs: Vec<_> = (1..=3).map(|i| tmp.path().join(format!("n{i}"))).collect();
-    let mut c = cluster(&[&dirs[0], &dirs[1], &dirs[2]]).await;
+    // Leader balancing off: the scenario needs a node that leads nothing.
+    let mut c = cluster_with(
+        &[&dirs[0], &dirs[1], &dirs[2]],
+        &["--leader-balance-interval-ms", "0"],
+    )
+    .await;
     all_replicated(&c[0]).await;
     let (s, b) = c[1].write("r,k=a v=1 1\nr,k=b v=2 2").await;
     assert_eq!(s, 204, "{b}");
@@ -919,4 +950,82 @@ async fn a_node_without_replicas_reads_every_vshard_from_its_peers() {
         t.elapsed()
     );
     assert_eq!(c[3].count(count).await, SYMBOLS * POINTS);
+}
+
+/// Sequential writes through one node while another node reads at
+/// `bounded_staleness:200ms`: every read sees at least every write acknowledged more than
+/// 200 ms before it started. Followers learn closed timestamps from their leaders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_staleness_reads_are_never_older_than_the_bound() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dirs: Vec<_> = (1..=3).map(|i| tmp.path().join(format!("n{i}"))).collect();
+    let c = cluster(&[&dirs[0], &dirs[1], &dirs[2]]).await;
+    all_replicated(&c[0]).await;
+    let (s, b) = c[0].write("bs,k=x v=0i 1").await;
+    assert_eq!(s, 204, "{b}");
+    const WRITES: i64 = 150;
+    const BOUND: Duration = Duration::from_millis(200);
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(i64, Instant)>::new()));
+    let writer = {
+        let (url, acked) = (c[0].url("/write?db=x"), acked.clone());
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            for i in 1..=WRITES {
+                let r = client
+                    .post(&url)
+                    .body(format!("bs,k=x v={i}i {}", 1 + i))
+                    .send()
+                    .await
+                    .expect("write");
+                assert_eq!(r.status().as_u16(), 204);
+                acked.lock().expect("lock").push((i, Instant::now()));
+            }
+        })
+    };
+    let sql = format!(
+        "SET read_consistency = 'bounded_staleness:{}ms'; SELECT max(v) FROM bs",
+        BOUND.as_millis()
+    );
+    let mut reads = 0;
+    let mut lagging = 0;
+    while !writer.is_finished() {
+        let started = Instant::now();
+        let must_see = acked
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(_, at)| *at + BOUND < started)
+            .map(|(i, _)| *i)
+            .max()
+            .unwrap_or(0);
+        let (s, v) = c[2].sql(&sql).await;
+        assert_eq!(s, 200, "{v}");
+        let seen = v["rows"][0][0].as_i64().unwrap_or(0);
+        assert!(
+            seen >= must_see,
+            "a bounded-staleness read saw v={seen}, but v={must_see} was acknowledged more than {BOUND:?} before it began"
+        );
+        let newest = acked.lock().expect("lock").last().map_or(0, |(i, _)| *i);
+        if seen < newest {
+            lagging += 1;
+        }
+        reads += 1;
+    }
+    writer.await.expect("writer");
+    assert!(reads > 0);
+    println!("{reads} bounded-staleness reads, {lagging} of them behind the newest acknowledged write (allowed)");
+    // The followers on node 3 hold closed timestamps their leaders published.
+    let known = must_rows(
+        &c[2],
+        "SELECT count(*) FROM system.shards WHERE role = 'follower' AND closed_ts IS NOT NULL",
+    )
+    .await;
+    assert!(
+        known[0][0].as_i64().unwrap_or(0) > 0,
+        "no closed timestamps on node 3: {known}"
+    );
+    // And node 3 served some of those reads from them, without asking a leader.
+    let served = must_rows(&c[2], "SELECT sum(closed_reads) FROM system.shards").await;
+    println!("node 3 served {served} vshard reads from closed timestamps");
+    assert!(served[0][0].as_i64().unwrap_or(0) > 0, "{served}");
 }

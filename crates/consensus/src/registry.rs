@@ -90,12 +90,57 @@ struct ShardGroup {
     last_active_ms: std::sync::atomic::AtomicU64,
     /// The last log index when this replica quiesced; any new entry wakes it.
     quiet_index: std::sync::atomic::AtomicU64,
+    /// This replica's closed timestamp (see [`Registry::closed_ts`]).
+    closed: parking_lot::Mutex<ClosedTs>,
+    /// Bounded-staleness reads served here from the closed timestamp (no leader round).
+    closed_reads: std::sync::atomic::AtomicU64,
+}
+
+/// What a replica knows of its vshard's closed timestamp: a wall-clock time before which
+/// every acknowledged write is applied here.
+#[derive(Debug, Default)]
+struct ClosedTs {
+    /// Unix ns; 0 = unknown.
+    ts: i64,
+    /// The newest offer this replica has not applied far enough for: (unix ns, the log
+    /// index that must be applied first).
+    pending: Option<(i64, u64)>,
+}
+
+impl ClosedTs {
+    /// "Every write acknowledged before `ts` is at or below log index `index`."
+    fn offer(&mut self, ts: i64, index: u64, applied: u64) {
+        if ts <= self.ts {
+            return;
+        }
+        if index <= applied {
+            self.ts = ts;
+            if self.pending.is_some_and(|(t, _)| t <= ts) {
+                self.pending = None;
+            }
+        } else if self.pending.is_none_or(|(t, _)| t < ts) {
+            self.pending = Some((ts, index));
+        }
+    }
+
+    fn current(&mut self, applied: u64) -> i64 {
+        if let Some((t, i)) = self.pending {
+            if i <= applied {
+                self.ts = self.ts.max(t);
+                self.pending = None;
+            }
+        }
+        self.ts
+    }
 }
 
 const QUIET_NONE: u64 = 0;
 
 /// Longest a membership change may hold up the maintenance loop (it is retried).
 const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a leader's closed-timestamp message to one peer may take.
+const CLOSED_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long a write keeps looking for its vshard's leader (elections, forwarding).
 const FORWARD_DEADLINE: Duration = Duration::from_secs(10);
@@ -167,6 +212,10 @@ pub struct GroupStatus {
     /// On the leader: every other replica's (node id, last log index it holds, entries
     /// behind the leader's log); empty elsewhere.
     pub followers: Vec<(u64, Option<u64>, u64)>,
+    /// This replica's closed timestamp (unix ns), see [`Registry::closed_ts`].
+    pub closed_ts: Option<i64>,
+    /// Bounded-staleness reads this replica served from its closed timestamp.
+    pub closed_reads: u64,
 }
 
 pub struct Registry {
@@ -178,6 +227,9 @@ pub struct Registry {
     shards: Vec<ShardGroup>,
     /// Whether membership (SWIM) believes a node is alive; unset = assume alive.
     alive: std::sync::OnceLock<Arc<dyn Fn(u64) -> bool + Send + Sync>>,
+    /// The closed timestamp last sent to each (peer, vshard), so unchanged ones are not
+    /// sent again.
+    closed_sent: parking_lot::Mutex<BTreeMap<(u64, u32), i64>>,
 }
 
 /// Segment size of the write-intent log: small, so finished intents are purged soon.
@@ -264,6 +316,8 @@ impl Registry {
                 quiet: std::sync::atomic::AtomicU64::new(QUIET_NONE),
                 last_active_ms: std::sync::atomic::AtomicU64::new(now_ms()),
                 quiet_index: std::sync::atomic::AtomicU64::new(0),
+                closed: Default::default(),
+                closed_reads: Default::default(),
             });
         }
         let intent_cfg = LogConfig {
@@ -279,6 +333,7 @@ impl Registry {
             meta,
             shards,
             alive: std::sync::OnceLock::new(),
+            closed_sent: Default::default(),
         });
         reg.bootstrap_and_wait(ready_timeout).await?;
         // Finish writes that were under way when the node stopped: all of each, or none.
@@ -423,6 +478,10 @@ impl Registry {
             RaftRpc::Quiesce => {
                 let agreed = self.handle_quiesce(&msg);
                 return Ok(serde_json::to_vec(&agreed).unwrap_or_default().into());
+            }
+            RaftRpc::Closed => {
+                self.handle_closed(&msg)?;
+                return Ok(bytes::Bytes::new());
             }
             RaftRpc::ReadIndex => {
                 let index = match group.checked_sub(1) {
@@ -716,6 +775,61 @@ impl Registry {
         }
     }
 
+    /// Spreads vshard leadership over the replicas: when this node leads at least two
+    /// vshards more than some alive, caught-up follower of one of them does (counted over
+    /// the groups hosted here), it hands that vshard to the follower. At most one transfer
+    /// per call, so the maintenance loop moves leaders gradually; every node only sheds its
+    /// own excess, so nodes never fight over a group. Returns the vshard moved, if any.
+    pub async fn balance_leaders(&self) -> Option<u32> {
+        if self.check_disk().is_err() {
+            return None;
+        }
+        let me = self.cfg.node_id;
+        let metrics: Vec<_> = self
+            .shards
+            .iter()
+            .map(|s| s.raft.metrics().borrow_watched().clone())
+            .collect();
+        let mut led: BTreeMap<u64, usize> = BTreeMap::new();
+        for m in &metrics {
+            if let Some(l) = m.current_leader {
+                *led.entry(l).or_default() += 1;
+            }
+        }
+        let mine = led.get(&me).copied().unwrap_or(0);
+        for (v, m) in metrics.iter().enumerate() {
+            if m.current_leader != Some(me) {
+                continue;
+            }
+            let last = m.last_log_index.unwrap_or(0);
+            let target = m
+                .replication
+                .iter()
+                .flatten()
+                .filter(|(id, matched)| {
+                    **id != me
+                        && m.membership_config
+                            .membership()
+                            .voter_ids()
+                            .any(|v| v == **id)
+                        && matched.as_ref().is_some_and(|l| l.index == last)
+                        && self.is_alive(**id)
+                })
+                .map(|(id, _)| (led.get(id).copied().unwrap_or(0), *id))
+                .min();
+            let Some((theirs, to)) = target else { continue };
+            if mine < theirs + 2 {
+                continue;
+            }
+            let s = &self.shards[v];
+            s.wake();
+            tracing::info!(vshard = v, to, mine, theirs, "balancing vshard leadership");
+            let _ = s.raft.trigger().transfer_leader(to).await;
+            return Some(v as u32);
+        }
+        None
+    }
+
     /// On the leader: confirms leadership with a quorum and returns the index a linearizable
     /// read must wait for.
     async fn leader_read_index(&self, vshard: u32) -> Result<u64, Error> {
@@ -735,8 +849,126 @@ impl Registry {
             .shards
             .get(vshard as usize)
             .ok_or_else(|| self.not_hosted(vshard))?;
+        let started = shoal_common::time::now_nanos();
         self.barrier(&s.raft, group_of_vshard(vshard), Some(s), timeout)
-            .await
+            .await?;
+        // Everything acknowledged before the barrier started is applied here now.
+        s.closed.lock().offer(started, 0, 0);
+        Ok(())
+    }
+
+    /// This replica's closed timestamp for `vshard` (unix ns): every write acknowledged
+    /// before it is applied here, so a read may be served here as of that time without
+    /// asking the leader. Leaders derive it from their lease (the last time a quorum
+    /// acknowledged them) and publish it to followers ([`Registry::publish_closed`]); a
+    /// strong read's barrier also sets it. `None` until known. Comparing it with this
+    /// node's clock assumes the nodes' clocks agree; their offset adds to the staleness.
+    pub fn closed_ts(&self, vshard: u32) -> Option<i64> {
+        let s = self.shards.get(vshard as usize)?;
+        let m = s.raft.metrics().borrow_watched().clone();
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        let mut ts = s.closed.lock().current(applied);
+        if let Some((t, index)) = self.leader_closed(&m) {
+            if index <= applied {
+                ts = ts.max(t);
+            }
+        }
+        (ts > 0).then_some(ts)
+    }
+
+    /// Whether a read of `vshard` that may be `max_staleness` old can be served by this
+    /// replica as it is (its closed timestamp is recent enough); counts the ones that can.
+    pub fn can_read_stale(&self, vshard: u32, max_staleness: Duration) -> bool {
+        let oldest = shoal_common::time::now_nanos()
+            .saturating_sub(i64::try_from(max_staleness.as_nanos()).unwrap_or(i64::MAX));
+        let ok = self
+            .closed_ts(vshard)
+            .is_some_and(|closed| closed >= oldest);
+        if let (true, Some(s)) = (ok, self.shards.get(vshard as usize)) {
+            s.closed_reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// On a leader: (the last time a quorum acknowledged it, its last log index). Every
+    /// write acknowledged before that time is at or below that index: a leader elected
+    /// later needed a vote from a node that acknowledged this one after it.
+    fn leader_closed(&self, m: &openraft::RaftMetrics<TypeConfig>) -> Option<(i64, u64)> {
+        use openraft::Instant as _;
+        if m.current_leader != Some(self.cfg.node_id) {
+            return None;
+        }
+        let age = m.last_quorum_acked.as_ref()?.elapsed();
+        let ts = shoal_common::time::now_nanos().saturating_sub(age.as_nanos() as i64);
+        Some((ts, m.last_log_index.unwrap_or(0)))
+    }
+
+    /// Run by the maintenance loop: sends each peer, in one message, the closed timestamps
+    /// of the vshards this node leads and the peer replicates — only those that moved since
+    /// the last message (an idle, quiesced cluster sends nothing).
+    pub async fn publish_closed(&self) {
+        let me = self.cfg.node_id;
+        let mut per_peer: BTreeMap<u64, Vec<(u32, i64, u64)>> = BTreeMap::new();
+        for (v, s) in self.shards.iter().enumerate() {
+            let m = s.raft.metrics().borrow_watched().clone();
+            let Some((ts, index)) = self.leader_closed(&m) else {
+                continue;
+            };
+            for (peer, _) in m.membership_config.membership().nodes() {
+                if *peer != me {
+                    per_peer
+                        .entry(*peer)
+                        .or_default()
+                        .push((v as u32, ts, index));
+                }
+            }
+        }
+        {
+            let mut sent = self.closed_sent.lock();
+            for (peer, list) in per_peer.iter_mut() {
+                list.retain(|(v, ts, _)| {
+                    let last = sent.entry((*peer, *v)).or_default();
+                    let fresh = *ts > *last;
+                    *last = (*last).max(*ts);
+                    fresh
+                });
+            }
+        }
+        let sends = per_peer
+            .into_iter()
+            .filter(|(_, list)| !list.is_empty())
+            .map(|(peer, list)| {
+                let msg = RaftMessage {
+                    group: 0,
+                    kind: RaftRpc::Closed,
+                    header: serde_json::to_vec(&list).unwrap_or_default().into(),
+                    entries: vec![],
+                };
+                self.transport.send_raft(peer, "", msg, CLOSED_SEND_TIMEOUT)
+            });
+        for r in futures::future::join_all(sends).await {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "closed timestamps not delivered");
+            }
+        }
+    }
+
+    fn handle_closed(&self, msg: &RaftMessage) -> Result<(), Error> {
+        let list: Vec<(u32, i64, u64)> = serde_json::from_slice(&msg.header)
+            .map_err(|e| Error::Rejected(format!("bad closed timestamps: {e}")))?;
+        for (v, ts, index) in list {
+            if let Some(s) = self.shards.get(v as usize) {
+                let applied = s
+                    .raft
+                    .metrics()
+                    .borrow_watched()
+                    .last_applied
+                    .map_or(0, |l| l.index);
+                s.closed.lock().offer(ts, index, applied);
+            }
+        }
+        Ok(())
     }
 
     /// The same for the catalog: when it returns, every DDL acknowledged anywhere before
@@ -1291,6 +1523,8 @@ impl Registry {
             let m = s.raft.metrics().borrow_watched().clone();
             let mut st = status_of(v as u32 + 1, Some(v as u32), &m, s.store.stats());
             st.quiesced = s.quiet() != QUIET_NONE;
+            st.closed_ts = self.closed_ts(v as u32);
+            st.closed_reads = s.closed_reads.load(std::sync::atomic::Ordering::Relaxed);
             out.push(st);
         }
         out
@@ -1477,6 +1711,8 @@ fn status_of(
         replicas: m.membership_config.membership().voter_ids().collect(),
         stats,
         quiesced: false,
+        closed_ts: None,
+        closed_reads: 0,
         followers: m
             .replication
             .as_ref()

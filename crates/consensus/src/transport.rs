@@ -49,6 +49,10 @@ pub enum RaftRpc {
     /// stop campaigning (see `Registry::quiesce_idle`). `header` = JSON `[leader, term,
     /// last index]`; reply = JSON bool (agreed).
     Quiesce = 9,
+    /// Not openraft's: a leader's closed timestamps for the vshards it leads that the
+    /// receiver replicates, one message per peer. `group` = 0, `header` = JSON
+    /// `[[vshard, unix ns, log index], …]`; empty reply.
+    Closed = 10,
 }
 
 /// Where a snapshot chunk goes.
@@ -76,6 +80,7 @@ impl RaftRpc {
             7 => RaftRpc::SnapshotChunk,
             8 => RaftRpc::ReadIndex,
             9 => RaftRpc::Quiesce,
+            10 => RaftRpc::Closed,
             _ => return None,
         })
     }
@@ -85,7 +90,7 @@ impl RaftRpc {
             RaftRpc::Append => RPCTypes::AppendEntries,
             RaftRpc::Vote | RaftRpc::PreVote => RPCTypes::Vote,
             RaftRpc::Snapshot | RaftRpc::SnapshotChunk => RPCTypes::InstallSnapshot,
-            RaftRpc::ClientInsert | RaftRpc::ReadIndex | RaftRpc::Quiesce => {
+            RaftRpc::ClientInsert | RaftRpc::ReadIndex | RaftRpc::Quiesce | RaftRpc::Closed => {
                 RPCTypes::AppendEntries
             }
             RaftRpc::TransferLeader => RPCTypes::TransferLeader,
@@ -446,9 +451,11 @@ pub(crate) fn decode_inbound(msg: &RaftMessage) -> Result<Inbound, String> {
                 transfer,
             )
         }
-        RaftRpc::ClientInsert | RaftRpc::SnapshotChunk | RaftRpc::ReadIndex | RaftRpc::Quiesce => {
-            return Err(format!("{:?} is not a Raft protocol message", msg.kind))
-        }
+        RaftRpc::ClientInsert
+        | RaftRpc::SnapshotChunk
+        | RaftRpc::ReadIndex
+        | RaftRpc::Quiesce
+        | RaftRpc::Closed => return Err(format!("{:?} is not a Raft protocol message", msg.kind)),
     })
 }
 

@@ -728,9 +728,10 @@ async fn check_all(
     }
 
     // Terms stay put once nothing is wrong: from the moment every node reports every
-    // vshard quiesced (the cluster settled after the last heal; at most SETTLE_DEADLINE).
+    // vshard quiesced and leader balancing has spread the leaders (the cluster settled
+    // after the last heal; at most SETTLE_DEADLINE).
     let settled = poll(
-        "every node settled (all vshards quiesced)",
+        "every node settled (all vshards quiesced, leaders spread)",
         SETTLE_DEADLINE,
         || async {
             for h in 1..=cfg.nodes {
@@ -743,6 +744,21 @@ async fn check_all(
                     .await
                     .ok()?;
                 if r.first().and_then(|r| r[0].as_i64()) != Some(0) {
+                    return None;
+                }
+                let led = client
+                    .rows(
+                        h,
+                        "SELECT count(*) FROM system.shards GROUP BY leader",
+                        "eventual",
+                    )
+                    .await
+                    .ok()?;
+                let counts: Vec<i64> = led.iter().filter_map(|r| r[0].as_i64()).collect();
+                let hosts = cfg.nodes.min(3);
+                if !counts.is_empty()
+                    && (counts.len() != hosts || counts.iter().max()? - counts.iter().min()? > 1)
+                {
                     return None;
                 }
             }

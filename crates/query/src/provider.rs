@@ -573,11 +573,17 @@ impl ExecutionPlan for ShardScanExec {
             DataFusionError::External(Box::new(QueryError::from(self.registry.not_hosted(vshard))))
         })?;
         let req = self.request.clone();
-        if req.consistency == ReadConsistency::Eventual {
+        let local_ok = match &req.consistency {
+            ReadConsistency::Eventual => true,
+            // Served here when this replica's closed timestamp is within the bound.
+            ReadConsistency::BoundedStaleness(d) => self.registry.can_read_stale(vshard, *d),
+            ReadConsistency::Strong => false,
+        };
+        if local_ok {
             return scan_local(&store, &req, context);
         }
-        // strong (and, until closed timestamps exist, bounded staleness — never staler
-        // than asked): the replica first catches up to its leader's read index.
+        // strong, or bounded staleness on a replica further behind than the bound: the
+        // replica first catches up to its leader's read index.
         let registry = self.registry.clone();
         let schema = req.output_schema()?;
         let open = async move {

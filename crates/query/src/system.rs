@@ -231,8 +231,35 @@ impl SystemSchema {
                 "snapshot_index",
                 u64s(groups.iter().map(|g| g.snapshot_index).collect()),
             ),
-            // Closed timestamps arrive with replication; one replica has nothing to close.
-            ("closed_ts", strs(groups.iter().map(|_| None).collect())),
+            // Every write acknowledged before `closed_ts` is applied on this replica, which
+            // is `closed_lag_ms` behind this node's clock (NULL until known).
+            (
+                "closed_ts",
+                Arc::new(
+                    datafusion::arrow::array::TimestampNanosecondArray::from(
+                        groups.iter().map(|g| g.closed_ts).collect::<Vec<_>>(),
+                    )
+                    .with_timezone("UTC"),
+                ) as ArrayRef,
+            ),
+            (
+                "closed_lag_ms",
+                u64s(
+                    groups
+                        .iter()
+                        .map(|g| {
+                            g.closed_ts.map(|t| {
+                                (shoal_common::time::now_nanos().saturating_sub(t) / 1_000_000)
+                                    .max(0) as u64
+                            })
+                        })
+                        .collect(),
+                ),
+            ),
+            (
+                "closed_reads",
+                u64s(groups.iter().map(|g| Some(g.closed_reads)).collect()),
+            ),
             (
                 "hot_rows",
                 u64s(groups.iter().map(|g| Some(g.stats.hot_rows)).collect()),

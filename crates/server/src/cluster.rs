@@ -396,16 +396,32 @@ pub async fn check_seeds(peers: &Peers, seeds: &[String], cluster_id: &str) -> R
 /// Runs until aborted: keeps this node registered with its current addresses, lets the
 /// group-0 leader reconcile Raft membership with the registry, keeps the RPC envelope's
 /// term current, and introduces SWIM to registered nodes it does not see alive.
+/// What the maintenance loop is told at start.
+pub struct MaintenanceConfig {
+    /// This node bootstrapped the cluster (it registers itself ACTIVE).
+    pub bootstrap: bool,
+    pub max_voters: usize,
+    /// `quiesce_after_ms` (zero: never quiesce).
+    pub quiesce_after: Duration,
+    /// `leader_balance_interval_ms` (zero: never balance).
+    pub balance_every: Duration,
+}
+
 pub fn spawn_maintenance(
     shared: Arc<Shared>,
     registry: Arc<Registry>,
     membership: Arc<Membership>,
     envelope: Arc<RwLock<Caller>>,
-    bootstrap: bool,
-    max_voters: usize,
-    quiesce_after: Duration,
+    cfg: MaintenanceConfig,
 ) -> tokio::task::JoinHandle<()> {
+    let MaintenanceConfig {
+        bootstrap,
+        max_voters,
+        quiesce_after,
+        balance_every,
+    } = cfg;
     tokio::spawn(async move {
+        let mut balanced_at = tokio::time::Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut round: u64 = 0;
@@ -452,6 +468,12 @@ pub fn spawn_maintenance(
                 tracing::debug!(error = %e, "reconciling group 0 membership; will retry");
             }
             registry.shed_leaders_if_disk_full().await;
+            // Closed timestamps go out every tick (only those that moved).
+            registry.publish_closed().await;
+            if !balance_every.is_zero() && balanced_at.elapsed() >= balance_every {
+                balanced_at = tokio::time::Instant::now();
+                registry.balance_leaders().await;
+            }
             if !quiesce_after.is_zero() {
                 registry.quiesce_idle(quiesce_after).await;
             }

@@ -34,6 +34,9 @@ pub struct NodeConfig {
     /// A vshard group with no write or strong read for this long stops its Raft heartbeats
     /// (its followers stop campaigning; SWIM watches the leader). 0 = never.
     pub quiesce_after_ms: u64,
+    /// How often a node hands one of its vshard leaderships to a replica that leads at
+    /// least two fewer (so leaders spread over the replicas). 0 = never.
+    pub leader_balance_interval_ms: u64,
     /// Replicas of every vshard. Nodes that join while fewer nodes hold vshards hold a
     /// replica of each; further nodes hold none (yet).
     pub replication_factor: usize,
@@ -121,6 +124,7 @@ impl Default for NodeConfig {
             max_voters: 5,
             replication_factor: 3,
             quiesce_after_ms: 2_000,
+            leader_balance_interval_ms: 1_000,
             rpc_max_message_bytes: 64 * MIB as usize,
             rpc_max_connections: 1024,
             rpc_max_inflight: 256,

@@ -428,9 +428,12 @@ async fn run(
         registry.clone(),
         membership.clone(),
         peers.envelope().clone(),
-        dir.created && cfg.join.is_empty(),
-        cfg.max_voters,
-        Duration::from_millis(cfg.quiesce_after_ms),
+        cluster::MaintenanceConfig {
+            bootstrap: dir.created && cfg.join.is_empty(),
+            max_voters: cfg.max_voters,
+            quiesce_after: Duration::from_millis(cfg.quiesce_after_ms),
+            balance_every: Duration::from_millis(cfg.leader_balance_interval_ms),
+        },
     );
     let flusher = registry.spawn_flusher();
     tracing::info!(

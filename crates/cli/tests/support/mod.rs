@@ -350,12 +350,19 @@ pub async fn all_replicated(n: &Node) {
 /// Starts a first node and `more` nodes joining it; waits until every node is ready and
 /// sees every node ACTIVE and ALIVE.
 pub async fn cluster(dirs: &[&std::path::Path]) -> Vec<Node> {
-    let first = Node::spawn_pinned(dirs[0], &[]);
+    cluster_with(dirs, &[]).await
+}
+
+/// [`cluster`] with extra flags for every node.
+pub async fn cluster_with(dirs: &[&std::path::Path], extra: &[&str]) -> Vec<Node> {
+    let first = Node::spawn_pinned(dirs[0], extra);
     first.wait_ready().await;
     let seed = first.rpc_addr.clone();
     let mut nodes_v = vec![first];
     for d in &dirs[1..] {
-        let n = Node::spawn_pinned(d, &["--join", &seed]);
+        let mut flags = vec!["--join", &seed];
+        flags.extend_from_slice(extra);
+        let n = Node::spawn_pinned(d, &flags);
         nodes_v.push(n);
     }
     for n in &nodes_v {
