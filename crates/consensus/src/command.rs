@@ -66,9 +66,13 @@ pub enum ClusterOp {
         token: u64,
         addrs: NodeAddrs,
         state: NodeState,
-        /// Whether the node holds vshard replicas.
+        /// Whether the node asks to hold vshard replicas.
         #[serde(default)]
         hosts_vshards: bool,
+        /// Grant `hosts_vshards` only while fewer nodes hold replicas than this, decided
+        /// when the command is applied (joins racing each other cannot all get it).
+        #[serde(default)]
+        max_hosts: Option<u32>,
     },
     /// A known node restarted with (possibly) new addresses.
     UpdateAddrs {

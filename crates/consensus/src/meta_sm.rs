@@ -150,6 +150,7 @@ impl Catalog {
                 addrs,
                 state,
                 hosts_vshards,
+                max_hosts,
             } => {
                 if *token != 0 {
                     if let Some(n) = self.nodes.values().find(|n| n.token == *token) {
@@ -172,7 +173,8 @@ impl Catalog {
                         addrs: addrs.clone(),
                         state: *state,
                         token: *token,
-                        hosts_vshards: *hosts_vshards,
+                        hosts_vshards: *hosts_vshards
+                            && max_hosts.is_none_or(|m| self.vshard_hosts().len() < m as usize),
                     },
                 );
                 Ok(id)
@@ -496,5 +498,42 @@ mod tests {
             }])
             .expect_err("conflict");
         assert_eq!(err, "table m: column v is float, not string");
+    }
+
+    #[test]
+    fn racing_joins_cannot_all_become_vshard_hosts() {
+        // Five joins proposed before any applied, each believing hosts were still short.
+        let mut c = Catalog::default();
+        let mut hosts = vec![];
+        for token in 1..=5u64 {
+            let id = c
+                .apply_cluster(&ClusterOp::AddNode {
+                    id: 0,
+                    token,
+                    addrs: NodeAddrs::default(),
+                    state: NodeState::Joining,
+                    hosts_vshards: true,
+                    max_hosts: Some(3),
+                })
+                .expect("added");
+            hosts.push((id, c.nodes[&id].hosts_vshards));
+        }
+        assert_eq!(
+            hosts,
+            vec![(1, true), (2, true), (3, true), (4, false), (5, false)]
+        );
+        // A retried join (same token) keeps its first answer.
+        let again = c
+            .apply_cluster(&ClusterOp::AddNode {
+                id: 0,
+                token: 2,
+                addrs: NodeAddrs::default(),
+                state: NodeState::Joining,
+                hosts_vshards: true,
+                max_hosts: Some(3),
+            })
+            .expect("retried");
+        assert_eq!(again, 2);
+        assert_eq!(c.vshard_hosts().len(), 3);
     }
 }

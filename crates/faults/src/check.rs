@@ -3,6 +3,8 @@
 //! * [`check_register`]: Wing–Gong–Lowe (WGL) linearizability search over
 //!   per-key read/write registers.
 //! * [`check_set`]: lost / duplicated / unexpected elements of an add-only set.
+//! * [`check_staleness`]: `bounded_staleness` reads of the registers, against the bound
+//!   and per (client, node) monotonicity.
 //!
 //! # How a history becomes register operations
 //!
@@ -138,6 +140,102 @@ fn join_capped(messages: Vec<String>) -> String {
 }
 
 // ---------------------------------------------------------------------------
+// Bounded-staleness reads
+// ---------------------------------------------------------------------------
+
+/// Checks every `Ok` stale read of a register (read at `bounded_staleness:<bound>`):
+///
+/// * it may not miss a write acknowledged more than `bound_ns` before the read was
+///   invoked: returning nothing while such a write exists, or a value whose write had
+///   completed before such a write was even invoked (so it was overwritten before the
+///   bound), is a violation;
+/// * it may not return a value no client wrote;
+/// * one client reading one node never goes backwards: a later stale read returning a
+///   value whose write completed before the write of an earlier read's value was invoked
+///   is a violation.
+///
+/// Returns (stale reads checked, violations).
+pub fn check_staleness(history: &[Op], bound_ns: u64) -> (usize, Vec<String>) {
+    // Per key, every write that may have happened: value → (invoke, ack time or None).
+    let mut writes: HashMap<&str, HashMap<i64, (u64, Option<u64>)>> = HashMap::new();
+    let paired = pair_ops(history);
+    for p in &paired {
+        if p.invoke.f != OpF::Write || p.outcome() == OpKind::Fail {
+            continue;
+        }
+        if let Some(v) = p.written_value() {
+            let acked = (p.outcome() == OpKind::Ok)
+                .then(|| p.completion.map(|(_, op)| op.time_ns))
+                .flatten();
+            writes
+                .entry(p.invoke.key.as_str())
+                .or_default()
+                .insert(v, (p.invoke.time_ns, acked));
+        }
+    }
+    let empty = HashMap::new();
+    let mut checked = 0;
+    let mut bad = vec![];
+    // (process, node, key) → the write behind the value the last stale read returned.
+    let mut last_seen: HashMap<(u64, Option<u64>, &str), (i64, u64, Option<u64>)> = HashMap::new();
+    for p in &paired {
+        if p.invoke.f != OpF::StaleRead || p.outcome() != OpKind::Ok {
+            continue;
+        }
+        checked += 1;
+        let key = p.invoke.key.as_str();
+        let ws = writes.get(key).unwrap_or(&empty);
+        let at = p.invoke.time_ns;
+        let horizon = at.saturating_sub(bound_ns);
+        let got = p.completion.and_then(|(_, op)| op.value);
+        // The newest-acknowledged write every read after `horizon` must reflect.
+        let must = ws
+            .iter()
+            .filter_map(|(v, (inv, ack))| ack.filter(|a| *a < horizon).map(|a| (a, *v, *inv)))
+            .max();
+        let line = p.invoke_line + 1;
+        match got {
+            None => {
+                if let Some((a, v, _)) = must {
+                    bad.push(format!(
+                        "{key}: stale read (line {line}, invoked at {at} ns) saw nothing, but v={v} was acknowledged at {a} ns, more than the bound before"
+                    ));
+                }
+            }
+            Some(x) => match ws.get(&x) {
+                None => bad.push(format!(
+                    "{key}: stale read (line {line}) returned v={x}, which no client wrote"
+                )),
+                Some((_, x_ack)) => {
+                    let overwritten = ws.iter().find(|(v, (inv, ack))| {
+                        **v != x
+                            && ack.is_some_and(|a| a < horizon)
+                            && x_ack.is_some_and(|xa| xa < *inv)
+                    });
+                    if let Some((v, (_, ack))) = overwritten {
+                        bad.push(format!(
+                            "{key}: stale read (line {line}, invoked at {at} ns) returned v={x}, overwritten by v={v} acknowledged at {} ns, more than the bound before",
+                            ack.unwrap_or(0)
+                        ));
+                    }
+                    let session = (p.invoke.process, p.invoke.node, key);
+                    let (x_inv, x_ack) = ws[&x];
+                    if let Some((y, y_inv, _)) = last_seen.get(&session) {
+                        if x_ack.is_some_and(|xa| xa < *y_inv) {
+                            bad.push(format!(
+                                "{key}: stale reads of one client on one node went backwards (line {line}): v={x} after v={y}"
+                            ));
+                        }
+                    }
+                    last_seen.insert(session, (x, x_inv, x_ack));
+                }
+            },
+        }
+    }
+    (checked, bad)
+}
+
+// ---------------------------------------------------------------------------
 // Pairing invocations with completions
 // ---------------------------------------------------------------------------
 
@@ -223,7 +321,7 @@ struct KeyHistory {
 fn register_histories(history: &[Op]) -> BTreeMap<&str, KeyHistory> {
     let mut keys: BTreeMap<&str, KeyHistory> = BTreeMap::new();
     for paired in pair_ops(history) {
-        if paired.invoke.f == OpF::Add {
+        if matches!(paired.invoke.f, OpF::Add | OpF::StaleRead) {
             continue;
         }
         let key_history = keys.entry(paired.invoke.key.as_str()).or_default();
@@ -246,7 +344,7 @@ fn reg_op(paired: &Paired<'_>) -> Option<RegOp> {
         .completion
         .map(|(_, op)| op.time_ns.max(paired.invoke.time_ns));
     let (value, ret) = match (paired.invoke.f, kind) {
-        (OpF::Add, _) | (_, OpKind::Fail) => return None,
+        (OpF::Add | OpF::StaleRead, _) | (_, OpKind::Fail) => return None,
         (OpF::Read, OpKind::Ok) => (paired.completion.and_then(|(_, op)| op.value), completed_at),
         (OpF::Read, _) => return None,
         (OpF::Write, OpKind::Ok) => (paired.written_value(), completed_at),
@@ -270,7 +368,7 @@ fn step(state: RegState, op: &RegOp) -> Option<RegState> {
     match op.f {
         OpF::Write => Some(op.value),
         OpF::Read => (op.value == state).then_some(state),
-        OpF::Add => None,
+        OpF::Add | OpF::StaleRead => None,
     }
 }
 
@@ -389,6 +487,7 @@ fn describe_op(op: &RegOp) -> String {
         OpF::Read => "read",
         OpF::Write => "write",
         OpF::Add => "add",
+        OpF::StaleRead => "stale read",
     };
     let kind = format!("{:?}", op.kind).to_lowercase();
     let end = match (op.ret, op.completion_line) {
@@ -1294,5 +1393,82 @@ mod tests {
         assert!(report.valid, "{report:?}");
         assert_eq!(report.recovered_unknown, 2);
         assert_eq!((report.attempted, report.acknowledged), (3, 0));
+    }
+
+    /// A stale read invoked at `call` on `node` that returned `v` at `ret`.
+    fn sr(p: u64, node: u64, key: &str, v: Option<i64>, call: u64, ret: u64) -> Vec<Op> {
+        let mut ops = vec![
+            op(p, OpKind::Invoke, OpF::StaleRead, key, None, call),
+            op(p, OpKind::Ok, OpF::StaleRead, key, v, ret),
+        ];
+        for o in &mut ops {
+            o.node = Some(node);
+        }
+        ops
+    }
+
+    #[test]
+    fn stale_reads_within_the_bound_pass() {
+        // v=1 acked at 20, v=2 acked at 120; bound 50.
+        let h = hist(vec![
+            w(1, "k", 1, 10, 20, OpKind::Ok),
+            w(1, "k", 2, 100, 120, OpKind::Ok),
+            // Before v=2 was acked: nothing or v=1 are both fine at 60 (horizon 10).
+            sr(2, 1, "k", None, 60, 61),
+            // At 150 the horizon is 100: v=1 is still allowed (v=2 acked after it).
+            sr(2, 1, "k", Some(1), 150, 151),
+            // At 200 the horizon is 150: v=2 must be seen.
+            sr(2, 1, "k", Some(2), 200, 201),
+        ]);
+        let (n, bad) = check_staleness(&h, 50);
+        assert_eq!(n, 3);
+        assert!(bad.is_empty(), "{bad:?}");
+    }
+
+    #[test]
+    fn a_stale_read_older_than_the_bound_is_caught() {
+        let h = hist(vec![
+            w(1, "k", 1, 10, 20, OpKind::Ok),
+            w(1, "k", 2, 100, 120, OpKind::Ok),
+            sr(2, 1, "k", Some(1), 200, 201),
+        ]);
+        let (_, bad) = check_staleness(&h, 50);
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert!(bad[0].contains("overwritten by v=2"), "{bad:?}");
+        let h = hist(vec![
+            w(1, "k", 1, 10, 20, OpKind::Ok),
+            sr(2, 1, "k", None, 200, 201),
+        ]);
+        assert_eq!(check_staleness(&h, 50).1.len(), 1);
+        // A write that overlapped v=1's never makes v=1 stale.
+        let h = hist(vec![
+            w(1, "k", 1, 10, 30, OpKind::Ok),
+            w(3, "k", 2, 15, 20, OpKind::Ok),
+            sr(2, 1, "k", Some(1), 200, 201),
+        ]);
+        assert!(check_staleness(&h, 50).1.is_empty());
+    }
+
+    #[test]
+    fn stale_reads_going_backwards_or_inventing_values_are_caught() {
+        let h = hist(vec![
+            w(1, "k", 1, 10, 20, OpKind::Ok),
+            w(1, "k", 2, 30, 40, OpKind::Ok),
+            sr(2, 1, "k", Some(2), 50, 51),
+            sr(2, 1, "k", Some(1), 52, 53),
+        ]);
+        let (_, bad) = check_staleness(&h, 1_000);
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert!(bad[0].contains("went backwards"), "{bad:?}");
+        // On another node the older value is allowed (another replica may lag).
+        let h = hist(vec![
+            w(1, "k", 1, 10, 20, OpKind::Ok),
+            w(1, "k", 2, 30, 40, OpKind::Ok),
+            sr(2, 1, "k", Some(2), 50, 51),
+            sr(2, 2, "k", Some(1), 52, 53),
+        ]);
+        assert!(check_staleness(&h, 1_000).1.is_empty());
+        let h = hist(vec![sr(2, 1, "k", Some(9), 50, 51)]);
+        assert!(check_staleness(&h, 1_000).1[0].contains("no client wrote"));
     }
 }

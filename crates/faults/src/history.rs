@@ -42,6 +42,9 @@ pub enum OpF {
     Read,
     /// Add a unique element to a set.
     Add,
+    /// Read a register at `bounded_staleness` (checked by `check::check_staleness`).
+    #[serde(rename = "stale_read")]
+    StaleRead,
 }
 
 /// One history entry: an invocation or a completion.

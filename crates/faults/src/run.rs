@@ -31,6 +31,8 @@ const DISK_MIB: u64 = 384;
 const SETTLE_DEADLINE: Duration = Duration::from_secs(30);
 /// The quiet window at the end in which no group's term may move.
 const STABLE_WINDOW: Duration = Duration::from_secs(10);
+/// The bound of the staleness workload's reads (`bounded_staleness:500ms`).
+const STALE_BOUND: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -375,10 +377,11 @@ async fn client_loop(
         let epoch = rec.elapsed_ns() / KEY_EPOCH.as_nanos() as u64;
         let key = format!("k{}", epoch * KEYS_PER_EPOCH + rng.below(KEYS_PER_EPOCH));
         let v = next_value.fetch_add(1, Ordering::SeqCst);
-        let (f, key, value) = match rng.below(4) {
+        let (f, key, value) = match rng.below(5) {
             0 | 1 => (OpF::Add, "set".to_string(), Some(v)),
             2 => (OpF::Write, key, Some(v)),
-            _ => (OpF::Read, key, None),
+            3 => (OpF::Read, key, None),
+            _ => (OpF::StaleRead, key, None),
         };
         rec.invoke(process, f, &key, value, Some(h as u64));
         let outcome = match f {
@@ -390,9 +393,13 @@ async fn client_loop(
                 let body = format!("faults_reg,k={key} v={v}i 1000000000");
                 client.write(h, body, &format!("r{v}")).await
             }
-            OpF::Read => {
+            OpF::Read | OpF::StaleRead => {
                 let sql = format!("SELECT v FROM faults_reg WHERE k = '{key}'");
-                match client.rows(h, &sql, "strong").await {
+                let consistency = match f {
+                    OpF::StaleRead => format!("bounded_staleness:{}ms", STALE_BOUND.as_millis()),
+                    _ => "strong".to_string(),
+                };
+                match client.rows(h, &sql, &consistency).await {
                     Ok(rows) => Outcome::Ok(rows.first().and_then(|r| r[0].as_i64())),
                     // A read that failed changed nothing.
                     Err(e) => Outcome::Fail(e),
@@ -401,7 +408,11 @@ async fn client_loop(
         };
         match outcome {
             Outcome::Ok(read) => {
-                let value = if f == OpF::Read { read } else { value };
+                let value = if matches!(f, OpF::Read | OpF::StaleRead) {
+                    read
+                } else {
+                    value
+                };
                 rec.complete(process, OpKind::Ok, f, &key, value, None);
             }
             Outcome::Fail(e) => rec.complete(process, OpKind::Fail, f, &key, value, Some(e)),
@@ -713,6 +724,18 @@ async fn check_all(
         Lin::Unknown(why) => report.say(format!("register check inconclusive: {why}")),
     }
 
+    // Staleness: bounded_staleness reads within their bound, monotonic per client and node.
+    let (stale_reads, stale_bad) =
+        crate::check::check_staleness(ops, STALE_BOUND.as_nanos() as u64);
+    report.say(format!(
+        "staleness: {stale_reads} bounded_staleness:{}ms reads, {} too stale or backwards",
+        STALE_BOUND.as_millis(),
+        stale_bad.len()
+    ));
+    for b in stale_bad.into_iter().take(10) {
+        report.violation(format!("staleness: {b}"));
+    }
+
     // Election safety as observed.
     if let Ok(l) = leaders.lock() {
         let terms = l.seen.len();
@@ -768,6 +791,48 @@ async fn check_all(
     .await;
     if let Err(e) = settled {
         report.say(format!("not settled: {e}; checking term stability anyway"));
+        // What is still moving, as each node sees it.
+        for h in 1..=cfg.nodes {
+            let awake = client
+                .rows(
+                    h,
+                    "SELECT vshard, leader, role, followers FROM system.shards WHERE NOT quiesced",
+                    "eventual",
+                )
+                .await;
+            let led = client
+                .rows(
+                    h,
+                    "SELECT leader, count(*) FROM system.shards GROUP BY leader ORDER BY leader",
+                    "eventual",
+                )
+                .await;
+            report.say(format!(
+                "  host {h}: not quiesced {}; leaders {}",
+                awake.map_or_else(|e| e, |r| serde_json::Value::from(r).to_string()),
+                led.map_or_else(|e| e, |r| serde_json::Value::from(r).to_string())
+            ));
+        }
+    }
+    // Placement: exactly replication_factor (3) nodes hold vshard replicas, however the
+    // joins raced at formation.
+    let mut holders = 0;
+    for h in 1..=cfg.nodes {
+        if let Ok(r) = client
+            .rows(h, "SELECT count(*) FROM system.shards", "eventual")
+            .await
+        {
+            if r.first().and_then(|r| r[0].as_i64()).unwrap_or(0) > 0 {
+                holders += 1;
+            }
+        }
+    }
+    report.say(format!("{holders} nodes hold vshard replicas"));
+    if holders != cfg.nodes.min(3) {
+        report.violation(format!(
+            "{holders} nodes hold vshard replicas, expected {} (replication_factor 3)",
+            cfg.nodes.min(3)
+        ));
     }
     let before = all_terms(client, cfg.nodes).await;
     tokio::time::sleep(STABLE_WINDOW).await;

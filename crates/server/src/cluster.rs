@@ -155,6 +155,7 @@ impl PeerHandler for Shared {
             addrs: addrs.clone(),
             state: NodeState::Joining,
             hosts_vshards: hosts,
+            max_hosts: Some(self.replication_factor as u32),
         };
         match registry
             .propose_meta(Command::Cluster(op))
@@ -168,7 +169,7 @@ impl PeerHandler for Shared {
                     .read()
                     .nodes
                     .get(&id)
-                    .map_or(hosts, |n| n.hosts_vshards);
+                    .is_some_and(|n| n.hosts_vshards);
                 tracing::info!(node = id, rpc = %addrs.rpc, hosts_vshards, "registered a joining node");
                 Ok(JoinReply {
                     cluster_id: self.cluster_id.clone(),
@@ -446,6 +447,7 @@ pub fn spawn_maintenance(
                         NodeState::Joining
                     },
                     hosts_vshards: shared.hosts_vshards,
+                    max_hosts: None,
                 }),
                 Some(n) if n.addrs != shared.addrs || n.hosts_vshards != shared.hosts_vshards => {
                     Some(ClusterOp::UpdateAddrs {
