@@ -921,6 +921,13 @@ async fn a_node_without_replicas_reads_every_vshard_from_its_peers() {
         remote_plan_text(&plan),
         remote_plan_text(&topk.to_string())
     );
+    // `symbol = 's07'` pins the partition key: one vshard is read, the other 15 partitions
+    // are empty without a round trip.
+    let topk_text = topk.to_string();
+    assert!(
+        topk_text.contains("ShardScanExec: table_id=0, vshards=["),
+        "{topk_text}"
+    );
     let below = &plan[plan.find("ShardFragmentExec").expect("fragment")..];
     assert!(below.contains("AggregateExec: mode=Partial"), "{plan}");
     let local_plan = must_rows(&c[0], &explain).await.to_string();

@@ -322,6 +322,23 @@ impl DisplayAs for ShardFragmentExec {
     }
 }
 
+impl ShardFragmentExec {
+    /// Whether the vshard scan at the bottom of the fragment reads vshard `v`.
+    fn scan_reads(&self, v: u32) -> bool {
+        let mut plan = self.fragment.clone();
+        loop {
+            if let Some(scan) = plan.downcast_ref::<ShardScanExec>() {
+                return scan.request().reads(v);
+            }
+            let next = match plan.children().first() {
+                Some(c) => (*c).clone(),
+                None => return true,
+            };
+            plan = next;
+        }
+    }
+}
+
 impl ExecutionPlan for ShardFragmentExec {
     fn name(&self) -> &'static str {
         "ShardFragmentExec"
@@ -366,7 +383,9 @@ impl ExecutionPlan for ShardFragmentExec {
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
         let vshard = partition as u32;
-        if self.registry.store(vshard).is_some() {
+        // Hosted here, or a vshard the scan below skips anyway (its partition is empty
+        // wherever it runs): no round trip.
+        if self.registry.store(vshard).is_some() || !self.scan_reads(vshard) {
             return self.fragment.execute(partition, context);
         }
         let open = open_remote(
@@ -532,6 +551,10 @@ struct ShardScanNode {
     max_ts: Option<i64>,
     #[prost(string, tag = "10")]
     consistency: String,
+    #[prost(bool, tag = "11")]
+    some_vshards: bool,
+    #[prost(uint32, repeated, tag = "12")]
+    only_vshards: Vec<u32>,
 }
 
 /// datafusion-proto's extension codec for Shoal's plan nodes. A decoded scan reads this
@@ -594,6 +617,7 @@ impl PhysicalExtensionCodec for ShoalCodec {
             limit: node.limit.map(|l| l as usize),
             min_ts: node.min_ts,
             max_ts: node.max_ts,
+            only_vshards: node.some_vshards.then_some(node.only_vshards),
             consistency,
         };
         Ok(Arc::new(ShardScanExec::new(request, self.registry.clone())))
@@ -630,6 +654,8 @@ impl PhysicalExtensionCodec for ShoalCodec {
             min_ts: r.min_ts,
             max_ts: r.max_ts,
             consistency: r.consistency.to_string(),
+            some_vshards: r.only_vshards.is_some(),
+            only_vshards: r.only_vshards.clone().unwrap_or_default(),
         };
         msg.encode(buf)
             .map_err(|e| DataFusionError::Internal(format!("encoding ShardScanNode: {e}")))

@@ -166,6 +166,18 @@ impl TableProvider for ShoalTable {
             None => None,
         };
         let (min_ts, max_ts) = time_bounds(filters);
+        let only_vshards = self.entry.schema.partition_key.as_deref().and_then(|key| {
+            partition_values(filters, key).map(|values| {
+                let n = self.registry.vshards();
+                let mut v: Vec<u32> = values
+                    .iter()
+                    .map(|k| shoal_common::vshard_for_key(k.as_bytes(), n))
+                    .collect();
+                v.sort_unstable();
+                v.dedup();
+                v
+            })
+        });
         let consistency = state
             .config()
             .get_extension::<ReadConsistency>()
@@ -180,6 +192,7 @@ impl TableProvider for ShoalTable {
             limit,
             min_ts,
             max_ts,
+            only_vshards,
             // Per request, through the session config (the catalog itself is shared).
             consistency,
         };
@@ -204,6 +217,55 @@ impl TableProvider for ShoalTable {
         };
         Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
     }
+}
+
+/// The partition-key values a row must have to pass `filters` (from `key = 'v'`,
+/// `key IN ('a', 'b')` and ORs of those), or `None` when the filters allow any value.
+/// Rows of one key value all live on one vshard, so only those vshards need reading.
+fn partition_values(filters: &[Expr], key: &str) -> Option<Vec<String>> {
+    fn is_key(e: &Expr, key: &str) -> bool {
+        matches!(e, Expr::Column(c) if c.name == key)
+    }
+    fn text(e: &Expr) -> Option<String> {
+        match e {
+            Expr::Literal(ScalarValue::Utf8(Some(s)), _)
+            | Expr::Literal(ScalarValue::LargeUtf8(Some(s)), _)
+            | Expr::Literal(ScalarValue::Utf8View(Some(s)), _) => Some(s.clone()),
+            Expr::Literal(ScalarValue::Dictionary(_, v), m) => {
+                text(&Expr::Literal(v.as_ref().clone(), m.clone()))
+            }
+            Expr::Cast(c) => text(&c.expr),
+            _ => None,
+        }
+    }
+    /// The values `e` restricts the key to, if it does.
+    fn values(e: &Expr, key: &str) -> Option<Vec<String>> {
+        match e {
+            Expr::BinaryExpr(b) if b.op == Operator::Eq => {
+                if is_key(&b.left, key) {
+                    text(&b.right).map(|v| vec![v])
+                } else if is_key(&b.right, key) {
+                    text(&b.left).map(|v| vec![v])
+                } else {
+                    None
+                }
+            }
+            Expr::BinaryExpr(b) if b.op == Operator::Or => {
+                let mut l = values(&b.left, key)?;
+                l.extend(values(&b.right, key)?);
+                Some(l)
+            }
+            Expr::BinaryExpr(b) if b.op == Operator::And => {
+                // Either side restricting the key is enough (the other only narrows).
+                values(&b.left, key).or_else(|| values(&b.right, key))
+            }
+            Expr::InList(l) if !l.negated && is_key(&l.expr, key) => {
+                l.list.iter().map(text).collect()
+            }
+            _ => None,
+        }
+    }
+    filters.iter().find_map(|f| values(f, key))
 }
 
 /// Extracts `ts` bounds (inclusive) from simple comparisons with literals.
@@ -281,7 +343,19 @@ pub struct ShardScanRequest {
     pub limit: Option<usize>,
     pub min_ts: Option<i64>,
     pub max_ts: Option<i64>,
+    /// The only vshards that can hold matching rows (the filters pin the partition key);
+    /// `None` = all. The others' partitions are empty without reading anything.
+    pub only_vshards: Option<Vec<u32>>,
     pub consistency: ReadConsistency,
+}
+
+impl ShardScanRequest {
+    /// Whether partition (vshard) `v` can hold matching rows.
+    pub fn reads(&self, v: u32) -> bool {
+        self.only_vshards
+            .as_ref()
+            .is_none_or(|only| only.binary_search(&v).is_ok())
+    }
 }
 
 impl ShardScanRequest {
@@ -527,7 +601,10 @@ impl DisplayAs for ShardScanExec {
             f,
             "ShardScanExec: table_id={}, vshards={}, ts=[{:?}, {:?}], limit={:?}, consistency={}",
             self.request.table_id,
-            self.registry.vshards(),
+            match &self.request.only_vshards {
+                Some(only) => format!("{only:?}"),
+                None => self.registry.vshards().to_string(),
+            },
             self.request.min_ts,
             self.request.max_ts,
             self.request.limit,
@@ -569,6 +646,12 @@ impl ExecutionPlan for ShardScanExec {
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
         let vshard = partition as u32;
+        if !self.request.reads(vshard) {
+            return Ok(Box::pin(RecordBatchStreamAdapter::new(
+                self.request.output_schema()?,
+                futures::stream::empty(),
+            )));
+        }
         let store = self.registry.store(vshard).cloned().ok_or_else(|| {
             DataFusionError::External(Box::new(QueryError::from(self.registry.not_hosted(vshard))))
         })?;
@@ -663,5 +746,37 @@ impl DataSink for ShoalSink {
             .await
             .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
         Ok(outcome.rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::prelude::{col, lit};
+
+    #[test]
+    fn partition_key_filters_name_the_values_and_nothing_else_does() {
+        let k = || col("symbol");
+        let got = |f: Expr| partition_values(&[f], "symbol");
+        assert_eq!(got(k().eq(lit("a"))), Some(vec!["a".to_string()]));
+        assert_eq!(got(lit("a").eq(k())), Some(vec!["a".to_string()]));
+        assert_eq!(
+            got(k().eq(lit("a")).or(k().eq(lit("b")))),
+            Some(vec!["a".to_string(), "b".to_string()])
+        );
+        assert_eq!(
+            got(k().in_list(vec![lit("x"), lit("y")], false)),
+            Some(vec!["x".to_string(), "y".to_string()])
+        );
+        assert_eq!(
+            got(col("ts").gt(lit(5)).and(k().eq(lit("a")))),
+            Some(vec!["a".to_string()])
+        );
+        // Anything that lets other values through restricts nothing.
+        assert_eq!(got(k().not_eq(lit("a"))), None);
+        assert_eq!(got(k().in_list(vec![lit("x")], true)), None);
+        assert_eq!(got(k().eq(lit("a")).or(col("side").eq(lit("B")))), None);
+        assert_eq!(got(col("side").eq(lit("B"))), None);
+        assert_eq!(got(k().eq(col("side"))), None);
     }
 }
