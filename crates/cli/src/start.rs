@@ -45,6 +45,8 @@ pub struct StartArgs {
     max_voters: Option<usize>,
     #[arg(long, env = "SHOAL_REPLICATION_FACTOR")]
     replication_factor: Option<usize>,
+    #[arg(long, env = "SHOAL_DEAD_REPLICA_TIMEOUT_MS")]
+    dead_replica_timeout_ms: Option<u64>,
     #[arg(long, env = "SHOAL_QUIESCE_AFTER_MS")]
     quiesce_after_ms: Option<u64>,
     #[arg(long, env = "SHOAL_LEADER_BALANCE_INTERVAL_MS")]
@@ -163,6 +165,7 @@ pub fn resolve(args: &StartArgs) -> Result<NodeConfig, String> {
         join_timeout_ms,
         max_voters,
         replication_factor,
+        dead_replica_timeout_ms,
         quiesce_after_ms,
         leader_balance_interval_ms,
         rpc_max_message_bytes,

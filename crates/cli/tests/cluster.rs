@@ -1036,3 +1036,142 @@ async fn bounded_staleness_reads_are_never_older_than_the_bound() {
     println!("node 3 served {served} vshard reads from closed timestamps");
     assert!(served[0][0].as_i64().unwrap_or(0) > 0, "{served}");
 }
+
+/// `Some` once every vshard, as `n` sees it, has exactly the voters `want` (e.g. "1,2,4").
+async fn voters_are(n: &Node, want: &str) -> Option<()> {
+    let r = rows(n, "SELECT DISTINCT replicas FROM system.shards").await?;
+    (r.as_array().map(Vec::len) == Some(1) && r[0][0].as_str() == Some(want)).then_some(())
+}
+
+/// Rows held by `n`'s own replicas (hot and flushed), summed over its vshards.
+async fn local_rows(n: &Node) -> Option<i64> {
+    let r = rows(
+        n,
+        "SELECT CAST(sum(hot_rows) + sum(parquet_rows) AS BIGINT) FROM system.shards",
+    )
+    .await?;
+    r[0][0].as_i64()
+}
+
+/// `n` rows `kind,k=<key> v=<i>` with distinct keys and timestamps from `from`.
+fn tick_lines(kind: &str, from: i64, n: i64) -> String {
+    (from..from + n)
+        .map(|i| {
+            format!(
+                "{kind},k=k{} v={i} {}\n",
+                i % 40,
+                1_700_000_000_000_000_000i64 + i
+            )
+        })
+        .collect()
+}
+
+/// A node whose disk was wiped comes back at its old address: it joins under a new id
+/// (never under the old one — that identity's votes and log are gone), the old identity is
+/// retired, and the new node takes over its replicas: a learner of every vshard, caught
+/// up, then a voter in place of the old one. Proven by killing another host afterwards:
+/// writes and reads still succeed, which needs the new node's votes.
+#[tokio::test]
+async fn a_wiped_node_rejoins_under_a_new_id_and_takes_over_the_old_replicas() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dirs: Vec<_> = (1..=3).map(|i| tmp.path().join(format!("n{i}"))).collect();
+    let mut c = cluster(&[&dirs[0], &dirs[1], &dirs[2]]).await;
+    all_replicated(&c[0]).await;
+    let (s, b) = c[0].write(&tick_lines("w", 0, 600)).await;
+    assert_eq!(s, 204, "{b}");
+
+    c[2].kill9();
+    std::fs::remove_dir_all(&dirs[2]).expect("wipe node 3");
+    c[2].restart().await;
+    assert_eq!(c[2].node_id, 4, "a wiped node joins under a new id");
+    eventually("node 4 votes in every vshard in place of node 3", || {
+        voters_are(&c[0], "1,2,4")
+    })
+    .await;
+    eventually("node 3 retired", || async {
+        nodes(&c[0])
+            .await
+            .iter()
+            .any(|r| r.0 == 3 && r.1 == "DECOMMISSIONED")
+            .then_some(())
+    })
+    .await;
+    eventually("node 4's own replicas hold every row", || async {
+        (local_rows(&c[2]).await? == 600).then_some(())
+    })
+    .await;
+    eventually("node 3 left group 0", || async {
+        let rows = nodes(&c[0]).await;
+        rows.iter()
+            .any(|r| r.0 == 3 && r.3 != "voter")
+            .then_some(())
+    })
+    .await;
+
+    // Kill node 1: every group is left with nodes 2 and 4, a quorum only if 4 votes.
+    c[0].kill9();
+    eventually("a write through node 4 with node 1 down", || async {
+        let (s, _) = c[2].write(&tick_lines("w", 600, 10)).await;
+        (s == 204).then_some(())
+    })
+    .await;
+    assert_eq!(c[1].count("SELECT count(*) FROM w").await, 610);
+    assert_eq!(c[2].count("SELECT count(*) FROM w").await, 610);
+    assert!(
+        !c[2].stderr_text().contains("panicked"),
+        "{}",
+        c[2].stderr_text()
+    );
+}
+
+/// A vshard host that stays dead past `dead_replica_timeout_ms` hands its replicas to the
+/// node that holds none; the dead node, when it comes back, holds none itself (it stops
+/// its old groups and reads through the new replicas), and the cluster survives the loss
+/// of another original host.
+#[tokio::test]
+async fn a_host_dead_past_the_timeout_is_replaced_by_a_node_without_replicas() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dirs: Vec<_> = (1..=4).map(|i| tmp.path().join(format!("n{i}"))).collect();
+    let mut c = cluster_with(
+        &[&dirs[0], &dirs[1], &dirs[2], &dirs[3]],
+        &["--dead-replica-timeout-ms", "3000"],
+    )
+    .await;
+    all_replicated(&c[0]).await;
+    let (s, b) = c[3].write(&tick_lines("d", 0, 500)).await;
+    assert_eq!(s, 204, "{b}");
+    assert_eq!(local_rows(&c[3]).await, None, "node 4 holds no replica yet");
+
+    c[1].kill9();
+    eventually("node 4 votes in every vshard in place of node 2", || {
+        voters_are(&c[0], "1,3,4")
+    })
+    .await;
+    eventually("node 4's own replicas hold every row", || async {
+        (local_rows(&c[3]).await? == 500).then_some(())
+    })
+    .await;
+    let (s, b) = c[3].write(&tick_lines("d", 500, 20)).await;
+    assert_eq!(s, 204, "{b}");
+
+    // Node 2 returns: group 0 says it hosts nothing now, so it stops its old groups and
+    // answers from the current replicas.
+    c[1].restart().await;
+    eventually("node 2 holds no replicas", || async {
+        (local_rows(&c[1]).await.is_none()).then_some(())
+    })
+    .await;
+    assert_eq!(c[1].count("SELECT count(*) FROM d").await, 520);
+
+    // Kill node 1 (an original host): vshards keep a quorum on nodes 3 and 4.
+    c[0].kill9();
+    eventually("a write through node 2 with node 1 down", || async {
+        let (s, _) = c[1].write(&tick_lines("d", 520, 10)).await;
+        (s == 204).then_some(())
+    })
+    .await;
+    assert_eq!(c[2].count("SELECT count(*) FROM d").await, 530);
+    for n in &c[1..] {
+        assert!(!n.stderr_text().contains("panicked"), "{}", n.stderr_text());
+    }
+}

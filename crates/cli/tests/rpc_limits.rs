@@ -197,3 +197,38 @@ async fn the_inflight_budget_refuses_the_excess_and_shutdown_lets_inflight_work_
     assert!(body["rows"][0][0].is_number(), "{body}");
     println!("long statement took {:?}", started.elapsed());
 }
+
+/// Raft traffic names the node it is meant for; a node refuses another id's messages (a
+/// new identity at an address an old one had must never answer for that one's log or
+/// votes), and the refusal says so.
+#[tokio::test]
+async fn raft_traffic_for_another_node_id_is_refused() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let node = Node::start(tmp.path(), &[]).await;
+    let mut c = client(&node).await;
+    let msg = |to_node| shoal_cluster::rpc::RaftRequest {
+        group: 0,
+        // An unknown kind: the handler refuses it with INVALID_ARGUMENT if it gets that far.
+        kind: u32::MAX,
+        header: Bytes::new(),
+        entries: vec![],
+        to_node,
+    };
+    let e = c
+        .raft(msg(node.node_id + 7), Duration::from_secs(5))
+        .await
+        .expect_err("refused");
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("wrong node"), "{e:?}");
+    // Addressed to this node (or to nobody in particular), the message gets through to
+    // the handler.
+    for to in [node.node_id, 0] {
+        let e = c
+            .raft(msg(to), Duration::from_secs(5))
+            .await
+            .expect_err("unknown kind");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    }
+    let (s, v) = node.sql("SELECT 1").await;
+    assert_eq!(s, 200, "{v}");
+}

@@ -297,6 +297,7 @@ impl RaftTransport for ClusterTransport {
             kind: msg.kind as u32,
             header: msg.header,
             entries: msg.entries,
+            to_node: target,
         };
         self.peers
             .call(

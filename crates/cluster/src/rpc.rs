@@ -91,6 +91,12 @@ pub struct RaftRequest {
     pub header: Bytes,
     #[prost(bytes = "bytes", repeated, tag = "4")]
     pub entries: Vec<Bytes>,
+    /// The node the message is meant for (0: any). A node answering at an address that
+    /// used to be another node's (say, one whose disk was wiped and that joined again
+    /// under a new id) must refuse it: acting on another node's Raft traffic would count
+    /// its log and votes as that node's.
+    #[prost(uint64, tag = "5")]
+    pub to_node: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

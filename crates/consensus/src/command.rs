@@ -85,6 +85,14 @@ pub enum ClusterOp {
         id: u64,
         state: NodeState,
     },
+    /// `old` gives up its vshard replicas to `new` (see `placement`); with `retire`, `old`
+    /// is also DECOMMISSIONED (its identity is gone for good). Refused unless `new` is a
+    /// registered, current node that hosts nothing yet.
+    ReplaceNode {
+        old: u64,
+        new: Option<u64>,
+        retire: bool,
+    },
 }
 
 /// One catalog change.

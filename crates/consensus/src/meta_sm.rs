@@ -202,6 +202,49 @@ impl Catalog {
                 n.state = *state;
                 Ok(*id)
             }
+            ClusterOp::ReplaceNode { old, new, retire } => {
+                let o = self
+                    .nodes
+                    .get(old)
+                    .ok_or_else(|| format!("node {old} is not registered"))?;
+                if o.state == NodeState::Decommissioned {
+                    return Err(format!("node {old} is already decommissioned"));
+                }
+                if let Some(new) = new {
+                    let n = self
+                        .nodes
+                        .get(new)
+                        .ok_or_else(|| format!("node {new} is not registered"))?;
+                    if *new == *old || n.state == NodeState::Decommissioned || n.hosts_vshards {
+                        return Err(format!(
+                            "node {new} cannot take node {old}'s replicas (it is {} and {})",
+                            n.state.as_str(),
+                            if n.hosts_vshards {
+                                "already a host"
+                            } else {
+                                "no host"
+                            }
+                        ));
+                    }
+                    if !o.hosts_vshards {
+                        return Err(format!("node {old} holds no replicas to hand over"));
+                    }
+                    if let Some(n) = self.nodes.get_mut(new) {
+                        n.hosts_vshards = true;
+                    }
+                }
+                let o = self
+                    .nodes
+                    .get_mut(old)
+                    .ok_or_else(|| format!("node {old} is not registered"))?;
+                if new.is_some() {
+                    o.hosts_vshards = false;
+                }
+                if *retire {
+                    o.state = NodeState::Decommissioned;
+                }
+                Ok(*old)
+            }
         }
     }
 
@@ -535,5 +578,56 @@ mod tests {
             .expect("retried");
         assert_eq!(again, 2);
         assert_eq!(c.vshard_hosts().len(), 3);
+    }
+
+    #[test]
+    fn replacing_a_host_moves_its_replicas_once_and_refuses_bad_takers() {
+        let mut c = Catalog::default();
+        for token in 1..=5u64 {
+            c.apply_cluster(&ClusterOp::AddNode {
+                id: 0,
+                token,
+                addrs: NodeAddrs::default(),
+                state: NodeState::Active,
+                hosts_vshards: true,
+                max_hosts: Some(3),
+            })
+            .expect("added");
+        }
+        let replace = |old, new, retire| ClusterOp::ReplaceNode { old, new, retire };
+        // A taker that already hosts, itself, or an unknown node: refused, nothing changes.
+        for bad in [
+            replace(2, Some(3), false),
+            replace(2, Some(2), false),
+            replace(2, Some(9), false),
+        ] {
+            let before = c.clone();
+            assert!(c.apply_cluster(&bad).is_err(), "{bad:?}");
+            assert_eq!(c, before);
+        }
+        // A non-host has nothing to hand over.
+        assert!(c.apply_cluster(&replace(4, Some(5), false)).is_err());
+        c.apply_cluster(&replace(2, Some(4), false))
+            .expect("replaced");
+        let hosts: Vec<u64> = c.vshard_hosts().iter().map(|n| n.id).collect();
+        assert_eq!(hosts, vec![1, 3, 4]);
+        assert_eq!(c.nodes[&2].state, NodeState::Active, "not retired");
+        // Retiring: the old identity is decommissioned and can never rejoin.
+        c.apply_cluster(&replace(3, Some(5), true))
+            .expect("retired");
+        let hosts: Vec<u64> = c.vshard_hosts().iter().map(|n| n.id).collect();
+        assert_eq!(hosts, vec![1, 4, 5]);
+        assert_eq!(c.nodes[&3].state, NodeState::Decommissioned);
+        assert!(c.apply_cluster(&replace(3, None, true)).is_err());
+        assert!(c
+            .apply_cluster(&ClusterOp::AddNode {
+                id: 3,
+                token: 0,
+                addrs: NodeAddrs::default(),
+                state: NodeState::Joining,
+                hosts_vshards: false,
+                max_hosts: None,
+            })
+            .is_err());
     }
 }

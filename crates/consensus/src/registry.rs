@@ -224,7 +224,11 @@ pub struct Registry {
     intents: Arc<IntentLog>,
     catalog: CatalogHandle,
     meta: Raft<TypeConfig, MetaStateMachine>,
-    shards: Vec<ShardGroup>,
+    /// The vshard groups hosted here: all of them or none. Swapped whole when this node
+    /// starts or stops hosting ([`Registry::start_hosting`], [`Registry::stop_hosting`]).
+    shards: parking_lot::RwLock<Arc<Vec<Arc<ShardGroup>>>>,
+    /// Serialises starting and stopping to host.
+    hosting: tokio::sync::Mutex<()>,
     /// Whether membership (SWIM) believes a node is alive; unset = assume alive.
     alive: std::sync::OnceLock<Arc<dyn Fn(u64) -> bool + Send + Sync>>,
     /// The closed timestamp last sent to each (peer, vshard), so unchanged ones are not
@@ -257,6 +261,45 @@ fn raft_config(
     c.validate()
         .map(Arc::new)
         .map_err(|e| Error::Internal(format!("raft config: {e}")))
+}
+
+/// Opens (or creates) vshard `v`'s group on this node, uninitialized when new: only the
+/// node that bootstraps the cluster initializes vshard groups.
+async fn open_shard(
+    cfg: &GroupsConfig,
+    v: u32,
+    catalog: &CatalogHandle,
+    transport: Arc<dyn RaftTransport>,
+) -> Result<ShardGroup, Error> {
+    let group = group_of_vshard(v);
+    let dir = cfg.data_dir.join("groups").join(format!("g{group}"));
+    let (store, raft_state) = ShardStore::open(&dir.join("data"), cfg.store.clone())?;
+    let sm = ShardStateMachine::new(store.clone(), raft_state, catalog.clone())
+        .map_err(|e| Error::Internal(format!("vshard {v} state: {e}")))?;
+    let log = LogStore::new(open_log(&dir.join("log"), &cfg.log)?);
+    let net = GroupNetworkFactory {
+        transport,
+        group,
+        node_id: cfg.node_id,
+    };
+    let raft = Raft::new(
+        cfg.node_id,
+        raft_config(cfg, group, SnapshotPolicy::Never)?,
+        net,
+        log,
+        sm,
+    )
+    .await
+    .map_err(|e| Error::Internal(format!("starting vshard {v}: {e}")))?;
+    Ok(ShardGroup {
+        raft,
+        store,
+        quiet: std::sync::atomic::AtomicU64::new(QUIET_NONE),
+        last_active_ms: std::sync::atomic::AtomicU64::new(now_ms()),
+        quiet_index: std::sync::atomic::AtomicU64::new(0),
+        closed: Default::default(),
+        closed_reads: Default::default(),
+    })
 }
 
 fn open_log(dir: &Path, cfg: &LogConfig) -> Result<Arc<RaftLog>, Error> {
@@ -292,33 +335,13 @@ impl Registry {
         )
         .await
         .map_err(|e| Error::Internal(format!("starting group 0: {e}")))?;
-        let hosted = if cfg.host_vshards { cfg.vshards } else { 0 };
-        let mut shards = Vec::with_capacity(hosted as usize);
-        for v in 0..hosted {
-            let group = group_of_vshard(v);
-            let dir = groups.join(format!("g{group}"));
-            let (store, raft_state) = ShardStore::open(&dir.join("data"), cfg.store.clone())?;
-            let sm = ShardStateMachine::new(store.clone(), raft_state, catalog.clone())
-                .map_err(|e| Error::Internal(format!("vshard {v} state: {e}")))?;
-            let log = LogStore::new(open_log(&dir.join("log"), &cfg.log)?);
-            let raft = Raft::new(
-                cfg.node_id,
-                raft_config(&cfg, group, SnapshotPolicy::Never)?,
-                net(group),
-                log,
-                sm,
-            )
-            .await
-            .map_err(|e| Error::Internal(format!("starting vshard {v}: {e}")))?;
-            shards.push(ShardGroup {
-                raft,
-                store,
-                quiet: std::sync::atomic::AtomicU64::new(QUIET_NONE),
-                last_active_ms: std::sync::atomic::AtomicU64::new(now_ms()),
-                quiet_index: std::sync::atomic::AtomicU64::new(0),
-                closed: Default::default(),
-                closed_reads: Default::default(),
-            });
+        let mut shards = Vec::new();
+        if cfg.host_vshards {
+            for v in 0..cfg.vshards {
+                shards.push(Arc::new(
+                    open_shard(&cfg, v, &catalog, transport.clone()).await?,
+                ));
+            }
         }
         let intent_cfg = LogConfig {
             segment_max_bytes: INTENT_SEGMENT_BYTES,
@@ -331,7 +354,8 @@ impl Registry {
             intents: Arc::new(intents),
             catalog,
             meta,
-            shards,
+            shards: parking_lot::RwLock::new(Arc::new(shards)),
+            hosting: tokio::sync::Mutex::new(()),
             alive: std::sync::OnceLock::new(),
             closed_sent: Default::default(),
         });
@@ -387,7 +411,7 @@ impl Registry {
                 .await
                 .map_err(|e| fatal(0, &e))?;
         }
-        for (v, s) in self.shards.iter().enumerate() {
+        for (v, s) in self.shards().iter().enumerate() {
             // Only the node that starts the cluster creates vshard groups; a node that
             // joined waits for their leaders to add it (initializing here would make a
             // second, conflicting group).
@@ -408,7 +432,7 @@ impl Registry {
             group: g,
             reason: e.to_string(),
         };
-        for (v, s) in self.shards.iter().enumerate() {
+        for (v, s) in self.shards().iter().enumerate() {
             let g = v as u32 + 1;
             let m = s.raft.metrics().borrow_watched().clone();
             let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
@@ -505,13 +529,12 @@ impl Registry {
             return handle_inbound(&self.meta, group, inbound).await;
         }
         let s = self
-            .shards
-            .get(group as usize - 1)
+            .shard(group as usize - 1)
             .ok_or_else(|| Error::Unavailable {
                 group,
                 reason: format!("node {} does not host group {group}", self.cfg.node_id),
             })?;
-        if let Some(reply) = self.guard_quiesced_vote(group, s, &inbound) {
+        if let Some(reply) = self.guard_quiesced_vote(group, &s, &inbound) {
             return Ok(reply);
         }
         // A quiesced follower wakes on anything but a plain heartbeat from its leader —
@@ -619,7 +642,7 @@ impl Registry {
                     pending += 1;
                     let _ = reg.meta.trigger().elect(true).await;
                 }
-                for s in &reg.shards {
+                for s in reg.shards().iter() {
                     if s.raft.metrics().borrow_watched().current_leader == Some(node) {
                         s.wake();
                         pending += 1;
@@ -644,7 +667,7 @@ impl Registry {
         let Some(s) = msg
             .group
             .checked_sub(1)
-            .and_then(|v| self.shards.get(v as usize))
+            .and_then(|v| self.shard(v as usize))
         else {
             return false;
         };
@@ -669,7 +692,7 @@ impl Registry {
     /// node per interval) watches the leaders instead.
     pub async fn quiesce_idle(&self, idle_after: Duration) {
         let me = self.cfg.node_id;
-        for (v, s) in self.shards.iter().enumerate() {
+        for (v, s) in self.shards().iter().enumerate() {
             let m = s.raft.metrics().borrow_watched().clone();
             let q = s.quiet();
             // A replica quiesced under a leader that is gone, or that got new entries
@@ -755,7 +778,7 @@ impl Registry {
             return;
         }
         let me = self.cfg.node_id;
-        for (v, s) in self.shards.iter().enumerate() {
+        for (v, s) in self.shards().iter().enumerate() {
             let m = s.raft.metrics().borrow_watched().clone();
             if m.current_leader != Some(me) {
                 continue;
@@ -785,8 +808,8 @@ impl Registry {
             return None;
         }
         let me = self.cfg.node_id;
-        let metrics: Vec<_> = self
-            .shards
+        let shards = self.shards();
+        let metrics: Vec<_> = shards
             .iter()
             .map(|s| s.raft.metrics().borrow_watched().clone())
             .collect();
@@ -821,7 +844,7 @@ impl Registry {
             if mine < theirs + 2 {
                 continue;
             }
-            let s = &self.shards[v];
+            let s = &shards[v];
             s.wake();
             tracing::info!(vshard = v, to, mine, theirs, "balancing vshard leadership");
             let _ = s.raft.trigger().transfer_leader(to).await;
@@ -834,8 +857,7 @@ impl Registry {
     /// read must wait for.
     async fn leader_read_index(&self, vshard: u32) -> Result<u64, Error> {
         let s = self
-            .shards
-            .get(vshard as usize)
+            .shard(vshard as usize)
             .ok_or_else(|| self.not_hosted(vshard))?;
         read_index_of(&s.raft, group_of_vshard(vshard)).await
     }
@@ -846,11 +868,10 @@ impl Registry {
     /// until it applied it (a follower read, no data moves).
     pub async fn read_barrier(&self, vshard: u32, timeout: Duration) -> Result<(), Error> {
         let s = self
-            .shards
-            .get(vshard as usize)
+            .shard(vshard as usize)
             .ok_or_else(|| self.not_hosted(vshard))?;
         let started = shoal_common::time::now_nanos();
-        self.barrier(&s.raft, group_of_vshard(vshard), Some(s), timeout)
+        self.barrier(&s.raft, group_of_vshard(vshard), Some(&s), timeout)
             .await?;
         // Everything acknowledged before the barrier started is applied here now.
         s.closed.lock().offer(started, 0, 0);
@@ -864,7 +885,7 @@ impl Registry {
     /// strong read's barrier also sets it. `None` until known. Comparing it with this
     /// node's clock assumes the nodes' clocks agree; their offset adds to the staleness.
     pub fn closed_ts(&self, vshard: u32) -> Option<i64> {
-        let s = self.shards.get(vshard as usize)?;
+        let s = self.shard(vshard as usize)?;
         let m = s.raft.metrics().borrow_watched().clone();
         let applied = m.last_applied.map_or(0, |l| l.index);
         let mut ts = s.closed.lock().current(applied);
@@ -884,7 +905,7 @@ impl Registry {
         let ok = self
             .closed_ts(vshard)
             .is_some_and(|closed| closed >= oldest);
-        if let (true, Some(s)) = (ok, self.shards.get(vshard as usize)) {
+        if let (true, Some(s)) = (ok, self.shard(vshard as usize)) {
             s.closed_reads
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
@@ -910,7 +931,7 @@ impl Registry {
     pub async fn publish_closed(&self) {
         let me = self.cfg.node_id;
         let mut per_peer: BTreeMap<u64, Vec<(u32, i64, u64)>> = BTreeMap::new();
-        for (v, s) in self.shards.iter().enumerate() {
+        for (v, s) in self.shards().iter().enumerate() {
             let m = s.raft.metrics().borrow_watched().clone();
             let Some((ts, index)) = self.leader_closed(&m) else {
                 continue;
@@ -958,7 +979,7 @@ impl Registry {
         let list: Vec<(u32, i64, u64)> = serde_json::from_slice(&msg.header)
             .map_err(|e| Error::Rejected(format!("bad closed timestamps: {e}")))?;
         for (v, ts, index) in list {
-            if let Some(s) = self.shards.get(v as usize) {
+            if let Some(s) = self.shard(v as usize) {
                 let applied = s
                     .raft
                     .metrics()
@@ -1213,7 +1234,23 @@ impl Registry {
             .map(|n| (n.id, n.addrs.rpc.clone()))
             .collect();
         let mut first_error = None;
-        match reconcile_group(&self.meta, 0, self.cfg.node_id, &all, max_voters).await {
+        // Group 0's membership takes effect when appended, its catalog when applied: the
+        // registry is as new as the membership only once everything up to it is applied.
+        let fresh_meta = {
+            let m = self.meta.metrics().borrow_watched().clone();
+            let membership_at = m.membership_config.log_id().as_ref().map_or(0, |l| l.index);
+            m.last_applied.as_ref().map_or(0, |l| l.index) >= membership_at
+        };
+        match reconcile_group(
+            &self.meta,
+            0,
+            self.cfg.node_id,
+            &all,
+            max_voters,
+            fresh_meta,
+        )
+        .await
+        {
             Ok(Some(caught_up)) => {
                 for n in catalog.nodes.values() {
                     if n.state == crate::NodeState::Joining && caught_up.contains(&n.id) {
@@ -1236,12 +1273,34 @@ impl Registry {
             }
         }
         // Every vshard group this node leads takes the vshard hosts as replicas.
-        let hosts: Vec<(u64, String)> = catalog
-            .vshard_hosts()
-            .iter()
-            .map(|n| (n.id, n.addrs.rpc.clone()))
-            .collect();
-        for (v, s) in self.shards.iter().enumerate() {
+        let mut catalog = catalog;
+        let hosts_of = |c: &crate::Catalog| -> Vec<(u64, String)> {
+            c.vshard_hosts()
+                .iter()
+                .map(|n| (n.id, n.addrs.rpc.clone()))
+                .collect()
+        };
+        let mut hosts = hosts_of(&catalog);
+        let me = self.cfg.node_id;
+        let shards = self.shards();
+        // A replica of a node no longer hosting is removed only on a catalog confirmed as
+        // current with group 0's leader: this node's copy may lag, and removing on an old
+        // host list could undo a replacement another leader already made.
+        let stale_here = shards.iter().any(|s| {
+            let m = s.raft.metrics().borrow_watched().clone();
+            m.current_leader == Some(me)
+                && m.membership_config
+                    .membership()
+                    .nodes()
+                    .any(|(n, _)| !hosts.iter().any(|(h, _)| h == n))
+        });
+        let mut may_remove = false;
+        if stale_here && self.meta_barrier(Duration::from_secs(2)).await.is_ok() {
+            catalog = self.catalog.read().clone();
+            hosts = hosts_of(&catalog);
+            may_remove = true;
+        }
+        for (v, s) in shards.iter().enumerate() {
             // A group whose membership is still changing must not be quiesced: membership
             // changes need its timers (replication retries, heartbeats).
             let m = s.raft.metrics().borrow_watched().clone();
@@ -1249,7 +1308,10 @@ impl Registry {
             let settled = membership.learner_ids().next().is_none()
                 && hosts
                     .iter()
-                    .all(|(id, _)| membership.nodes().any(|(n, _)| n == id));
+                    .all(|(id, _)| membership.nodes().any(|(n, _)| n == id))
+                && membership
+                    .nodes()
+                    .all(|(n, _)| hosts.iter().any(|(h, _)| h == n));
             if !settled {
                 s.wake();
             }
@@ -1260,6 +1322,7 @@ impl Registry {
                 self.cfg.node_id,
                 &hosts,
                 rf,
+                may_remove,
             )
             .await;
             if let Err(e) = r {
@@ -1284,7 +1347,7 @@ impl Registry {
 
     /// Whether this node hosts the vshard groups.
     pub fn hosts_vshards(&self) -> bool {
-        !self.shards.is_empty()
+        !self.shards().is_empty()
     }
 
     /// The error for touching vshard `vshard` here when this node does not host it.
@@ -1320,8 +1383,83 @@ impl Registry {
         alive
     }
 
-    pub fn store(&self, vshard: u32) -> Option<&Arc<ShardStore>> {
-        self.shards.get(vshard as usize).map(|s| &s.store)
+    /// The vshard groups hosted here now (empty on a node without replicas).
+    fn shards(&self) -> Arc<Vec<Arc<ShardGroup>>> {
+        self.shards.read().clone()
+    }
+
+    fn shard(&self, v: usize) -> Option<Arc<ShardGroup>> {
+        self.shards.read().get(v).cloned()
+    }
+
+    /// Starts hosting every vshard here (group 0 made this node a host): opens or creates
+    /// the groups, which then wait for their leaders to add this node as a learner and
+    /// catch it up. Idempotent.
+    pub async fn start_hosting(&self) -> Result<(), Error> {
+        let _one = self.hosting.lock().await;
+        if !self.shards().is_empty() {
+            return Ok(());
+        }
+        let mut shards = Vec::with_capacity(self.cfg.vshards as usize);
+        for v in 0..self.cfg.vshards {
+            let s = open_shard(&self.cfg, v, &self.catalog, self.transport.clone()).await;
+            match s {
+                Ok(s) => shards.push(Arc::new(s)),
+                Err(e) => {
+                    for s in shards {
+                        let _ = s.raft.shutdown().await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        *self.shards.write() = Arc::new(shards);
+        tracing::info!(vshards = self.cfg.vshards, "now hosting vshard replicas");
+        Ok(())
+    }
+
+    /// Stops hosting (group 0 handed this node's replicas to another node): first hands
+    /// every leadership held here to a caught-up voter, then shuts the groups down. The
+    /// data stays on disk: its Raft state is intact, so were this node made a host again
+    /// it would rejoin as the member it was. Reads here then go to the new replicas.
+    pub async fn stop_hosting(&self) {
+        let _one = self.hosting.lock().await;
+        let me = self.cfg.node_id;
+        for s in self.shards().iter() {
+            let m = s.raft.metrics().borrow_watched().clone();
+            if m.current_leader != Some(me) {
+                continue;
+            }
+            let last = m.last_log_index.unwrap_or(0);
+            let to = m.replication.iter().flatten().find_map(|(id, matched)| {
+                (*id != me
+                    && m.membership_config
+                        .membership()
+                        .voter_ids()
+                        .any(|v| v == *id)
+                    && matched.as_ref().is_some_and(|l| l.index == last))
+                .then_some(*id)
+            });
+            if let Some(to) = to {
+                s.wake();
+                let _ = s.raft.trigger().transfer_leader(to).await;
+            }
+        }
+        let old = std::mem::take(&mut *self.shards.write());
+        for s in old.iter() {
+            let _ = s.raft.shutdown().await;
+        }
+        if !old.is_empty() {
+            tracing::warn!(
+                vshards = old.len(),
+                "stopped hosting vshard replicas (they were handed to another node); \
+                 their data stays in this node's data directory"
+            );
+        }
+    }
+
+    pub fn store(&self, vshard: u32) -> Option<Arc<ShardStore>> {
+        self.shard(vshard as usize).map(|s| s.store.clone())
     }
 
     /// Refuses with `DiskFull` while free space is below the configured reserve, so that a
@@ -1374,7 +1512,7 @@ impl Registry {
                     group,
                     reason: "no leader (an election is under way)".into(),
                 });
-                if let Some(s) = self.shards.get(vshard as usize) {
+                if let Some(s) = self.shard(vshard as usize) {
                     let _ = s
                         .raft
                         .wait(Some(backoff(attempt) * 4))
@@ -1414,8 +1552,8 @@ impl Registry {
                         group,
                         reason: format!("forwarding to leader {leader}: {e}"),
                     });
-                    if let Some(s) = self.shards.get(vshard as usize) {
-                        self.leader_unreachable(s, leader).await;
+                    if let Some(s) = self.shard(vshard as usize) {
+                        self.leader_unreachable(&s, leader).await;
                     }
                     tokio::time::sleep(backoff(attempt)).await;
                 }
@@ -1434,8 +1572,7 @@ impl Registry {
             return Err(Error::Internal(format!("vshard {vshard} out of range")));
         }
         let s = self
-            .shards
-            .get(vshard as usize)
+            .shard(vshard as usize)
             .ok_or_else(|| self.not_hosted(vshard))?;
         s.touch();
         self.check_disk()?;
@@ -1481,7 +1618,7 @@ impl Registry {
 
     /// Asks every vshard with hot data to flush now.
     pub async fn flush_all(&self) {
-        for s in &self.shards {
+        for s in self.shards().iter() {
             if s.store.stats().hot_rows > 0 {
                 let _ = s.raft.trigger().snapshot().await;
             }
@@ -1502,7 +1639,7 @@ impl Registry {
                 if reg.check_disk().is_err() {
                     continue;
                 }
-                for s in &reg.shards {
+                for s in reg.shards().iter() {
                     let st = s.store.stats();
                     if st.hot_rows > 0
                         && (st.hot_bytes >= reg.cfg.flush_hot_bytes
@@ -1519,7 +1656,7 @@ impl Registry {
         let mut out = vec![];
         let m = self.meta.metrics().borrow_watched().clone();
         out.push(status_of(0, None, &m, ShardStats::default()));
-        for (v, s) in self.shards.iter().enumerate() {
+        for (v, s) in self.shards().iter().enumerate() {
             let m = s.raft.metrics().borrow_watched().clone();
             let mut st = status_of(v as u32 + 1, Some(v as u32), &m, s.store.stats());
             st.quiesced = s.quiet() != QUIET_NONE;
@@ -1534,12 +1671,12 @@ impl Registry {
     pub async fn shutdown(&self, flush_timeout: Duration) {
         self.flush_all().await;
         let deadline = tokio::time::Instant::now() + flush_timeout;
-        for s in &self.shards {
+        for s in self.shards().iter() {
             while s.store.stats().hot_rows > 0 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        for s in &self.shards {
+        for s in self.shards().iter() {
             let _ = s.raft.shutdown().await;
         }
         let _ = self.meta.shutdown().await;
@@ -1555,6 +1692,7 @@ async fn reconcile_group<SM>(
     me: u64,
     desired: &[(u64, String)],
     max_voters: usize,
+    may_remove: bool,
 ) -> Result<Option<std::collections::BTreeSet<u64>>, Error>
 where
     SM: openraft::storage::RaftStateMachine<TypeConfig>,
@@ -1596,12 +1734,13 @@ where
         })?;
         map_write(group, r)?;
     }
-    let mut voters = membership.voter_ids().count();
+    let wanted = |id: u64| desired.iter().any(|(d, _)| *d == id);
+    // Voters are counted among the wanted nodes only, so a replacement is promoted beside
+    // the replica it replaces (which is removed below once the replacement votes).
+    let mut voters = membership.voter_ids().filter(|v| wanted(*v)).count();
+    let mut promoted = false;
     for id in membership.learner_ids() {
-        if voters >= max_voters || !caught_up.contains(&id) {
-            continue;
-        }
-        if !desired.iter().any(|(d, _)| *d == id) {
+        if voters >= max_voters || !caught_up.contains(&id) || !wanted(id) {
             continue;
         }
         tracing::info!(group, node = id, "promoting a caught-up learner to voter");
@@ -1619,6 +1758,66 @@ where
         })?;
         map_write(group, r)?;
         voters += 1;
+        promoted = true;
+    }
+    if promoted || !may_remove {
+        // After a promotion the membership changed under us: removals are decided on the
+        // next round. Without `may_remove` the caller's view of who is wanted may be
+        // older than this membership, and removing on it could undo a replacement.
+        return Ok(Some(caught_up));
+    }
+    // Members no longer wanted (their node was replaced or retired). A learner goes at
+    // once; a voter only once as many wanted voters as there should be are in place, so a
+    // removal never shrinks the group below what it is meant to have.
+    let stale_learners: std::collections::BTreeSet<u64> =
+        membership.learner_ids().filter(|id| !wanted(*id)).collect();
+    let target = max_voters.min(desired.len());
+    let stale_voters: std::collections::BTreeSet<u64> = if voters >= target {
+        membership.voter_ids().filter(|id| !wanted(*id)).collect()
+    } else {
+        Default::default()
+    };
+    if stale_voters.contains(&me) {
+        // A leader does not remove itself: it hands the group to a caught-up wanted voter,
+        // whose reconciler then removes this replica.
+        let to = membership
+            .voter_ids()
+            .find(|id| *id != me && wanted(*id) && caught_up.contains(id));
+        if let Some(to) = to {
+            tracing::info!(
+                group,
+                to,
+                "handing leadership over before leaving the group"
+            );
+            let _ = raft.trigger().transfer_leader(to).await;
+        }
+        return Ok(Some(caught_up));
+    }
+    let changes: Vec<openraft::ChangeMembers<u64, openraft::impls::BasicNode>> = [
+        (!stale_voters.is_empty())
+            .then(|| openraft::ChangeMembers::RemoveVoters(stale_voters.clone())),
+        (!stale_learners.is_empty())
+            .then(|| openraft::ChangeMembers::RemoveNodes(stale_learners.clone())),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for change in changes {
+        tracing::info!(
+            group,
+            ?change,
+            "removing replicas of nodes no longer wanted"
+        );
+        let r = tokio::time::timeout(
+            MEMBERSHIP_CHANGE_TIMEOUT,
+            raft.change_membership(change, false),
+        )
+        .await
+        .map_err(|_| Error::Unavailable {
+            group,
+            reason: "removing a replica timed out".into(),
+        })?;
+        map_write(group, r)?;
     }
     Ok(Some(caught_up))
 }

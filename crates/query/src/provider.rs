@@ -652,7 +652,7 @@ impl ExecutionPlan for ShardScanExec {
                 futures::stream::empty(),
             )));
         }
-        let store = self.registry.store(vshard).cloned().ok_or_else(|| {
+        let store = self.registry.store(vshard).ok_or_else(|| {
             DataFusionError::External(Box::new(QueryError::from(self.registry.not_hosted(vshard))))
         })?;
         let req = self.request.clone();

@@ -28,7 +28,7 @@ use shoal_cluster::rpc::{
 use shoal_cluster::swim::{MemberState, NodeIdentity as SwimIdentity};
 use shoal_cluster::{Membership, PeerHandler, Peers};
 use shoal_consensus::transport::{RaftMessage, RaftRpc, TransportError};
-use shoal_consensus::{ClusterOp, Command, NodeAddrs, NodeState, Registry, Response};
+use shoal_consensus::{ClusterOp, Command, NodeAddrs, NodeEntry, NodeState, Registry, Response};
 use shoal_query::{FragmentRunner, QueryEngine, QueryOptions, QueryOutput, RemoteError};
 use tokio::net::{TcpListener, UdpSocket};
 use tonic::{Code, Status};
@@ -183,7 +183,35 @@ impl PeerHandler for Shared {
         }
     }
 
-    async fn raft(&self, _caller: Caller, req: RaftRequest) -> Result<BytesReply, Status> {
+    async fn raft(&self, caller: Caller, req: RaftRequest) -> Result<BytesReply, Status> {
+        if req.to_node != 0 && req.to_node != self.node_id {
+            // Once a minute at most: the sender retries with backoff until its registry
+            // moves on.
+            static WARNED_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let now = shoal_common::time::now_nanos() as u64 / 1_000_000;
+            let last = WARNED_MS.load(std::sync::atomic::Ordering::Relaxed);
+            if now.saturating_sub(last) >= 60_000
+                && WARNED_MS
+                    .compare_exchange(
+                        last,
+                        now,
+                        std::sync::atomic::Ordering::Relaxed,
+                        std::sync::atomic::Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                tracing::warn!(
+                to = req.to_node,
+                from = caller.node_id,
+                    "refused Raft traffic meant for another node (this address now belongs to node {})",
+                    self.node_id
+                );
+            }
+            return Err(Status::failed_precondition(format!(
+                "{WRONG_NODE}: this is node {}, not node {} (that identity is gone from this address)",
+                self.node_id, req.to_node
+            )));
+        }
         let registry = self.registry()?;
         let kind = RaftRpc::from_u32(req.kind).ok_or_else(|| {
             Status::invalid_argument(format!("unknown Raft message kind {}", req.kind))
@@ -406,6 +434,94 @@ pub struct MaintenanceConfig {
     pub quiesce_after: Duration,
     /// `leader_balance_interval_ms` (zero: never balance).
     pub balance_every: Duration,
+    /// `dead_replica_timeout_ms` (zero: never replace a host for being down).
+    pub dead_replica_timeout: Duration,
+    /// The data directory, whose `node.json` records whether this node hosts vshards.
+    pub data_dir: std::path::PathBuf,
+}
+
+/// Prefix of the refusal of Raft traffic addressed to another node id.
+pub const WRONG_NODE: &str = "wrong node";
+
+/// How long SWIM has reported each node down, as seen by this node's maintenance loop.
+#[derive(Default)]
+struct DownSince(std::collections::BTreeMap<u64, tokio::time::Instant>);
+
+struct SwimLiveness<'a> {
+    membership: &'a Membership,
+    down: &'a DownSince,
+}
+
+impl shoal_consensus::placement::Liveness for SwimLiveness<'_> {
+    fn alive(&self, node: u64) -> bool {
+        self.membership.state_of(node) == Some(MemberState::Alive)
+    }
+    fn down_for(&self, node: u64) -> Option<Duration> {
+        self.down.0.get(&node).map(|t| t.elapsed())
+    }
+}
+
+impl DownSince {
+    /// Notes who SWIM reports DEAD or LEFT (or does not know at all) now.
+    fn update(&mut self, membership: &Membership, nodes: impl Iterator<Item = u64>) {
+        let now = tokio::time::Instant::now();
+        let mut seen = std::collections::BTreeMap::new();
+        for id in nodes {
+            let down = matches!(
+                membership.state_of(id),
+                None | Some(MemberState::Dead | MemberState::Left)
+            );
+            if down {
+                seen.insert(id, self.0.get(&id).copied().unwrap_or(now));
+            }
+        }
+        self.0 = seen;
+    }
+}
+
+/// On group 0's leader: proposes the replica replacements `placement::plan` asks for.
+async fn replace_hosts(
+    registry: &Registry,
+    membership: &Membership,
+    down: &DownSince,
+    dead_replica_timeout: Duration,
+) {
+    let nodes = registry.catalog().read().nodes.clone();
+    let live = SwimLiveness { membership, down };
+    for r in shoal_consensus::placement::plan(&nodes, &live, dead_replica_timeout) {
+        tracing::warn!(old = r.old, new = ?r.new, retire = r.retire, why = %r.why, "replacing a node's vshard replicas");
+        let op = ClusterOp::ReplaceNode {
+            old: r.old,
+            new: r.new,
+            retire: r.retire,
+        };
+        if let Err(e) = registry.propose_meta(Command::Cluster(op)).await {
+            tracing::warn!(old = r.old, error = %e, "replacing a node's replicas failed; will retry");
+        }
+    }
+}
+
+/// Makes this node host vshards, or stop, as group 0's registry says, and records it in
+/// `node.json` so a restart opens the right groups before it serves.
+async fn follow_hosting(registry: &Registry, data_dir: &std::path::Path, entry: &NodeEntry) {
+    let want = entry.hosts_vshards && entry.state != NodeState::Decommissioned;
+    if want == registry.hosts_vshards() {
+        return;
+    }
+    if want {
+        if let Err(e) = crate::datadir::set_hosts_vshards(data_dir, true) {
+            tracing::warn!(error = %e, "recording that this node hosts vshards; will retry");
+            return;
+        }
+        if let Err(e) = registry.start_hosting().await {
+            tracing::warn!(error = %e, "starting to host vshards; will retry");
+        }
+    } else {
+        registry.stop_hosting().await;
+        if let Err(e) = crate::datadir::set_hosts_vshards(data_dir, false) {
+            tracing::warn!(error = %e, "recording that this node no longer hosts vshards");
+        }
+    }
 }
 
 pub fn spawn_maintenance(
@@ -420,9 +536,12 @@ pub fn spawn_maintenance(
         max_voters,
         quiesce_after,
         balance_every,
+        dead_replica_timeout,
+        data_dir,
     } = cfg;
     tokio::spawn(async move {
         let mut balanced_at = tokio::time::Instant::now();
+        let mut down = DownSince::default();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut round: u64 = 0;
@@ -436,7 +555,7 @@ pub fn spawn_maintenance(
             }
             let me = shared.node_id;
             let entry = registry.catalog().read().nodes.get(&me).cloned();
-            let op = match entry {
+            let op = match &entry {
                 None => Some(ClusterOp::AddNode {
                     id: me,
                     token: 0,
@@ -449,15 +568,18 @@ pub fn spawn_maintenance(
                     hosts_vshards: shared.hosts_vshards,
                     max_hosts: None,
                 }),
-                Some(n) if n.addrs != shared.addrs || n.hosts_vshards != shared.hosts_vshards => {
-                    Some(ClusterOp::UpdateAddrs {
-                        id: me,
-                        addrs: shared.addrs.clone(),
-                        hosts_vshards: Some(shared.hosts_vshards),
-                    })
-                }
+                // Whether it hosts vshards is group 0's to say (a replacement may have
+                // changed it while this node was away); the node follows, below.
+                Some(n) if n.addrs != shared.addrs => Some(ClusterOp::UpdateAddrs {
+                    id: me,
+                    addrs: shared.addrs.clone(),
+                    hosts_vshards: None,
+                }),
                 Some(_) => None,
             };
+            if let Some(n) = &entry {
+                follow_hosting(&registry, &data_dir, n).await;
+            }
             if let Some(op) = op {
                 if let Err(e) = registry.propose_meta(Command::Cluster(op)).await {
                     tracing::debug!(error = %e, "registering this node's addresses; will retry");
@@ -468,6 +590,22 @@ pub fn spawn_maintenance(
                 .await
             {
                 tracing::debug!(error = %e, "reconciling group 0 membership; will retry");
+            }
+            if view.leader == Some(me) {
+                let ids = registry
+                    .catalog()
+                    .read()
+                    .nodes
+                    .keys()
+                    .copied()
+                    .collect::<Vec<_>>();
+                down.update(&membership, ids.into_iter().filter(|id| *id != me));
+                if round.is_multiple_of(4) {
+                    replace_hosts(&registry, &membership, &down, dead_replica_timeout).await;
+                }
+            } else {
+                // Only the leader decides; a new leader starts counting afresh.
+                down = DownSince::default();
             }
             registry.shed_leaders_if_disk_full().await;
             // Closed timestamps go out every tick (only those that moved).

@@ -40,6 +40,9 @@ pub struct NodeConfig {
     /// Replicas of every vshard. Nodes that join while fewer nodes hold vshards hold a
     /// replica of each; further nodes hold none (yet).
     pub replication_factor: usize,
+    /// A vshard host that SWIM has reported down (DEAD) for this long hands its replicas
+    /// to an alive node that holds none, restoring `replication_factor`. 0 = never.
+    pub dead_replica_timeout_ms: u64,
     /// Largest inter-node message (checked before allocating).
     pub rpc_max_message_bytes: usize,
     /// Inter-node connections open at once; the excess is closed at accept.
@@ -123,6 +126,7 @@ impl Default for NodeConfig {
             join_timeout_ms: 60_000,
             max_voters: 5,
             replication_factor: 3,
+            dead_replica_timeout_ms: 300_000,
             quiesce_after_ms: 2_000,
             leader_balance_interval_ms: 1_000,
             rpc_max_message_bytes: 64 * MIB as usize,

@@ -81,6 +81,21 @@ pub struct DataDir {
     _lock: File,
 }
 
+/// Records in `node.json` whether this node hosts vshards (group 0 decides; the file lets
+/// a restart open the right groups before group 0 is reachable).
+pub fn set_hosts_vshards(path: &Path, hosts: bool) -> Result<(), String> {
+    let file = path.join(NODE_FILE);
+    let bytes = std::fs::read(&file).map_err(|e| format!("reading {}: {e}", file.display()))?;
+    let mut id: NodeIdentity =
+        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+    if id.hosts_vshards == hosts {
+        return Ok(());
+    }
+    id.hosts_vshards = hosts;
+    let bytes = serde_json::to_vec_pretty(&id).map_err(|e| e.to_string())?;
+    shoal_storage::manifest::write_atomic(path, NODE_FILE, &bytes).map_err(|e| e.to_string())
+}
+
 fn new_cluster_id() -> String {
     let mut bytes = Vec::new();
     bytes.extend_from_slice(&shoal_common::time::now_nanos().to_le_bytes());

@@ -433,6 +433,8 @@ async fn run(
             max_voters: cfg.max_voters,
             quiesce_after: Duration::from_millis(cfg.quiesce_after_ms),
             balance_every: Duration::from_millis(cfg.leader_balance_interval_ms),
+            dead_replica_timeout: Duration::from_millis(cfg.dead_replica_timeout_ms),
+            data_dir: cfg.data_dir.clone(),
         },
     );
     let flusher = registry.spawn_flusher();
