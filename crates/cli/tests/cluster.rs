@@ -1082,12 +1082,17 @@ async fn a_wiped_node_rejoins_under_a_new_id_and_takes_over_the_old_replicas() {
 
     c[2].kill9();
     std::fs::remove_dir_all(&dirs[2]).expect("wipe node 3");
+    let wiped = Instant::now();
     c[2].restart().await;
     assert_eq!(c[2].node_id, 4, "a wiped node joins under a new id");
     eventually("node 4 votes in every vshard in place of node 3", || {
         voters_are(&c[0], "1,2,4")
     })
     .await;
+    println!(
+        "wiped node: a voter of every vshard {:?} after its restart",
+        wiped.elapsed()
+    );
     eventually("node 3 retired", || async {
         nodes(&c[0])
             .await
@@ -1142,11 +1147,16 @@ async fn a_host_dead_past_the_timeout_is_replaced_by_a_node_without_replicas() {
     assert_eq!(s, 204, "{b}");
     assert_eq!(local_rows(&c[3]).await, None, "node 4 holds no replica yet");
 
+    let killed = Instant::now();
     c[1].kill9();
     eventually("node 4 votes in every vshard in place of node 2", || {
         voters_are(&c[0], "1,3,4")
     })
     .await;
+    println!(
+        "dead host (timeout 3 s): replaced in every vshard {:?} after the kill",
+        killed.elapsed()
+    );
     eventually("node 4's own replicas hold every row", || async {
         (local_rows(&c[3]).await? == 500).then_some(())
     })

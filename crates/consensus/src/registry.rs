@@ -55,8 +55,8 @@ pub struct GroupsConfig {
     /// Start a new cluster: initialize group 0 with this node as its only voter (a node
     /// that joined waits for the leader instead).
     pub bootstrap: bool,
-    /// Open (and, when new, create) this node's vshard groups. Until vshards are
-    /// replicated, only the node that bootstrapped the cluster hosts them.
+    /// Open (and, when new, create) this node's vshard groups at start (`node.json` says
+    /// whether it hosts; group 0's registry decides later, see `Registry::start_hosting`).
     pub host_vshards: bool,
 }
 

@@ -92,6 +92,31 @@ impl Host {
         format!("http://{}:{HTTP_PORT}", self.ip)
     }
 
+    /// Deletes everything in the (stopped) node's data directory, as a lost or replaced
+    /// disk would, and makes the next start join through `seeds` (a node with no data and
+    /// no seeds would bootstrap a cluster of its own).
+    pub fn wipe(&mut self, seeds: String) -> Result<(), String> {
+        if self.child.is_some() {
+            return Err(format!(
+                "host {} is running; kill it before wiping",
+                self.index
+            ));
+        }
+        // The directory itself may be a tmpfs mount point: empty it, keep it.
+        let entries = std::fs::read_dir(&self.data_dir).map_err(|e| e.to_string())?;
+        for e in entries.flatten() {
+            let p = e.path();
+            let r = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            r.map_err(|e| format!("wiping {}: {e}", p.display()))?;
+        }
+        self.join = Some(seeds);
+        Ok(())
+    }
+
     pub fn rpc_addr(&self) -> String {
         format!("{}:{RPC_PORT}", self.ip)
     }

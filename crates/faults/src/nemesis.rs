@@ -44,6 +44,9 @@ pub enum Fault {
     RollingRestart,
     /// One node's disk (its own tmpfs) filled to the last byte; freed at heal.
     DiskFull,
+    /// kill -9 a random node and delete its data directory; at heal it starts again with
+    /// no data and joins under a new id (and must take over the old identity's replicas).
+    Wipe,
 }
 
 impl Fault {
@@ -88,6 +91,7 @@ impl Fault {
             "restart" => Fault::Restart,
             "rolling-restart" => Fault::RollingRestart,
             "disk-full" => Fault::DiskFull,
+            "wipe" => Fault::Wipe,
             _ => return None,
         })
     }

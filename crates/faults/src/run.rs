@@ -197,7 +197,7 @@ async fn run_in_hub(
             .then_some(())
     })
     .await?;
-    let ids: BTreeMap<u64, usize> = hosts.iter().map(|h| (h.node_id, h.index)).collect();
+    let mut ids: BTreeMap<u64, usize> = hosts.iter().map(|h| (h.node_id, h.index)).collect();
     timeline.note(
         &rec,
         format!(
@@ -239,6 +239,13 @@ async fn run_in_hub(
     for step in steps {
         if Instant::now() >= end {
             break;
+        }
+        // A wiped host came back under a new id.
+        for h in hosts.iter_mut() {
+            if h.read_node_id().is_some() {
+                ids.retain(|_, i| *i != h.index);
+                ids.insert(h.node_id, h.index);
+            }
         }
         let undo = apply(
             &step.fault,
@@ -588,6 +595,19 @@ async fn apply(
             hosts[random - 1].stop(Duration::from_secs(15));
             let r = hosts[random - 1].start();
             r.map(|_| format!("host {random} started again"))
+        }
+        Fault::Wipe => {
+            hosts[random - 1].kill9();
+            undo.killed.push(random);
+            let seeds = hosts
+                .iter()
+                .filter(|h| h.index != random)
+                .map(Host::rpc_addr)
+                .collect::<Vec<_>>()
+                .join(",");
+            hosts[random - 1]
+                .wipe(seeds)
+                .map(|_| format!("kill -9 host {random} and wipe its data directory"))
         }
         Fault::DiskFull => {
             let r = hosts[random - 1].fill_disk();

@@ -95,7 +95,9 @@ pub struct Shared {
     pub gossip_addr: SocketAddr,
     pub registry: OnceLock<Arc<Registry>>,
     pub engine: OnceLock<Arc<QueryEngine>>,
-    /// Whether this node holds vshard replicas.
+    /// Whether this node held vshard replicas when it started (from `node.json`); what it
+    /// registers with. Group 0's registry decides from then on (the maintenance loop
+    /// follows it).
     pub hosts_vshards: bool,
     /// Replicas per vshard; a joining node hosts vshards while fewer nodes do.
     pub replication_factor: usize,

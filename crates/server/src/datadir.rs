@@ -21,8 +21,8 @@ pub struct NodeIdentity {
     pub cluster_id: String,
     pub node_id: u64,
     pub vshards: u32,
-    /// Whether this node hosts the vshard groups (until vshards are replicated, only the
-    /// node that bootstrapped the cluster does; older directories are all such nodes).
+    /// Whether this node hosts the vshard groups, as group 0 last said (older directories
+    /// are all hosts). Read at start so the groups open before group 0 is reachable.
     #[serde(default = "yes")]
     pub hosts_vshards: bool,
 }
