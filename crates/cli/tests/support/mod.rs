@@ -26,6 +26,10 @@ pub struct Node {
     pub node_id: u64,
     pub stderr: Arc<Mutex<String>>,
     extra: Vec<String>,
+    /// Extra environment for the next (re)start.
+    pub env: Vec<(String, String)>,
+    /// The process started at least once (its pinned ports are its own from then on).
+    started_once: bool,
     /// Bind addresses for rpc and gossip (port 0 unless pinned, so restarts keep them).
     binds: (String, String),
 }
@@ -85,6 +89,8 @@ impl Node {
             node_id: 0,
             stderr: Default::default(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: vec![],
+            started_once: false,
             binds,
         }
     }
@@ -98,7 +104,38 @@ impl Node {
         self.child.as_ref().map(|c| c.id()).expect("running")
     }
 
+    /// Starts the process and reads its address line. A pinned node's first start retries
+    /// with other ports when one it picked was taken in the meantime (another test bound
+    /// it between `free_port` and the bind); later starts must keep their ports.
     pub fn spawn(&mut self) {
+        for attempt in 0.. {
+            match self.try_spawn() {
+                Ok(()) => {
+                    self.started_once = true;
+                    return;
+                }
+                Err(stderr) => {
+                    let repick = !self.started_once
+                        && self.binds.0 != "127.0.0.1:0"
+                        && stderr.contains("Address already in use")
+                        && attempt < 5;
+                    assert!(
+                        repick,
+                        "shoal exited before printing its address; stderr:\n{stderr}"
+                    );
+                    if let Ok(mut s) = self.stderr.lock() {
+                        s.clear();
+                    }
+                    self.binds = (
+                        format!("127.0.0.1:{}", free_port()),
+                        format!("127.0.0.1:{}", free_port()),
+                    );
+                }
+            }
+        }
+    }
+
+    fn try_spawn(&mut self) -> Result<(), String> {
         let mut child = Command::new(BIN)
             .arg("start")
             .arg("--data-dir")
@@ -112,6 +149,7 @@ impl Node {
             .arg("--gossip-addr")
             .arg(&self.binds.1)
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("SHOAL_LOG", "info,openraft=warn")
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
@@ -135,11 +173,15 @@ impl Node {
         loop {
             line.clear();
             let n = reader.read_line(&mut line).expect("read stdout");
-            assert!(
-                n > 0,
-                "shoal exited before printing its address; stderr:\n{}",
-                self.stderr_text()
-            );
+            if n == 0 {
+                let _ = child.wait();
+                // The stderr reader may still be copying the last lines.
+                let until = Instant::now() + Duration::from_secs(2);
+                while !self.stderr_text().contains("shoal:") && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                return Err(self.stderr_text());
+            }
             if line.contains("listening") {
                 let field = |key: &str| {
                     line.split_whitespace()
@@ -159,6 +201,7 @@ impl Node {
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in reader.lines() {});
         self.child = Some(child);
+        Ok(())
     }
 
     pub fn stderr_text(&self) -> String {
