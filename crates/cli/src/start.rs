@@ -47,6 +47,8 @@ pub struct StartArgs {
     replication_factor: Option<usize>,
     #[arg(long, env = "SHOAL_DEAD_REPLICA_TIMEOUT_MS")]
     dead_replica_timeout_ms: Option<u64>,
+    #[arg(long, env = "SHOAL_MAX_CLOCK_OFFSET_MS")]
+    max_clock_offset_ms: Option<u64>,
     #[arg(long, env = "SHOAL_QUIESCE_AFTER_MS")]
     quiesce_after_ms: Option<u64>,
     #[arg(long, env = "SHOAL_LEADER_BALANCE_INTERVAL_MS")]
@@ -166,6 +168,7 @@ pub fn resolve(args: &StartArgs) -> Result<NodeConfig, String> {
         max_voters,
         replication_factor,
         dead_replica_timeout_ms,
+        max_clock_offset_ms,
         quiesce_after_ms,
         leader_balance_interval_ms,
         rpc_max_message_bytes,
@@ -214,6 +217,19 @@ pub async fn run(args: StartArgs) -> Result<(), String> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    // A test hook, not a setting: the fault harness' clock-skew nemesis runs a node whose
+    // wall clock is off by this many milliseconds.
+    if let Ok(v) = std::env::var("SHOAL_TEST_CLOCK_SKEW_MS") {
+        let ms: i64 = v
+            .trim()
+            .parse()
+            .map_err(|_| format!("SHOAL_TEST_CLOCK_SKEW_MS: {v:?} is not a number of ms"))?;
+        tracing::warn!(
+            skew_ms = ms,
+            "this node's wall clock is skewed on purpose (SHOAL_TEST_CLOCK_SKEW_MS, a test hook)"
+        );
+        shoal_common::time::set_skew_for_tests(ms.saturating_mul(1_000_000));
+    }
 
     let mut node = shoal_server::start(cfg.clone()).await?;
     // Scripts and tests read the bound address from this line (port 0 picks a free port).

@@ -971,7 +971,8 @@ async fn bounded_staleness_reads_are_never_older_than_the_bound() {
     let (s, b) = c[0].write("bs,k=x v=0i 1").await;
     assert_eq!(s, 204, "{b}");
     const WRITES: i64 = 150;
-    const BOUND: Duration = Duration::from_millis(200);
+    // Wider than max_clock_offset_ms (250 ms), which a local read subtracts from it.
+    const BOUND: Duration = Duration::from_millis(600);
     let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(i64, Instant)>::new()));
     let writer = {
         let (url, acked) = (c[0].url("/write?db=x"), acked.clone());
@@ -1184,4 +1185,59 @@ async fn a_host_dead_past_the_timeout_is_replaced_by_a_node_without_replicas() {
     for n in &c[1..] {
         assert!(!n.stderr_text().contains("panicked"), "{}", n.stderr_text());
     }
+}
+
+/// A node whose clock is 2 s behind its peers': they measure the offset (SHOW NODES), it
+/// finds itself off from most of them (an ERROR line), and it serves bounded-staleness
+/// reads through the leaders' read index rather than from closed timestamps its clock
+/// would misjudge — results stay right, and nothing is served from a closed timestamp.
+#[tokio::test]
+async fn a_node_with_a_skewed_clock_stops_serving_bounded_reads_from_closed_timestamps() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dirs: Vec<_> = (1..=3).map(|i| tmp.path().join(format!("n{i}"))).collect();
+    let mut c = cluster(&[&dirs[0], &dirs[1], &dirs[2]]).await;
+    all_replicated(&c[0]).await;
+    c[2].env = vec![("SHOAL_TEST_CLOCK_SKEW_MS".into(), "-2000".into())];
+    c[2].restart().await;
+    let offset = eventually("node 1 measured node 3's offset", || async {
+        let r = rows(
+            &c[0],
+            "SELECT clock_offset_ms FROM system.nodes WHERE node_id = 3",
+        )
+        .await?;
+        r[0][0].as_i64().filter(|ms| (-2500..=-1500).contains(ms))
+    })
+    .await;
+    println!("node 1 sees node 3's clock {offset} ms off");
+    eventually("node 3 knows its clock is off", || async {
+        c[2].stderr_text()
+            .contains("clock is off from most of its peers")
+            .then_some(())
+    })
+    .await;
+    let sql = "SET read_consistency = 'bounded_staleness:5s'; SELECT count(*) FROM sk";
+    for i in 0..20 {
+        let (s, b) = c[0].write(&format!("sk,k=k{i} v={i} {}", i + 1)).await;
+        assert_eq!(s, 204, "{b}");
+        let (s, v) = c[2].sql(sql).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(
+            v["rows"][0][0].as_i64(),
+            Some(i + 1),
+            "a skewed node read stale data"
+        );
+    }
+    let served = must_rows(&c[2], "SELECT sum(closed_reads) FROM system.shards").await;
+    assert_eq!(
+        served[0][0].as_i64(),
+        Some(0),
+        "served from closed timestamps: {served}"
+    );
+    // Node 2, whose clock is right, does serve such reads from its closed timestamps.
+    eventually("node 2 serves a bounded read locally", || async {
+        let (s, _) = c[1].sql(sql).await;
+        let r = rows(&c[1], "SELECT sum(closed_reads) FROM system.shards").await?;
+        (s == 200 && r[0][0].as_i64()? > 0).then_some(())
+    })
+    .await;
 }

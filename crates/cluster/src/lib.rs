@@ -8,6 +8,7 @@
 //!   UDP ◀──▶ Membership (foca) ──subscribers──▶ routing hints, SHOW NODES
 //! ```
 
+pub mod clock;
 pub mod peers;
 pub mod rpc;
 pub mod server;

@@ -51,6 +51,10 @@ pub struct HelloReply {
     pub meta_leader: u64,
     #[prost(uint64, tag = "8")]
     pub meta_term: u64,
+    /// The answering node's wall clock (unix ns) when it answered, for clock-offset
+    /// measurement (0 from older nodes).
+    #[prost(int64, tag = "9")]
+    pub wall_ns: i64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

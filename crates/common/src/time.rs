@@ -1,15 +1,27 @@
 //! Time helpers. Shoal stores time as signed nanoseconds since the Unix epoch (UTC).
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub const NANOS_PER_DAY: i64 = 86_400 * 1_000_000_000;
 
+/// Added to the system clock by [`now_nanos`]; zero unless a test skews this process.
+static SKEW_NS: AtomicI64 = AtomicI64::new(0);
+
+/// Shifts this process's wall clock by `skew_ns` (the fault harness' clock-skew nemesis,
+/// through `SHOAL_TEST_CLOCK_SKEW_MS`): every wall-clock reading Shoal takes goes through
+/// [`now_nanos`], so the node behaves as on a host whose clock is off by that much.
+pub fn set_skew_for_tests(skew_ns: i64) {
+    SKEW_NS.store(skew_ns, Ordering::Relaxed);
+}
+
 /// Current wall-clock time in nanoseconds since the epoch.
 pub fn now_nanos() -> i64 {
-    match SystemTime::now().duration_since(UNIX_EPOCH) {
+    let raw = match SystemTime::now().duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
         Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
-    }
+    };
+    raw.saturating_add(SKEW_NS.load(Ordering::Relaxed))
 }
 
 /// The UTC day (days since the epoch, floor) that contains `ts_nanos`.

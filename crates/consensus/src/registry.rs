@@ -50,6 +50,9 @@ pub struct GroupsConfig {
     /// Writes are refused (507) while the data directory's file system has less free space.
     pub min_free_disk_bytes: u64,
     pub heartbeat_interval_ms: u64,
+    /// The largest clock offset between nodes that bounded-staleness reads allow for:
+    /// a closed timestamp (another node's clock) must be this much newer than the bound.
+    pub max_clock_offset_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
     /// Start a new cluster: initialize group 0 with this node as its only voter (a node
@@ -231,6 +234,9 @@ pub struct Registry {
     hosting: tokio::sync::Mutex<()>,
     /// Whether membership (SWIM) believes a node is alive; unset = assume alive.
     alive: std::sync::OnceLock<Arc<dyn Fn(u64) -> bool + Send + Sync>>,
+    /// Whether this node's clock agrees with its peers' within `max_clock_offset_ms`;
+    /// unset = assume it does.
+    clock_ok: std::sync::OnceLock<Arc<dyn Fn() -> bool + Send + Sync>>,
     /// The closed timestamp last sent to each (peer, vshard), so unchanged ones are not
     /// sent again.
     closed_sent: parking_lot::Mutex<BTreeMap<(u64, u32), i64>>,
@@ -357,6 +363,7 @@ impl Registry {
             shards: parking_lot::RwLock::new(Arc::new(shards)),
             hosting: tokio::sync::Mutex::new(()),
             alive: std::sync::OnceLock::new(),
+            clock_ok: std::sync::OnceLock::new(),
             closed_sent: Default::default(),
         });
         reg.bootstrap_and_wait(ready_timeout).await?;
@@ -561,6 +568,12 @@ impl Registry {
             let _ = std::fs::remove_dir_all(dir);
         }
         r
+    }
+
+    /// Tells the registry how to ask whether this node's clock is within
+    /// `max_clock_offset_ms` of its peers' (no: bounded reads take the read index).
+    pub fn set_clock_check(&self, ok: Arc<dyn Fn() -> bool + Send + Sync>) {
+        let _ = self.clock_ok.set(ok);
     }
 
     /// Tells the registry how to ask membership whether a node is alive (SWIM ALIVE).
@@ -899,9 +912,20 @@ impl Registry {
 
     /// Whether a read of `vshard` that may be `max_staleness` old can be served by this
     /// replica as it is (its closed timestamp is recent enough); counts the ones that can.
+    ///
+    /// The closed timestamp may come from the leader's clock, so the bound is narrowed by
+    /// `max_clock_offset_ms` (a bound no wider than that always takes the read index), and
+    /// a node whose clock disagrees with most of its peers' serves none from here.
     pub fn can_read_stale(&self, vshard: u32, max_staleness: Duration) -> bool {
+        let max_offset = Duration::from_millis(self.cfg.max_clock_offset_ms);
+        let Some(allowed) = max_staleness.checked_sub(max_offset) else {
+            return false;
+        };
+        if self.clock_ok.get().is_some_and(|ok| !ok()) {
+            return false;
+        }
         let oldest = shoal_common::time::now_nanos()
-            .saturating_sub(i64::try_from(max_staleness.as_nanos()).unwrap_or(i64::MAX));
+            .saturating_sub(i64::try_from(allowed.as_nanos()).unwrap_or(i64::MAX));
         let ok = self
             .closed_ts(vshard)
             .is_some_and(|closed| closed >= oldest);

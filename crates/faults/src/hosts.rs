@@ -32,6 +32,8 @@ pub struct Host {
     /// A tmpfs of this many MiB is mounted on the data directory (disk-full faults).
     disk_mib: Option<u64>,
     mounted: bool,
+    /// The next start runs with its wall clock this far off (`SHOAL_TEST_CLOCK_SKEW_MS`).
+    pub skew_ms: Option<i64>,
 }
 
 impl Host {
@@ -49,6 +51,7 @@ impl Host {
             join,
             disk_mib: None,
             mounted: false,
+            skew_ms: None,
         }
     }
 
@@ -165,6 +168,9 @@ impl Host {
             .arg(format!("{ip}:{GOSSIP_PORT}"));
         if let Some(seed) = &self.join {
             cmd.arg("--join").arg(seed);
+        }
+        if let Some(ms) = self.skew_ms {
+            cmd.env("SHOAL_TEST_CLOCK_SKEW_MS", ms.to_string());
         }
         let child = cmd
             .env("SHOAL_LOG", "info,openraft=warn")

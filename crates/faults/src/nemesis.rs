@@ -47,6 +47,11 @@ pub enum Fault {
     /// kill -9 a random node and delete its data directory; at heal it starts again with
     /// no data and joins under a new id (and must take over the old identity's replicas).
     Wipe,
+    /// A random node restarted with its wall clock 1–3 s behind (or ahead), then cut off
+    /// from one peer that does not lead group 0: the closed timestamps of the vshards that
+    /// peer leads stop moving on it while its skewed clock calls them fresh. Healed:
+    /// network back, restarted unskewed.
+    ClockSkew,
 }
 
 impl Fault {
@@ -65,6 +70,7 @@ impl Fault {
             "pause-leader",
             "restart",
             "rolling-restart",
+            "clock-skew",
         ]
     }
 
@@ -92,6 +98,7 @@ impl Fault {
             "rolling-restart" => Fault::RollingRestart,
             "disk-full" => Fault::DiskFull,
             "wipe" => Fault::Wipe,
+            "clock-skew" => Fault::ClockSkew,
             _ => return None,
         })
     }

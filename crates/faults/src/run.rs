@@ -522,6 +522,7 @@ struct Undo {
     killed: Vec<usize>,
     paused: Vec<usize>,
     filled: Vec<usize>,
+    skewed: Vec<usize>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -609,6 +610,49 @@ async fn apply(
                 .wipe(seeds)
                 .map(|_| format!("kill -9 host {random} and wipe its data directory"))
         }
+        Fault::ClockSkew => {
+            let ms = rng.range(1_000, 3_000) as i64 * if rng.below(4) == 0 { 1 } else { -1 };
+            let h = &mut hosts[random - 1];
+            h.kill9();
+            h.skew_ms = Some(ms);
+            undo.skewed.push(random);
+            let started = h.start();
+            let ready = match started {
+                Ok(()) => wait_ready(client, h).await,
+                Err(e) => Err(e),
+            };
+            // Its offsets to the peers measured (every 2 s), then cut it off.
+            let measured = poll("clock offsets measured", READY_DEADLINE, || async {
+                let r = client
+                    .rows(
+                        random,
+                        "SELECT count(*) FROM system.nodes WHERE NOT is_self AND clock_offset_ms IS NOT NULL",
+                        "eventual",
+                    )
+                    .await
+                    .ok()?;
+                (r.first()?[0].as_u64()? as usize + 1 >= n).then_some(())
+            });
+            // Then it loses one peer that does not lead group 0: it still passes the
+            // catalog barrier every bounded read takes, but the vshards that peer leads
+            // stop sending it closed timestamps — fresh ones, to its skewed clock.
+            match ready {
+                Ok(()) => match measured.await {
+                    Ok(()) => {
+                        let g = leader(Target::Meta).await;
+                        let cut = (1..=n).find(|h| *h != random && *h != g).unwrap_or(g);
+                        undo.network = true;
+                        net.partition(&[vec![random], vec![cut]]).map(|_| {
+                            format!(
+                                "host {random} restarted with its clock {ms:+} ms off, then cut off from host {cut} (group 0's leader: host {g})"
+                            )
+                        })
+                    }
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            }
+        }
         Fault::DiskFull => {
             let r = hosts[random - 1].fill_disk();
             undo.filled.push(random);
@@ -660,6 +704,13 @@ fn heal(
     for x in undo.filled {
         hosts[x - 1].free_disk();
         timeline.note(rec, format!("disk space back on host {x}"));
+    }
+    for x in undo.skewed {
+        let h = &mut hosts[x - 1];
+        h.kill9();
+        h.skew_ms = None;
+        h.start()?;
+        timeline.note(rec, format!("host {x} restarted with a true clock"));
     }
     Ok(())
 }

@@ -24,5 +24,5 @@ pub use distributed::{FragmentRunner, RemoteError};
 pub use engine::{QueryEngine, QueryOptions, QueryOutput, ReadConsistency};
 pub use error::{ErrorKind, QueryError};
 pub use session::{split_statements, Session, TxStatus};
-pub use system::{Lookup, NodeInfo};
+pub use system::{Lookup, LookupI64, NodeInfo};
 pub use write::{WriteOutcome, Writer};

@@ -6,7 +6,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::array::{
+    ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, UInt64Array,
+};
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::catalog::SchemaProvider;
 use datafusion::common::Result as DfResult;
@@ -25,6 +27,18 @@ pub struct NodeInfo {
     pub liveness: Lookup,
     /// This node's circuit breaker towards a node (`closed`, `open`, `half_open`).
     pub breaker: Lookup,
+    /// A node's clock minus this node's (ms), as last measured.
+    pub clock_offset: LookupI64,
+}
+
+/// Looks up a per-node number; `None` = unknown.
+#[derive(Clone, Default)]
+pub struct LookupI64(pub Option<Arc<dyn Fn(u64) -> Option<i64> + Send + Sync>>);
+
+impl fmt::Debug for LookupI64 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LookupI64")
+    }
 }
 
 /// Looks up a per-node string; `None` = unknown.
@@ -156,6 +170,20 @@ impl SystemSchema {
                         })
                         .collect(),
                 ),
+            ),
+            (
+                "clock_offset_ms",
+                Arc::new(Int64Array::from(
+                    rows.iter()
+                        .map(|n| {
+                            if n.id == me {
+                                Some(0)
+                            } else {
+                                self.node.clock_offset.0.as_ref().and_then(|f| f(n.id))
+                            }
+                        })
+                        .collect::<Vec<_>>(),
+                )) as ArrayRef,
             ),
             (
                 "is_self",

@@ -134,6 +134,7 @@ impl PeerHandler for Shared {
             generation: self.generation,
             meta_leader: view.leader.unwrap_or(0),
             meta_term: view.term,
+            wall_ns: shoal_common::time::now_nanos(),
         })
     }
 
@@ -440,6 +441,56 @@ pub struct MaintenanceConfig {
     pub dead_replica_timeout: Duration,
     /// The data directory, whose `node.json` records whether this node hosts vshards.
     pub data_dir: std::path::PathBuf,
+    /// For `Hello` round trips that measure clock offsets.
+    pub peers: Arc<Peers>,
+    pub clocks: Arc<shoal_cluster::clock::ClockOffsets>,
+}
+
+/// Measures the clock offset to every registered peer (one `Hello` each, concurrently,
+/// 1 s at most).
+async fn measure_clocks(
+    registry: &Registry,
+    peers: &Peers,
+    clocks: &shoal_cluster::clock::ClockOffsets,
+    me: u64,
+) {
+    let nodes = registry.catalog().read().nodes.clone();
+    let probes = nodes
+        .values()
+        .filter(|n| n.id != me && n.state != NodeState::Decommissioned)
+        // Not only those SWIM calls alive: a restarted node may still be catching up in
+        // SWIM's view; an unreachable one fails fast behind its breaker.
+        .map(|n| async move {
+            let sent = shoal_common::time::now_nanos();
+            let r = peers
+                .call(n.id, &n.addrs.rpc, |mut c| async move {
+                    c.hello(Duration::from_secs(1)).await
+                })
+                .await;
+            let received = shoal_common::time::now_nanos();
+            (n.id, r.map(|h| (h.wall_ns, sent, received)))
+        });
+    for (id, r) in futures::future::join_all(probes).await {
+        if let Ok((wall, sent, received)) = r {
+            if wall != 0 {
+                clocks.record(
+                    id,
+                    shoal_cluster::clock::Sample::from_round_trip(sent, wall, received),
+                );
+            }
+        }
+    }
+    for n in nodes
+        .values()
+        .filter(|n| n.state == NodeState::Decommissioned)
+    {
+        clocks.forget(n.id);
+    }
+    // Judged (and a change logged) after every round, not only when a read asks.
+    let has_peers = nodes
+        .values()
+        .any(|n| n.id != me && n.state != NodeState::Decommissioned);
+    clocks.healthy(has_peers);
 }
 
 /// Prefix of the refusal of Raft traffic addressed to another node id.
@@ -540,6 +591,8 @@ pub fn spawn_maintenance(
         balance_every,
         dead_replica_timeout,
         data_dir,
+        peers,
+        clocks,
     } = cfg;
     tokio::spawn(async move {
         let mut balanced_at = tokio::time::Instant::now();
@@ -608,6 +661,9 @@ pub fn spawn_maintenance(
             } else {
                 // Only the leader decides; a new leader starts counting afresh.
                 down = DownSince::default();
+            }
+            if round % 8 == 5 {
+                measure_clocks(&registry, &peers, &clocks, me).await;
             }
             registry.shed_leaders_if_disk_full().await;
             // Closed timestamps go out every tick (only those that moved).

@@ -101,6 +101,10 @@ pub struct NodeConfig {
     pub drain_timeout_ms: u64,
     /// Raft heartbeat interval.
     pub raft_heartbeat_ms: u64,
+    /// The largest clock offset between nodes that bounded-staleness reads allow for; a
+    /// node further off than this from most of its peers serves them through the read
+    /// index instead.
+    pub max_clock_offset_ms: u64,
     /// Raft election timeout range.
     pub raft_election_min_ms: u64,
     pub raft_election_max_ms: u64,
@@ -127,6 +131,7 @@ impl Default for NodeConfig {
             max_voters: 5,
             replication_factor: 3,
             dead_replica_timeout_ms: 300_000,
+            max_clock_offset_ms: 250,
             quiesce_after_ms: 2_000,
             leader_balance_interval_ms: 1_000,
             rpc_max_message_bytes: 64 * MIB as usize,

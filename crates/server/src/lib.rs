@@ -91,6 +91,7 @@ fn groups_config(cfg: &NodeConfig, dir: &DataDir, rpc_addr: &str) -> GroupsConfi
         flush_check_interval_ms: cfg.flush_check_interval_ms,
         min_free_disk_bytes: cfg.min_free_disk_bytes,
         heartbeat_interval_ms: cfg.raft_heartbeat_ms,
+        max_clock_offset_ms: cfg.max_clock_offset_ms,
         election_timeout_min_ms: cfg.raft_election_min_ms,
         election_timeout_max_ms: cfg.raft_election_max_ms,
     }
@@ -370,6 +371,22 @@ async fn run(
             matches!(m.state_of(id), Some(shoal_cluster::MemberState::Alive))
         }));
     }
+    let clocks = Arc::new(shoal_cluster::clock::ClockOffsets::new(
+        Duration::from_millis(cfg.max_clock_offset_ms),
+    ));
+    {
+        let c = clocks.clone();
+        let catalog = registry.catalog();
+        let me = dir.identity.node_id;
+        registry.set_clock_check(Arc::new(move || {
+            let has_peers = catalog
+                .read()
+                .nodes
+                .values()
+                .any(|n| n.id != me && n.state != shoal_consensus::NodeState::Decommissioned);
+            c.healthy(has_peers)
+        }));
+    }
     let _ = shared.registry.set(registry.clone());
     let partitions = match cfg.query_target_partitions {
         0 => std::thread::available_parallelism()
@@ -385,7 +402,12 @@ async fn run(
         let p = peers.clone();
         shoal_query::Lookup(Some(Arc::new(move |id| p.breaker(id).map(|b| b.as_str()))))
     };
+    let clock_offset = {
+        let c = clocks.clone();
+        shoal_query::LookupI64(Some(Arc::new(move |id| c.offset_ms(id))))
+    };
     let node = shoal_query::NodeInfo {
+        clock_offset,
         http_addr: addrs.http.clone(),
         pg_addr: addrs.pg.clone(),
         rpc_addr: addrs.rpc.clone(),
@@ -435,6 +457,8 @@ async fn run(
             balance_every: Duration::from_millis(cfg.leader_balance_interval_ms),
             dead_replica_timeout: Duration::from_millis(cfg.dead_replica_timeout_ms),
             data_dir: cfg.data_dir.clone(),
+            peers: peers.clone(),
+            clocks: clocks.clone(),
         },
     );
     let flusher = registry.spawn_flusher();
