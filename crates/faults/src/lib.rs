@@ -10,5 +10,6 @@ pub mod history;
 pub mod hosts;
 pub mod nemesis;
 pub mod net;
+pub mod netem;
 pub mod rng;
 pub mod run;

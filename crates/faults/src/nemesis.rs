@@ -30,6 +30,12 @@ pub enum Fault {
     Asymmetric,
     /// One node drops a share of the packets from its peers.
     Loss,
+    /// One node's packets to its peers held 50–300 ms (±25 %), through an NFQUEUE.
+    Delay,
+    /// One node's packets to its peers held 0–80 ms at random, so they overtake each other.
+    Reorder,
+    /// One node sends 10–40 % of its packets to its peers twice (iptables TEE).
+    Duplicate,
     /// kill -9 a random node; restarted at heal.
     Kill,
     /// kill -9 a group's leader; restarted at heal.
@@ -64,6 +70,9 @@ impl Fault {
             "bridge",
             "asymmetric",
             "loss",
+            "delay",
+            "reorder",
+            "duplicate",
             "kill",
             "kill-leader",
             "pause",
@@ -90,6 +99,9 @@ impl Fault {
             "bridge" => Fault::Bridge,
             "asymmetric" => Fault::Asymmetric,
             "loss" => Fault::Loss,
+            "delay" => Fault::Delay,
+            "reorder" => Fault::Reorder,
+            "duplicate" => Fault::Duplicate,
             "kill" => Fault::Kill,
             "kill-leader" => Fault::KillLeader(target(rng)),
             "pause" => Fault::Pause,
@@ -113,6 +125,9 @@ impl Fault {
                 | Fault::Bridge
                 | Fault::Asymmetric
                 | Fault::Loss
+                | Fault::Delay
+                | Fault::Reorder
+                | Fault::Duplicate
         )
     }
 }

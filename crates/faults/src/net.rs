@@ -185,10 +185,74 @@ impl Net {
         )
     }
 
+    /// Node `i`'s packets to its peers are held `delay` plus up to `jitter` (a jitter
+    /// wider than the gap between packets reorders them); client traffic is untouched.
+    /// Undone by [`Net::heal`] and dropping the returned delayer (in that order).
+    pub fn delay(
+        &self,
+        i: usize,
+        delay: std::time::Duration,
+        jitter: std::time::Duration,
+        seed: u64,
+    ) -> Result<crate::netem::Delayer, String> {
+        let delayer = crate::netem::Delayer::start(&self.node_ns(i), 0, delay, jitter, seed)?;
+        let subnet = format!("10.231.{}.0/24", self.subnet);
+        let hub = self.hub_ip().to_string();
+        self.iptables(i, &["-A", "OUTPUT", "-d", &hub, "-j", "ACCEPT"])?;
+        self.iptables(
+            i,
+            &[
+                "-A",
+                "OUTPUT",
+                "-d",
+                &subnet,
+                "-j",
+                "NFQUEUE",
+                "--queue-num",
+                "0",
+                "--queue-bypass",
+            ],
+        )?;
+        Ok(delayer)
+    }
+
+    /// Node `i` sends a random `percent` % of its packets to each peer twice (iptables'
+    /// `TEE` clones them to the same destination).
+    pub fn duplicate(&self, i: usize, percent: u32) -> Result<(), String> {
+        let p = format!("{:.3}", f64::from(percent) / 100.0);
+        for j in (1..=self.nodes).filter(|j| *j != i) {
+            let peer = self.ip(j).to_string();
+            self.iptables(
+                i,
+                &[
+                    "-t",
+                    "mangle",
+                    "-A",
+                    "POSTROUTING",
+                    "-d",
+                    &peer,
+                    "-m",
+                    "statistic",
+                    "--mode",
+                    "random",
+                    "--probability",
+                    &p,
+                    "-j",
+                    "TEE",
+                    "--gateway",
+                    &peer,
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
     /// Removes every network fault.
     pub fn heal(&self) -> Result<(), String> {
         for i in 1..=self.nodes {
             self.iptables(i, &["-F", "INPUT"])?;
+            self.iptables(i, &["-F", "OUTPUT"])?;
+            self.iptables(i, &["-t", "mangle", "-F", "POSTROUTING"])?;
         }
         Ok(())
     }

@@ -523,6 +523,8 @@ struct Undo {
     paused: Vec<usize>,
     filled: Vec<usize>,
     skewed: Vec<usize>,
+    /// Stopped (releasing what they hold) after the network rules are gone.
+    delayers: Vec<crate::netem::Delayer>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -580,6 +582,35 @@ async fn apply(
             let pct = rng.range(10, 40) as u32;
             net.loss(random, pct)
                 .map(|_| format!("loss: host {random} drops {pct}% from peers"))
+        }
+        Fault::Delay | Fault::Reorder => {
+            let (delay, jitter) = if matches!(fault, Fault::Delay) {
+                let d = rng.range(50, 300);
+                (d, d / 2)
+            } else {
+                (0, rng.range(20, 80))
+            };
+            let seed = rng.next_u64();
+            let lo = delay.saturating_sub(jitter / 2);
+            net.delay(
+                random,
+                Duration::from_millis(lo),
+                Duration::from_millis(jitter),
+                seed,
+            )
+            .map(|d| {
+                undo.delayers.push(d);
+                format!(
+                    "{fault:?}: host {random}'s packets to its peers held {lo}–{} ms",
+                    lo + jitter
+                )
+            })
+        }
+        Fault::Duplicate => {
+            let pct = rng.range(10, 40) as u32;
+            net.duplicate(random, pct).map(|_| {
+                format!("duplicate: host {random} sends {pct}% of its packets to peers twice")
+            })
         }
         Fault::Kill | Fault::KillLeader(_) => {
             hosts[victim - 1].kill9();
@@ -691,6 +722,7 @@ fn heal(
 ) -> Result<(), String> {
     if undo.network {
         net.heal()?;
+        drop(undo.delayers);
         timeline.note(rec, "heal network".into());
     }
     for x in undo.killed {
