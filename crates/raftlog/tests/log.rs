@@ -517,7 +517,19 @@ fn a_directory_is_opened_once_at_a_time() {
         Err(Error::Locked { .. })
     ));
     drop(log);
-    RaftLog::open(dir.path(), small_config()).unwrap();
+    // Released with the log. Polled: another test of this binary that spawns a process
+    // (the tmpfs one) can hold a forked copy of the lock's descriptor for the moment
+    // between its fork and its exec.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match RaftLog::open(dir.path(), small_config()) {
+            Ok(_) => break,
+            Err(Error::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("reopening after the log was dropped: {e}"),
+        }
+    }
 }
 
 #[test]
