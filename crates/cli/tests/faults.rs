@@ -28,13 +28,7 @@ fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
 /// Runs the harness once and fails the test on any violation; prints SKIP when it cannot
 /// run here (and need not).
 fn scenario(name: &str, seed: u64, faults: Vec<String>, secs: u64, nodes: usize) {
-    if let Err(why) = Net::check_support() {
-        assert!(
-            std::env::var("SHOAL_FAULTS_REQUIRED").as_deref() != Ok("1"),
-            "the fault harness must run here but cannot: {}",
-            why.0
-        );
-        println!("SKIP {name}: {}", why.0);
+    if !Net::supported_or_skip(name) {
         return;
     }
     // One cluster at a time: two would fight over two cores and time out on their own.

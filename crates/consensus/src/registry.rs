@@ -259,6 +259,13 @@ fn raft_config(
         // A node that was paused, partitioned or restarted asks before it campaigns, so it
         // cannot inflate its term and depose a healthy leader when it comes back.
         enable_pre_vote: Some(true),
+        // A leader killed and restarted inside its followers' lease must not take up its
+        // leadership again at once (openraft's default): Shoal persists neither the commit
+        // index nor applied rows before a flush, so the restored leader would confirm its
+        // leadership with a quorum and answer strong reads from a state that lacks
+        // acknowledged writes (the 5-node soak saw it). As a follower it learns the commit
+        // index from the next leader before it serves anything.
+        enable_leader_restore: Some(false),
         // A flush makes the log below it redundant on this replica.
         max_in_snapshot_log_to_keep: 0,
         purge_batch_size: 1,
@@ -1747,16 +1754,8 @@ where
             continue;
         }
         tracing::info!(group, node = id, rpc = %addr, "adding a learner");
-        let r = tokio::time::timeout(
-            MEMBERSHIP_CHANGE_TIMEOUT,
-            raft.add_learner(*id, openraft::impls::BasicNode::new(addr), false),
-        )
-        .await
-        .map_err(|_| Error::Unavailable {
-            group,
-            reason: "adding a learner timed out".into(),
-        })?;
-        map_write(group, r)?;
+        let add = raft.add_learner(*id, openraft::impls::BasicNode::new(addr), false);
+        membership_change(group, "adding a learner", add).await?;
     }
     let wanted = |id: u64| desired.iter().any(|(d, _)| *d == id);
     // Voters are counted among the wanted nodes only, so a replacement is promoted beside
@@ -1768,19 +1767,11 @@ where
             continue;
         }
         tracing::info!(group, node = id, "promoting a caught-up learner to voter");
-        let r = tokio::time::timeout(
-            MEMBERSHIP_CHANGE_TIMEOUT,
-            raft.change_membership(
-                openraft::ChangeMembers::AddVoterIds([id].into_iter().collect()),
-                true,
-            ),
-        )
-        .await
-        .map_err(|_| Error::Unavailable {
-            group,
-            reason: "promoting a learner timed out".into(),
-        })?;
-        map_write(group, r)?;
+        let promote = raft.change_membership(
+            openraft::ChangeMembers::AddVoterIds([id].into_iter().collect()),
+            true,
+        );
+        membership_change(group, "promoting a learner", promote).await?;
         voters += 1;
         promoted = true;
     }
@@ -1832,18 +1823,31 @@ where
             ?change,
             "removing replicas of nodes no longer wanted"
         );
-        let r = tokio::time::timeout(
-            MEMBERSHIP_CHANGE_TIMEOUT,
-            raft.change_membership(change, false),
-        )
+        let remove = raft.change_membership(change, false);
+        membership_change(group, "removing a replica", remove).await?;
+    }
+    Ok(Some(caught_up))
+}
+
+/// One membership change of `group`, given up after `MEMBERSHIP_CHANGE_TIMEOUT` (the
+/// reconciler retries on its next round).
+async fn membership_change(
+    group: u32,
+    what: &str,
+    change: impl std::future::Future<
+        Output = Result<
+            openraft::raft::ClientWriteResponse<TypeConfig>,
+            RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
+        >,
+    >,
+) -> Result<(), Error> {
+    let r = tokio::time::timeout(MEMBERSHIP_CHANGE_TIMEOUT, change)
         .await
         .map_err(|_| Error::Unavailable {
             group,
-            reason: "removing a replica timed out".into(),
+            reason: format!("{what} timed out"),
         })?;
-        map_write(group, r)?;
-    }
-    Ok(Some(caught_up))
+    map_write(group, r).map(|_| ())
 }
 
 /// On the leader: confirms leadership with a quorum and returns the index a linearizable
@@ -1980,5 +1984,37 @@ fn map_write(
             group,
             reason: e.to_string(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    #[test]
+    fn restarted_leaders_do_not_restore_their_leadership_and_pre_vote_is_on() {
+        let cfg = GroupsConfig {
+            node_id: 1,
+            node_addr: String::new(),
+            data_dir: PathBuf::new(),
+            vshards: 1,
+            log: LogConfig::default(),
+            store: StoreConfig::default(),
+            flush_hot_bytes: 1,
+            flush_age_ms: 1,
+            flush_check_interval_ms: 1,
+            min_free_disk_bytes: 0,
+            heartbeat_interval_ms: 100,
+            max_clock_offset_ms: 250,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            bootstrap: false,
+            host_vshards: false,
+        };
+        for policy in [SnapshotPolicy::Never, SnapshotPolicy::LogsSinceLast(10)] {
+            let c = raft_config(&cfg, 1, policy).expect("config");
+            assert_eq!(c.enable_leader_restore, Some(false));
+            assert_eq!(c.enable_pre_vote, Some(true));
+        }
     }
 }

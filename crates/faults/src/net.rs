@@ -44,6 +44,23 @@ pub struct Net {
 
 impl Net {
     /// Checks the tools and privileges the harness needs; the reason when it cannot run.
+    /// For tests: whether the harness can run here. When it cannot, prints `SKIP` and
+    /// why, or fails (panics) when `SHOAL_FAULTS_REQUIRED=1` (CI as root must run it).
+    pub fn supported_or_skip(name: &str) -> bool {
+        match Net::check_support() {
+            Ok(()) => true,
+            Err(why) => {
+                assert!(
+                    std::env::var("SHOAL_FAULTS_REQUIRED").as_deref() != Ok("1"),
+                    "the fault harness must run here but cannot: {}",
+                    why.0
+                );
+                println!("SKIP {name}: {}", why.0);
+                false
+            }
+        }
+    }
+
     pub fn check_support() -> Result<(), Unsupported> {
         if !nix::unistd::Uid::effective().is_root() {
             return Err(Unsupported("needs root for network namespaces".into()));
@@ -162,27 +179,30 @@ impl Net {
     /// Node `i` drops a random `percent` % of the packets it receives from other nodes.
     pub fn loss(&self, i: usize, percent: u32) -> Result<(), String> {
         let p = format!("{:.3}", f64::from(percent) / 100.0);
+        let rule = [
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            &p,
+            "-j",
+            "DROP",
+        ];
+        self.peers_rule(i, "INPUT", &rule)
+    }
+
+    /// Appends `rule` to node `i`'s `chain` for its traffic with the other nodes (`INPUT`
+    /// matches the source, `OUTPUT` the destination), behind a rule that lets client
+    /// traffic with the hub through untouched: the faults are between nodes.
+    fn peers_rule(&self, i: usize, chain: &str, rule: &[&str]) -> Result<(), String> {
+        let side = if chain == "INPUT" { "-s" } else { "-d" };
         let subnet = format!("10.231.{}.0/24", self.subnet);
         let hub = self.hub_ip().to_string();
-        // Client traffic from the hub stays clean: the fault is between nodes.
-        self.iptables(i, &["-A", "INPUT", "-s", &hub, "-j", "ACCEPT"])?;
-        self.iptables(
-            i,
-            &[
-                "-A",
-                "INPUT",
-                "-s",
-                &subnet,
-                "-m",
-                "statistic",
-                "--mode",
-                "random",
-                "--probability",
-                &p,
-                "-j",
-                "DROP",
-            ],
-        )
+        self.iptables(i, &["-A", chain, side, &hub, "-j", "ACCEPT"])?;
+        let mut args = vec!["-A", chain, side, &subnet];
+        args.extend_from_slice(rule);
+        self.iptables(i, &args)
     }
 
     /// Node `i`'s packets to its peers are held `delay` plus up to `jitter` (a jitter
@@ -196,23 +216,8 @@ impl Net {
         seed: u64,
     ) -> Result<crate::netem::Delayer, String> {
         let delayer = crate::netem::Delayer::start(&self.node_ns(i), 0, delay, jitter, seed)?;
-        let subnet = format!("10.231.{}.0/24", self.subnet);
-        let hub = self.hub_ip().to_string();
-        self.iptables(i, &["-A", "OUTPUT", "-d", &hub, "-j", "ACCEPT"])?;
-        self.iptables(
-            i,
-            &[
-                "-A",
-                "OUTPUT",
-                "-d",
-                &subnet,
-                "-j",
-                "NFQUEUE",
-                "--queue-num",
-                "0",
-                "--queue-bypass",
-            ],
-        )?;
+        let rule = ["-j", "NFQUEUE", "--queue-num", "0", "--queue-bypass"];
+        self.peers_rule(i, "OUTPUT", &rule)?;
         Ok(delayer)
     }
 

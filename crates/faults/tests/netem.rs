@@ -35,13 +35,7 @@ fn connect_time(net: &Net, to: SocketAddr) -> Duration {
 
 #[test]
 fn delayed_packets_arrive_late_and_healing_ends_it() {
-    if let Err(why) = Net::check_support() {
-        assert!(
-            std::env::var("SHOAL_FAULTS_REQUIRED").as_deref() != Ok("1"),
-            "the fault harness must run here but cannot: {}",
-            why.0
-        );
-        println!("SKIP: {}", why.0);
+    if !Net::supported_or_skip("netem") {
         return;
     }
     let net = Net::create(2).expect("namespaces");
