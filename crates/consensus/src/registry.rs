@@ -1758,46 +1758,43 @@ where
         membership_change(group, "adding a learner", add).await?;
     }
     let wanted = |id: u64| desired.iter().any(|(d, _)| *d == id);
-    // Voters are counted among the wanted nodes only, so a replacement is promoted beside
-    // the replica it replaces (which is removed below once the replacement votes).
-    let mut voters = membership.voter_ids().filter(|v| wanted(*v)).count();
-    let mut promoted = false;
+    // The voters this group should have: the wanted voters it has, plus caught-up wanted
+    // learners up to `max_voters`; voters no longer wanted (replaced or retired nodes) go
+    // in the same change once the wanted ones are complete. One joint-consensus step
+    // (`ReplaceAllVoters`) swaps a dead voter for its replacement: it needs a majority of
+    // the old set and of the new one, both of which the live voters have. Promoting the
+    // replacement first and removing later would pass through four voters, two of them
+    // possibly dead (the harness' wiped-disk scenario hit exactly that, and the group
+    // could never commit again).
+    let current: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+    let mut next: std::collections::BTreeSet<u64> =
+        current.iter().copied().filter(|v| wanted(*v)).collect();
     for id in membership.learner_ids() {
-        if voters >= max_voters || !caught_up.contains(&id) || !wanted(id) {
-            continue;
+        if next.len() < max_voters && caught_up.contains(&id) && wanted(id) {
+            next.insert(id);
         }
-        tracing::info!(group, node = id, "promoting a caught-up learner to voter");
-        let promote = raft.change_membership(
-            openraft::ChangeMembers::AddVoterIds([id].into_iter().collect()),
-            true,
-        );
-        membership_change(group, "promoting a learner", promote).await?;
-        voters += 1;
-        promoted = true;
     }
-    if promoted || !may_remove {
-        // After a promotion the membership changed under us: removals are decided on the
-        // next round. Without `may_remove` the caller's view of who is wanted may be
-        // older than this membership, and removing on it could undo a replacement.
+    let stale_voters: Vec<u64> = current.iter().copied().filter(|v| !wanted(*v)).collect();
+    // Without `may_remove` the caller's view of who is wanted may be older than this
+    // membership, and removing on it could undo a replacement: only promote then.
+    let complete = next.len() >= max_voters.min(desired.len());
+    if !(may_remove && complete) {
+        next.extend(stale_voters.iter().copied());
+    }
+    if next.contains(&me) && next != current {
+        tracing::info!(group, from = ?current, to = ?next, "changing voters");
+        let change = raft.change_membership(
+            openraft::ChangeMembers::ReplaceAllVoters(next.clone()),
+            false,
+        );
+        membership_change(group, "changing voters", change).await?;
+        // The membership changed under us: learners are looked at on the next round.
         return Ok(Some(caught_up));
     }
-    // Members no longer wanted (their node was replaced or retired). A learner goes at
-    // once; a voter only once as many wanted voters as there should be are in place, so a
-    // removal never shrinks the group below what it is meant to have.
-    let stale_learners: std::collections::BTreeSet<u64> =
-        membership.learner_ids().filter(|id| !wanted(*id)).collect();
-    let target = max_voters.min(desired.len());
-    let stale_voters: std::collections::BTreeSet<u64> = if voters >= target {
-        membership.voter_ids().filter(|id| !wanted(*id)).collect()
-    } else {
-        Default::default()
-    };
-    if stale_voters.contains(&me) {
+    if !next.contains(&me) {
         // A leader does not remove itself: it hands the group to a caught-up wanted voter,
         // whose reconciler then removes this replica.
-        let to = membership
-            .voter_ids()
-            .find(|id| *id != me && wanted(*id) && caught_up.contains(id));
+        let to = next.iter().copied().find(|id| caught_up.contains(id));
         if let Some(to) = to {
             tracing::info!(
                 group,
@@ -1808,23 +1805,17 @@ where
         }
         return Ok(Some(caught_up));
     }
-    let changes: Vec<openraft::ChangeMembers<u64, openraft::impls::BasicNode>> = [
-        (!stale_voters.is_empty())
-            .then(|| openraft::ChangeMembers::RemoveVoters(stale_voters.clone())),
-        (!stale_learners.is_empty())
-            .then(|| openraft::ChangeMembers::RemoveNodes(stale_learners.clone())),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    for change in changes {
-        tracing::info!(
-            group,
-            ?change,
-            "removing replicas of nodes no longer wanted"
-        );
-        let remove = raft.change_membership(change, false);
-        membership_change(group, "removing a replica", remove).await?;
+    if !may_remove {
+        return Ok(Some(caught_up));
+    }
+    // Learners no longer wanted go at once: they never count for a quorum.
+    let stale_learners: std::collections::BTreeSet<u64> =
+        membership.learner_ids().filter(|id| !wanted(*id)).collect();
+    if !stale_learners.is_empty() {
+        tracing::info!(group, learners = ?stale_learners, "removing learners of nodes no longer wanted");
+        let remove =
+            raft.change_membership(openraft::ChangeMembers::RemoveNodes(stale_learners), false);
+        membership_change(group, "removing a learner", remove).await?;
     }
     Ok(Some(caught_up))
 }
