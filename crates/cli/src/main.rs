@@ -8,6 +8,12 @@ mod start;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of glibc's malloc: the write path allocates and frees column buffers of
+/// a few hundred KiB per request, which glibc hands back to the kernel and faults in again
+/// (page faults and `malloc_consolidate` were a tenth of the ingest profile).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "shoal",

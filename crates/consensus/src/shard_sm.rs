@@ -104,7 +104,7 @@ fn apply_insert(
     recent: &mut RecentRequests,
     table_id: u64,
     request_id: Option<u64>,
-    ipc: &[u8],
+    ipc: &bytes::Bytes,
 ) -> Response {
     if let Some(id) = request_id {
         if recent.set.contains(&id) {

@@ -227,7 +227,7 @@ fn request_key(headers: &HeaderMap, q: &HashMap<String, String>, body: &[u8]) ->
     if let Some(k) = headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
         return shoal_common::hash::partition_hash(k.as_bytes());
     }
-    let mut h = shoal_common::hash::partition_hash(body);
+    let mut h = shoal_common::hash::body_hash(body);
     for k in ["db", "bucket", "precision", "rp", "org"] {
         if let Some(v) = q.get(k) {
             h ^= shoal_common::hash::partition_hash(format!("{k}={v}").as_bytes()).rotate_left(7);

@@ -67,12 +67,75 @@ struct TableData {
     parts: Vec<PartMeta>,
 }
 
+impl TableData {
+    /// Merges the small batches at the tail of the hot buffer (those at or above `floor`)
+    /// into one once there are enough of them. Concatenated in apply order and resolved with
+    /// last-write-wins, the merged batch holds exactly what the batches did.
+    fn merge_tail(&mut self, floor: u64) -> Result<()> {
+        let mut start = self.hot.len();
+        let mut rows = 0usize;
+        while start > 0 {
+            let (seq, h) = &self.hot[start - 1];
+            if *seq < floor || h.batch.num_rows() >= HOT_MERGE_ROWS {
+                break;
+            }
+            rows += h.batch.num_rows();
+            start -= 1;
+        }
+        let count = self.hot.len() - start;
+        if count < 2 || (rows < HOT_MERGE_ROWS && count < HOT_MERGE_BATCHES) {
+            return Ok(());
+        }
+        let tail: Vec<(u64, HotBatch)> = self.hot.drain(start..).collect();
+        let seq = tail.last().map(|(s, _)| *s).unwrap_or(floor);
+        let batches: Vec<RecordBatch> = tail.iter().map(|(_, h)| h.batch.clone()).collect();
+        let schema = union_schema(&batches);
+        let aligned: Vec<RecordBatch> = batches
+            .iter()
+            .map(|b| align_batch(b, &schema))
+            .collect::<Result<_>>()?;
+        let merged = concat_batches(&schema, &aligned)?;
+        let merged = match SeriesKey::of(&schema) {
+            Some(key) => dedup::resolve(merged, &key)?,
+            None => merged,
+        };
+        let min_ts = tail.iter().map(|(_, h)| h.min_ts).min().unwrap_or(0);
+        let max_ts = tail.iter().map(|(_, h)| h.max_ts).max().unwrap_or(0);
+        let before: u64 = tail
+            .iter()
+            .map(|(_, h)| h.batch.get_array_memory_size() as u64)
+            .sum();
+        self.hot_rows = self.hot_rows - rows as u64 + merged.num_rows() as u64;
+        self.hot_bytes =
+            (self.hot_bytes + merged.get_array_memory_size() as u64).saturating_sub(before);
+        self.hot.push((
+            seq,
+            HotBatch {
+                batch: merged,
+                min_ts,
+                max_ts,
+            },
+        ));
+        Ok(())
+    }
+}
+
 struct State {
     tables: HashMap<u64, TableData>,
     manifest: Manifest,
     next_seq: u64,
+    /// Hot batches with a lower sequence number belong to the last frozen cut and are never
+    /// merged: the flush that froze them drops exactly the sequence numbers below it.
+    merge_floor: u64,
     oldest_hot: Option<Instant>,
 }
+
+/// Applied batches smaller than this many rows are merged into one hot batch once the
+/// small ones at the tail of a table's hot buffer add up to it.
+pub const HOT_MERGE_ROWS: usize = 64 * 1024;
+/// ... or once this many small batches have gathered at the tail, whatever their size: one
+/// write of a few rows per request must not leave a scan with a million tiny batches.
+pub const HOT_MERGE_BATCHES: usize = 64;
 
 pub struct ShardStore {
     dir: PathBuf,
@@ -144,6 +207,7 @@ impl ShardStore {
                 tables,
                 manifest,
                 next_seq: 0,
+                merge_floor: 0,
                 oldest_hot: None,
             }),
             flush_lock: Mutex::new(()),
@@ -173,6 +237,7 @@ impl ShardStore {
         let seq = st.next_seq;
         st.next_seq += 1;
         st.oldest_hot.get_or_insert_with(Instant::now);
+        let floor = st.merge_floor;
         let t = st.tables.entry(table_id).or_default();
         t.hot_rows += batch.num_rows() as u64;
         t.hot_bytes += batch.get_array_memory_size() as u64;
@@ -184,7 +249,7 @@ impl ShardStore {
                 max_ts,
             },
         ));
-        Ok(())
+        t.merge_tail(floor)
     }
 
     pub fn stats(&self) -> ShardStats {
@@ -235,7 +300,8 @@ impl ShardStore {
         if self.flushing.swap(true, Ordering::AcqRel) {
             return None;
         }
-        let st = self.state.read();
+        let mut st = self.state.write();
+        st.merge_floor = st.next_seq;
         let tables = st
             .tables
             .iter()
@@ -613,6 +679,93 @@ mod tests {
         let (store, state) = ShardStore::open(dir.path(), StoreConfig::default()).expect("reopen");
         assert_eq!(state, Some(serde_json::json!({"applied": 3})));
         assert_eq!(rows(&store.scan_snapshot(7)), (0, 3));
+    }
+
+    /// A batch whose columns carry their roles, so repeated points are resolved.
+    fn keyed(ts: &[i64], sym: &[&str], price: &[f64]) -> RecordBatch {
+        use crate::arrow_schema::ROLE_KEY;
+        let b = batch(ts, sym, price);
+        let role = |r: &str| [(ROLE_KEY.to_string(), r.to_string())].into();
+        let s = b.schema();
+        let fields: Vec<Field> = s
+            .fields()
+            .iter()
+            .zip(["time", "tag", "field"])
+            .map(|(f, r)| f.as_ref().clone().with_metadata(role(r)))
+            .collect();
+        let schema = Arc::new(Schema::new_with_metadata(fields, s.metadata().clone()));
+        RecordBatch::try_new(schema, b.columns().to_vec()).expect("keyed")
+    }
+
+    fn hot_batches(store: &ShardStore, table: u64) -> usize {
+        store.scan_snapshot(table).hot.len()
+    }
+
+    #[test]
+    fn small_applied_batches_are_merged_and_keep_last_write_wins() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (store, _) = ShardStore::open(dir.path(), StoreConfig::default()).expect("open");
+        // Point (ts 0, A) is written again by every batch: the last price must win.
+        for i in 0..HOT_MERGE_BATCHES as i64 {
+            store
+                .insert(1, keyed(&[0, i + 1], &["A", "B"], &[i as f64, 0.0]))
+                .expect("insert");
+        }
+        assert_eq!(hot_batches(&store, 1), 1, "the small batches were merged");
+        let snap = store.scan_snapshot(1);
+        let merged = &snap.hot[0].batch;
+        assert_eq!(merged.num_rows(), 1 + HOT_MERGE_BATCHES);
+        let last = (HOT_MERGE_BATCHES - 1) as f64;
+        let prices = merged
+            .column(2)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .expect("f64");
+        let ts = merged
+            .column(0)
+            .as_any()
+            .downcast_ref::<TimestampNanosecondArray>()
+            .expect("ts");
+        let at_zero: Vec<f64> = (0..merged.num_rows())
+            .filter(|&r| ts.value(r) == 0)
+            .map(|r| prices.value(r))
+            .collect();
+        assert_eq!(at_zero, vec![last]);
+        assert_eq!(store.stats().hot_rows, merged.num_rows() as u64);
+    }
+
+    /// Batches frozen by a flush are never merged with later ones: the flush drops exactly
+    /// what it froze, so nothing is lost or written twice.
+    #[test]
+    fn merging_never_crosses_a_frozen_cut() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (store, _) = ShardStore::open(dir.path(), StoreConfig::default()).expect("open");
+        let mut ts = 0i64;
+        let mut next = |n: usize| {
+            let t: Vec<i64> = (0..n as i64).map(|i| ts + i).collect();
+            ts += n as i64;
+            t
+        };
+        for _ in 0..10 {
+            let t = next(3);
+            store
+                .insert(1, batch(&t, &["A"; 3], &[1.0; 3]))
+                .expect("insert");
+        }
+        let job = store.begin_flush().expect("flush");
+        for _ in 0..HOT_MERGE_BATCHES {
+            let t = next(3);
+            store
+                .insert(1, batch(&t, &["A"; 3], &[1.0; 3]))
+                .expect("insert");
+        }
+        // The 10 frozen batches stay as they were; the later ones were merged into one.
+        assert_eq!(hot_batches(&store, 1), 11);
+        job.commit(&store, serde_json::json!(null)).expect("commit");
+        let s = store.stats();
+        assert_eq!(s.part_rows, 30);
+        assert_eq!(s.hot_rows, 3 * HOT_MERGE_BATCHES as u64);
+        assert_eq!(hot_batches(&store, 1), 1);
     }
 
     #[test]
