@@ -108,6 +108,9 @@ pub struct StartArgs {
     /// Rows per Parquet row group [default: 262144]
     #[arg(long, env = "SHOAL_PARQUET_ROW_GROUP_ROWS")]
     parquet_row_group_rows: Option<usize>,
+    /// Compression of flushed Parquet parts: lz4, zstd or none [default: lz4]
+    #[arg(long, env = "SHOAL_PARQUET_COMPRESSION")]
+    parquet_compression: Option<String>,
     /// DataFusion target partitions; 0 = cores [default: 0]
     #[arg(long, env = "SHOAL_QUERY_TARGET_PARTITIONS")]
     query_target_partitions: Option<usize>,
@@ -192,6 +195,7 @@ pub fn resolve(args: &StartArgs) -> Result<NodeConfig, String> {
         wal_fsync,
         min_free_disk_bytes,
         parquet_row_group_rows,
+        parquet_compression,
         query_target_partitions,
         http_max_concurrent_requests,
         pg_max_connections,

@@ -17,6 +17,7 @@ use shoal_consensus::Registry;
 
 use crate::distributed::{DistributeScans, FragmentRunner, ShoalCodec};
 use crate::error::{ErrorKind, QueryError, Result};
+use crate::fastagg::FastAggregate;
 use crate::provider::ShoalSchema;
 use crate::session::{split_statements, Session};
 use crate::system::{NodeInfo, SystemSchema};
@@ -110,7 +111,9 @@ impl QueryEngine {
             .with_target_partitions(target_partitions.max(1));
         let mut builder = SessionStateBuilder::new()
             .with_config(config)
-            .with_default_features();
+            .with_default_features()
+            // Partial aggregates over a vshard read its storage directly (see `fastagg`).
+            .with_physical_optimizer_rule(Arc::new(FastAggregate));
         if let Some(runner) = remote {
             // Last, so it sees the plan every other rule has finished with.
             builder = builder.with_physical_optimizer_rule(Arc::new(DistributeScans::new(

@@ -14,6 +14,7 @@ pub mod ddl;
 pub mod distributed;
 pub mod engine;
 pub mod error;
+pub mod fastagg;
 pub mod pgcompat;
 pub mod provider;
 pub mod session;

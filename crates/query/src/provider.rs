@@ -367,13 +367,27 @@ impl ShardScanRequest {
     }
 }
 
-/// Reads one vshard's rows for a scan from this node's replica: the hot buffer and the
-/// Parquet parts whose time range the request can touch.
-fn scan_local(
-    store: &ShardStore,
-    req: &ShardScanRequest,
-    ctx: Arc<TaskContext>,
-) -> DfResult<SendableRecordBatchStream> {
+/// What one vshard's scan reads on this replica, split by whether repeated points may hide
+/// in it: `clean` sources overlap no other source in time and are read as they are; the
+/// `dirty` ones overlap another source and go through last-write-wins resolution.
+pub(crate) struct Sources {
+    pub parts: Vec<(PathBuf, PartMeta)>,
+    pub hot: Vec<HotBatch>,
+    pub dirty_parts: Vec<(PathBuf, PartMeta)>,
+    pub dirty_hot: Vec<HotBatch>,
+    /// The `ts` ranges where dirty sources overlap (see `shoal_storage::dedup`).
+    pub regions: Vec<(i64, i64)>,
+    pub key: Option<SeriesKey>,
+}
+
+impl Sources {
+    pub fn has_dirty(&self) -> bool {
+        self.key.is_some() && !(self.dirty_parts.is_empty() && self.dirty_hot.is_empty())
+    }
+}
+
+/// The hot batches and Parquet parts of one vshard whose time range the request can touch.
+pub(crate) fn sources(store: &ShardStore, req: &ShardScanRequest) -> Sources {
     let snap = store.scan_snapshot(req.table_id);
     let in_range =
         |lo: i64, hi: i64| req.min_ts.is_none_or(|l| hi >= l) && req.max_ts.is_none_or(|h| lo <= h);
@@ -401,25 +415,42 @@ fn scan_local(
         }
         None => vec![],
     };
-    let (dirty_parts, clean_parts): (Vec<_>, Vec<_>) = parts
+    let (dirty_parts, parts): (Vec<_>, Vec<_>) = parts
         .into_iter()
         .partition(|(_, p)| dedup::touches(&regions, p.min_ts, p.max_ts));
-    let (dirty_hot, clean_hot): (Vec<_>, Vec<_>) = hot
+    let (dirty_hot, hot): (Vec<_>, Vec<_>) = hot
         .into_iter()
         .partition(|h| dedup::touches(&regions, h.min_ts, h.max_ts));
+    Sources {
+        parts,
+        hot,
+        dirty_parts,
+        dirty_hot,
+        regions,
+        key,
+    }
+}
 
+/// Reads one vshard's rows for a scan from this node's replica: the hot buffer and the
+/// Parquet parts whose time range the request can touch.
+fn scan_local(
+    store: &ShardStore,
+    req: &ShardScanRequest,
+    ctx: Arc<TaskContext>,
+) -> DfResult<SendableRecordBatchStream> {
+    let src = sources(store, req);
     let mut plans = vec![];
-    if !clean_parts.is_empty() {
+    if !src.parts.is_empty() {
         plans.push(parquet_plan(
             req,
-            &clean_parts,
+            &src.parts,
             req.predicate.clone(),
             req.projection.clone(),
             req.limit,
         )?);
     }
-    if !clean_hot.is_empty() {
-        plans.push(hot_plan(req, &clean_hot, req.projection.clone())?);
+    if !src.hot.is_empty() {
+        plans.push(hot_plan(req, &src.hot, req.projection.clone())?);
     }
     let mut streams = vec![];
     for plan in plans {
@@ -427,20 +458,39 @@ fn scan_local(
             streams.push(plan.execute(p, ctx.clone())?);
         }
     }
-    if let (Some(key), false) = (key, dirty_parts.is_empty() && dirty_hot.is_empty()) {
-        streams.push(resolved_stream(
-            req,
-            &key,
-            &dirty_parts,
-            &dirty_hot,
-            regions,
-            ctx,
-        )?);
+    if src.has_dirty() {
+        streams.push(resolved_stream(req, &src, ctx)?);
     }
     Ok(Box::pin(RecordBatchStreamAdapter::new(
         req.output_schema()?,
         futures::stream::iter(streams).flatten(),
     )))
+}
+
+/// Waits until this node's replica of `vshard` may serve `req` at its read consistency
+/// (strong, or bounded staleness beyond what the replica's closed timestamp covers: the
+/// replica first catches up to its leader's read index) and returns its store.
+pub(crate) async fn open_replica(
+    registry: Arc<Registry>,
+    consistency: ReadConsistency,
+    vshard: u32,
+) -> DfResult<Arc<ShardStore>> {
+    let store = registry.store(vshard).ok_or_else(|| {
+        DataFusionError::External(Box::new(QueryError::from(registry.not_hosted(vshard))))
+    })?;
+    let local_ok = match &consistency {
+        ReadConsistency::Eventual => true,
+        // Served here when this replica's closed timestamp is within the bound.
+        ReadConsistency::BoundedStaleness(d) => registry.can_read_stale(vshard, *d),
+        ReadConsistency::Strong => false,
+    };
+    if !local_ok {
+        registry
+            .read_barrier(vshard, READ_BARRIER_TIMEOUT)
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(QueryError::from(e))))?;
+    }
+    Ok(store)
 }
 
 fn df_external(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
@@ -489,14 +539,17 @@ fn hot_plan(
 /// Reads sources that overlap in time, oldest first, and resolves the rows inside the
 /// overlap `regions` so that the newest of a repeated point wins. Only key predicates prune
 /// here: pruning by a value could hide the newer version of a point and expose the older.
-fn resolved_stream(
+pub(crate) fn resolved_stream(
     req: &ShardScanRequest,
-    key: &SeriesKey,
-    parts: &[(PathBuf, PartMeta)],
-    hot: &[HotBatch],
-    regions: Vec<(i64, i64)>,
+    src: &Sources,
     ctx: Arc<TaskContext>,
 ) -> DfResult<SendableRecordBatchStream> {
+    let Some(key) = &src.key else {
+        return Err(DataFusionError::Internal(
+            "resolving repeats of a table without series keys".into(),
+        ));
+    };
+    let (parts, hot, regions) = (&src.dirty_parts, &src.dirty_hot, src.regions.clone());
     let out_schema = req.output_schema()?;
     let wanted: Vec<usize> = match &req.projection {
         Some(p) => p.clone(),
@@ -593,6 +646,10 @@ impl ShardScanExec {
     pub fn request(&self) -> &ShardScanRequest {
         &self.request
     }
+
+    pub(crate) fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
 }
 
 impl DisplayAs for ShardScanExec {
@@ -652,33 +709,16 @@ impl ExecutionPlan for ShardScanExec {
                 futures::stream::empty(),
             )));
         }
-        let store = self.registry.store(vshard).ok_or_else(|| {
-            DataFusionError::External(Box::new(QueryError::from(self.registry.not_hosted(vshard))))
-        })?;
         let req = self.request.clone();
-        let local_ok = match &req.consistency {
-            ReadConsistency::Eventual => true,
-            // Served here when this replica's closed timestamp is within the bound.
-            ReadConsistency::BoundedStaleness(d) => self.registry.can_read_stale(vshard, *d),
-            ReadConsistency::Strong => false,
-        };
-        if local_ok {
-            return scan_local(&store, &req, context);
-        }
-        // strong, or bounded staleness on a replica further behind than the bound: the
-        // replica first catches up to its leader's read index.
-        let registry = self.registry.clone();
         let schema = req.output_schema()?;
-        let open = async move {
-            registry
-                .read_barrier(vshard, READ_BARRIER_TIMEOUT)
-                .await
-                .map_err(|e| DataFusionError::External(Box::new(QueryError::from(e))))?;
+        let open = open_replica(self.registry.clone(), req.consistency.clone(), vshard);
+        let stream = async move {
+            let store = open.await?;
             scan_local(&store, &req, context)
         };
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             schema,
-            futures::stream::once(open).try_flatten(),
+            futures::stream::once(stream).try_flatten(),
         )))
     }
 }

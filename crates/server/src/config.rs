@@ -85,6 +85,8 @@ pub struct NodeConfig {
     pub min_free_disk_bytes: u64,
     /// Rows per Parquet row group.
     pub parquet_row_group_rows: usize,
+    /// Compression of flushed Parquet parts: `lz4`, `zstd` or `none`.
+    pub parquet_compression: String,
     /// DataFusion target partitions; 0 = number of cores.
     pub query_target_partitions: usize,
     /// Requests the HTTP server works on at once; more wait in the accept queue.
@@ -155,6 +157,7 @@ impl Default for NodeConfig {
             wal_fsync: true,
             min_free_disk_bytes: 64 * MIB,
             parquet_row_group_rows: 256 * 1024,
+            parquet_compression: "lz4".into(),
             query_target_partitions: 0,
             http_max_concurrent_requests: 256,
             pg_max_connections: 256,
@@ -177,6 +180,16 @@ impl NodeConfig {
     }
 
     /// Checks values that would make the node misbehave.
+    /// `parquet_compression`, parsed.
+    pub fn part_compression(&self) -> Result<shoal_storage::PartCompression, String> {
+        shoal_storage::PartCompression::parse(&self.parquet_compression).ok_or_else(|| {
+            format!(
+                "parquet_compression {:?}: use \"lz4\", \"zstd\" or \"none\"",
+                self.parquet_compression
+            )
+        })
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.vshards == 0 || self.vshards > 4096 {
             return Err(format!(
@@ -194,6 +207,7 @@ impl NodeConfig {
                 "need raft_heartbeat_ms < raft_election_min_ms < raft_election_max_ms".into(),
             );
         }
+        self.part_compression()?;
         let method = crate::pgauth::AuthMethod::parse(&self.pg_auth)?;
         let users = crate::pgauth::parse_users(&self.pg_users)?;
         if method != crate::pgauth::AuthMethod::Trust && users.is_empty() {

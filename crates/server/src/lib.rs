@@ -84,6 +84,7 @@ fn groups_config(cfg: &NodeConfig, dir: &DataDir, rpc_addr: &str) -> GroupsConfi
         },
         store: shoal_storage::StoreConfig {
             parquet_row_group_rows: cfg.parquet_row_group_rows,
+            parquet_compression: cfg.part_compression().unwrap_or_default(),
             ..Default::default()
         },
         flush_hot_bytes: cfg.flush_hot_bytes,

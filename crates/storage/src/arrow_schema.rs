@@ -9,6 +9,12 @@
 //! | unsigned   | UInt64                      |
 //! | string     | Utf8                        |
 //! | boolean    | Boolean                     |
+//!
+//! Inside storage, tags are held dictionary-encoded ([`tag_storage_type`]) once they leave
+//! the write path: merged hot chunks and Parquet parts carry `Dictionary(Int32, Utf8)`, so a
+//! scan that groups or filters by a tag works on small integer keys and never materialises
+//! the strings. Scans hand DataFusion the logical type (`Utf8`) unless they ask for the
+//! stored form ([`to_logical`] casts back).
 
 use std::sync::Arc;
 
@@ -16,6 +22,75 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 use shoal_common::schema::{ColumnType, TableSchema};
+
+/// How a tag column is stored once merged or flushed: `Dictionary(Int32, Utf8)`.
+pub fn tag_storage_type() -> DataType {
+    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+}
+
+/// Whether a field is a tag (by its role metadata).
+pub fn is_tag(field: &Field) -> bool {
+    field.metadata().get(ROLE_KEY).map(String::as_str) == Some("tag")
+}
+
+/// `field` as storage holds it: tags dictionary-encoded, everything else unchanged.
+pub fn storage_field(field: &Field) -> Field {
+    if is_tag(field) && field.data_type() == &DataType::Utf8 {
+        field.clone().with_data_type(tag_storage_type())
+    } else {
+        field.clone()
+    }
+}
+
+/// Casts the tag columns of `batch` to [`tag_storage_type`] (a no-op for columns already
+/// encoded, and for batches without role metadata).
+pub fn to_storage(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    let schema = batch.schema();
+    if !schema
+        .fields()
+        .iter()
+        .any(|f| is_tag(f) && f.data_type() == &DataType::Utf8)
+    {
+        return Ok(batch.clone());
+    }
+    let fields: Vec<Field> = schema.fields().iter().map(|f| storage_field(f)).collect();
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(&fields)
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c.clone())
+            } else {
+                arrow::compute::cast(c, f.data_type())
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let schema = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
+    RecordBatch::try_new(schema, columns)
+}
+
+/// Casts every column of `batch` whose type differs from `schema`'s field of the same
+/// position back to that type (dictionary tags to `Utf8`). `batch` must already have
+/// `schema`'s columns in order.
+pub fn to_logical(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+    if batch.schema().fields() == schema.fields() {
+        return Ok(batch);
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c.clone())
+            } else {
+                arrow::compute::cast(c, f.data_type())
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(schema.clone(), columns)
+}
 
 /// Field metadata key that marks a column's Shoal role (`time`, `tag`, `field`).
 pub const ROLE_KEY: &str = "shoal.role";

@@ -22,10 +22,11 @@ pub mod arrow_schema;
 pub mod dedup;
 pub mod ipc;
 pub mod manifest;
+pub mod read;
 pub mod shard;
 
 pub use manifest::{Manifest, PartMeta};
-pub use shard::{FlushJob, HotBatch, ScanSnapshot, ShardStore, StoreConfig};
+pub use shard::{FlushJob, HotBatch, PartCompression, ScanSnapshot, ShardStore, StoreConfig};
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]

@@ -14,9 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{new_null_array, Array, ArrayRef, RecordBatch, TimestampNanosecondArray};
-use arrow::compute::{
-    concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch, SortColumn,
-};
+use arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use parking_lot::{Mutex, RwLock};
 use parquet::arrow::ArrowWriter;
@@ -25,6 +23,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use shoal_common::schema::TIME_COLUMN;
 use shoal_common::time::day_of;
 
+use crate::arrow_schema::{storage_field, to_storage};
 use crate::dedup::{self, SeriesKey};
 use crate::manifest::{sync_dir, Manifest, PartMeta};
 use crate::{Error, Result};
@@ -32,12 +31,44 @@ use crate::{Error, Result};
 /// Schema metadata key naming the partition-key column; flushes sort by it, then by `ts`.
 pub const PARTITION_KEY_META: &str = "shoal.partition_key";
 
+/// How Parquet pages are compressed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PartCompression {
+    #[default]
+    /// LZ4 (raw block format): decompresses several times faster than zstd, files a little
+    /// larger. The default: scans of flushed data are bound by decompression.
+    Lz4,
+    /// zstd at `parquet_zstd_level`: the smallest files.
+    Zstd,
+    None,
+}
+
+impl PartCompression {
+    pub fn parse(s: &str) -> Option<PartCompression> {
+        match s {
+            "lz4" => Some(PartCompression::Lz4),
+            "zstd" => Some(PartCompression::Zstd),
+            "none" => Some(PartCompression::None),
+            _ => None,
+        }
+    }
+
+    fn codec(self, zstd_level: i32) -> Result<Compression> {
+        Ok(match self {
+            PartCompression::Lz4 => Compression::LZ4_RAW,
+            PartCompression::Zstd => Compression::ZSTD(ZstdLevel::try_new(zstd_level)?),
+            PartCompression::None => Compression::UNCOMPRESSED,
+        })
+    }
+}
+
 /// Tuning of the Parquet files a flush writes.
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
-    /// Rows per Parquet row group.
+    /// Most rows in one Parquet row group (a time bucket starts a new one anyway).
     pub parquet_row_group_rows: usize,
-    /// zstd level for Parquet pages (1 is fast and still compact).
+    pub parquet_compression: PartCompression,
+    /// zstd level for Parquet pages when compressing with zstd (1 is fast and still compact).
     pub parquet_zstd_level: i32,
 }
 
@@ -45,6 +76,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             parquet_row_group_rows: 256 * 1024,
+            parquet_compression: PartCompression::Lz4,
             parquet_zstd_level: 1,
         }
     }
@@ -99,6 +131,7 @@ impl TableData {
             Some(key) => dedup::resolve(merged, &key)?,
             None => merged,
         };
+        let merged = to_storage(&merged)?;
         let min_ts = tail.iter().map(|(_, h)| h.min_ts).min().unwrap_or(0);
         let max_ts = tail.iter().map(|(_, h)| h.max_ts).max().unwrap_or(0);
         let before: u64 = tail
@@ -145,6 +178,8 @@ pub struct ShardStore {
     flush_lock: Mutex<()>,
     /// Set while a [`FlushJob`] exists: one frozen cut at a time, so no row is written twice.
     flushing: Arc<AtomicBool>,
+    /// Parsed footers of this store's parts (see [`crate::read`]).
+    part_meta: crate::read::MetaCache,
 }
 
 /// What a scan of one table on this replica reads: hot batches plus flushed parts.
@@ -212,12 +247,33 @@ impl ShardStore {
             }),
             flush_lock: Mutex::new(()),
             flushing: Arc::new(AtomicBool::new(false)),
+            part_meta: Default::default(),
         };
         Ok((Arc::new(store), raft_state))
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Reads one of this store's parts directly (see [`crate::read`]).
+    pub fn read_part(
+        &self,
+        path: &Path,
+        req: &crate::read::PartRead<'_>,
+    ) -> Result<crate::read::PartBatches> {
+        crate::read::read_part(&self.part_meta, path, req)
+    }
+
+    /// Drops cached footers of parts the manifest no longer names.
+    fn forget_dead_parts(&self, manifest: &Manifest) {
+        let live: HashSet<PathBuf> = manifest
+            .tables
+            .values()
+            .flatten()
+            .map(|p| self.dir.join(&p.file))
+            .collect();
+        self.part_meta.retain(|p| live.contains(p));
     }
 
     /// Adds an applied batch of table `table_id` to the hot buffer; of points repeated within
@@ -358,6 +414,8 @@ impl ShardStore {
         }
         st.manifest = manifest.clone();
         st.oldest_hot = None;
+        drop(st);
+        self.forget_dead_parts(manifest);
         Ok(())
     }
 }
@@ -425,6 +483,8 @@ impl FlushJob {
             st.oldest_hot = None;
         }
         st.manifest = manifest.clone();
+        drop(st);
+        store.forget_dead_parts(&manifest);
         Ok(manifest)
     }
 }
@@ -518,7 +578,7 @@ fn union_schema(batches: &[RecordBatch]) -> SchemaRef {
     for b in batches {
         for f in b.schema().fields() {
             if !fields.iter().any(|e| e.name() == f.name()) {
-                fields.push(f.clone());
+                fields.push(Arc::new(storage_field(f)));
             }
         }
         metadata.extend(b.schema().metadata().clone());
@@ -526,7 +586,8 @@ fn union_schema(batches: &[RecordBatch]) -> SchemaRef {
     Arc::new(Schema::new_with_metadata(fields, metadata))
 }
 
-/// Projects `batch` onto `schema`, filling columns it lacks with nulls.
+/// Projects `batch` onto `schema`, filling columns it lacks with nulls and casting those
+/// stored in another form (a dictionary-encoded tag read as `Utf8`, or the reverse).
 pub fn align_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     if batch.schema().fields() == schema.fields() {
         return Ok(RecordBatch::try_new(
@@ -538,43 +599,136 @@ pub fn align_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatc
         .fields()
         .iter()
         .map(|f| match batch.column_by_name(f.name()) {
-            Some(c) => c.clone(),
-            None => new_null_array(f.data_type(), batch.num_rows()),
+            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+            Some(c) => arrow::compute::cast(c, f.data_type()),
+            None => Ok(new_null_array(f.data_type(), batch.num_rows())),
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     Ok(RecordBatch::try_new(schema.clone(), cols)?)
 }
 
+/// Rows of a part are grouped by this much time: a part is sorted by (bucket of `ts`,
+/// partition key, `ts`) and every bucket starts a new row group, so a time-range query reads
+/// only the row groups of the buckets it covers (row-group statistics), and inside a bucket
+/// one key's rows are contiguous (a filter on the key reads a few pages).
+pub const PART_TIME_BUCKET_NS: i64 = 3_600_000_000_000;
+
+fn bucket_of(ts: i64) -> i64 {
+    ts.div_euclid(PART_TIME_BUCKET_NS)
+}
+
+/// Sorts a day's rows by (time bucket, partition key, ts). The partition key is compared by
+/// the rank of its dictionary value, so the sort moves integers, not strings.
 fn sort_for_flush(batch: &RecordBatch, schema: &SchemaRef, ts_idx: usize) -> Result<RecordBatch> {
-    let mut keys = vec![];
-    if let Some(pk) = schema.metadata().get(PARTITION_KEY_META) {
-        if let Ok(i) = schema.index_of(pk) {
-            keys.push(SortColumn {
-                values: batch.column(i).clone(),
-                options: None,
-            });
-        }
-    }
-    keys.push(SortColumn {
-        values: batch.column(ts_idx).clone(),
-        options: None,
-    });
-    let indices = lexsort_to_indices(&keys, None)?;
+    let ts = batch
+        .column(ts_idx)
+        .as_any()
+        .downcast_ref::<TimestampNanosecondArray>()
+        .ok_or_else(|| Error::BadManifest {
+            path: "hot buffer".into(),
+            reason: "ts is not a nanosecond timestamp".into(),
+        })?;
+    let pk = schema
+        .metadata()
+        .get(PARTITION_KEY_META)
+        .and_then(|pk| schema.index_of(pk).ok())
+        .map(|i| batch.column(i).clone());
+    let ranks: Option<Vec<u32>> = match &pk {
+        None => None,
+        Some(col) => Some(key_ranks(col)?),
+    };
+    let mut keys: Vec<(i64, u32, i64, u32)> = (0..batch.num_rows())
+        .map(|r| {
+            let t = ts.value(r);
+            let k = ranks.as_ref().map_or(0, |rk| rk[r]);
+            (bucket_of(t), k, t, r as u32)
+        })
+        .collect();
+    keys.sort_unstable();
+    let indices = arrow::array::UInt32Array::from_iter_values(keys.into_iter().map(|k| k.3));
     Ok(take_record_batch(batch, &indices)?)
 }
 
+/// For every row, the rank of its value of `col` among the column's distinct values in sort
+/// order (nulls first, as Arrow sorts them).
+fn key_ranks(col: &ArrayRef) -> Result<Vec<u32>> {
+    use arrow::array::{AsArray, DictionaryArray};
+    use arrow::datatypes::Int32Type;
+    if let Some(dict) = col.as_any().downcast_ref::<DictionaryArray<Int32Type>>() {
+        // Rank the (few) dictionary values once, then map every key through it.
+        let values = dict.values();
+        let order = arrow::compute::sort_to_indices(values, None, None)?;
+        let mut rank_of_value = vec![0u32; values.len()];
+        for (rank, v) in order.values().iter().enumerate() {
+            rank_of_value[*v as usize] = rank as u32 + 1;
+        }
+        return Ok((0..dict.len())
+            .map(|r| {
+                if dict.is_null(r) {
+                    0
+                } else {
+                    rank_of_value[dict.keys().value(r) as usize]
+                }
+            })
+            .collect());
+    }
+    if let Some(strings) = col.as_string_opt::<i32>() {
+        let order = arrow::compute::sort_to_indices(col, None, None)?;
+        let mut ranks = vec![0u32; col.len()];
+        let mut rank = 0u32;
+        let mut prev: Option<Option<&str>> = None;
+        for &r in order.values() {
+            let v = (!strings.is_null(r as usize)).then(|| strings.value(r as usize));
+            if prev != Some(v) {
+                rank += 1;
+                prev = Some(v);
+            }
+            ranks[r as usize] = rank;
+        }
+        return Ok(ranks);
+    }
+    Err(Error::BadManifest {
+        path: "hot buffer".into(),
+        reason: format!("partition key column has type {}", col.data_type()),
+    })
+}
+
 fn write_parquet(path: &Path, batch: &RecordBatch, cfg: &StoreConfig) -> Result<u64> {
+    use parquet::basic::Encoding;
+    use parquet::schema::types::ColumnPath;
+    let ts_path = ColumnPath::from(TIME_COLUMN);
     let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(
-            cfg.parquet_zstd_level,
-        )?))
+        .set_compression(cfg.parquet_compression.codec(cfg.parquet_zstd_level)?)
         .set_max_row_group_row_count(Some(cfg.parquet_row_group_rows.max(1)))
         .set_statistics_enabled(EnabledStatistics::Page)
+        // Sorted runs of timestamps delta-encode to a few bits per value.
+        .set_column_dictionary_enabled(ts_path.clone(), false)
+        .set_column_encoding(ts_path, Encoding::DELTA_BINARY_PACKED)
         .build();
     let ctx = |what: &str| format!("{what} {}", path.display());
     let file = File::create(path).map_err(|e| Error::io(ctx("creating"), e))?;
     let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
-    writer.write(batch)?;
+    // One row group (or more, when a bucket is larger than a row group) per time bucket.
+    let ts_idx = batch.schema().index_of(TIME_COLUMN)?;
+    let ts = batch
+        .column(ts_idx)
+        .as_any()
+        .downcast_ref::<TimestampNanosecondArray>()
+        .map(|a| a.values().to_vec())
+        .unwrap_or_default();
+    let mut start = 0;
+    while start < batch.num_rows() {
+        let b = ts.get(start).map_or(0, |&t| bucket_of(t));
+        let len = ts[start..].partition_point(|&t| bucket_of(t) == b).max(1);
+        let mut off = start;
+        while off < start + len {
+            let n = (start + len - off).min(cfg.parquet_row_group_rows.max(1));
+            writer.write(&batch.slice(off, n))?;
+            writer.flush()?;
+            off += n;
+        }
+        start += len;
+    }
     let file = writer.into_inner()?;
     file.sync_all().map_err(|e| Error::io(ctx("syncing"), e))?;
     let bytes = file
@@ -766,6 +920,85 @@ mod tests {
         assert_eq!(s.part_rows, 30);
         assert_eq!(s.hot_rows, 3 * HOT_MERGE_BATCHES as u64);
         assert_eq!(hot_batches(&store, 1), 1);
+    }
+
+    /// A flushed part keeps one row group per time bucket, sorted by (key, ts) inside it,
+    /// with tags dictionary-encoded; reading a time range skips the other buckets' groups.
+    #[test]
+    fn parts_are_bucketed_sorted_and_pruned_by_time() {
+        use crate::read::PartRead;
+        use arrow::array::AsArray;
+        let dir = tempfile::tempdir().expect("tmp");
+        let (store, _) = ShardStore::open(dir.path(), StoreConfig::default()).expect("open");
+        let h = PART_TIME_BUCKET_NS;
+        // Three buckets, symbols out of order within each.
+        let ts = [2 * h + 5, 7, h + 1, 3, 2 * h, h + 9, 1];
+        let sym = ["B", "B", "C", "A", "A", "A", "B"];
+        let price = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0];
+        store.insert(1, keyed(&ts, &sym, &price)).expect("insert");
+        let job = store.begin_flush().expect("flush");
+        let m = job.commit(&store, serde_json::json!(null)).expect("commit");
+        let part = &m.tables[&1][0];
+        let path = dir.path().join(&part.file);
+        let file = fs::File::open(&path).expect("part");
+        let reader = parquet::file::reader::SerializedFileReader::new(file).expect("reader");
+        use parquet::file::reader::FileReader;
+        assert_eq!(
+            reader.metadata().num_row_groups(),
+            3,
+            "one row group per bucket"
+        );
+
+        let logical = keyed(&[0], &["A"], &[0.0]).schema();
+        let stored: SchemaRef = Arc::new(Schema::new(
+            logical
+                .fields()
+                .iter()
+                .map(|f| crate::arrow_schema::storage_field(f))
+                .collect::<Vec<_>>(),
+        ));
+        let read = |min_ts, max_ts| {
+            let req = PartRead {
+                schema: stored.clone(),
+                min_ts,
+                max_ts,
+                key: None,
+            };
+            let mut out = vec![];
+            for b in store.read_part(&path, &req).expect("read") {
+                let b = b.expect("batch");
+                assert_eq!(
+                    b.column(1).data_type(),
+                    &crate::arrow_schema::tag_storage_type(),
+                    "tags come back dictionary-encoded"
+                );
+                let syms = arrow::compute::cast(b.column(1), &DataType::Utf8).expect("cast");
+                let ts = b
+                    .column(0)
+                    .as_primitive::<arrow::datatypes::TimestampNanosecondType>();
+                for r in 0..b.num_rows() {
+                    out.push((ts.value(r), syms.as_string::<i32>().value(r).to_string()));
+                }
+            }
+            out
+        };
+        let all = read(None, None);
+        let want: Vec<(i64, String)> = [
+            (3, "A"),
+            (1, "B"),
+            (7, "B"),
+            (h + 9, "A"),
+            (h + 1, "C"),
+            (2 * h, "A"),
+            (2 * h + 5, "B"),
+        ]
+        .iter()
+        .map(|(t, s)| (*t, s.to_string()))
+        .collect();
+        assert_eq!(all, want, "sorted by (bucket, key, ts)");
+        // Only the middle bucket's row group is read.
+        assert_eq!(read(Some(h), Some(2 * h - 1)), want[3..5].to_vec());
+        assert_eq!(read(Some(10 * h), None), vec![]);
     }
 
     #[test]

@@ -1,0 +1,827 @@
+//! Partial aggregation straight off a vshard's storage.
+//!
+//! DataFusion plans `GROUP BY symbol` as a partial aggregate over each vshard's scan, and
+//! its scan hands the aggregate plain strings: a flushed part's dictionary-encoded tags are
+//! expanded to one string per row, then hashed again per row to find the group. This rule
+//! puts [`ShardAggregateExec`] over such a partial aggregate. It runs the same aggregate
+//! functions (DataFusion's own `GroupsAccumulator`s, so the partial state it emits is the
+//! state the final aggregate above expects) but reads the vshard itself:
+//!
+//! - Parquet parts through [`shoal_storage::read`], with their footers cached, row groups
+//!   pruned by `ts`, and tags kept as dictionaries;
+//! - group ids come from the dictionary: each distinct tag value of a batch is looked up
+//!   once, every row takes its group by an array index; `date_bin(interval, ts)` groups by
+//!   integer arithmetic on `ts`;
+//! - the hot buffer as it is (merged chunks are already dictionary-encoded), and the sources
+//!   where repeated points may hide through the scan's last-write-wins resolution, exactly as
+//!   the plain scan reads them.
+//!
+//! What it takes: a `Partial` aggregate with one grouping set, no `FILTER`/`DISTINCT`, no
+//! limit, every function with a groups accumulator, and group keys that are string columns
+//! or `date_bin` of `ts` with a fixed stride (no months); under it an optional filter (with
+//! projection) and a `ShardScanExec` without a limit. Anything else keeps DataFusion's plan.
+//! The wrapped aggregate stays in the tree as the node's child: it is what EXPLAIN shows,
+//! what other rules see, and what a rewrite that replaces the child falls back to.
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, RecordBatch, StringArray, TimestampNanosecondArray,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{
+    DataType, Field, Int32Type, Schema, SchemaRef, TimeUnit, TimestampNanosecondType,
+};
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
+use datafusion::common::{DataFusionError, HashMap, Result as DfResult, ScalarValue};
+use datafusion::config::ConfigOptions;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_expr::expressions::{Column, Literal};
+use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::aggregates::{aggregate_expressions, AggregateExec, AggregateMode};
+use datafusion::physical_plan::filter::{batch_filter, FilterExec};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, InputOrderMode, PlanProperties,
+};
+use futures::StreamExt;
+use shoal_common::schema::TIME_COLUMN;
+use shoal_consensus::Registry;
+use shoal_storage::arrow_schema::{storage_field, tag_storage_type};
+use shoal_storage::read::PartRead;
+
+use crate::provider::{open_replica, resolved_stream, sources, ShardScanExec, ShardScanRequest};
+
+/// Groups one vshard's partial aggregate holds before it emits them and starts afresh (the
+/// final aggregate above merges repeated groups): bounds its memory on high-cardinality keys.
+pub const FAST_AGG_MAX_GROUPS: usize = 256 * 1024;
+
+/// The physical optimizer rule that puts [`ShardAggregateExec`] over partial aggregates it
+/// can run (see the module docs). Registered before the distribution rule.
+#[derive(Debug, Default)]
+pub struct FastAggregate;
+
+impl PhysicalOptimizerRule for FastAggregate {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|node| match ShardAggregateExec::try_new(node.clone()) {
+            Some(exec) => Ok(Transformed::yes(Arc::new(exec) as Arc<dyn ExecutionPlan>)),
+            None => Ok(Transformed::no(node)),
+        })
+        .data()
+    }
+
+    fn name(&self) -> &str {
+        "shoal_fast_aggregate"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// One group key, over the aggregate's input columns.
+#[derive(Clone, Debug)]
+enum KeyPart {
+    /// A string column (a tag arrives dictionary-encoded, a string field plain).
+    Str { col: usize },
+    /// `date_bin(stride, ts, origin)` of the non-null time column.
+    Bin {
+        col: usize,
+        stride: i64,
+        origin: i64,
+        out: DataType,
+    },
+}
+
+/// A matched partial aggregate, taken apart.
+struct Shape {
+    request: ShardScanRequest,
+    registry: Arc<Registry>,
+    /// The filter between scan and aggregate, over the scan's output, and its projection.
+    filter: Option<Arc<dyn PhysicalExpr>>,
+    filter_projection: Option<Vec<usize>>,
+    /// The aggregate's input schema (filter output).
+    input_schema: SchemaRef,
+    keys: Vec<KeyPart>,
+    aggs: Vec<Arc<AggregateFunctionExpr>>,
+    /// Per aggregate, the expressions its accumulator reads (arguments, then ordering).
+    args: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+    /// Input columns the arguments read: these are handed over in their logical type.
+    arg_columns: Vec<usize>,
+    /// The partial aggregate's output schema (group columns, then states).
+    schema: SchemaRef,
+}
+
+/// Partial aggregation of one vshard per partition, read straight off storage.
+pub struct ShardAggregateExec {
+    /// The `AggregateExec` this node runs in its own way.
+    agg: Arc<dyn ExecutionPlan>,
+    shape: Arc<Shape>,
+}
+
+impl fmt::Debug for ShardAggregateExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ShardAggregateExec(table {})",
+            self.shape.request.table_id
+        )
+    }
+}
+
+#[allow(deprecated)]
+fn skip_coalesce(plan: &Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
+    use datafusion::physical_plan::coalesce_batches::CoalesceBatchesExec;
+    match plan.downcast_ref::<CoalesceBatchesExec>() {
+        Some(c) => c.input().clone(),
+        None => plan.clone(),
+    }
+}
+
+impl ShardAggregateExec {
+    /// Wraps `plan` when it is a partial aggregate this node can run.
+    pub fn try_new(plan: Arc<dyn ExecutionPlan>) -> Option<ShardAggregateExec> {
+        let shape = shape(plan.downcast_ref::<AggregateExec>()?)?;
+        Some(ShardAggregateExec {
+            agg: plan,
+            shape: Arc::new(shape),
+        })
+    }
+}
+
+fn shape(agg: &AggregateExec) -> Option<Shape> {
+    if *agg.mode() != AggregateMode::Partial
+        || !agg.group_expr().is_single()
+        || agg.limit_options().is_some()
+        || *agg.input_order_mode() != InputOrderMode::Linear
+        || agg.filter_expr().iter().any(Option::is_some)
+        || agg
+            .aggr_expr()
+            .iter()
+            .any(|a| a.is_distinct() || !a.groups_accumulator_supported())
+    {
+        return None;
+    }
+    let mut below = skip_coalesce(agg.input());
+    let (mut filter, mut filter_projection) = (None, None);
+    if let Some(f) = below.downcast_ref::<FilterExec>() {
+        filter = Some(f.predicate().clone());
+        filter_projection = f.projection().as_ref().map(|p| p.to_vec());
+        below = skip_coalesce(f.input());
+    }
+    let scan = below.downcast_ref::<ShardScanExec>()?;
+    if scan.request().limit.is_some() {
+        return None;
+    }
+    let input_schema = agg.input_schema();
+    let schema = agg.schema();
+    let keys = agg
+        .group_expr()
+        .expr()
+        .iter()
+        .enumerate()
+        .map(|(i, (e, _))| key_part(e, &input_schema, schema.field(i).data_type()))
+        .collect::<Option<Vec<_>>>()?;
+    let args = aggregate_expressions(agg.aggr_expr(), agg.mode(), 0).ok()?;
+    let mut arg_columns = vec![];
+    for e in args.iter().flatten() {
+        e.apply(|n| {
+            if let Some(c) = n.downcast_ref::<Column>() {
+                arg_columns.push(c.index());
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .ok()?;
+    }
+    arg_columns.sort_unstable();
+    arg_columns.dedup();
+    Some(Shape {
+        request: scan.request().clone(),
+        registry: scan.registry().clone(),
+        filter,
+        filter_projection,
+        input_schema,
+        keys,
+        aggs: agg.aggr_expr().to_vec(),
+        args,
+        arg_columns,
+        schema,
+    })
+}
+
+fn key_part(e: &Arc<dyn PhysicalExpr>, input: &Schema, out: &DataType) -> Option<KeyPart> {
+    if let Some(c) = e.downcast_ref::<Column>() {
+        let field = input.fields().get(c.index())?;
+        return (field.data_type() == &DataType::Utf8 && out == &DataType::Utf8)
+            .then_some(KeyPart::Str { col: c.index() });
+    }
+    let f = e.downcast_ref::<ScalarFunctionExpr>()?;
+    if f.fun().name() != "date_bin" || !(2..=3).contains(&f.args().len()) {
+        return None;
+    }
+    let stride =
+        match f.args()[0].downcast_ref::<Literal>()?.value() {
+            ScalarValue::IntervalMonthDayNano(Some(v)) if v.months == 0 => (v.days as i64)
+                .checked_mul(86_400_000_000_000)?
+                .checked_add(v.nanoseconds)?,
+            ScalarValue::IntervalDayTime(Some(v)) => (v.days as i64)
+                .checked_mul(86_400_000_000_000)?
+                .checked_add((v.milliseconds as i64).checked_mul(1_000_000)?)?,
+            _ => return None,
+        };
+    let c = f.args()[1].downcast_ref::<Column>()?;
+    let field = input.fields().get(c.index())?;
+    if field.name() != TIME_COLUMN
+        || field.is_nullable()
+        || !matches!(
+            field.data_type(),
+            DataType::Timestamp(TimeUnit::Nanosecond, _)
+        )
+        || !matches!(out, DataType::Timestamp(TimeUnit::Nanosecond, _))
+    {
+        return None;
+    }
+    let origin = match f.args().get(2) {
+        None => 0,
+        Some(o) => match o.downcast_ref::<Literal>()?.value() {
+            ScalarValue::TimestampNanosecond(Some(v), _) => *v,
+            _ => return None,
+        },
+    };
+    (stride > 0).then(|| KeyPart::Bin {
+        col: c.index(),
+        stride,
+        origin,
+        out: out.clone(),
+    })
+}
+
+/// The start of `ts`'s bin, as DataFusion's `date_bin` computes it (bins reach back before
+/// the origin too).
+fn bin_start(ts: i64, stride: i64, origin: i64) -> i64 {
+    let diff = ts.wrapping_sub(origin);
+    origin.wrapping_add(diff.div_euclid(stride) * stride)
+}
+
+impl DisplayAs for ShardAggregateExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let keys: Vec<String> = self
+            .shape
+            .keys
+            .iter()
+            .map(|k| match k {
+                KeyPart::Str { col } => format!("#{col}"),
+                KeyPart::Bin { col, stride, .. } => format!("bin(#{col}, {stride}ns)"),
+            })
+            .collect();
+        let aggs: Vec<&str> = self.shape.aggs.iter().map(|a| a.name()).collect();
+        write!(
+            f,
+            "ShardAggregateExec: table_id={}, keys=[{}], aggs=[{}]",
+            self.shape.request.table_id,
+            keys.join(", "),
+            aggs.join(", ")
+        )
+    }
+}
+
+impl ExecutionPlan for ShardAggregateExec {
+    fn name(&self) -> &'static str {
+        "ShardAggregateExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.agg.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.agg]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    /// A rewrite of the wrapped aggregate (or of anything under it) is taken as it comes:
+    /// still runnable here, it is wrapped again; otherwise it replaces this node.
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let [child] = <[_; 1]>::try_from(children)
+            .map_err(|_| DataFusionError::Internal("ShardAggregateExec takes one child".into()))?;
+        Ok(match ShardAggregateExec::try_new(child.clone()) {
+            Some(exec) => Arc::new(exec),
+            None => child,
+        })
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let schema = self.shape.schema.clone();
+        let vshard = partition as u32;
+        if !self.shape.request.reads(vshard) {
+            return Ok(Box::pin(RecordBatchStreamAdapter::new(
+                schema,
+                futures::stream::empty(),
+            )));
+        }
+        let shape = self.shape.clone();
+        let batches = async move {
+            match aggregate_vshard(shape, vshard, context).await {
+                Ok(out) => futures::stream::iter(out.into_iter().map(Ok)).left_stream(),
+                Err(e) => futures::stream::once(async move { Err(e) }).right_stream(),
+            }
+        };
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            futures::stream::once(batches).flatten(),
+        )))
+    }
+}
+
+/// Reads vshard `vshard` on this replica and returns the partial aggregate's batches.
+async fn aggregate_vshard(
+    shape: Arc<Shape>,
+    vshard: u32,
+    ctx: Arc<TaskContext>,
+) -> DfResult<Vec<RecordBatch>> {
+    let req = &shape.request;
+    let store = open_replica(shape.registry.clone(), req.consistency.clone(), vshard).await?;
+    let src = sources(&store, req);
+    let scan_schema = match &req.projection {
+        Some(p) => Arc::new(req.table_schema.project(p)?),
+        None => req.table_schema.clone(),
+    };
+    let stored: SchemaRef = Arc::new(Schema::new(
+        scan_schema
+            .fields()
+            .iter()
+            .map(|f| storage_field(f))
+            .collect::<Vec<Field>>(),
+    ));
+    let mut groups = Groups::new(&shape, ctx.session_config().batch_size())?;
+    for (path, _) in &src.parts {
+        let read = PartRead {
+            schema: stored.clone(),
+            min_ts: req.min_ts,
+            max_ts: req.max_ts,
+            key: None,
+        };
+        let batches = store
+            .read_part(path, &read)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        for batch in batches {
+            groups.push(batch.map_err(|e| DataFusionError::External(Box::new(e)))?)?;
+        }
+    }
+    for h in &src.hot {
+        groups.push(conform(&h.batch, &scan_schema)?)?;
+    }
+    if src.has_dirty() {
+        let mut resolved = resolved_stream(req, &src, ctx)?;
+        while let Some(batch) = resolved.next().await {
+            groups.push(batch?)?;
+        }
+    }
+    groups.emit()?;
+    Ok(groups.out)
+}
+
+/// Projects `batch` onto `schema` by name: a string column may stay dictionary-encoded,
+/// other columns of another type are cast, missing ones are nulls.
+fn conform(batch: &RecordBatch, schema: &SchemaRef) -> DfResult<RecordBatch> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+            Some(c) if f.data_type() == &DataType::Utf8 && c.data_type() == &tag_storage_type() => {
+                Ok(c.clone())
+            }
+            Some(c) => Ok(cast(c, f.data_type())?),
+            None => Ok(datafusion::arrow::array::new_null_array(
+                f.data_type(),
+                batch.num_rows(),
+            )),
+        })
+        .collect::<DfResult<Vec<ArrayRef>>>()?;
+    with_columns(columns, schema)
+}
+
+/// A batch of `columns` named and ordered as `schema` says, typed as the columns are.
+fn with_columns(columns: Vec<ArrayRef>, schema: &Schema) -> DfResult<RecordBatch> {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .zip(&columns)
+        .map(|(f, c)| f.as_ref().clone().with_data_type(c.data_type().clone()))
+        .collect();
+    let rows = columns.first().map_or(0, |c| c.len());
+    Ok(RecordBatch::try_new_with_options(
+        Arc::new(Schema::new(fields)),
+        columns,
+        &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
+    )?)
+}
+
+/// `batch` with every column in the type `schema` gives it.
+fn logical(batch: &RecordBatch, schema: &Schema) -> DfResult<RecordBatch> {
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c.clone())
+            } else {
+                Ok(cast(c, f.data_type())?)
+            }
+        })
+        .collect::<DfResult<Vec<_>>>()?;
+    with_columns(columns, schema)
+}
+
+/// Code of a null string key (string codes are interner indexes, below it: two string
+/// codes pack into one `u64`).
+const NULL_CODE: u64 = u32::MAX as u64;
+/// Distinct values one string key may take in one vshard's aggregate.
+pub const FAST_AGG_MAX_STRINGS: usize = u32::MAX as usize - 1;
+/// Marks a string code without a group yet.
+const NO_GROUP: u32 = u32::MAX;
+
+/// Distinct strings of one key column, by code.
+#[derive(Default)]
+struct Interner {
+    codes: HashMap<Box<str>, u32>,
+    values: Vec<Box<str>>,
+}
+
+impl Interner {
+    fn code(&mut self, s: &str) -> DfResult<u64> {
+        if let Some(c) = self.codes.get(s) {
+            return Ok(*c as u64);
+        }
+        if self.values.len() >= FAST_AGG_MAX_STRINGS {
+            return Err(DataFusionError::ResourcesExhausted(format!(
+                "more than {FAST_AGG_MAX_STRINGS} distinct values of one group key"
+            )));
+        }
+        let c = self.values.len() as u32;
+        self.values.push(s.into());
+        self.codes.insert(s.into(), c);
+        Ok(c as u64)
+    }
+}
+
+/// The running partial aggregate of one vshard.
+struct Groups<'a> {
+    shape: &'a Shape,
+    batch_size: usize,
+    interners: Vec<Interner>,
+    accumulators: Vec<Box<dyn GroupsAccumulator>>,
+    /// The key codes of every group, per key part, in group order.
+    group_codes: Vec<Vec<u64>>,
+    /// One string key: group by code (dense); `null_group` for the null key.
+    by_code: Vec<u32>,
+    null_group: u32,
+    /// Keys that pack into one integer (see `group_ids`).
+    by_packed: HashMap<u64, u32>,
+    /// Any other keys.
+    by_key: HashMap<Vec<u64>, u32>,
+    num_groups: usize,
+    out: Vec<RecordBatch>,
+}
+
+impl<'a> Groups<'a> {
+    fn new(shape: &'a Shape, batch_size: usize) -> DfResult<Groups<'a>> {
+        Ok(Groups {
+            shape,
+            batch_size: batch_size.max(1),
+            interners: shape.keys.iter().map(|_| Interner::default()).collect(),
+            accumulators: shape
+                .aggs
+                .iter()
+                .map(|a| a.create_groups_accumulator())
+                .collect::<DfResult<_>>()?,
+            group_codes: vec![vec![]; shape.keys.len()],
+            by_code: vec![],
+            null_group: NO_GROUP,
+            by_packed: HashMap::default(),
+            by_key: HashMap::default(),
+            num_groups: 0,
+            out: vec![],
+        })
+    }
+
+    /// Folds in one batch of the scan's output (tags possibly dictionary-encoded).
+    fn push(&mut self, batch: RecordBatch) -> DfResult<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let shape = self.shape;
+        let mut batch = match &shape.filter {
+            None => batch,
+            // A predicate that cannot read a dictionary column reads the strings.
+            Some(p) => match batch_filter(&batch, p) {
+                Ok(b) => b,
+                Err(_) => {
+                    let scan_schema = match &shape.request.projection {
+                        Some(pr) => shape.request.table_schema.project(pr)?,
+                        None => shape.request.table_schema.as_ref().clone(),
+                    };
+                    batch_filter(&logical(&batch, &scan_schema)?, p)?
+                }
+            },
+        };
+        if let Some(p) = &shape.filter_projection {
+            batch = batch.project(p)?;
+        }
+        let rows = batch.num_rows();
+        if rows == 0 {
+            return Ok(());
+        }
+        // Arguments read their columns in the type the plan gave them.
+        let mut columns = batch.columns().to_vec();
+        for &c in &shape.arg_columns {
+            let want = shape.input_schema.field(c).data_type();
+            if columns[c].data_type() != want {
+                columns[c] = cast(&columns[c], want)?;
+            }
+        }
+        let batch = with_columns(columns, &shape.input_schema)?;
+        let groups = self.group_ids(&batch)?;
+        for (acc, args) in self.accumulators.iter_mut().zip(&shape.args) {
+            let values = args
+                .iter()
+                .map(|e| e.evaluate(&batch)?.into_array(rows))
+                .collect::<DfResult<Vec<_>>>()?;
+            acc.update_batch(&values, &groups, None, self.num_groups)?;
+        }
+        if self.num_groups >= FAST_AGG_MAX_GROUPS {
+            self.emit()?;
+        }
+        Ok(())
+    }
+
+    /// The key codes of every row, for key part `k`.
+    fn codes(&mut self, k: usize, batch: &RecordBatch) -> DfResult<Vec<u64>> {
+        match &self.shape.keys[k] {
+            KeyPart::Bin {
+                col,
+                stride,
+                origin,
+                ..
+            } => {
+                let ts = batch.column(*col).as_primitive::<TimestampNanosecondType>();
+                Ok(ts
+                    .values()
+                    .iter()
+                    .map(|t| bin_start(*t, *stride, *origin) as u64)
+                    .collect())
+            }
+            KeyPart::Str { col } => {
+                let column = batch.column(*col);
+                let interner = &mut self.interners[k];
+                if let Some(dict) = column.as_dictionary_opt::<Int32Type>() {
+                    let values = dict.values().as_string_opt::<i32>().ok_or_else(|| {
+                        DataFusionError::Internal("a dictionary key column of non-strings".into())
+                    })?;
+                    let lut: Vec<u64> = (0..values.len())
+                        .map(|i| {
+                            if values.is_null(i) {
+                                Ok(NULL_CODE)
+                            } else {
+                                interner.code(values.value(i))
+                            }
+                        })
+                        .collect::<DfResult<_>>()?;
+                    let keys = dict.keys();
+                    return Ok((0..keys.len())
+                        .map(|i| {
+                            if keys.is_null(i) {
+                                NULL_CODE
+                            } else {
+                                lut.get(keys.value(i) as usize)
+                                    .copied()
+                                    .unwrap_or(NULL_CODE)
+                            }
+                        })
+                        .collect());
+                }
+                let owned;
+                let strings = match column.as_string_opt::<i32>() {
+                    Some(s) => s,
+                    None => {
+                        owned = cast(column, &DataType::Utf8)?;
+                        owned.as_string::<i32>()
+                    }
+                };
+                let mut last: Option<(&str, u64)> = None;
+                strings
+                    .iter()
+                    .map(|v| match v {
+                        None => Ok(NULL_CODE),
+                        Some(s) => match last {
+                            Some((l, c)) if l == s => Ok(c),
+                            _ => {
+                                let c = interner.code(s)?;
+                                last = Some((s, c));
+                                Ok(c)
+                            }
+                        },
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// The group index of every row of `batch` (the aggregate's input), new groups made.
+    fn group_ids(&mut self, batch: &RecordBatch) -> DfResult<Vec<usize>> {
+        let rows = batch.num_rows();
+        let keys = self.shape.keys.len();
+        if keys == 0 {
+            self.num_groups = 1;
+            return Ok(vec![0; rows]);
+        }
+        let codes = (0..keys)
+            .map(|k| self.codes(k, batch))
+            .collect::<DfResult<Vec<_>>>()?;
+        let mut ids = Vec::with_capacity(rows);
+        if keys == 1 && matches!(self.shape.keys[0], KeyPart::Str { .. }) {
+            for &c in &codes[0] {
+                let slot = if c == NULL_CODE {
+                    &mut self.null_group
+                } else {
+                    let c = c as usize;
+                    if c >= self.by_code.len() {
+                        self.by_code.resize(c + 1, NO_GROUP);
+                    }
+                    &mut self.by_code[c]
+                };
+                if *slot == NO_GROUP {
+                    *slot = self.num_groups as u32;
+                    self.group_codes[0].push(c);
+                    self.num_groups += 1;
+                }
+                ids.push(*slot as usize);
+            }
+            return Ok(ids);
+        }
+        // One time bin, or two string keys: the key packs into one integer.
+        let packed = match self.shape.keys.as_slice() {
+            [KeyPart::Bin { .. }] => Some(codes[0].clone()),
+            [KeyPart::Str { .. }, KeyPart::Str { .. }] => Some(
+                codes[0]
+                    .iter()
+                    .zip(&codes[1])
+                    .map(|(a, b)| a << 32 | b)
+                    .collect(),
+            ),
+            _ => None,
+        };
+        if let Some(packed) = packed {
+            let mut last: Option<(u64, usize)> = None;
+            for (row, &p) in packed.iter().enumerate() {
+                if let Some((l, g)) = last {
+                    if l == p {
+                        ids.push(g);
+                        continue;
+                    }
+                }
+                let g = match self.by_packed.get(&p) {
+                    Some(g) => *g as usize,
+                    None => {
+                        let g = self.num_groups;
+                        self.by_packed.insert(p, g as u32);
+                        for (k, c) in codes.iter().enumerate() {
+                            self.group_codes[k].push(c[row]);
+                        }
+                        self.num_groups += 1;
+                        g
+                    }
+                };
+                last = Some((p, g));
+                ids.push(g);
+            }
+            return Ok(ids);
+        }
+        let mut key = vec![0u64; keys];
+        let mut last: Option<(Vec<u64>, usize)> = None;
+        for row in 0..rows {
+            for (k, c) in codes.iter().enumerate() {
+                key[k] = c[row];
+            }
+            if let Some((l, g)) = &last {
+                if *l == key {
+                    ids.push(*g);
+                    continue;
+                }
+            }
+            let g = match self.by_key.get(key.as_slice()) {
+                Some(g) => *g as usize,
+                None => {
+                    let g = self.num_groups;
+                    self.by_key.insert(key.clone(), g as u32);
+                    for (k, c) in key.iter().enumerate() {
+                        self.group_codes[k].push(*c);
+                    }
+                    self.num_groups += 1;
+                    g
+                }
+            };
+            last = Some((key.clone(), g));
+            ids.push(g);
+        }
+        Ok(ids)
+    }
+
+    /// Emits every group's key and partial state, and starts afresh.
+    fn emit(&mut self) -> DfResult<()> {
+        if self.num_groups == 0 {
+            return Ok(());
+        }
+        let schema = self.shape.schema.clone();
+        let mut columns: Vec<ArrayRef> = vec![];
+        for (k, part) in self.shape.keys.iter().enumerate() {
+            let codes = std::mem::take(&mut self.group_codes[k]);
+            let array: ArrayRef = match part {
+                KeyPart::Str { .. } => {
+                    let values = &self.interners[k].values;
+                    Arc::new(StringArray::from_iter(codes.iter().map(|c| {
+                        (*c != NULL_CODE).then(|| values[*c as usize].as_ref())
+                    })))
+                }
+                KeyPart::Bin { out, .. } => {
+                    let tz = match out {
+                        DataType::Timestamp(_, tz) => tz.clone(),
+                        _ => None,
+                    };
+                    Arc::new(
+                        TimestampNanosecondArray::from_iter_values(codes.iter().map(|c| *c as i64))
+                            .with_timezone_opt(tz),
+                    )
+                }
+            };
+            columns.push(array);
+        }
+        for acc in &mut self.accumulators {
+            columns.extend(acc.state(EmitTo::All)?);
+        }
+        let columns = columns
+            .into_iter()
+            .zip(schema.fields())
+            .map(|(c, f)| {
+                if c.data_type() == f.data_type() {
+                    Ok(c)
+                } else {
+                    Ok(cast(&c, f.data_type())?)
+                }
+            })
+            .collect::<DfResult<Vec<_>>>()?;
+        let batch = RecordBatch::try_new(schema, columns)?;
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            let len = self.batch_size.min(batch.num_rows() - offset);
+            self.out.push(batch.slice(offset, len));
+            offset += len;
+        }
+        self.by_code.clear();
+        self.null_group = NO_GROUP;
+        self.by_packed.clear();
+        self.by_key.clear();
+        self.num_groups = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bins_match_date_bin() {
+        let minute = 60_000_000_000;
+        assert_eq!(bin_start(0, minute, 0), 0);
+        assert_eq!(bin_start(minute - 1, minute, 0), 0);
+        assert_eq!(bin_start(minute, minute, 0), minute);
+        // before the origin, a bin starts earlier, not at the origin
+        assert_eq!(bin_start(-1, minute, 0), -minute);
+        assert_eq!(bin_start(5, 10, 3), 3);
+        assert_eq!(bin_start(2, 10, 3), -7);
+    }
+}
