@@ -58,5 +58,8 @@ if [ ! -s "$PREFIX.lp" ] || [ ! -s "$PREFIX.tsv" ] || [ ! -s "$PREFIX.parquet" ]
         --out-prefix "$PREFIX"
 fi
 
+# Wherever cargo puts its target directory (CARGO_TARGET_DIR, .cargo/config.toml).
+TARGET_DIR="$(cargo metadata --format-version 1 --no-deps \
+    | "$VENV/bin/python" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
 exec "$VENV/bin/python" bench/compare.py --rows "$ROWS" --prefix "$PREFIX" \
-    --systems "$SYSTEMS" --shoal target/release/shoal --out "$OUT"
+    --systems "$SYSTEMS" --shoal "$TARGET_DIR/release/shoal" --out "$OUT"

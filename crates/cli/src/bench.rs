@@ -28,9 +28,17 @@ enum BenchCommand {
 
 #[derive(Args, Debug)]
 struct IngestArgs {
-    /// The node's HTTP address.
+    /// The node's HTTP address; several, comma-separated, spread the writers over them.
     #[arg(long, env = "SHOAL_HTTP_ADDR", default_value = "127.0.0.1:7480")]
     host: String,
+    /// Instead of writing to --host, start this many nodes in this process on loopback
+    /// (a temporary directory, removed after), wait until every vshard has its replicas,
+    /// and spread the writers over them. 1 = a single node; 3 = replicated ingest.
+    #[arg(long, default_value_t = 0)]
+    start_nodes: usize,
+    /// How the ticks travel: `v1` (POST /write, InfluxDB 1.x) or `v2` (POST /api/v2/write).
+    #[arg(long, default_value = "v1")]
+    protocol: String,
     /// A line-protocol file to load; without it, ticks are generated.
     #[arg(long)]
     file: Option<std::path::PathBuf>,
@@ -163,7 +171,118 @@ fn write_json(path: &Option<std::path::PathBuf>, v: &serde_json::Value) -> Resul
     Ok(())
 }
 
-async fn ingest(a: IngestArgs) -> Result<(), String> {
+/// Nodes a bench started, and where they keep their data.
+struct Started {
+    nodes: Vec<shoal_server::NodeHandle>,
+    dir: std::path::PathBuf,
+}
+
+/// Longest wait for started nodes to be ready and their vshards replicated.
+const START_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Starts `n` nodes on loopback (the first bootstraps, the rest join it) and waits until
+/// every node serves and every vshard has min(n, 3) voters.
+async fn start_nodes(n: usize) -> Result<Started, String> {
+    if !(1..=9).contains(&n) {
+        return Err(format!("--start-nodes must be between 1 and 9, not {n}"));
+    }
+    let dir = std::env::temp_dir().join(format!("shoal-bench-{}", std::process::id()));
+    let client = http_client()?;
+    let mut nodes: Vec<shoal_server::NodeHandle> = vec![];
+    for i in 1..=n {
+        let join = nodes.first().map(|f| vec![f.rpc_addr.to_string()]);
+        let cfg = crate::demo::node_config(dir.join(format!("n{i}")), join.unwrap_or_default());
+        let mut node = shoal_server::start(cfg).await?;
+        node.ready().await?;
+        crate::demo::wait_ready(&client, &node).await?;
+        nodes.push(node);
+    }
+    let want = n.min(3);
+    let url = format!("http://{}/v1/sql", nodes[0].http_addr);
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let r = client
+            .post(&url)
+            .body("SELECT replicas FROM system.shards")
+            .send()
+            .await;
+        let replicated = match r {
+            Ok(r) if r.status().is_success() => {
+                let v: serde_json::Value = r.json().await.unwrap_or_default();
+                v["rows"].as_array().is_some_and(|rows| {
+                    !rows.is_empty()
+                        && rows
+                            .iter()
+                            .all(|row| row[0].as_str().map(|s| s.split(',').count()) == Some(want))
+                })
+            }
+            _ => false,
+        };
+        if replicated {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "vshards did not reach {want} replicas within {START_TIMEOUT:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "started {n} node(s) in {} (every vshard on {want} node(s))",
+        dir.display()
+    );
+    Ok(Started { nodes, dir })
+}
+
+impl Started {
+    fn hosts(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.http_addr.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    async fn stop(self) -> Result<(), String> {
+        for n in self.nodes.into_iter().rev() {
+            n.shutdown().await?;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        Ok(())
+    }
+}
+
+async fn ingest(mut a: IngestArgs) -> Result<(), String> {
+    let started = match a.start_nodes {
+        0 => None,
+        n => Some(start_nodes(n).await?),
+    };
+    if let Some(s) = &started {
+        a.host = s.hosts();
+    }
+    let result = ingest_into(&a).await;
+    if let Some(s) = started {
+        s.stop().await?;
+    }
+    result
+}
+
+async fn ingest_into(a: &IngestArgs) -> Result<(), String> {
+    let path = match a.protocol.as_str() {
+        "v1" => "write?db=bench&precision=ns",
+        "v2" => "api/v2/write?bucket=bench&precision=ns",
+        other => return Err(format!("--protocol {other:?}: use v1 or v2")),
+    };
+    let urls: Vec<String> = a
+        .host
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("http://{h}/{path}"))
+        .collect();
+    if urls.is_empty() {
+        return Err("--host names no node".into());
+    }
     let lines: Vec<String> = match &a.file {
         Some(f) => std::fs::read_to_string(f)
             .map_err(|e| format!("reading {}: {e}", f.display()))?
@@ -181,10 +300,10 @@ async fn ingest(a: IngestArgs) -> Result<(), String> {
     let next = Arc::new(AtomicU64::new(0));
     let done_rows = Arc::new(AtomicU64::new(0));
     let http = http_client()?;
-    let url = format!("http://{}/write?db=bench&precision=ns", a.host);
     let started = Instant::now();
     let mut tasks = vec![];
-    for _ in 0..a.writers.max(1) {
+    for w in 0..a.writers.max(1) {
+        let url = urls[w % urls.len()].clone();
         let (bodies, next, done_rows, http, url) = (
             bodies.clone(),
             next.clone(),
@@ -253,6 +372,8 @@ async fn ingest(a: IngestArgs) -> Result<(), String> {
         "rows": rows,
         "writers": a.writers,
         "batch_lines": batch,
+        "protocol": a.protocol,
+        "nodes": urls.len(),
         "seconds": secs,
         "rows_per_sec": rows as f64 / secs,
         "batch_ms": {
@@ -263,9 +384,11 @@ async fn ingest(a: IngestArgs) -> Result<(), String> {
         "machine": machine(),
     });
     println!(
-        "ingest: {rows} rows in {secs:.2} s = {:.0} rows/s ({} writers, {batch} lines/request); batch p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; load {}",
+        "ingest: {rows} rows in {secs:.2} s = {:.0} rows/s ({} writers, {batch} lines/request, protocol {}, {} node(s)); batch p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; load {}",
         rows as f64 / secs,
         a.writers,
+        a.protocol,
+        urls.len(),
         percentile(&latencies, 0.50),
         percentile(&latencies, 0.99),
         latencies.last().copied().unwrap_or(0.0),

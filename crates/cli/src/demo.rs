@@ -28,7 +28,7 @@ pub struct DemoArgs {
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 const BATCH_LINES: usize = 5_000;
 
-fn node_config(dir: PathBuf, join: Vec<String>) -> NodeConfig {
+pub(crate) fn node_config(dir: PathBuf, join: Vec<String>) -> NodeConfig {
     NodeConfig {
         data_dir: dir,
         http_addr: "127.0.0.1:0".into(),
@@ -40,7 +40,7 @@ fn node_config(dir: PathBuf, join: Vec<String>) -> NodeConfig {
     }
 }
 
-async fn wait_ready(client: &reqwest::Client, node: &NodeHandle) -> Result<(), String> {
+pub(crate) async fn wait_ready(client: &reqwest::Client, node: &NodeHandle) -> Result<(), String> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let url = format!("http://{}/health/ready", node.http_addr);
     loop {

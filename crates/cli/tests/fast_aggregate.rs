@@ -122,6 +122,21 @@ async fn check(node: &Node, data: &[Tick], phase: &str) {
         assert_eq!(r[4].as_i64(), Some(want.3), "{phase}: sum {r:?}");
     }
 
+    // count(*) alone reads no column at all
+    let got = rows(node, "SELECT count(*) FROM trades").await;
+    assert_eq!(
+        got[0][0].as_i64(),
+        Some(data.len() as i64),
+        "{phase}: count(*)"
+    );
+    let got = rows(
+        node,
+        "SELECT side, count(*) FROM trades GROUP BY side ORDER BY side",
+    )
+    .await;
+    let b = data.iter().filter(|t| t.side == "B").count() as i64;
+    assert_eq!(got[0][1].as_i64(), Some(b), "{phase}: count(*) by side");
+
     // two keys, with a filter on one of them
     let mut by_two: BTreeMap<(Option<String>, String), i64> = BTreeMap::new();
     for t in data.iter().filter(|t| t.size > 10) {
@@ -194,28 +209,14 @@ async fn check(node: &Node, data: &[Tick], phase: &str) {
         );
     }
 
-    // Q4: a global aggregate over one time window
-    let (lo, hi) = (T0 + 1000 * SEC, T0 + 4600 * SEC);
-    let window: Vec<&Tick> = data.iter().filter(|t| t.ts >= lo && t.ts < hi).collect();
-    let got = rows(
-        node,
-        &format!(
-            "SELECT count(*), sum(size), avg(price) FROM trades \
-             WHERE ts >= to_timestamp_nanos({lo}) AND ts < to_timestamp_nanos({hi})"
-        ),
-    )
-    .await;
-    assert_eq!(got[0][0].as_i64(), Some(window.len() as i64), "{phase}: Q4");
-    assert_eq!(
-        got[0][1].as_i64(),
-        Some(window.iter().map(|t| t.size).sum::<i64>()),
-        "{phase}: Q4 sum"
-    );
-    let avg = window.iter().map(|t| t.price).sum::<f64>() / window.len() as f64;
-    assert!(
-        close(got[0][2].as_f64().expect("avg"), avg),
-        "{phase}: Q4 avg {got:?}"
-    );
+    // Q4: a global aggregate over a time window; the second covers a whole hour bucket
+    // (a row group the filter can skip) and parts of its neighbours.
+    for (lo, hi) in [
+        (T0 + 1000 * SEC, T0 + 3100 * SEC),
+        (T0 + 3000 * SEC, T0 + 7500 * SEC),
+    ] {
+        q4(node, data, lo, hi, phase).await;
+    }
 
     // Q5: per-minute count and sum over everything, with an origin off the minute
     let origin = T0 + 30 * SEC;
@@ -245,6 +246,29 @@ async fn check(node: &Node, data: &[Tick], phase: &str) {
     })
     .collect();
     assert_eq!(got, minutes, "{phase}: by minute");
+}
+
+async fn q4(node: &Node, data: &[Tick], lo: i64, hi: i64, phase: &str) {
+    let window: Vec<&Tick> = data.iter().filter(|t| t.ts >= lo && t.ts < hi).collect();
+    let got = rows(
+        node,
+        &format!(
+            "SELECT count(*), sum(size), avg(price) FROM trades \
+             WHERE ts >= to_timestamp_nanos({lo}) AND ts < to_timestamp_nanos({hi})"
+        ),
+    )
+    .await;
+    assert_eq!(got[0][0].as_i64(), Some(window.len() as i64), "{phase}: Q4");
+    assert_eq!(
+        got[0][1].as_i64(),
+        Some(window.iter().map(|t| t.size).sum::<i64>()),
+        "{phase}: Q4 sum"
+    );
+    let avg = window.iter().map(|t| t.price).sum::<f64>() / window.len() as f64;
+    assert!(
+        close(got[0][2].as_f64().expect("avg"), avg),
+        "{phase}: Q4 avg {got:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

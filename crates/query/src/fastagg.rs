@@ -30,6 +30,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, RecordBatch, StringArray, TimestampNanosecondArray,
 };
 use datafusion::arrow::compute::cast;
+use datafusion::arrow::compute::{max, min};
 use datafusion::arrow::datatypes::{
     DataType, Field, Int32Type, Schema, SchemaRef, TimeUnit, TimestampNanosecondType,
 };
@@ -37,9 +38,11 @@ use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, Tr
 use datafusion::common::{DataFusionError, HashMap, Result as DfResult, ScalarValue};
 use datafusion::config::ConfigOptions;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::logical_expr::Operator;
+use datafusion::logical_expr::{Accumulator, EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
-use datafusion::physical_expr::expressions::{Column, Literal};
+use datafusion::physical_expr::expressions::{BinaryExpr, Column, Literal};
+use datafusion::physical_expr::{conjunction_opt, split_conjunction};
 use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::{aggregate_expressions, AggregateExec, AggregateMode};
@@ -52,7 +55,9 @@ use futures::StreamExt;
 use shoal_common::schema::TIME_COLUMN;
 use shoal_consensus::Registry;
 use shoal_storage::arrow_schema::{storage_field, tag_storage_type};
+use shoal_storage::dedup::split_by_regions;
 use shoal_storage::read::PartRead;
+use shoal_storage::HotBatch;
 
 use crate::provider::{open_replica, resolved_stream, sources, ShardScanExec, ShardScanRequest};
 
@@ -108,6 +113,13 @@ struct Shape {
     /// The filter between scan and aggregate, over the scan's output, and its projection.
     filter: Option<Arc<dyn PhysicalExpr>>,
     filter_projection: Option<Vec<usize>>,
+    /// The filter's conjuncts that compare `ts` (column `ts_col` of the scan) with a
+    /// constant: a batch whose first and last `ts` pass one passes it everywhere, so it is
+    /// dropped for that batch (a time-range query over row groups wholly inside the range
+    /// filters nothing).
+    filter_ts: Vec<Arc<dyn PhysicalExpr>>,
+    filter_rest: Vec<Arc<dyn PhysicalExpr>>,
+    ts_col: Option<usize>,
     /// The aggregate's input schema (filter output).
     input_schema: SchemaRef,
     keys: Vec<KeyPart>,
@@ -181,6 +193,23 @@ fn shape(agg: &AggregateExec) -> Option<Shape> {
     if scan.request().limit.is_some() {
         return None;
     }
+    let ts_col = scan.request().projection.as_ref().map_or_else(
+        || scan.request().table_schema.index_of(TIME_COLUMN).ok(),
+        |p| {
+            p.iter()
+                .position(|&c| scan.request().table_schema.field(c).name() == TIME_COLUMN)
+        },
+    );
+    let (mut filter_ts, mut filter_rest) = (vec![], vec![]);
+    if let Some(f) = &filter {
+        for c in split_conjunction(f) {
+            if ts_col.is_some_and(|t| compares_with_constant(c, t)) {
+                filter_ts.push(c.clone());
+            } else {
+                filter_rest.push(c.clone());
+            }
+        }
+    }
     let input_schema = agg.input_schema();
     let schema = agg.schema();
     let keys = agg
@@ -208,6 +237,9 @@ fn shape(agg: &AggregateExec) -> Option<Shape> {
         registry: scan.registry().clone(),
         filter,
         filter_projection,
+        filter_ts,
+        filter_rest,
+        ts_col,
         input_schema,
         keys,
         aggs: agg.aggr_expr().to_vec(),
@@ -262,6 +294,23 @@ fn key_part(e: &Arc<dyn PhysicalExpr>, input: &Schema, out: &DataType) -> Option
         origin,
         out: out.clone(),
     })
+}
+
+/// Whether `e` is `column <op> constant` (or the mirror) with an ordering comparison: true
+/// at both ends of a range of the column's values means true all along it.
+fn compares_with_constant(e: &Arc<dyn PhysicalExpr>, column: usize) -> bool {
+    let Some(b) = e.downcast_ref::<BinaryExpr>() else {
+        return false;
+    };
+    let is_col = |x: &Arc<dyn PhysicalExpr>| {
+        x.downcast_ref::<Column>()
+            .is_some_and(|c| c.index() == column)
+    };
+    let is_lit = |x: &Arc<dyn PhysicalExpr>| x.downcast_ref::<Literal>().is_some();
+    matches!(
+        b.op(),
+        Operator::Lt | Operator::LtEq | Operator::Gt | Operator::GtEq
+    ) && ((is_col(b.left()) && is_lit(b.right())) || (is_lit(b.left()) && is_col(b.right())))
 }
 
 /// The start of `ts`'s bin, as DataFusion's `date_bin` computes it (bins reach back before
@@ -393,9 +442,28 @@ async fn aggregate_vshard(
         groups.push(conform(&h.batch, &scan_schema)?)?;
     }
     if src.has_dirty() {
-        let mut resolved = resolved_stream(req, &src, ctx)?;
-        while let Some(batch) = resolved.next().await {
-            groups.push(batch?)?;
+        // Rows of a dirty hot batch outside every contested region have no rival version:
+        // they are folded in as they are (dictionaries intact); only the rest is resolved.
+        let mut src = src;
+        let mut contested = vec![];
+        for h in std::mem::take(&mut src.dirty_hot) {
+            let Ok(ts) = h.batch.schema().index_of(TIME_COLUMN) else {
+                contested.push(h);
+                continue;
+            };
+            let (inside, outside) = split_by_regions(&h.batch, ts, &src.regions)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            groups.push(conform(&outside, &scan_schema)?)?;
+            if inside.num_rows() > 0 {
+                contested.push(HotBatch { batch: inside, ..h });
+            }
+        }
+        src.dirty_hot = contested;
+        if src.has_dirty() {
+            let mut resolved = resolved_stream(req, &src, ctx)?;
+            while let Some(batch) = resolved.next().await {
+                groups.push(batch?)?;
+            }
         }
     }
     groups.emit()?;
@@ -420,18 +488,17 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> DfResult<RecordBatch> {
             )),
         })
         .collect::<DfResult<Vec<ArrayRef>>>()?;
-    with_columns(columns, schema)
+    with_columns(columns, schema, batch.num_rows())
 }
 
 /// A batch of `columns` named and ordered as `schema` says, typed as the columns are.
-fn with_columns(columns: Vec<ArrayRef>, schema: &Schema) -> DfResult<RecordBatch> {
+fn with_columns(columns: Vec<ArrayRef>, schema: &Schema, rows: usize) -> DfResult<RecordBatch> {
     let fields: Vec<Field> = schema
         .fields()
         .iter()
         .zip(&columns)
         .map(|(f, c)| f.as_ref().clone().with_data_type(c.data_type().clone()))
         .collect();
-    let rows = columns.first().map_or(0, |c| c.len());
     Ok(RecordBatch::try_new_with_options(
         Arc::new(Schema::new(fields)),
         columns,
@@ -453,7 +520,7 @@ fn logical(batch: &RecordBatch, schema: &Schema) -> DfResult<RecordBatch> {
             }
         })
         .collect::<DfResult<Vec<_>>>()?;
-    with_columns(columns, schema)
+    with_columns(columns, schema, batch.num_rows())
 }
 
 /// Code of a null string key (string codes are interner indexes, below it: two string
@@ -488,12 +555,41 @@ impl Interner {
     }
 }
 
+/// Aggregate state: per group, or (without a group key) one plain accumulator per
+/// function, which sums a batch with vector kernels instead of scattering by group.
+enum Accumulators {
+    Grouped(Vec<Box<dyn GroupsAccumulator>>),
+    Single(Vec<Box<dyn Accumulator>>),
+}
+
+impl Accumulators {
+    fn new(shape: &Shape) -> DfResult<Accumulators> {
+        Ok(if shape.keys.is_empty() {
+            Accumulators::Single(
+                shape
+                    .aggs
+                    .iter()
+                    .map(|a| a.create_accumulator())
+                    .collect::<DfResult<_>>()?,
+            )
+        } else {
+            Accumulators::Grouped(
+                shape
+                    .aggs
+                    .iter()
+                    .map(|a| a.create_groups_accumulator())
+                    .collect::<DfResult<_>>()?,
+            )
+        })
+    }
+}
+
 /// The running partial aggregate of one vshard.
 struct Groups<'a> {
     shape: &'a Shape,
     batch_size: usize,
     interners: Vec<Interner>,
-    accumulators: Vec<Box<dyn GroupsAccumulator>>,
+    accumulators: Accumulators,
     /// The key codes of every group, per key part, in group order.
     group_codes: Vec<Vec<u64>>,
     /// One string key: group by code (dense); `null_group` for the null key.
@@ -513,11 +609,7 @@ impl<'a> Groups<'a> {
             shape,
             batch_size: batch_size.max(1),
             interners: shape.keys.iter().map(|_| Interner::default()).collect(),
-            accumulators: shape
-                .aggs
-                .iter()
-                .map(|a| a.create_groups_accumulator())
-                .collect::<DfResult<_>>()?,
+            accumulators: Accumulators::new(shape)?,
             group_codes: vec![vec![]; shape.keys.len()],
             by_code: vec![],
             null_group: NO_GROUP,
@@ -534,17 +626,17 @@ impl<'a> Groups<'a> {
             return Ok(());
         }
         let shape = self.shape;
-        let mut batch = match &shape.filter {
+        let mut batch = match self.residual_filter(&batch)? {
             None => batch,
             // A predicate that cannot read a dictionary column reads the strings.
-            Some(p) => match batch_filter(&batch, p) {
+            Some(p) => match batch_filter(&batch, &p) {
                 Ok(b) => b,
                 Err(_) => {
                     let scan_schema = match &shape.request.projection {
                         Some(pr) => shape.request.table_schema.project(pr)?,
                         None => shape.request.table_schema.as_ref().clone(),
                     };
-                    batch_filter(&logical(&batch, &scan_schema)?, p)?
+                    batch_filter(&logical(&batch, &scan_schema)?, &p)?
                 }
             },
         };
@@ -563,19 +655,87 @@ impl<'a> Groups<'a> {
                 columns[c] = cast(&columns[c], want)?;
             }
         }
-        let batch = with_columns(columns, &shape.input_schema)?;
-        let groups = self.group_ids(&batch)?;
-        for (acc, args) in self.accumulators.iter_mut().zip(&shape.args) {
-            let values = args
-                .iter()
+        let batch = with_columns(columns, &shape.input_schema, rows)?;
+        let evaluate = |args: &[Arc<dyn PhysicalExpr>]| {
+            args.iter()
                 .map(|e| e.evaluate(&batch)?.into_array(rows))
-                .collect::<DfResult<Vec<_>>>()?;
-            acc.update_batch(&values, &groups, None, self.num_groups)?;
+                .collect::<DfResult<Vec<_>>>()
+        };
+        match &mut self.accumulators {
+            Accumulators::Single(accs) => {
+                self.num_groups = 1;
+                for (acc, args) in accs.iter_mut().zip(&shape.args) {
+                    acc.update_batch(&evaluate(args)?)?;
+                }
+            }
+            Accumulators::Grouped(_) => {
+                let groups = self.group_ids(&batch)?;
+                let Accumulators::Grouped(accs) = &mut self.accumulators else {
+                    unreachable!("matched above")
+                };
+                for (acc, args) in accs.iter_mut().zip(&shape.args) {
+                    acc.update_batch(&evaluate(args)?, &groups, None, self.num_groups)?;
+                }
+            }
         }
         if self.num_groups >= FAST_AGG_MAX_GROUPS {
             self.emit()?;
         }
         Ok(())
+    }
+
+    /// The part of the filter `batch` still needs (`None`: every row passes).
+    fn residual_filter(&self, batch: &RecordBatch) -> DfResult<Option<Arc<dyn PhysicalExpr>>> {
+        let shape = self.shape;
+        let Some(filter) = &shape.filter else {
+            return Ok(None);
+        };
+        let ts = shape.ts_col.and_then(|t| {
+            batch
+                .column(t)
+                .as_primitive_opt::<TimestampNanosecondType>()
+                .map(|a| (t, a))
+        });
+        let Some((t, ts)) = ts.filter(|_| !shape.filter_ts.is_empty()) else {
+            return Ok(Some(filter.clone()));
+        };
+        let (Some(lo), Some(hi)) = (min(ts), max(ts)) else {
+            return Ok(Some(filter.clone()));
+        };
+        // A two-row batch: the first and last ts, everything else null.
+        let fields: Vec<Field> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect();
+        let columns: Vec<ArrayRef> = batch
+            .columns()
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == t {
+                    Arc::new(
+                        TimestampNanosecondArray::from(vec![lo, hi])
+                            .with_data_type(c.data_type().clone()),
+                    ) as ArrayRef
+                } else {
+                    datafusion::arrow::array::new_null_array(c.data_type(), 2)
+                }
+            })
+            .collect();
+        let ends = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+        let mut kept = shape.filter_rest.clone();
+        for c in &shape.filter_ts {
+            let v = c.evaluate(&ends)?.into_array(2)?;
+            let holds = v
+                .as_boolean_opt()
+                .is_some_and(|b| b.null_count() == 0 && b.value(0) && b.value(1));
+            if !holds {
+                kept.push(c.clone());
+            }
+        }
+        Ok(conjunction_opt(kept))
     }
 
     /// The key codes of every row, for key part `k`.
@@ -779,8 +939,20 @@ impl<'a> Groups<'a> {
             };
             columns.push(array);
         }
-        for acc in &mut self.accumulators {
-            columns.extend(acc.state(EmitTo::All)?);
+        match &mut self.accumulators {
+            Accumulators::Grouped(accs) => {
+                for acc in accs {
+                    columns.extend(acc.state(EmitTo::All)?);
+                }
+            }
+            Accumulators::Single(accs) => {
+                for acc in accs {
+                    for v in acc.state()? {
+                        columns.push(v.to_array()?);
+                    }
+                }
+                self.accumulators = Accumulators::new(self.shape)?;
+            }
         }
         let columns = columns
             .into_iter()

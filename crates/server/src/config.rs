@@ -252,6 +252,20 @@ mod tests {
     }
 
     #[test]
+    fn parquet_compression_names_a_codec() {
+        let mut cfg = NodeConfig::default();
+        assert_eq!(
+            cfg.part_compression(),
+            Ok(shoal_storage::PartCompression::Lz4)
+        );
+        cfg.parquet_compression = "zstd".into();
+        assert!(cfg.validate().is_ok());
+        cfg.parquet_compression = "gzip".into();
+        let err = cfg.validate().expect_err("unknown codec");
+        assert!(err.contains("parquet_compression \"gzip\""), "{err}");
+    }
+
+    #[test]
     fn example_config_parses_and_matches_defaults() {
         let text = include_str!("../../../shoal.example.toml");
         let cfg = NodeConfig::from_toml(text).expect("example parses");
