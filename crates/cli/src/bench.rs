@@ -434,6 +434,7 @@ async fn query(a: QueryArgs) -> Result<(), String> {
     let mut out = vec![];
     for (name, sql) in queries(&a.symbol) {
         let mut times = vec![];
+        let mut first_ms = 0.0;
         for run in 0..=a.runs.max(1) {
             let t = Instant::now();
             let r = http
@@ -447,20 +448,24 @@ async fn query(a: QueryArgs) -> Result<(), String> {
             if status != 200 {
                 return Err(format!("{name} failed with {status}: {body}"));
             }
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
             if run > 0 {
-                times.push(t.elapsed().as_secs_f64() * 1000.0);
+                times.push(ms);
+            } else {
+                first_ms = ms;
             }
         }
         times.sort_by(f64::total_cmp);
         let median = percentile(&times, 0.5);
         println!(
-            "{name}: median {median:.1} ms, min {:.1} ms, max {:.1} ms ({} warm runs)",
+            "{name}: median {median:.1} ms, min {:.1} ms, max {:.1} ms ({} warm runs); first run {first_ms:.1} ms",
             times[0],
             times[times.len() - 1],
             times.len()
         );
         out.push(json!({"query": name, "sql": sql, "median_ms": median,
-            "min_ms": times[0], "max_ms": times[times.len() - 1], "runs": times.len()}));
+            "min_ms": times[0], "max_ms": times[times.len() - 1], "runs": times.len(),
+            "first_ms": first_ms}));
     }
     write_json(
         &a.json,

@@ -108,6 +108,9 @@ pub struct StartArgs {
     /// Rows per Parquet row group [default: 262144]
     #[arg(long, env = "SHOAL_PARQUET_ROW_GROUP_ROWS")]
     parquet_row_group_rows: Option<usize>,
+    /// Decoded column chunks of flushed parts kept in memory, bytes; 0 = off [default: 1073741824]
+    #[arg(long, env = "SHOAL_COLUMN_CACHE_BYTES")]
+    column_cache_bytes: Option<u64>,
     /// Compression of flushed Parquet parts: lz4, zstd or none [default: lz4]
     #[arg(long, env = "SHOAL_PARQUET_COMPRESSION")]
     parquet_compression: Option<String>,
@@ -195,6 +198,7 @@ pub fn resolve(args: &StartArgs) -> Result<NodeConfig, String> {
         wal_fsync,
         min_free_disk_bytes,
         parquet_row_group_rows,
+        column_cache_bytes,
         parquet_compression,
         query_target_partitions,
         http_max_concurrent_requests,

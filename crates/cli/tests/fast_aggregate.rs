@@ -81,6 +81,32 @@ async fn rows(node: &Node, sql: &str) -> Vec<Vec<serde_json::Value>> {
     serde_json::from_value(v["rows"].clone()).unwrap_or_else(|e| panic!("{sql}: {e}: {v}"))
 }
 
+/// The value of counter `name` in EXPLAIN ANALYZE output (summed over partitions; large
+/// counts print as `9.00 K`).
+fn metric(plan: &str, name: &str) -> u64 {
+    let at = plan
+        .find(&format!("{name}="))
+        .unwrap_or_else(|| panic!("no {name} in {plan}"));
+    let rest = &plan[at + name.len() + 1..];
+    let num: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    let value: f64 = num
+        .parse()
+        .unwrap_or_else(|_| panic!("{name} is not a count in {plan}"));
+    let scale = match rest[num.len()..]
+        .strip_prefix(' ')
+        .and_then(|r| r.chars().next())
+    {
+        Some('K') => 1e3,
+        Some('M') => 1e6,
+        Some('B') => 1e9,
+        _ => 1.0,
+    };
+    (value * scale).round() as u64
+}
+
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
 }
@@ -300,6 +326,20 @@ async fn partial_aggregates_off_storage_match_the_data() {
     // A graceful stop flushes everything to Parquet.
     node.restart_graceful().await;
     check(&node, &data, "flushed").await;
+
+    // EXPLAIN ANALYZE shows what the vshards read; once a chunk has been decoded twice
+    // (admission on the second decode), repeats come from the column cache.
+    let q = "EXPLAIN ANALYZE SELECT symbol, avg(price) FROM trades GROUP BY symbol";
+    for _ in 0..2 {
+        assert_eq!(node.sql(q).await.0, 200);
+    }
+    let (status, plan) = node.sql(q).await;
+    assert_eq!(status, 200, "{plan}");
+    let plan = plan.to_string();
+    assert!(metric(&plan, "parts_read") > 0, "{plan}");
+    assert_eq!(metric(&plan, "part_rows"), data.len() as u64, "{plan}");
+    assert!(metric(&plan, "chunks_cached") > 0, "{plan}");
+    assert_eq!(metric(&plan, "chunks_decoded"), 0, "{plan}");
 
     // Rewrite every 7th point with another price and size: the flushed versions are
     // replaced, so the scan resolves repeats in those time ranges.

@@ -47,6 +47,9 @@ use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::{aggregate_expressions, AggregateExec, AggregateMode};
 use datafusion::physical_plan::filter::{batch_filter, FilterExec};
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time,
+};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, InputOrderMode, PlanProperties,
@@ -137,6 +140,39 @@ pub struct ShardAggregateExec {
     /// The `AggregateExec` this node runs in its own way.
     agg: Arc<dyn ExecutionPlan>,
     shape: Arc<Shape>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+/// What one partition (vshard) of a [`ShardAggregateExec`] did, for EXPLAIN ANALYZE.
+struct VshardMetrics {
+    /// Output rows and the time spent folding rows in (reading included).
+    baseline: BaselineMetrics,
+    /// Waiting for this replica to be readable at the query's consistency.
+    open_time: Time,
+    parts_read: Count,
+    /// Column chunks of those parts served decoded from the column cache, and decoded.
+    chunks_cached: Count,
+    chunks_decoded: Count,
+    /// Rows folded in from flushed parts, from hot batches, and through resolution.
+    part_rows: Count,
+    hot_rows: Count,
+    resolved_rows: Count,
+}
+
+impl VshardMetrics {
+    fn new(set: &ExecutionPlanMetricsSet, partition: usize) -> VshardMetrics {
+        let m = || MetricBuilder::new(set);
+        VshardMetrics {
+            baseline: BaselineMetrics::new(set, partition),
+            open_time: m().subset_time("open_time", partition),
+            parts_read: m().counter("parts_read", partition),
+            chunks_cached: m().counter("chunks_cached", partition),
+            chunks_decoded: m().counter("chunks_decoded", partition),
+            part_rows: m().counter("part_rows", partition),
+            hot_rows: m().counter("hot_rows", partition),
+            resolved_rows: m().counter("resolved_rows", partition),
+        }
+    }
 }
 
 impl fmt::Debug for ShardAggregateExec {
@@ -165,6 +201,7 @@ impl ShardAggregateExec {
         Some(ShardAggregateExec {
             agg: plan,
             shape: Arc::new(shape),
+            metrics: ExecutionPlanMetricsSet::new(),
         })
     }
 }
@@ -355,6 +392,10 @@ impl ExecutionPlan for ShardAggregateExec {
         vec![&self.agg]
     }
 
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
     fn apply_expressions(
         &self,
         _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
@@ -390,8 +431,9 @@ impl ExecutionPlan for ShardAggregateExec {
             )));
         }
         let shape = self.shape.clone();
+        let metrics = VshardMetrics::new(&self.metrics, partition);
         let batches = async move {
-            match aggregate_vshard(shape, vshard, context).await {
+            match aggregate_vshard(shape, vshard, context, &metrics).await {
                 Ok(out) => futures::stream::iter(out.into_iter().map(Ok)).left_stream(),
                 Err(e) => futures::stream::once(async move { Err(e) }).right_stream(),
             }
@@ -408,9 +450,15 @@ async fn aggregate_vshard(
     shape: Arc<Shape>,
     vshard: u32,
     ctx: Arc<TaskContext>,
+    metrics: &VshardMetrics,
 ) -> DfResult<Vec<RecordBatch>> {
     let req = &shape.request;
-    let store = open_replica(shape.registry.clone(), req.consistency.clone(), vshard).await?;
+    let store = {
+        let _open = metrics.open_time.timer();
+        open_replica(shape.registry.clone(), req.consistency.clone(), vshard).await?
+    };
+    let compute = metrics.baseline.elapsed_compute().clone();
+    let mut timer = compute.timer();
     let src = sources(&store, req);
     let scan_schema = match &req.projection {
         Some(p) => Arc::new(req.table_schema.project(p)?),
@@ -431,15 +479,21 @@ async fn aggregate_vshard(
             max_ts: req.max_ts,
             key: None,
         };
-        let batches = store
+        let mut batches = store
             .read_part(path, &read)
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        for batch in batches {
-            groups.push(batch.map_err(|e| DataFusionError::External(Box::new(e)))?)?;
+        metrics.parts_read.add(1);
+        while let Some(batch) = batches.next() {
+            let batch = batch.map_err(|e| DataFusionError::External(Box::new(e)))?;
+            metrics.part_rows.add(batch.num_rows());
+            groups.push_within(batch, batches.ts_bounds())?;
         }
+        metrics.chunks_cached.add(batches.chunks_cached());
+        metrics.chunks_decoded.add(batches.chunks_decoded());
     }
     for h in &src.hot {
-        groups.push(conform(&h.batch, &scan_schema)?)?;
+        metrics.hot_rows.add(h.batch.num_rows());
+        groups.push_within(conform(&h.batch, &scan_schema)?, Some((h.min_ts, h.max_ts)))?;
     }
     if src.has_dirty() {
         // Rows of a dirty hot batch outside every contested region have no rival version:
@@ -453,6 +507,7 @@ async fn aggregate_vshard(
             };
             let (inside, outside) = split_by_regions(&h.batch, ts, &src.regions)
                 .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            metrics.hot_rows.add(outside.num_rows());
             groups.push(conform(&outside, &scan_schema)?)?;
             if inside.num_rows() > 0 {
                 contested.push(HotBatch { batch: inside, ..h });
@@ -461,12 +516,23 @@ async fn aggregate_vshard(
         src.dirty_hot = contested;
         if src.has_dirty() {
             let mut resolved = resolved_stream(req, &src, ctx)?;
-            while let Some(batch) = resolved.next().await {
-                groups.push(batch?)?;
+            loop {
+                timer.stop();
+                let Some(batch) = resolved.next().await else {
+                    break;
+                };
+                timer = compute.timer();
+                let batch = batch?;
+                metrics.resolved_rows.add(batch.num_rows());
+                groups.push(batch)?;
             }
+            timer = compute.timer();
         }
     }
     groups.emit()?;
+    timer.done();
+    let rows: usize = groups.out.iter().map(|b| b.num_rows()).sum();
+    metrics.baseline.record_output(rows);
     Ok(groups.out)
 }
 
@@ -530,6 +596,19 @@ const NULL_CODE: u64 = u32::MAX as u64;
 pub const FAST_AGG_MAX_STRINGS: usize = u32::MAX as usize - 1;
 /// Marks a string code without a group yet.
 const NO_GROUP: u32 = u32::MAX;
+
+/// The smallest and largest `ts` of a column, in one pass.
+fn ts_range(ts: &TimestampNanosecondArray) -> Option<(i64, i64)> {
+    if ts.null_count() > 0 {
+        return Some((min(ts)?, max(ts)?));
+    }
+    let v = ts.values();
+    let first = *v.first()?;
+    Some(
+        v.iter()
+            .fold((first, first), |(lo, hi), &t| (lo.min(t), hi.max(t))),
+    )
+}
 
 /// Distinct strings of one key column, by code.
 #[derive(Default)]
@@ -600,6 +679,8 @@ struct Groups<'a> {
     /// Any other keys.
     by_key: HashMap<Vec<u64>, u32>,
     num_groups: usize,
+    /// Literal arguments expanded into arrays, by aggregate and argument (see `argument`).
+    literals: Vec<Vec<Option<ArrayRef>>>,
     out: Vec<RecordBatch>,
 }
 
@@ -616,17 +697,24 @@ impl<'a> Groups<'a> {
             by_packed: HashMap::default(),
             by_key: HashMap::default(),
             num_groups: 0,
+            literals: vec![],
             out: vec![],
         })
     }
 
     /// Folds in one batch of the scan's output (tags possibly dictionary-encoded).
     fn push(&mut self, batch: RecordBatch) -> DfResult<()> {
+        self.push_within(batch, None)
+    }
+
+    /// [`Groups::push`] for a batch whose `ts` is known to lie within `ts_bounds`, which
+    /// spares finding its range.
+    fn push_within(&mut self, batch: RecordBatch, ts_bounds: Option<(i64, i64)>) -> DfResult<()> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
         let shape = self.shape;
-        let mut batch = match self.residual_filter(&batch)? {
+        let mut batch = match self.residual_filter(&batch, ts_bounds)? {
             None => batch,
             // A predicate that cannot read a dictionary column reads the strings.
             Some(p) => match batch_filter(&batch, &p) {
@@ -656,16 +744,19 @@ impl<'a> Groups<'a> {
             }
         }
         let batch = with_columns(columns, &shape.input_schema, rows)?;
-        let evaluate = |args: &[Arc<dyn PhysicalExpr>]| {
-            args.iter()
-                .map(|e| e.evaluate(&batch)?.into_array(rows))
-                .collect::<DfResult<Vec<_>>>()
-        };
+        let mut inputs = Vec::with_capacity(shape.args.len());
+        for (a, args) in shape.args.iter().enumerate() {
+            let mut arrays = Vec::with_capacity(args.len());
+            for (i, e) in args.iter().enumerate() {
+                arrays.push(self.argument(a, i, e, &batch)?);
+            }
+            inputs.push(arrays);
+        }
         match &mut self.accumulators {
             Accumulators::Single(accs) => {
                 self.num_groups = 1;
-                for (acc, args) in accs.iter_mut().zip(&shape.args) {
-                    acc.update_batch(&evaluate(args)?)?;
+                for (acc, args) in accs.iter_mut().zip(&inputs) {
+                    acc.update_batch(args)?;
                 }
             }
             Accumulators::Grouped(_) => {
@@ -673,8 +764,8 @@ impl<'a> Groups<'a> {
                 let Accumulators::Grouped(accs) = &mut self.accumulators else {
                     unreachable!("matched above")
                 };
-                for (acc, args) in accs.iter_mut().zip(&shape.args) {
-                    acc.update_batch(&evaluate(args)?, &groups, None, self.num_groups)?;
+                for (acc, args) in accs.iter_mut().zip(&inputs) {
+                    acc.update_batch(args, &groups, None, self.num_groups)?;
                 }
             }
         }
@@ -684,8 +775,42 @@ impl<'a> Groups<'a> {
         Ok(())
     }
 
+    /// Argument `i` of aggregate `a` over `batch`. A literal (the `1` of `count(*)`) is
+    /// expanded into an array once and sliced for every later batch.
+    fn argument(
+        &mut self,
+        a: usize,
+        i: usize,
+        e: &Arc<dyn PhysicalExpr>,
+        batch: &RecordBatch,
+    ) -> DfResult<ArrayRef> {
+        let rows = batch.num_rows();
+        if e.downcast_ref::<Literal>().is_none() {
+            return e.evaluate(batch)?.into_array(rows);
+        }
+        if self.literals.len() <= a {
+            self.literals.resize(a + 1, vec![]);
+        }
+        let slots = &mut self.literals[a];
+        if slots.len() <= i {
+            slots.resize(i + 1, None);
+        }
+        match &slots[i] {
+            Some(arr) if arr.len() >= rows => Ok(arr.slice(0, rows)),
+            _ => {
+                let arr = e.evaluate(batch)?.into_array(rows)?;
+                slots[i] = Some(arr.clone());
+                Ok(arr)
+            }
+        }
+    }
+
     /// The part of the filter `batch` still needs (`None`: every row passes).
-    fn residual_filter(&self, batch: &RecordBatch) -> DfResult<Option<Arc<dyn PhysicalExpr>>> {
+    fn residual_filter(
+        &self,
+        batch: &RecordBatch,
+        ts_bounds: Option<(i64, i64)>,
+    ) -> DfResult<Option<Arc<dyn PhysicalExpr>>> {
         let shape = self.shape;
         let Some(filter) = &shape.filter else {
             return Ok(None);
@@ -699,7 +824,7 @@ impl<'a> Groups<'a> {
         let Some((t, ts)) = ts.filter(|_| !shape.filter_ts.is_empty()) else {
             return Ok(Some(filter.clone()));
         };
-        let (Some(lo), Some(hi)) = (min(ts), max(ts)) else {
+        let Some((lo, hi)) = ts_bounds.or_else(|| ts_range(ts)) else {
             return Ok(Some(filter.clone()));
         };
         // A two-row batch: the first and last ts, everything else null.

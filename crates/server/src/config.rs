@@ -85,6 +85,8 @@ pub struct NodeConfig {
     pub min_free_disk_bytes: u64,
     /// Rows per Parquet row group.
     pub parquet_row_group_rows: usize,
+    /// Decoded column chunks of flushed parts kept in memory, bytes (0 = off).
+    pub column_cache_bytes: u64,
     /// Compression of flushed Parquet parts: `lz4`, `zstd` or `none`.
     pub parquet_compression: String,
     /// DataFusion target partitions; 0 = number of cores.
@@ -157,6 +159,7 @@ impl Default for NodeConfig {
             wal_fsync: true,
             min_free_disk_bytes: 64 * MIB,
             parquet_row_group_rows: 256 * 1024,
+            column_cache_bytes: shoal_storage::DEFAULT_COLUMN_CACHE_BYTES,
             parquet_compression: "lz4".into(),
             query_target_partitions: 0,
             http_max_concurrent_requests: 256,

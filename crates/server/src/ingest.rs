@@ -51,6 +51,10 @@ struct TableRows<'a> {
     ts: Vec<i64>,
     columns: Vec<Column<'a>>,
     by_name: HashMap<Cow<'a, str>, usize>,
+    /// The column the next key of the current line is expected to be: lines of one
+    /// measurement nearly always carry the same keys in the same order, so a string
+    /// compare against this guess replaces the hash lookup.
+    next_guess: usize,
 }
 
 fn field_type(v: &FieldValue<'_>) -> ColumnType {
@@ -80,8 +84,13 @@ impl<'a> TableRows<'a> {
         v: Value<'a>,
     ) -> Result<(), QueryError> {
         let row = (self.ts.len() - 1) as u32;
-        let idx = match self.by_name.get(name.as_ref()) {
-            Some(&i) => i,
+        let guess = self.next_guess;
+        let idx = match self.columns.get(guess) {
+            Some(c) if c.name == name => Some(guess),
+            _ => self.by_name.get(name.as_ref()).copied(),
+        };
+        let idx = match idx {
+            Some(i) => i,
             None => {
                 if name == TIME_COLUMN {
                     return Err(QueryError::bad_input(format!(
@@ -100,6 +109,7 @@ impl<'a> TableRows<'a> {
                 self.columns.len() - 1
             }
         };
+        self.next_guess = idx + 1;
         let col = &mut self.columns[idx];
         if col.column_type != t {
             return Err(QueryError::bad_input(format!(
@@ -128,6 +138,7 @@ fn parse_body<'a>(
 ) -> Result<Vec<TableRows<'a>>, QueryError> {
     let mut tables: Vec<TableRows<'a>> = vec![];
     let mut by_name: HashMap<Cow<'a, str>, usize> = HashMap::new();
+    let mut last_table: Option<usize> = None;
     let mut lines = 0usize;
     let mut iter = shoal_lineproto::parse_lines(body);
     while let Some(parsed) = iter.next() {
@@ -150,19 +161,29 @@ fn parse_body<'a>(
             None => now,
         };
         let measurement = line.measurement;
-        validate_name(&measurement)
-            .map_err(|e| QueryError::bad_input(format!("line {line_no}: {e}")))?;
-        let ti = *by_name.entry(measurement.clone()).or_insert_with(|| {
-            tables.push(TableRows {
-                name: measurement,
-                ts: vec![],
-                columns: vec![],
-                by_name: HashMap::new(),
-            });
-            tables.len() - 1
-        });
+        let ti = match last_table {
+            Some(i) if tables[i].name == measurement => i,
+            _ => match by_name.get(measurement.as_ref()) {
+                Some(&i) => i,
+                None => {
+                    validate_name(&measurement)
+                        .map_err(|e| QueryError::bad_input(format!("line {line_no}: {e}")))?;
+                    by_name.insert(measurement.clone(), tables.len());
+                    tables.push(TableRows {
+                        name: measurement,
+                        ts: vec![],
+                        columns: vec![],
+                        by_name: HashMap::new(),
+                        next_guess: 0,
+                    });
+                    tables.len() - 1
+                }
+            },
+        };
+        last_table = Some(ti);
         let t = &mut tables[ti];
         t.ts.push(ts);
+        t.next_guess = 0;
         for (k, v) in line.tags {
             t.push(line_no, k, ColumnType::Tag, Value::Str(v))?;
         }
@@ -369,6 +390,33 @@ mod tests {
             idle.values[0].0, 1,
             "idle is set on the second cpu row only"
         );
+    }
+
+    /// The next-column guess must never put a value in the wrong column: keys in another
+    /// order, a key missing, a new key, and another measurement in between.
+    #[test]
+    fn keys_in_any_order_land_in_their_columns() {
+        let body = b"m,a=p x=1 1\nm x=2,y=3 2\nn,a=z v=1 3\nm,b=q y=4,x=5 4\nm,a=r x=6 5\n";
+        let tables = parse_body(body, Precision::Nanoseconds, 0).expect("parse");
+        let m = &tables[0];
+        let col = |name: &str| &m.columns[m.by_name[name]].values;
+        let floats = |name: &str| -> Vec<(u32, f64)> {
+            col(name)
+                .iter()
+                .map(|(r, v)| match v {
+                    Value::Float(f) => (*r, *f),
+                    _ => panic!("{name} is not a float"),
+                })
+                .collect()
+        };
+        assert_eq!(floats("x"), vec![(0, 1.0), (1, 2.0), (2, 5.0), (3, 6.0)]);
+        assert_eq!(floats("y"), vec![(1, 3.0), (2, 4.0)]);
+        let rows: Vec<u32> = col("a").iter().map(|(r, _)| *r).collect();
+        assert_eq!(rows, vec![0, 3]);
+        let rows: Vec<u32> = col("b").iter().map(|(r, _)| *r).collect();
+        assert_eq!(rows, vec![2]);
+        assert_eq!(tables[1].name, "n");
+        assert_eq!(tables[1].ts, vec![3]);
     }
 
     #[test]

@@ -85,6 +85,9 @@ fn groups_config(cfg: &NodeConfig, dir: &DataDir, rpc_addr: &str) -> GroupsConfi
         store: shoal_storage::StoreConfig {
             parquet_row_group_rows: cfg.parquet_row_group_rows,
             parquet_compression: cfg.part_compression().unwrap_or_default(),
+            column_cache: std::sync::Arc::new(shoal_storage::ColumnCache::new(
+                cfg.column_cache_bytes,
+            )),
             ..Default::default()
         },
         flush_hot_bytes: cfg.flush_hot_bytes,

@@ -26,6 +26,7 @@ pub mod read;
 pub mod shard;
 
 pub use manifest::{Manifest, PartMeta};
+pub use read::{ColumnCache, ColumnCacheStats, SharedColumnCache, DEFAULT_COLUMN_CACHE_BYTES};
 pub use shard::{FlushJob, HotBatch, PartCompression, ScanSnapshot, ShardStore, StoreConfig};
 
 /// Errors of the storage layer.

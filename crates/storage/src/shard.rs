@@ -70,6 +70,8 @@ pub struct StoreConfig {
     pub parquet_compression: PartCompression,
     /// zstd level for Parquet pages when compressing with zstd (1 is fast and still compact).
     pub parquet_zstd_level: i32,
+    /// Decoded column chunks of flushed parts; one cache serves every store of a node.
+    pub column_cache: crate::read::SharedColumnCache,
 }
 
 impl Default for StoreConfig {
@@ -78,6 +80,7 @@ impl Default for StoreConfig {
             parquet_row_group_rows: 256 * 1024,
             parquet_compression: PartCompression::Lz4,
             parquet_zstd_level: 1,
+            column_cache: Default::default(),
         }
     }
 }
@@ -235,6 +238,7 @@ impl ShardStore {
                 },
             );
         }
+        let part_meta = crate::read::MetaCache::new(cfg.column_cache.clone());
         let store = ShardStore {
             dir: dir.to_path_buf(),
             cfg,
@@ -247,7 +251,7 @@ impl ShardStore {
             }),
             flush_lock: Mutex::new(()),
             flushing: Arc::new(AtomicBool::new(false)),
-            part_meta: Default::default(),
+            part_meta,
         };
         Ok((Arc::new(store), raft_state))
     }
@@ -415,7 +419,8 @@ impl ShardStore {
         st.manifest = manifest.clone();
         st.oldest_hot = None;
         drop(st);
-        self.forget_dead_parts(manifest);
+        // Parts kept their names but may hold other rows now.
+        self.part_meta.reset();
         Ok(())
     }
 }
@@ -999,6 +1004,168 @@ mod tests {
         // Only the middle bucket's row group is read.
         assert_eq!(read(Some(h), Some(2 * h - 1)), want[3..5].to_vec());
         assert_eq!(read(Some(10 * h), None), vec![]);
+    }
+
+    /// A repeated read is served from the column cache with the same rows; a column not
+    /// read before is decoded and the rest still come from the cache; a reset (snapshot
+    /// install) and a cache too small for a chunk both mean decoding again.
+    #[test]
+    fn column_cache_serves_repeat_reads() {
+        use crate::read::{ColumnCache, PartRead};
+        let dir = tempfile::tempdir().expect("tmp");
+        let cache = Arc::new(ColumnCache::new(64 * 1024 * 1024));
+        let cfg = StoreConfig {
+            column_cache: cache.clone(),
+            ..Default::default()
+        };
+        let (store, _) = ShardStore::open(dir.path(), cfg).expect("open");
+        let h = PART_TIME_BUCKET_NS;
+        let ts = [2 * h + 5, 7, h + 1, 3, 2 * h, h + 9, 1];
+        let sym = ["B", "B", "C", "A", "A", "A", "B"];
+        let price = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0];
+        store.insert(1, keyed(&ts, &sym, &price)).expect("insert");
+        let m = store
+            .begin_flush()
+            .expect("flush")
+            .commit(&store, serde_json::json!(null))
+            .expect("commit");
+        let path = dir.path().join(&m.tables[&1][0].file);
+        let stored = |names: &[&str]| -> SchemaRef {
+            let logical = keyed(&[0], &["A"], &[0.0]).schema();
+            Arc::new(Schema::new(
+                names
+                    .iter()
+                    .map(|n| {
+                        crate::arrow_schema::storage_field(
+                            logical.field_with_name(n).expect("field"),
+                        )
+                    })
+                    .collect::<Vec<_>>(),
+            ))
+        };
+        // (rows as debug text, chunks cached, chunks decoded)
+        let read = |store: &ShardStore, names: &[&str]| {
+            let req = PartRead {
+                schema: stored(names),
+                min_ts: None,
+                max_ts: None,
+                key: None,
+            };
+            let mut it = store.read_part(&path, &req).expect("read");
+            let mut rows = 0;
+            let mut text = vec![];
+            for b in it.by_ref() {
+                let b = b.expect("batch");
+                rows += b.num_rows();
+                text.push(format!("{:?}", b.columns()));
+            }
+            (rows, text, it.chunks_cached(), it.chunks_decoded())
+        };
+        let first = read(&store, &["ts", "price"]);
+        assert_eq!(
+            (first.0, first.2, first.3),
+            (7, 0, 6),
+            "3 row groups × 2 columns"
+        );
+        assert_eq!(cache.stats().chunks, 0, "one decode does not admit a chunk");
+        let second = read(&store, &["ts", "price"]);
+        assert_eq!(
+            (second.2, second.3),
+            (0, 6),
+            "the second decode admits them"
+        );
+        let again = read(&store, &["ts", "price"]);
+        assert_eq!((again.2, again.3), (6, 0), "all from the cache");
+        assert_eq!(again.1, first.1, "the same rows");
+        assert_eq!(second.1, first.1);
+        read(&store, &["price", "symbol", "ts"]);
+        let wider = read(&store, &["price", "symbol", "ts"]);
+        assert_eq!(
+            (wider.0, wider.2, wider.3),
+            (7, 6, 3),
+            "symbol decoded twice"
+        );
+        let wider = read(&store, &["symbol"]);
+        assert_eq!((wider.2, wider.3), (3, 0));
+        let count = read(&store, &[]);
+        assert_eq!(
+            (count.0, count.2, count.3),
+            (7, 0, 0),
+            "a count reads no column"
+        );
+        let stats = cache.stats();
+        assert_eq!(stats.chunks, 9);
+        assert!(stats.bytes > 0 && stats.bytes <= stats.limit_bytes);
+
+        store.part_meta.reset();
+        assert_eq!(
+            cache.stats().chunks,
+            0,
+            "a reset drops the old epoch's chunks"
+        );
+        read(&store, &["ts", "price"]);
+        let after = read(&store, &["ts", "price"]);
+        assert_eq!((after.2, after.3), (0, 6), "decoded again after the reset");
+        assert_eq!(after.1, first.1);
+        let after = read(&store, &["ts", "price"]);
+        assert_eq!((after.2, after.3), (6, 0));
+        drop(store);
+        assert_eq!(
+            cache.stats().chunks,
+            0,
+            "a closed store leaves nothing behind"
+        );
+
+        // Too small for any chunk: every read decodes, nothing is kept.
+        let tiny = Arc::new(ColumnCache::new(64));
+        let cfg = StoreConfig {
+            column_cache: tiny.clone(),
+            ..Default::default()
+        };
+        let (store, _) = ShardStore::open(dir.path(), cfg).expect("reopen");
+        for _ in 0..3 {
+            let again = read(&store, &["ts", "price"]);
+            assert_eq!((again.2, again.3), (0, 6));
+        }
+        assert_eq!(tiny.stats().bytes, 0);
+    }
+
+    /// Past its bound the cache evicts the least recently used chunks first.
+    #[test]
+    fn column_cache_evicts_least_recently_used() {
+        use crate::read::ColumnCache;
+        let one = || -> Arc<[ArrayRef]> {
+            vec![Arc::new(Float64Array::from(vec![0.0; 1000])) as ArrayRef].into()
+        };
+        let size: u64 = one().iter().map(|a| a.get_array_memory_size() as u64).sum();
+        let cache = ColumnCache::new(size * 10);
+        let keys: Vec<_> = (0..12).map(cache_key).collect();
+        for k in &keys[..9] {
+            cache.put_for_test(k.clone(), one());
+            assert!(!cache.get_for_test(k), "admitted on the second decode only");
+            cache.put_for_test(k.clone(), one());
+        }
+        assert!(
+            cache.get_for_test(&keys[0]),
+            "touch the oldest: now it is the newest"
+        );
+        for k in &keys[9..] {
+            cache.put_for_test(k.clone(), one());
+            cache.put_for_test(k.clone(), one());
+        }
+        let st = cache.stats();
+        assert!(st.bytes <= size * 10, "{st:?}");
+        assert!(st.evictions > 0, "{st:?}");
+        assert!(cache.get_for_test(&keys[0]), "the touched chunk stays");
+        assert!(cache.get_for_test(&keys[11]), "the newest stays");
+        assert!(
+            !cache.get_for_test(&keys[1]),
+            "the least recently used went first"
+        );
+    }
+
+    fn cache_key(i: usize) -> crate::read::ChunkKey {
+        crate::read::ChunkKey::new(1, "p.parquet", i, 0)
     }
 
     #[test]
