@@ -97,6 +97,9 @@ pub struct HotBatch {
 struct TableData {
     /// (sequence number, batch), in apply order.
     hot: Vec<(u64, HotBatch)>,
+    /// Hot batches with a lower sequence number are merge results (or were passed over by
+    /// a merge) and are never merged again.
+    unmerged_from: u64,
     hot_rows: u64,
     hot_bytes: u64,
     parts: Vec<PartMeta>,
@@ -104,14 +107,18 @@ struct TableData {
 
 impl TableData {
     /// Merges the small batches at the tail of the hot buffer (those at or above `floor`)
-    /// into one once there are enough of them. Concatenated in apply order and resolved with
-    /// last-write-wins, the merged batch holds exactly what the batches did.
+    /// once there are enough of them: one merged batch per time bucket (as in a part's row
+    /// groups), so a time-range scan takes whole chunks inside its range without filtering
+    /// them. Concatenated in apply order and resolved with last-write-wins, the merged
+    /// batches hold exactly what the batches did; a point has one bucket, so no point is in
+    /// two of them. A tail spread over more than [`HOT_MERGE_MAX_BUCKETS`] buckets (a
+    /// backfill of scattered times) is merged into one batch instead of many tiny ones.
     fn merge_tail(&mut self, floor: u64) -> Result<()> {
         let mut start = self.hot.len();
         let mut rows = 0usize;
         while start > 0 {
             let (seq, h) = &self.hot[start - 1];
-            if *seq < floor || h.batch.num_rows() >= HOT_MERGE_ROWS {
+            if *seq < floor.max(self.unmerged_from) || h.batch.num_rows() >= HOT_MERGE_ROWS {
                 break;
             }
             rows += h.batch.num_rows();
@@ -123,37 +130,93 @@ impl TableData {
         }
         let tail: Vec<(u64, HotBatch)> = self.hot.drain(start..).collect();
         let seq = tail.last().map(|(s, _)| *s).unwrap_or(floor);
+        self.unmerged_from = seq + 1;
         let batches: Vec<RecordBatch> = tail.iter().map(|(_, h)| h.batch.clone()).collect();
         let schema = union_schema(&batches);
         let aligned: Vec<RecordBatch> = batches
             .iter()
             .map(|b| align_batch(b, &schema))
             .collect::<Result<_>>()?;
-        let merged = concat_batches(&schema, &aligned)?;
-        let merged = match SeriesKey::of(&schema) {
-            Some(key) => dedup::resolve(merged, &key)?,
-            None => merged,
-        };
-        let merged = to_storage(&merged)?;
-        let min_ts = tail.iter().map(|(_, h)| h.min_ts).min().unwrap_or(0);
-        let max_ts = tail.iter().map(|(_, h)| h.max_ts).max().unwrap_or(0);
+        let groups = by_bucket(&aligned, &tail)?;
         let before: u64 = tail
             .iter()
             .map(|(_, h)| h.batch.get_array_memory_size() as u64)
             .sum();
-        self.hot_rows = self.hot_rows - rows as u64 + merged.num_rows() as u64;
-        self.hot_bytes =
-            (self.hot_bytes + merged.get_array_memory_size() as u64).saturating_sub(before);
-        self.hot.push((
-            seq,
-            HotBatch {
-                batch: merged,
-                min_ts,
-                max_ts,
-            },
-        ));
+        let mut after_rows = 0u64;
+        let mut after_bytes = 0u64;
+        for group in groups {
+            let merged = concat_batches(&schema, &group)?;
+            let merged = match SeriesKey::of(&schema) {
+                Some(key) => dedup::resolve(merged, &key)?,
+                None => merged,
+            };
+            let merged = to_storage(&merged)?;
+            let Some((min_ts, max_ts)) = dedup::ts_range(&merged) else {
+                continue;
+            };
+            after_rows += merged.num_rows() as u64;
+            after_bytes += merged.get_array_memory_size() as u64;
+            self.hot.push((
+                seq,
+                HotBatch {
+                    batch: merged,
+                    min_ts,
+                    max_ts,
+                },
+            ));
+        }
+        self.hot_rows = self.hot_rows - rows as u64 + after_rows;
+        self.hot_bytes = (self.hot_bytes + after_bytes).saturating_sub(before);
         Ok(())
     }
+}
+
+/// At most this many merged batches (time buckets) come out of one merge of the hot tail.
+pub const HOT_MERGE_MAX_BUCKETS: usize = 4;
+
+/// `batches` (the hot tail, aligned to one schema, in apply order) grouped by the time
+/// bucket of their rows, in bucket order; a batch that spans buckets is cut. One group of
+/// everything when the rows cover more than [`HOT_MERGE_MAX_BUCKETS`] buckets.
+fn by_bucket(batches: &[RecordBatch], tail: &[(u64, HotBatch)]) -> Result<Vec<Vec<RecordBatch>>> {
+    let lo = tail.iter().map(|(_, h)| bucket_of(h.min_ts)).min();
+    let hi = tail.iter().map(|(_, h)| bucket_of(h.max_ts)).max();
+    let (Some(lo), Some(hi)) = (lo, hi) else {
+        return Ok(vec![]);
+    };
+    let one = || Ok(vec![batches.to_vec()]);
+    if hi - lo >= HOT_MERGE_MAX_BUCKETS as i64 {
+        return one();
+    }
+    let mut groups: Vec<Vec<RecordBatch>> = vec![vec![]; (hi - lo + 1) as usize];
+    for (b, (_, h)) in batches.iter().zip(tail) {
+        let (first, last) = (bucket_of(h.min_ts), bucket_of(h.max_ts));
+        if first == last {
+            groups[(first - lo) as usize].push(b.clone());
+            continue;
+        }
+        let Ok(ts_idx) = b.schema().index_of(TIME_COLUMN) else {
+            return one();
+        };
+        let Some(ts) = b
+            .column(ts_idx)
+            .as_any()
+            .downcast_ref::<TimestampNanosecondArray>()
+        else {
+            return one();
+        };
+        for bucket in first..=last {
+            let mask: arrow::array::BooleanArray = ts
+                .values()
+                .iter()
+                .map(|&t| Some(bucket_of(t) == bucket))
+                .collect();
+            let cut = filter_record_batch(b, &mask)?;
+            if cut.num_rows() > 0 {
+                groups[(bucket - lo) as usize].push(cut);
+            }
+        }
+    }
+    Ok(groups.into_iter().filter(|g| !g.is_empty()).collect())
 }
 
 struct State {
@@ -891,6 +954,63 @@ mod tests {
             .collect();
         assert_eq!(at_zero, vec![last]);
         assert_eq!(store.stats().hot_rows, merged.num_rows() as u64);
+    }
+
+    /// A merge of the hot tail makes one batch per time bucket (a batch across a boundary is
+    /// cut), keeps every row and the last write of a repeated point, and merged batches are
+    /// never merged again.
+    #[test]
+    fn merged_hot_batches_follow_time_buckets() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (store, _) = ShardStore::open(dir.path(), StoreConfig::default()).expect("open");
+        let h = PART_TIME_BUCKET_NS;
+        // HOT_MERGE_BATCHES small batches: the first straddles buckets 0 and 1, point
+        // (h - 1, A) is written by every batch (last price wins).
+        for i in 0..HOT_MERGE_BATCHES as i64 {
+            let ts = [h - 1, h + i, i];
+            store
+                .insert(1, keyed(&ts, &["A", "B", "C"], &[i as f64, 0.0, 0.0]))
+                .expect("insert");
+        }
+        let snap = store.scan_snapshot(1);
+        assert_eq!(snap.hot.len(), 2, "one merged batch per bucket");
+        for hb in &snap.hot {
+            assert_eq!(
+                bucket_of(hb.min_ts),
+                bucket_of(hb.max_ts),
+                "inside one bucket"
+            );
+            assert_eq!(dedup::ts_range(&hb.batch), Some((hb.min_ts, hb.max_ts)));
+        }
+        let n = HOT_MERGE_BATCHES;
+        // Bucket 0: (h-1, A) once, (i, C) for every i; bucket 1: (h+i, B) for every i.
+        let rows: Vec<usize> = snap.hot.iter().map(|hb| hb.batch.num_rows()).collect();
+        assert_eq!(rows, vec![1 + n, n]);
+        let b0 = &snap.hot[0].batch;
+        let ts = b0
+            .column(0)
+            .as_any()
+            .downcast_ref::<TimestampNanosecondArray>()
+            .expect("ts");
+        let price = b0
+            .column(2)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .expect("f64");
+        let last: Vec<f64> = (0..b0.num_rows())
+            .filter(|&r| ts.value(r) == h - 1)
+            .map(|r| price.value(r))
+            .collect();
+        assert_eq!(last, vec![(n - 1) as f64]);
+        // More small batches merge among themselves, never with the merged ones.
+        for i in 0..HOT_MERGE_BATCHES as i64 {
+            store
+                .insert(1, keyed(&[h + 100 + i], &["B"], &[1.0]))
+                .expect("insert");
+        }
+        let snap = store.scan_snapshot(1);
+        let rows: Vec<usize> = snap.hot.iter().map(|hb| hb.batch.num_rows()).collect();
+        assert_eq!(rows, vec![1 + n, n, n]);
     }
 
     /// Batches frozen by a flush are never merged with later ones: the flush drops exactly
