@@ -59,10 +59,12 @@ use shoal_common::schema::TIME_COLUMN;
 use shoal_consensus::Registry;
 use shoal_storage::arrow_schema::{storage_field, tag_storage_type};
 use shoal_storage::dedup::split_by_regions;
-use shoal_storage::read::PartRead;
+use shoal_storage::read::{PartRead, RowGroupSplit};
 use shoal_storage::HotBatch;
 
-use crate::provider::{open_replica, resolved_stream, sources, ShardScanExec, ShardScanRequest};
+use crate::provider::{
+    open_replica, resolved_stream, sources, ShardScanExec, ShardScanRequest, Sources,
+};
 
 /// Groups one vshard's partial aggregate holds before it emits them and starts afresh (the
 /// final aggregate above merges repeated groups): bounds its memory on high-cardinality keys.
@@ -195,6 +197,35 @@ fn skip_coalesce(plan: &Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
 }
 
 impl ShardAggregateExec {
+    /// The vshard partition `partition` aggregates, and its share of that vshard's row
+    /// groups as (index, count). Partition `v` is vshard `v`; when the query reads fewer
+    /// vshards than it has cores (a filter on one symbol pins one vshard), the idle
+    /// partitions take a share of the row groups of the vshards read, so one vshard's
+    /// parts are aggregated on every core. The partial states merge in the final
+    /// aggregate like those of different vshards.
+    fn assignment(
+        &self,
+        partition: usize,
+        ctx: &TaskContext,
+    ) -> Option<(u32, Option<(usize, usize)>)> {
+        let req = &self.shape.request;
+        let partitions = self.properties().output_partitioning().partition_count();
+        let unknown = matches!(
+            self.properties().output_partitioning(),
+            datafusion::physical_plan::Partitioning::UnknownPartitioning(_)
+        );
+        let read: Vec<u32> = (0..partitions as u32).filter(|&v| req.reads(v)).collect();
+        let per = (partitions / read.len().max(1))
+            .min(ctx.session_config().target_partitions())
+            .max(1);
+        if !unknown || per < 2 {
+            let vshard = partition as u32;
+            return req.reads(vshard).then_some((vshard, None));
+        }
+        let vshard = *read.get(partition / per)?;
+        Some((vshard, Some((partition % per, per))))
+    }
+
     /// Wraps `plan` when it is a partial aggregate this node can run.
     pub fn try_new(plan: Arc<dyn ExecutionPlan>) -> Option<ShardAggregateExec> {
         let shape = shape(plan.downcast_ref::<AggregateExec>()?)?;
@@ -423,17 +454,16 @@ impl ExecutionPlan for ShardAggregateExec {
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
         let schema = self.shape.schema.clone();
-        let vshard = partition as u32;
-        if !self.shape.request.reads(vshard) {
+        let Some((vshard, split)) = self.assignment(partition, &context) else {
             return Ok(Box::pin(RecordBatchStreamAdapter::new(
                 schema,
                 futures::stream::empty(),
             )));
-        }
+        };
         let shape = self.shape.clone();
         let metrics = VshardMetrics::new(&self.metrics, partition);
         let batches = async move {
-            match aggregate_vshard(shape, vshard, context, &metrics).await {
+            match aggregate_vshard(shape, vshard, split, context, &metrics).await {
                 Ok(out) => futures::stream::iter(out.into_iter().map(Ok)).left_stream(),
                 Err(e) => futures::stream::once(async move { Err(e) }).right_stream(),
             }
@@ -449,6 +479,7 @@ impl ExecutionPlan for ShardAggregateExec {
 async fn aggregate_vshard(
     shape: Arc<Shape>,
     vshard: u32,
+    split: Option<(usize, usize)>,
     ctx: Arc<TaskContext>,
     metrics: &VshardMetrics,
 ) -> DfResult<Vec<RecordBatch>> {
@@ -472,16 +503,19 @@ async fn aggregate_vshard(
             .collect::<Vec<Field>>(),
     ));
     let mut groups = Groups::new(&shape, ctx.session_config().batch_size())?;
+    let mut seen = 0;
     for (path, _) in &src.parts {
         let read = PartRead {
             schema: stored.clone(),
             min_ts: req.min_ts,
             max_ts: req.max_ts,
             key: None,
+            split: split.map(|(index, count)| RowGroupSplit { seen, index, count }),
         };
         let mut batches = store
             .read_part(path, &read)
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        seen += batches.row_groups_matched();
         metrics.parts_read.add(1);
         while let Some(batch) = batches.next() {
             let batch = batch.map_err(|e| DataFusionError::External(Box::new(e)))?;
@@ -491,6 +525,16 @@ async fn aggregate_vshard(
         metrics.chunks_cached.add(batches.chunks_cached());
         metrics.chunks_decoded.add(batches.chunks_decoded());
     }
+    // The hot buffer and the rows needing resolution are the first share's.
+    let src = match split {
+        Some((index, _)) if index > 0 => Sources {
+            hot: vec![],
+            dirty_hot: vec![],
+            dirty_parts: vec![],
+            ..src
+        },
+        _ => src,
+    };
     for h in &src.hot {
         metrics.hot_rows.add(h.batch.num_rows());
         groups.push_within(conform(&h.batch, &scan_schema)?, Some((h.min_ts, h.max_ts)))?;

@@ -332,6 +332,18 @@ pub struct PartRead<'a> {
     pub max_ts: Option<i64>,
     /// Only rows whose `column` has one of `values` are needed (row-group pruning only).
     pub key: Option<(&'a str, &'a [String])>,
+    /// Read only this reader's share of the row groups left after pruning.
+    pub split: Option<RowGroupSplit>,
+}
+
+/// Row groups dealt round-robin to `count` readers of the same parts: the `k`-th row group
+/// left after pruning (counting on from `seen`, the row groups of earlier parts) goes to
+/// reader `(seen + k) % count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowGroupSplit {
+    pub seen: usize,
+    pub index: usize,
+    pub count: usize,
 }
 
 /// Batches of one part, in the asked schema, row group by row group: a batch never spans
@@ -353,6 +365,7 @@ pub struct PartBatches {
     schema: SchemaRef,
     cached: usize,
     decoded: usize,
+    matched: usize,
 }
 
 impl PartBatches {
@@ -364,6 +377,11 @@ impl PartBatches {
     /// Column chunks decoded from the file so far.
     pub fn chunks_decoded(&self) -> usize {
         self.decoded
+    }
+
+    /// Row groups of the part left after pruning, before a [`RowGroupSplit`] took its share.
+    pub fn row_groups_matched(&self) -> usize {
+        self.matched
     }
 
     /// Bounds of `ts` in the row group the last batch came from (a batch's own range is
@@ -554,6 +572,16 @@ pub fn read_part(cache: &MetaCache, path: &Path, req: &PartRead<'_>) -> Result<P
             (ts_ok && key_ok).then_some((i, ts))
         })
         .collect();
+    let matched = row_groups.len();
+    let row_groups: Vec<(usize, Option<(i64, i64)>)> = match req.split {
+        Some(s) if s.count > 1 => row_groups
+            .into_iter()
+            .enumerate()
+            .filter(|(k, _)| (s.seen + k) % s.count == s.index)
+            .map(|(_, rg)| rg)
+            .collect(),
+        _ => row_groups,
+    };
     Ok(PartBatches {
         file,
         path: path.to_path_buf(),
@@ -567,6 +595,7 @@ pub fn read_part(cache: &MetaCache, path: &Path, req: &PartRead<'_>) -> Result<P
         schema: req.schema.clone(),
         cached: 0,
         decoded: 0,
+        matched,
     })
 }
 

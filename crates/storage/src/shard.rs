@@ -1088,6 +1088,7 @@ mod tests {
                 min_ts,
                 max_ts,
                 key: None,
+                split: None,
             };
             let mut out = vec![];
             for b in store.read_part(&path, &req).expect("read") {
@@ -1124,6 +1125,29 @@ mod tests {
         // Only the middle bucket's row group is read.
         assert_eq!(read(Some(h), Some(2 * h - 1)), want[3..5].to_vec());
         assert_eq!(read(Some(10 * h), None), vec![]);
+
+        // Split readers share the row groups round-robin: together they read every row
+        // once, and `seen` carries the deal on from an earlier part.
+        let split_rows = |seen, index| {
+            let req = PartRead {
+                schema: stored.clone(),
+                min_ts: None,
+                max_ts: None,
+                key: None,
+                split: Some(crate::read::RowGroupSplit {
+                    seen,
+                    index,
+                    count: 2,
+                }),
+            };
+            let mut it = store.read_part(&path, &req).expect("read");
+            let rows: usize = it.by_ref().map(|b| b.expect("batch").num_rows()).sum();
+            assert_eq!(it.row_groups_matched(), 3);
+            rows
+        };
+        // Row groups hold 3, 2 and 2 rows.
+        assert_eq!((split_rows(0, 0), split_rows(0, 1)), (5, 2));
+        assert_eq!((split_rows(1, 0), split_rows(1, 1)), (2, 5));
     }
 
     /// A repeated read is served from the column cache with the same rows; a column not
@@ -1170,6 +1194,7 @@ mod tests {
                 min_ts: None,
                 max_ts: None,
                 key: None,
+                split: None,
             };
             let mut it = store.read_part(&path, &req).expect("read");
             let mut rows = 0;
