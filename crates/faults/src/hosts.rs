@@ -34,6 +34,8 @@ pub struct Host {
     mounted: bool,
     /// The next start runs with its wall clock this far off (`SHOAL_TEST_CLOCK_SKEW_MS`).
     pub skew_ms: Option<i64>,
+    /// Its data directory was wiped during this run (see the wipe nemesis).
+    pub wiped: bool,
 }
 
 impl Host {
@@ -52,6 +54,7 @@ impl Host {
             disk_mib: None,
             mounted: false,
             skew_ms: None,
+            wiped: false,
         }
     }
 
@@ -117,6 +120,7 @@ impl Host {
             r.map_err(|e| format!("wiping {}: {e}", p.display()))?;
         }
         self.join = Some(seeds);
+        self.wiped = true;
         Ok(())
     }
 
