@@ -30,7 +30,6 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, RecordBatch, StringArray, TimestampNanosecondArray,
 };
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::compute::{max, min};
 use datafusion::arrow::datatypes::{
     DataType, Field, Int32Type, Schema, SchemaRef, TimeUnit, TimestampNanosecondType,
 };
@@ -58,7 +57,7 @@ use futures::StreamExt;
 use shoal_common::schema::TIME_COLUMN;
 use shoal_consensus::Registry;
 use shoal_storage::arrow_schema::{storage_field, tag_storage_type};
-use shoal_storage::dedup::split_by_regions;
+use shoal_storage::dedup::{column_ts_range, split_by_regions};
 use shoal_storage::read::{PartRead, RowGroupSplit};
 use shoal_storage::HotBatch;
 
@@ -641,19 +640,6 @@ pub const FAST_AGG_MAX_STRINGS: usize = u32::MAX as usize - 1;
 /// Marks a string code without a group yet.
 const NO_GROUP: u32 = u32::MAX;
 
-/// The smallest and largest `ts` of a column, in one pass.
-fn ts_range(ts: &TimestampNanosecondArray) -> Option<(i64, i64)> {
-    if ts.null_count() > 0 {
-        return Some((min(ts)?, max(ts)?));
-    }
-    let v = ts.values();
-    let first = *v.first()?;
-    Some(
-        v.iter()
-            .fold((first, first), |(lo, hi), &t| (lo.min(t), hi.max(t))),
-    )
-}
-
 /// Distinct strings of one key column, by code.
 #[derive(Default)]
 struct Interner {
@@ -868,7 +854,7 @@ impl<'a> Groups<'a> {
         let Some((t, ts)) = ts.filter(|_| !shape.filter_ts.is_empty()) else {
             return Ok(Some(filter.clone()));
         };
-        let Some((lo, hi)) = ts_bounds.or_else(|| ts_range(ts)) else {
+        let Some((lo, hi)) = ts_bounds.or_else(|| column_ts_range(ts)) else {
             return Ok(Some(filter.clone()));
         };
         // A two-row batch: the first and last ts, everything else null.

@@ -209,30 +209,25 @@ impl ColumnCache {
 
     /// Drops every chunk of cache epoch `epoch` (a store closed or replaced its parts).
     pub fn forget_epoch(&self, epoch: u64) {
-        let mut st = self.state.lock();
-        st.seen.retain(|k| k.epoch != epoch);
-        let mut freed = 0;
-        st.chunks.retain(|k, c| {
-            let keep = k.epoch != epoch;
-            if !keep {
-                freed += c.bytes;
-            }
-            keep
-        });
-        st.bytes -= freed;
+        self.retain(|k| k.epoch != epoch);
     }
 
     /// Drops chunks of `epoch` whose part no longer exists.
     fn retain_parts(&self, epoch: u64, live: &impl Fn(&Path) -> bool) {
+        self.retain(|k| k.epoch != epoch || live(&k.path));
+    }
+
+    /// Keeps the chunks (and the once-decoded keys) for which `keep` holds.
+    fn retain(&self, keep: impl Fn(&ChunkKey) -> bool) {
         let mut st = self.state.lock();
-        st.seen.retain(|k| k.epoch != epoch || live(&k.path));
+        st.seen.retain(|k| keep(k));
         let mut freed = 0;
         st.chunks.retain(|k, c| {
-            let keep = k.epoch != epoch || live(&k.path);
-            if !keep {
+            let kept = keep(k);
+            if !kept {
                 freed += c.bytes;
             }
-            keep
+            kept
         });
         st.bytes -= freed;
     }
@@ -270,12 +265,6 @@ pub struct MetaCache {
     parts: Mutex<HashMap<PathBuf, ArrowReaderMetadata>>,
     columns: SharedColumnCache,
     epoch: AtomicU64,
-}
-
-impl Default for MetaCache {
-    fn default() -> Self {
-        MetaCache::new(Arc::new(ColumnCache::default()))
-    }
 }
 
 impl MetaCache {

@@ -919,6 +919,24 @@ mod tests {
         RecordBatch::try_new(schema, b.columns().to_vec()).expect("keyed")
     }
 
+    /// The prices of `batch` (a [`keyed`] batch) at time `ts`.
+    fn prices_at(batch: &RecordBatch, ts: i64) -> Vec<f64> {
+        let times = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<TimestampNanosecondArray>()
+            .expect("ts");
+        let prices = batch
+            .column(2)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .expect("f64");
+        (0..batch.num_rows())
+            .filter(|&r| times.value(r) == ts)
+            .map(|r| prices.value(r))
+            .collect()
+    }
+
     fn hot_batches(store: &ShardStore, table: u64) -> usize {
         store.scan_snapshot(table).hot.len()
     }
@@ -938,21 +956,7 @@ mod tests {
         let merged = &snap.hot[0].batch;
         assert_eq!(merged.num_rows(), 1 + HOT_MERGE_BATCHES);
         let last = (HOT_MERGE_BATCHES - 1) as f64;
-        let prices = merged
-            .column(2)
-            .as_any()
-            .downcast_ref::<Float64Array>()
-            .expect("f64");
-        let ts = merged
-            .column(0)
-            .as_any()
-            .downcast_ref::<TimestampNanosecondArray>()
-            .expect("ts");
-        let at_zero: Vec<f64> = (0..merged.num_rows())
-            .filter(|&r| ts.value(r) == 0)
-            .map(|r| prices.value(r))
-            .collect();
-        assert_eq!(at_zero, vec![last]);
+        assert_eq!(prices_at(merged, 0), vec![last]);
         assert_eq!(store.stats().hot_rows, merged.num_rows() as u64);
     }
 
@@ -986,22 +990,7 @@ mod tests {
         // Bucket 0: (h-1, A) once, (i, C) for every i; bucket 1: (h+i, B) for every i.
         let rows: Vec<usize> = snap.hot.iter().map(|hb| hb.batch.num_rows()).collect();
         assert_eq!(rows, vec![1 + n, n]);
-        let b0 = &snap.hot[0].batch;
-        let ts = b0
-            .column(0)
-            .as_any()
-            .downcast_ref::<TimestampNanosecondArray>()
-            .expect("ts");
-        let price = b0
-            .column(2)
-            .as_any()
-            .downcast_ref::<Float64Array>()
-            .expect("f64");
-        let last: Vec<f64> = (0..b0.num_rows())
-            .filter(|&r| ts.value(r) == h - 1)
-            .map(|r| price.value(r))
-            .collect();
-        assert_eq!(last, vec![(n - 1) as f64]);
+        assert_eq!(prices_at(&snap.hot[0].batch, h - 1), vec![(n - 1) as f64]);
         // More small batches merge among themselves, never with the merged ones.
         for i in 0..HOT_MERGE_BATCHES as i64 {
             store
