@@ -99,12 +99,16 @@ pub struct StartArgs {
     /// How often the flush policy runs, ms [default: 500]
     #[arg(long, env = "SHOAL_FLUSH_CHECK_INTERVAL_MS")]
     flush_check_interval_ms: Option<u64>,
-    /// Raft log segment size, bytes [default: 67108864]
+    /// Segment size of the node's WAL, bytes [default: 67108864]
     #[arg(long, env = "SHOAL_WAL_SEGMENT_BYTES")]
     wal_segment_bytes: Option<u64>,
-    /// Raft log recent-entry cache per group, bytes [default: 67108864]
+    /// Recent WAL entries kept in memory for the whole node, bytes [default: 268435456]
     #[arg(long, env = "SHOAL_WAL_CACHE_BYTES")]
     wal_cache_bytes: Option<u64>,
+    /// Once the WAL is larger on disk, the group holding its oldest segment is flushed,
+    /// bytes [default: 1073741824]
+    #[arg(long, env = "SHOAL_WAL_MAX_BYTES")]
+    wal_max_bytes: Option<u64>,
     /// Rows per Parquet row group [default: 262144]
     #[arg(long, env = "SHOAL_PARQUET_ROW_GROUP_ROWS")]
     parquet_row_group_rows: Option<usize>,
@@ -195,6 +199,7 @@ pub fn resolve(args: &StartArgs) -> Result<NodeConfig, String> {
         flush_check_interval_ms,
         wal_segment_bytes,
         wal_cache_bytes,
+        wal_max_bytes,
         wal_fsync,
         min_free_disk_bytes,
         parquet_row_group_rows,

@@ -138,8 +138,9 @@ async fn torn_log_tail_is_cut_on_recovery() {
         assert_eq!(status, 204, "{text}");
     }
     node.kill9();
-    // Cut the last record of vshard 0's log in half, as a crash mid-write would.
-    let log_dir = dir.path().join("groups/g1/log");
+    // Cut the last record of the node's WAL (vshard 0's last entry) in half, as a crash
+    // mid-write would.
+    let log_dir = dir.path().join("wal");
     let mut segs: Vec<_> = std::fs::read_dir(&log_dir)
         .expect("log dir")
         .filter_map(|e| e.ok().map(|e| e.path()))

@@ -16,12 +16,11 @@
 //! `DONE = [2][u64 index of the BEGIN]`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
-use shoal_raftlog::{LogConfig, RaftLog};
+use shoal_raftlog::GroupLog;
 
 use crate::command::Command;
 use crate::Error;
@@ -36,14 +35,19 @@ pub type Part = (u32, Command);
 pub type Unfinished = (u64, Vec<Part>);
 
 pub struct IntentLog {
-    log: Arc<RaftLog>,
+    log: Arc<GroupLog>,
     state: Mutex<IntentState>,
 }
 
 struct IntentState {
     next_index: u64,
     outstanding: BTreeSet<u64>,
+    /// Purged up to here (each purge persists a purge point, so they are batched).
+    purged: u64,
 }
+
+/// Finished intents between two purges of the intent log.
+const PURGE_EVERY: u64 = 64;
 
 fn encode_begin(parts: &[Part]) -> Bytes {
     let size: usize = parts
@@ -108,9 +112,10 @@ fn decode_begin(rec: &Bytes) -> Option<Vec<Part>> {
 }
 
 impl IntentLog {
-    /// Opens the log and returns it with the writes that began but never finished.
-    pub fn open(dir: &Path, cfg: LogConfig) -> Result<(IntentLog, Vec<Unfinished>), Error> {
-        let log = Arc::new(RaftLog::open(dir, cfg)?);
+    /// Takes over the intents' log (a group of the node's WAL) and returns it with the
+    /// writes that began but never finished.
+    pub fn open(log: GroupLog) -> Result<(IntentLog, Vec<Unfinished>), Error> {
+        let log = Arc::new(log);
         let mut begun: BTreeMap<u64, Vec<Part>> = BTreeMap::new();
         if let (Some(first), Some(last)) = (log.first_index(), log.last_index()) {
             // Bounded by the intent log's size, which purges behind finished writes.
@@ -143,6 +148,7 @@ impl IntentLog {
             state: Mutex::new(IntentState {
                 next_index,
                 outstanding,
+                purged: 0,
             }),
         };
         Ok((intents, begun.into_iter().collect()))
@@ -191,15 +197,17 @@ impl IntentLog {
         let purge_to = {
             let mut st = self.state.lock();
             st.outstanding.remove(&index);
-            match st.outstanding.first() {
+            let to = match st.outstanding.first() {
                 Some(&oldest) => oldest.saturating_sub(1),
                 None => st.next_index.saturating_sub(1),
+            };
+            if to < st.purged + PURGE_EVERY {
+                return Ok(());
             }
+            st.purged = to;
+            to
         };
-        // Purging only deletes whole segments; skip the bookkeeping while there is one.
-        if self.log.stats().segments > 1 && purge_to > 0 {
-            self.log.purge_upto(purge_to)?;
-        }
+        self.log.purge_upto(purge_to)?;
         Ok(())
     }
 }
@@ -222,8 +230,17 @@ mod tests {
     #[tokio::test]
     async fn unfinished_intents_are_returned_on_open() {
         let dir = tempfile::tempdir().expect("tmp");
+        let open = || {
+            let wal = shoal_raftlog::SharedWal::open(
+                &dir.path().join("wal"),
+                shoal_raftlog::LogConfig::default(),
+            )
+            .expect("wal");
+            IntentLog::open(wal.group(1, &dir.path().join("intents")).expect("group"))
+                .expect("open")
+        };
         {
-            let (log, pending) = IntentLog::open(dir.path(), LogConfig::default()).expect("open");
+            let (log, pending) = open();
             assert!(pending.is_empty());
             let log = Arc::new(log);
             let a = log
@@ -237,7 +254,7 @@ mod tests {
             log.done(a).expect("done a");
             log.log.flush().expect("flush");
         }
-        let (_log, pending) = IntentLog::open(dir.path(), LogConfig::default()).expect("reopen");
+        let (_log, pending) = open();
         assert_eq!(pending.len(), 1, "only the unfinished write");
         assert_eq!(pending[0].1, vec![part(3, 12), part(4, 13)]);
     }

@@ -1,4 +1,4 @@
-//! openraft's log storage on top of `raftlog`: entries are encoded with [`crate::codec`];
+//! openraft's log storage on top of `raftlog` (one group's log in the node's WAL): entries are encoded with [`crate::codec`];
 //! the vote and the last purged log id are small durable metadata values of the same log.
 //!
 //! `append` returns as soon as the records are queued; the log's writer thread completes
@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
-use shoal_raftlog::RaftLog;
+use shoal_raftlog::GroupLog;
 
 use crate::{codec, io_err, Entry, LogId, TypeConfig, Vote};
 
@@ -22,11 +22,11 @@ const META_PURGED: &str = "purged";
 /// A Raft group's log; cheap to clone (readers share the same log).
 #[derive(Clone)]
 pub struct LogStore {
-    log: Arc<RaftLog>,
+    log: Arc<GroupLog>,
 }
 
 impl LogStore {
-    pub fn new(log: Arc<RaftLog>) -> LogStore {
+    pub fn new(log: Arc<GroupLog>) -> LogStore {
         LogStore { log }
     }
 

@@ -17,7 +17,7 @@ use openraft::errors::{ClientWriteError, RaftError};
 use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::{Raft, SnapshotPolicy};
 use shoal_common::ids::group_of_vshard;
-use shoal_raftlog::{LogConfig, RaftLog};
+use shoal_raftlog::{LogConfig, SharedWal};
 use shoal_storage::shard::ShardStats;
 use shoal_storage::{ShardStore, StoreConfig};
 
@@ -45,6 +45,9 @@ pub struct GroupsConfig {
     pub flush_hot_bytes: u64,
     /// Flush a vshard when its oldest hot row is this old.
     pub flush_age_ms: u64,
+    /// Once the node's WAL takes more than this on disk, the group holding its oldest
+    /// segment is asked to flush (a vshard) or snapshot (group 0), so the WAL can shrink.
+    pub wal_max_bytes: u64,
     /// How often the flush policy looks at the vshards.
     pub flush_check_interval_ms: u64,
     /// Writes are refused (507) while the data directory's file system has less free space.
@@ -224,6 +227,8 @@ pub struct GroupStatus {
 pub struct Registry {
     cfg: GroupsConfig,
     transport: Arc<dyn RaftTransport>,
+    /// The node's write-ahead log: every group's Raft log and the write intents.
+    wal: SharedWal,
     intents: Arc<IntentLog>,
     catalog: CatalogHandle,
     meta: Raft<TypeConfig, MetaStateMachine>,
@@ -242,8 +247,13 @@ pub struct Registry {
     closed_sent: parking_lot::Mutex<BTreeMap<(u64, u32), i64>>,
 }
 
-/// Segment size of the write-intent log: small, so finished intents are purged soon.
-const INTENT_SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
+/// The intent log's group id in the node's WAL (Raft groups are 0 and the vshards' 1..).
+const INTENTS_WAL_GROUP: u64 = u64::MAX;
+/// How long start-up waits for writes a crash interrupted to be finished before the node
+/// reports ready anyway (and keeps finishing them in the background).
+const FINISH_INTENTS_WAIT: Duration = Duration::from_secs(10);
+/// The node's WAL, under the data directory.
+const WAL_DIR: &str = "wal";
 
 fn raft_config(
     cfg: &GroupsConfig,
@@ -280,6 +290,7 @@ fn raft_config(
 /// node that bootstraps the cluster initializes vshard groups.
 async fn open_shard(
     cfg: &GroupsConfig,
+    wal: &SharedWal,
     v: u32,
     catalog: &CatalogHandle,
     transport: Arc<dyn RaftTransport>,
@@ -289,7 +300,7 @@ async fn open_shard(
     let (store, raft_state) = ShardStore::open(&dir.join("data"), cfg.store.clone())?;
     let sm = ShardStateMachine::new(store.clone(), raft_state, catalog.clone())
         .map_err(|e| Error::Internal(format!("vshard {v} state: {e}")))?;
-    let log = LogStore::new(open_log(&dir.join("log"), &cfg.log)?);
+    let log = LogStore::new(open_log(wal, group.into(), &dir.join("log"))?);
     let net = GroupNetworkFactory {
         transport,
         group,
@@ -315,8 +326,12 @@ async fn open_shard(
     })
 }
 
-fn open_log(dir: &Path, cfg: &LogConfig) -> Result<Arc<RaftLog>, Error> {
-    Ok(Arc::new(RaftLog::open(dir, cfg.clone())?))
+fn open_log(
+    wal: &SharedWal,
+    group: u64,
+    dir: &Path,
+) -> Result<Arc<shoal_raftlog::GroupLog>, Error> {
+    Ok(Arc::new(wal.group(group, dir)?))
 }
 
 impl Registry {
@@ -333,7 +348,8 @@ impl Registry {
         let meta_sm = MetaStateMachine::open(&g0.join("state"))
             .map_err(|e| Error::Internal(format!("group 0 state: {e}")))?;
         let catalog = meta_sm.catalog();
-        let meta_log = LogStore::new(open_log(&g0.join("log"), &cfg.log)?);
+        let wal = SharedWal::open(&cfg.data_dir.join(WAL_DIR), cfg.log.clone())?;
+        let meta_log = LogStore::new(open_log(&wal, 0, &g0.join("log"))?);
         let net = |group: u32| GroupNetworkFactory {
             transport: transport.clone(),
             group,
@@ -352,17 +368,15 @@ impl Registry {
         if cfg.host_vshards {
             for v in 0..cfg.vshards {
                 shards.push(Arc::new(
-                    open_shard(&cfg, v, &catalog, transport.clone()).await?,
+                    open_shard(&cfg, &wal, v, &catalog, transport.clone()).await?,
                 ));
             }
         }
-        let intent_cfg = LogConfig {
-            segment_max_bytes: INTENT_SEGMENT_BYTES,
-            ..cfg.log.clone()
-        };
-        let (intents, pending) = IntentLog::open(&cfg.data_dir.join("intents"), intent_cfg)?;
+        let (intents, pending) =
+            IntentLog::open(wal.group(INTENTS_WAL_GROUP, &cfg.data_dir.join("intents"))?)?;
         let reg = Arc::new(Registry {
             cfg,
+            wal,
             transport,
             intents: Arc::new(intents),
             catalog,
@@ -375,10 +389,19 @@ impl Registry {
         });
         reg.bootstrap_and_wait(ready_timeout).await?;
         // Finish writes that were under way when the node stopped: all of each, or none.
-        // In a cluster the parts may need other nodes, so this retries in the background.
+        // The node is not ready until they are (so no read after a restart sees half a
+        // write), unless that takes longer than `FINISH_INTENTS_WAIT`: in a cluster the
+        // parts may need other nodes, and the task then keeps retrying in the background.
         if !pending.is_empty() {
             let r = reg.clone();
-            tokio::spawn(async move { r.finish_intents(pending).await });
+            let finishing = tokio::spawn(async move { r.finish_intents(pending).await });
+            let wait = FINISH_INTENTS_WAIT.min(ready_timeout);
+            if tokio::time::timeout(wait, finishing).await.is_err() {
+                tracing::warn!(
+                    timeout_ms = wait.as_millis() as u64,
+                    "writes interrupted by the last stop are not finished yet; finishing them in the background"
+                );
+            }
         }
         Ok(reg)
     }
@@ -1433,7 +1456,14 @@ impl Registry {
         }
         let mut shards = Vec::with_capacity(self.cfg.vshards as usize);
         for v in 0..self.cfg.vshards {
-            let s = open_shard(&self.cfg, v, &self.catalog, self.transport.clone()).await;
+            let s = open_shard(
+                &self.cfg,
+                &self.wal,
+                v,
+                &self.catalog,
+                self.transport.clone(),
+            )
+            .await;
             match s {
                 Ok(s) => shards.push(Arc::new(s)),
                 Err(e) => {
@@ -1679,8 +1709,35 @@ impl Registry {
                         let _ = s.raft.trigger().snapshot().await;
                     }
                 }
+                reg.unpin_wal().await;
             }
         })
+    }
+
+    /// Asks the group that holds the WAL's oldest segment to snapshot once the WAL is over
+    /// `wal_max_bytes`: a vshard's snapshot is a flush, after which its log is purged. A
+    /// group with no new entries since its last snapshot has nothing to purge and is left
+    /// alone (a snapshot would not move its purge point).
+    async fn unpin_wal(&self) {
+        let Some(group) = self.wal.pinning_group(self.cfg.wal_max_bytes) else {
+            return;
+        };
+        let r = if group == 0 {
+            self.meta.trigger().snapshot().await
+        } else if let Some(s) = u32::try_from(group)
+            .ok()
+            .and_then(|g| g.checked_sub(1))
+            .and_then(|v| self.shard(v as usize))
+        {
+            s.raft.trigger().snapshot().await
+        } else {
+            return;
+        };
+        tracing::debug!(
+            group,
+            ok = r.is_ok(),
+            "WAL over wal_max_bytes: asked the group holding its oldest segment to snapshot"
+        );
     }
 
     pub fn status(&self) -> Vec<GroupStatus> {
@@ -1993,6 +2050,7 @@ mod config_tests {
             store: StoreConfig::default(),
             flush_hot_bytes: 1,
             flush_age_ms: 1,
+            wal_max_bytes: 1,
             flush_check_interval_ms: 1,
             min_free_disk_bytes: 0,
             heartbeat_interval_ms: 100,

@@ -10,22 +10,29 @@ use shoal_consensus::log_store::LogStore;
 use shoal_consensus::meta_sm::{Catalog, MetaStateMachine};
 use shoal_consensus::shard_sm::ShardStateMachine;
 use shoal_consensus::TypeConfig;
-use shoal_raftlog::{LogConfig, RaftLog};
+use shoal_raftlog::{LogConfig, SharedWal};
 use shoal_storage::{ShardStore, StoreConfig};
 
 struct ShardBuilder;
 struct MetaBuilder;
 
 fn log_store(dir: &std::path::Path) -> LogStore {
-    let log = RaftLog::open(
-        &dir.join("log"),
+    let wal = SharedWal::open(
+        &dir.join("wal"),
         LogConfig {
             segment_max_bytes: 4096,
             ..LogConfig::default()
         },
     )
-    .expect("open log");
-    LogStore::new(Arc::new(log))
+    .expect("open wal");
+    // Another group shares the WAL, so the suite's log is interleaved with foreign records.
+    let other = wal.group(9, &dir.join("other")).expect("other group");
+    other
+        .append_blocking(vec![(1, bytes::Bytes::from_static(b"x"))])
+        .expect("other append");
+    LogStore::new(Arc::new(
+        wal.group(1, &dir.join("log")).expect("open group"),
+    ))
 }
 
 impl StoreBuilder<TypeConfig, LogStore, ShardStateMachine, tempfile::TempDir> for ShardBuilder {

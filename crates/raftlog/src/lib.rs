@@ -92,10 +92,11 @@ mod meta;
 mod queue;
 mod recovery;
 mod segment;
+mod shared;
 mod writer;
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -109,6 +110,7 @@ pub use error::Error;
 pub use format::{FORMAT_VERSION, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
 pub use meta::{MAX_META_KEY_LEN, MAX_META_VALUE_BYTES};
 pub use recovery::{RecoveryReport, TornTail};
+pub use shared::{GroupLog, SharedWal, FRAME_HEAD_LEN};
 pub use writer::Done;
 
 use error::IoContext;
@@ -156,13 +158,11 @@ pub(crate) struct Shared {
     /// Serializes enqueueing so queue order is index order, and keeps appends out while
     /// a truncate or purge is in flight. Lock order: `order`, queue, `state`.
     order: Mutex<()>,
-    /// Serializes writers of the same meta key's temp file.
-    meta: Mutex<()>,
     pub fsyncs: AtomicU64,
     pub appends: AtomicU64,
     pub records: AtomicU64,
-    /// Held for the life of the log; dropping it releases the directory lock.
-    _lock: File,
+    /// The directory's lock and its meta values.
+    meta: meta::MetaDir,
 }
 
 pub(crate) struct State {
@@ -198,10 +198,7 @@ impl RaftLog {
     /// cuts a torn tail, refuses corruption and newer formats. See the crate docs.
     pub fn open(dir: &Path, cfg: LogConfig) -> Result<RaftLog, Error> {
         cfg.validate()?;
-        fs::create_dir_all(dir).ctx(|| format!("create log directory {}", dir.display()))?;
-        let lock = lock_dir(dir)?;
-        meta::remove_stale_temp_files(dir)?;
-        meta::ensure_reserve(dir);
+        let meta = meta::MetaDir::open(dir, cfg.fsync)?;
         let purged = meta::read_purge_point(dir)?;
         let recovered = recovery::recover(dir, &cfg, purged)?;
         if recovered.report.records_found > 0 || recovered.report.segments_scanned > 0 {
@@ -226,11 +223,10 @@ impl RaftLog {
             }),
             files: RwLock::new(()),
             order: Mutex::new(()),
-            meta: Mutex::new(()),
             fsyncs: AtomicU64::new(0),
             appends: AtomicU64::new(0),
             records: AtomicU64::new(0),
-            _lock: lock,
+            meta,
         });
         let writer = Writer::new(shared.clone(), recovered.next_seq, recovered.disk_last);
         let handle = thread::Builder::new()
@@ -251,15 +247,9 @@ impl RaftLog {
     /// any index above the purge point. An empty `records` waits for earlier appends.
     pub fn append_blocking(&self, records: Vec<(u64, Bytes)>) -> Result<(), Error> {
         self.assert_not_writer("append_blocking");
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.append(
-            records,
-            Box::new(move |result| {
-                // The receiver only goes away if the caller stopped waiting.
-                let _ = tx.send(result);
-            }),
-        )?;
-        rx.recv().unwrap_or(Err(Error::Closed))
+        let (done, outcome) = waiter();
+        self.append(records, done)?;
+        outcome.wait()
     }
 
     /// Enqueues records for the writer thread and returns; `done` is called from the
@@ -270,13 +260,13 @@ impl RaftLog {
     /// `done` runs on the writer thread: it must be quick and must not call blocking
     /// methods of this log.
     pub fn append(&self, records: Vec<(u64, Bytes)>, done: Done) -> Result<(), Error> {
-        let bytes = self.check_records(&records)?;
+        let bytes = check_records(&self.shared.cfg, &records)?;
         let _order = self.shared.order.lock();
         self.shared.queue.push_with(bytes, || {
             let mut state = self.shared.state.lock();
             state.check_usable()?;
             if let Some(&(first, _)) = records.first() {
-                check_follows(&state, first)?;
+                check_follows(state.index.last(), state.purged, first)?;
                 for (idx, payload) in &records {
                     state.index.push_pending(*idx, payload.clone());
                 }
@@ -340,6 +330,23 @@ impl RaftLog {
         self.control(|done| Command::Purge { upto, done })
     }
 
+    /// Like [`purge_upto`](Self::purge_upto), but returns once the purge is queued: the
+    /// writer thread does it after every append queued before it, and logs a failure
+    /// (which also fails the log, as any write failure does). For a log shared by many
+    /// callers, none of whom should wait for another's purge.
+    pub fn purge_upto_in_background(&self, upto: u64) -> Result<(), Error> {
+        let _order = self.shared.order.lock();
+        let dir = self.shared.dir.clone();
+        let done: Done = Box::new(move |result| {
+            if let Err(e) = result {
+                tracing::error!(dir = %dir.display(), upto, error = %e, "raft log purge failed");
+            }
+        });
+        self.shared
+            .queue
+            .push_with(0, || Ok(Command::Purge { upto, done }))
+    }
+
     /// Lowest readable index, `None` if the log is empty.
     pub fn first_index(&self) -> Option<u64> {
         self.shared.state.lock().index.first()
@@ -359,33 +366,12 @@ impl RaftLog {
     /// most [`MAX_META_KEY_LEN`] bytes). Replaces atomically: temp file, fsync, rename,
     /// fsync of the directory.
     pub fn save_meta(&self, key: &str, value: &[u8]) -> Result<(), Error> {
-        let name = meta::user_meta_file(key)?;
-        if value.len() > MAX_META_VALUE_BYTES {
-            return Err(Error::RecordTooLarge {
-                bytes: value.len() as u64,
-                max: MAX_META_VALUE_BYTES as u64,
-            });
-        }
-        let _meta = self.shared.meta.lock();
-        let dir = &self.shared.dir;
-        let fsync = self.shared.cfg.fsync;
-        let fsyncs = match meta::write_meta_file(dir, &name, value, fsync) {
-            Err(e) if e.is_storage_full() && meta::release_reserve(dir) => {
-                tracing::warn!(dir = %dir.display(), key, "disk full: used the reserved space to save raft metadata");
-                meta::write_meta_file(dir, &name, value, fsync)?
-            }
-            other => other?,
-        };
-        meta::ensure_reserve(dir);
-        self.shared.fsyncs.fetch_add(fsyncs, Ordering::Relaxed);
-        Ok(())
+        self.shared.meta.save_user(key, value)
     }
 
     /// The value last stored under `key`, `None` if there is none.
     pub fn load_meta(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        let name = meta::user_meta_file(key)?;
-        let _meta = self.shared.meta.lock();
-        meta::read_meta_file(&self.shared.dir, &name)
+        self.shared.meta.load_user(key)
     }
 
     pub fn stats(&self) -> LogStats {
@@ -398,7 +384,7 @@ impl RaftLog {
             last_index: state.index.last(),
             appends: self.shared.appends.load(Ordering::Relaxed),
             records_appended: self.shared.records.load(Ordering::Relaxed),
-            fsyncs: self.shared.fsyncs.load(Ordering::Relaxed),
+            fsyncs: self.shared.fsyncs.load(Ordering::Relaxed) + self.shared.meta.fsyncs(),
             cached_bytes: state.index.cached_bytes(),
             cached_entries: state.index.cached_entries(),
             pending_appends,
@@ -415,27 +401,9 @@ impl RaftLog {
         &self.shared.dir
     }
 
-    /// Sizes and order of a batch, checked before touching shared state. Returns the
-    /// bytes the batch takes in the writer queue.
-    fn check_records(&self, records: &[(u64, Bytes)]) -> Result<u64, Error> {
-        let max = self.shared.cfg.max_record_bytes;
-        let mut bytes = 0u64;
-        for (i, (idx, payload)) in records.iter().enumerate() {
-            let len = payload.len() as u64;
-            if len > max {
-                return Err(Error::RecordTooLarge { bytes: len, max });
-            }
-            if let Some((prev, _)) = i.checked_sub(1).and_then(|p| records.get(p)) {
-                if prev.checked_add(1) != Some(*idx) {
-                    return Err(Error::NonContiguous {
-                        expected: prev.saturating_add(1),
-                        got: *idx,
-                    });
-                }
-            }
-            bytes += RECORD_HEADER_LEN + len;
-        }
-        Ok(bytes)
+    /// The configuration the log was opened with.
+    pub fn config(&self) -> &LogConfig {
+        &self.shared.cfg
     }
 
     /// Queues a truncate or purge behind every earlier append and waits for it. Holds
@@ -444,12 +412,9 @@ impl RaftLog {
     fn control(&self, command: impl FnOnce(Done) -> Command) -> Result<(), Error> {
         self.assert_not_writer("truncate_after/purge_upto");
         let _order = self.shared.order.lock();
-        let (tx, rx) = mpsc::sync_channel(1);
-        let done: Done = Box::new(move |result| {
-            let _ = tx.send(result);
-        });
+        let (done, outcome) = waiter();
         self.shared.queue.push_with(0, || Ok(command(done)))?;
-        rx.recv().unwrap_or(Err(Error::Closed))
+        outcome.wait()
     }
 
     /// A blocking call from a completion callback would wait for the writer thread
@@ -480,10 +445,56 @@ impl Drop for RaftLog {
     }
 }
 
+/// The outcome of a queued request, for a caller that waits for it.
+pub(crate) struct Outcome(mpsc::Receiver<Result<(), Error>>);
+
+impl Outcome {
+    pub fn wait(self) -> Result<(), Error> {
+        self.0.recv().unwrap_or(Err(Error::Closed))
+    }
+}
+
+/// A completion callback and the outcome it delivers.
+pub(crate) fn waiter() -> (Done, Outcome) {
+    let (tx, rx) = mpsc::sync_channel(1);
+    let done: Done = Box::new(move |result| {
+        // The receiver only goes away if the caller stopped waiting.
+        let _ = tx.send(result);
+    });
+    (done, Outcome(rx))
+}
+
+/// Sizes and order of a batch, checked before touching shared state. Returns the bytes the
+/// batch takes in the writer queue.
+pub(crate) fn check_records(cfg: &LogConfig, records: &[(u64, Bytes)]) -> Result<u64, Error> {
+    let max = cfg.max_record_bytes;
+    let mut bytes = 0u64;
+    for (i, (idx, payload)) in records.iter().enumerate() {
+        let len = payload.len() as u64;
+        if len > max {
+            return Err(Error::RecordTooLarge { bytes: len, max });
+        }
+        if let Some((prev, _)) = i.checked_sub(1).and_then(|p| records.get(p)) {
+            if prev.checked_add(1) != Some(*idx) {
+                return Err(Error::NonContiguous {
+                    expected: prev.saturating_add(1),
+                    got: *idx,
+                });
+            }
+        }
+        bytes += RECORD_HEADER_LEN + len;
+    }
+    Ok(bytes)
+}
+
 /// The first index of an append must follow the last entry, or, in an empty log, lie
 /// above the purge point.
-fn check_follows(state: &State, first: u64) -> Result<(), Error> {
-    match (state.index.last(), state.purged) {
+pub(crate) fn check_follows(
+    last: Option<u64>,
+    purged: Option<u64>,
+    first: u64,
+) -> Result<(), Error> {
+    match (last, purged) {
         (Some(last), _) if last.checked_add(1) != Some(first) => Err(Error::NonContiguous {
             expected: last.saturating_add(1),
             got: first,
@@ -496,7 +507,7 @@ fn check_follows(state: &State, first: u64) -> Result<(), Error> {
     }
 }
 
-fn lock_dir(dir: &Path) -> Result<File, Error> {
+pub(crate) fn lock_dir(dir: &Path) -> Result<File, Error> {
     let path = dir.join(LOCK_FILE);
     let file = OpenOptions::new()
         .create(true)

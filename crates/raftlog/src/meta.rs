@@ -7,7 +7,10 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
 
 use crate::error::{Error, IoContext};
 use crate::format::{decode_meta, encode_meta, MetaDecodeError, FORMAT_VERSION};
@@ -136,6 +139,82 @@ pub(crate) fn read_meta_file(dir: &Path, name: &str) -> Result<Option<Vec<u8>>, 
             found,
             supported: FORMAT_VERSION,
         }),
+    }
+}
+
+/// A log's directory of small values: locked while open, with the caller's keys (`meta.*`),
+/// the purge point and the disk-full reserve. Shared by [`crate::RaftLog`] and
+/// [`crate::GroupLog`].
+pub(crate) struct MetaDir {
+    dir: PathBuf,
+    fsync: bool,
+    /// Serializes writers of the same file's temp file.
+    lock: Mutex<()>,
+    fsyncs: AtomicU64,
+    /// Held for the life of the handle; dropping it releases the directory lock.
+    _lock: File,
+}
+
+impl MetaDir {
+    /// Creates `dir` if needed, locks it, removes temp files a crash left and makes sure the
+    /// reserve exists.
+    pub fn open(dir: &Path, fsync: bool) -> Result<MetaDir, Error> {
+        fs::create_dir_all(dir).ctx(|| format!("create log directory {}", dir.display()))?;
+        let lock = crate::lock_dir(dir)?;
+        remove_stale_temp_files(dir)?;
+        ensure_reserve(dir);
+        Ok(MetaDir {
+            dir: dir.to_path_buf(),
+            fsync,
+            lock: Mutex::new(()),
+            fsyncs: AtomicU64::new(0),
+            _lock: lock,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// fsyncs done by writes through this handle.
+    pub fn fsyncs(&self) -> u64 {
+        self.fsyncs.load(Ordering::Relaxed)
+    }
+
+    /// Replaces file `name` with `value`, durably; on a full disk the reserve is given up
+    /// for it (a Raft replica must be able to persist its vote).
+    pub fn write(&self, name: &str, value: &[u8]) -> Result<(), Error> {
+        let _one = self.lock.lock();
+        let dir = &self.dir;
+        let fsyncs = match write_meta_file(dir, name, value, self.fsync) {
+            Err(e) if e.is_storage_full() && release_reserve(dir) => {
+                tracing::warn!(dir = %dir.display(), name, "disk full: used the reserved space to save raft metadata");
+                write_meta_file(dir, name, value, self.fsync)?
+            }
+            other => other?,
+        };
+        ensure_reserve(dir);
+        self.fsyncs.fetch_add(fsyncs, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Stores a caller's value under `key`.
+    pub fn save_user(&self, key: &str, value: &[u8]) -> Result<(), Error> {
+        let name = user_meta_file(key)?;
+        if value.len() > MAX_META_VALUE_BYTES {
+            return Err(Error::RecordTooLarge {
+                bytes: value.len() as u64,
+                max: MAX_META_VALUE_BYTES as u64,
+            });
+        }
+        self.write(&name, value)
+    }
+
+    /// The caller's value under `key`, `None` if there is none.
+    pub fn load_user(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        let name = user_meta_file(key)?;
+        let _one = self.lock.lock();
+        read_meta_file(&self.dir, &name)
     }
 }
 

@@ -75,10 +75,12 @@ pub struct NodeConfig {
     pub flush_age_ms: u64,
     /// How often the flush policy runs.
     pub flush_check_interval_ms: u64,
-    /// Raft log segment size.
+    /// Segment size of the node's WAL (every group's Raft log).
     pub wal_segment_bytes: u64,
-    /// Raft log recent-entry cache per group.
+    /// Recent WAL entries kept in memory, for the whole node.
     pub wal_cache_bytes: u64,
+    /// Once the WAL is larger on disk, the group holding its oldest segment is flushed.
+    pub wal_max_bytes: u64,
     /// fsync the Raft log before acknowledging (only turn off for throwaway benchmarks).
     pub wal_fsync: bool,
     /// Writes are refused with 507 while free disk space is below this.
@@ -155,7 +157,8 @@ impl Default for NodeConfig {
             flush_age_ms: 60_000,
             flush_check_interval_ms: 500,
             wal_segment_bytes: 64 * MIB,
-            wal_cache_bytes: 64 * MIB,
+            wal_cache_bytes: 256 * MIB,
+            wal_max_bytes: 1024 * MIB,
             wal_fsync: true,
             min_free_disk_bytes: 64 * MIB,
             parquet_row_group_rows: 256 * 1024,

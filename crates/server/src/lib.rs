@@ -92,6 +92,7 @@ fn groups_config(cfg: &NodeConfig, dir: &DataDir, rpc_addr: &str) -> GroupsConfi
         },
         flush_hot_bytes: cfg.flush_hot_bytes,
         flush_age_ms: cfg.flush_age_ms,
+        wal_max_bytes: cfg.wal_max_bytes,
         flush_check_interval_ms: cfg.flush_check_interval_ms,
         min_free_disk_bytes: cfg.min_free_disk_bytes,
         heartbeat_interval_ms: cfg.raft_heartbeat_ms,
