@@ -17,7 +17,7 @@ pub struct StartArgs {
     /// HTTP address; port 0 picks a free port [default: 127.0.0.1:7480]
     #[arg(long, env = "SHOAL_HTTP_ADDR")]
     http_addr: Option<String>,
-    /// Postgres wire address (reserved) [default: 127.0.0.1:7432]
+    /// Postgres wire-protocol address (psql, psycopg) [default: 127.0.0.1:7432]
     #[arg(long, env = "SHOAL_PG_ADDR")]
     pg_addr: Option<String>,
     /// Inter-node RPC address (cluster mode) [default: 127.0.0.1:7400]
@@ -26,7 +26,6 @@ pub struct StartArgs {
     /// SWIM gossip address (cluster mode) [default: 127.0.0.1:7401]
     #[arg(long, env = "SHOAL_GOSSIP_ADDR")]
     gossip_addr: Option<String>,
-    /// Seeds to join, comma separated (cluster mode; not available yet)
     /// Address peers use for RPC when it differs from --rpc-addr (needed with 0.0.0.0).
     #[arg(long, env = "SHOAL_ADVERTISE_RPC_ADDR")]
     advertise_rpc_addr: Option<String>,

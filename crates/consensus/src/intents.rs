@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
-use shoal_raftlog::GroupLog;
+use shoal_raftlog::{GroupLog, FRAME_HEAD_LEN};
 
 use crate::command::Command;
 use crate::Error;
@@ -33,6 +33,18 @@ pub type Part = (u32, Command);
 
 /// A write that began but did not finish: its intent id and parts.
 pub type Unfinished = (u64, Vec<Part>);
+
+/// Resolves once a queued intent is durable.
+pub struct Durable(tokio::sync::oneshot::Receiver<Result<(), shoal_raftlog::Error>>);
+
+impl Durable {
+    pub async fn wait(self) -> Result<(), Error> {
+        self.0
+            .await
+            .map_err(|_| Error::Internal("intent log writer stopped".into()))??;
+        Ok(())
+    }
+}
 
 pub struct IntentLog {
     log: Arc<GroupLog>,
@@ -49,7 +61,14 @@ struct IntentState {
 /// Finished intents between two purges of the intent log.
 const PURGE_EVERY: u64 = 64;
 
-fn encode_begin(parts: &[Part]) -> Bytes {
+/// A record with room for the WAL's frame header in front (see `GroupLog::append_framed`).
+fn record(capacity: usize) -> BytesMut {
+    let mut b = BytesMut::with_capacity(FRAME_HEAD_LEN + capacity);
+    b.put_bytes(0, FRAME_HEAD_LEN);
+    b
+}
+
+fn encode_begin(parts: &[Part]) -> BytesMut {
     let size: usize = parts
         .iter()
         .map(|(_, c)| match c {
@@ -57,7 +76,7 @@ fn encode_begin(parts: &[Part]) -> Bytes {
             Command::Ddl { .. } | Command::Cluster(_) => 0,
         })
         .sum();
-    let mut b = BytesMut::with_capacity(5 + size);
+    let mut b = record(5 + size);
     b.put_u8(BEGIN);
     b.put_u32_le(parts.len() as u32);
     for (vshard, cmd) in parts {
@@ -75,7 +94,7 @@ fn encode_begin(parts: &[Part]) -> Bytes {
             b.put_slice(ipc);
         }
     }
-    b.freeze()
+    b
 }
 
 fn take<const N: usize>(rec: &Bytes, at: &mut usize) -> Option<[u8; N]> {
@@ -154,46 +173,48 @@ impl IntentLog {
         Ok((intents, begun.into_iter().collect()))
     }
 
-    fn append(&self, rec: Bytes, durable: bool) -> Result<u64, Error> {
-        let (index, rx) = {
-            let mut st = self.state.lock();
-            let index = st.next_index;
-            let (tx, rx) = std::sync::mpsc::sync_channel(1);
-            self.log.append(
-                vec![(index, rec)],
-                Box::new(move |r| {
-                    let _ = tx.send(r);
-                }),
-            )?;
-            st.next_index += 1;
-            (index, rx)
-        };
-        if durable {
-            rx.recv()
-                .map_err(|_| Error::Internal("intent log writer stopped".into()))??;
-        }
-        Ok(index)
+    /// Queues `rec` in the WAL; the receiver hears once it is durable.
+    fn append(&self, rec: BytesMut) -> Result<(u64, Durable), Error> {
+        let mut st = self.state.lock();
+        let index = st.next_index;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.log.append_framed(
+            vec![(index, rec)],
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        )?;
+        st.next_index += 1;
+        Ok((index, Durable(rx)))
     }
 
-    /// Makes the intent to write `parts` durable; returns its id for [`IntentLog::done`].
-    pub async fn begin(self: &Arc<Self>, parts: &[Part]) -> Result<u64, Error> {
+    /// Queues the intent to write `parts` in the WAL, ahead of anything appended after this
+    /// returns; returns its id for [`IntentLog::done`] and a handle that tells when it is
+    /// durable.
+    ///
+    /// A part whose Raft entry can only commit once it is durable in this node's WAL (its
+    /// group has this node as its only voter) needs no wait: the WAL keeps a prefix of what
+    /// was queued across a crash, so a durable part implies a durable intent. A part that
+    /// another node can commit must wait for [`Durable::wait`] before it is proposed.
+    pub async fn begin(self: &Arc<Self>, parts: &[Part]) -> Result<(u64, Durable), Error> {
         let rec = encode_begin(parts);
         let me = self.clone();
-        let index = tokio::task::spawn_blocking(move || me.append(rec, true))
+        // The append blocks while the WAL's queue is full.
+        let (index, durable) = tokio::task::spawn_blocking(move || me.append(rec))
             .await
             .map_err(|e| Error::Internal(e.to_string()))??;
         self.state.lock().outstanding.insert(index);
-        Ok(index)
+        Ok((index, durable))
     }
 
     /// Records that every part of intent `index` was applied (or refused for good).
     pub fn done(&self, index: u64) -> Result<(), Error> {
-        let mut rec = BytesMut::with_capacity(9);
+        let mut rec = record(9);
         rec.put_u8(DONE);
         rec.put_u64_le(index);
         // Durable with the writer's next fsync (within milliseconds): long before a
         // vshard's request-id window could forget the parts.
-        self.append(rec.freeze(), false)?;
+        self.append(rec)?;
         let purge_to = {
             let mut st = self.state.lock();
             st.outstanding.remove(&index);
@@ -243,19 +264,57 @@ mod tests {
             let (log, pending) = open();
             assert!(pending.is_empty());
             let log = Arc::new(log);
-            let a = log
+            let (a, durable) = log
                 .begin(&[part(1, 10), part(2, 11)])
                 .await
                 .expect("begin a");
-            let _b = log
+            durable.wait().await.expect("durable a");
+            let (_b, durable) = log
                 .begin(&[part(3, 12), part(4, 13)])
                 .await
                 .expect("begin b");
+            durable.wait().await.expect("durable b");
             log.done(a).expect("done a");
             log.log.flush().expect("flush");
         }
         let (_log, pending) = open();
         assert_eq!(pending.len(), 1, "only the unfinished write");
         assert_eq!(pending[0].1, vec![part(3, 12), part(4, 13)]);
+    }
+
+    /// What lets a write whose parts all commit in this node's WAL skip the wait for its
+    /// intent: anything appended after the intent, in any group, is durable only with it.
+    #[tokio::test]
+    async fn an_intent_is_durable_once_anything_queued_after_it_is() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let wal = shoal_raftlog::SharedWal::open(
+            &dir.path().join("wal"),
+            shoal_raftlog::LogConfig::default(),
+        )
+        .expect("wal");
+        let shard = wal.group(7, &dir.path().join("g7")).expect("group 7");
+        {
+            let (log, _) =
+                IntentLog::open(wal.group(1, &dir.path().join("intents")).expect("group"))
+                    .expect("open");
+            let log = Arc::new(log);
+            // Not waited for: the part's own append, queued after it, is.
+            let (_index, _durable) = log.begin(&[part(7, 20), part(8, 21)]).await.expect("begin");
+            shard
+                .append_blocking(vec![(1, Bytes::from_static(b"part entry"))])
+                .expect("part");
+        }
+        drop(shard);
+        drop(wal);
+        let wal = shoal_raftlog::SharedWal::open(
+            &dir.path().join("wal"),
+            shoal_raftlog::LogConfig::default(),
+        )
+        .expect("reopen wal");
+        let (_log, pending) =
+            IntentLog::open(wal.group(1, &dir.path().join("intents")).expect("group"))
+                .expect("reopen");
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].1, vec![part(7, 20), part(8, 21)]);
     }
 }

@@ -120,16 +120,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let records: Vec<(u64, bytes::Bytes)> = entries
+        let records: Vec<(u64, bytes::BytesMut)> = entries
             .into_iter()
-            .map(|e| (e.log_id.index, codec::encode(&e)))
+            .map(|e| {
+                let headroom = shoal_raftlog::FRAME_HEAD_LEN;
+                (e.log_id.index, codec::encode_after(&e, headroom))
+            })
             .collect();
         if records.is_empty() {
             callback.io_completed(Ok(()));
             return Ok(());
         }
         self.log
-            .append(
+            .append_framed(
                 records,
                 Box::new(move |r| callback.io_completed(r.map_err(io_err))),
             )

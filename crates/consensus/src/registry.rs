@@ -1648,20 +1648,29 @@ impl Registry {
         if parts.len() <= 1 {
             return self.propose_parts(parts).await;
         }
-        let intent = match self.intents.begin(&parts).await {
-            Ok(i) => i,
-            Err(e) => {
-                return parts
-                    .iter()
-                    .map(|_| {
-                        Err(Error::Unavailable {
-                            group: 0,
-                            reason: e.to_string(),
-                        })
+        let unavailable = |parts: &[Part], e: Error| {
+            parts
+                .iter()
+                .map(|_| {
+                    Err(Error::Unavailable {
+                        group: 0,
+                        reason: e.to_string(),
                     })
-                    .collect()
-            }
+                })
+                .collect()
         };
+        let (intent, durable) = match self.intents.begin(&parts).await {
+            Ok(begun) => begun,
+            Err(e) => return unavailable(&parts, e),
+        };
+        // A part only this node votes on commits once it is durable in this node's WAL,
+        // queued after the intent, so the intent is durable by then too. A part that other
+        // nodes can commit must wait for the intent's fsync first.
+        if !parts.iter().all(|(v, _)| self.votes_alone(*v)) {
+            if let Err(e) = durable.wait().await {
+                return unavailable(&parts, e);
+            }
+        }
         let results = self.propose_parts(parts).await;
         // A part that failed for a retryable reason stays intended: the next start finishes it.
         let settled = results.iter().all(Result::is_ok);
@@ -1671,6 +1680,27 @@ impl Registry {
             }
         }
         results
+    }
+
+    /// Whether this node is the only voter of a vshard's group, so that an entry proposed
+    /// now commits only once this node's WAL is durable past it.
+    ///
+    /// A voter added later changes nothing: that membership change is appended after the
+    /// intent and must commit under a configuration that needs this node's WAL, before any
+    /// configuration that does not can take effect. The Raft metrics alone could be stale
+    /// (a change appended before the intent but not yet reported), so the applied node
+    /// registry must also hold no other node: a vshard voter is only ever added for a
+    /// registered node, by the group-0 leader (this node, while it is the only one) after
+    /// it applied that node's registration.
+    fn votes_alone(&self, vshard: u32) -> bool {
+        let me = self.cfg.node_id;
+        let others = self.catalog.read().nodes.keys().any(|&id| id != me);
+        !others
+            && self.shard(vshard as usize).is_some_and(|s| {
+                let metrics = s.raft.metrics();
+                let m = metrics.borrow_watched();
+                m.membership_config.membership().voter_ids().eq([me])
+            })
     }
 
     async fn propose_parts(&self, parts: Vec<Part>) -> Vec<Result<Response, Error>> {

@@ -1,6 +1,6 @@
 //! The crate's one error type.
 //!
-//! Who is at fault: `NonContiguous`, `RecordTooLarge`, `InvalidMetaKey` and
+//! Who is at fault: `NonContiguous`, `RecordTooLarge`, `NoFrameRoom`, `InvalidMetaKey` and
 //! `InvalidConfig` are caller bugs or bad input. `Io`, `Corrupt`, `UnsupportedVersion`
 //! and `Failed` mean the disk cannot be trusted: the node must stop loudly rather than
 //! carry on (openraft treats a storage error as fatal). `Closed` and `Locked` are
@@ -41,6 +41,9 @@ pub enum Error {
 
     #[error("raft log record of {bytes} bytes is larger than max_record_bytes = {max}")]
     RecordTooLarge { bytes: u64, max: u64 },
+
+    #[error("raft log record of {len} bytes has no room for its {needed}-byte frame header")]
+    NoFrameRoom { len: u64, needed: u64 },
 
     #[error("raft log is closed")]
     Closed,
@@ -102,6 +105,10 @@ impl Error {
             Error::RecordTooLarge { bytes, max } => Error::RecordTooLarge {
                 bytes: *bytes,
                 max: *max,
+            },
+            Error::NoFrameRoom { len, needed } => Error::NoFrameRoom {
+                len: *len,
+                needed: *needed,
             },
             Error::Closed => Error::Closed,
             Error::Failed { reason } => Error::Failed {

@@ -45,7 +45,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 
 use crate::error::{Error, IoContext};
@@ -154,12 +154,16 @@ impl Group {
     }
 }
 
+fn put_head(head: &mut [u8], kind: u8, group: u64, index: u64) {
+    head[0] = kind;
+    head[1..9].copy_from_slice(&group.to_le_bytes());
+    head[9..17].copy_from_slice(&index.to_le_bytes());
+}
+
 fn frame(kind: u8, group: u64, index: u64, body: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(FRAME_HEAD_LEN + body.len());
-    b.put_u8(kind);
-    b.put_u64_le(group);
-    b.put_u64_le(index);
-    b.put_slice(body);
+    let mut b = BytesMut::zeroed(FRAME_HEAD_LEN);
+    put_head(&mut b, kind, group, index);
+    b.extend_from_slice(body);
     b.freeze()
 }
 
@@ -402,24 +406,56 @@ impl GroupLog {
     /// [`RaftLog::append`].
     pub fn append(&self, records: Vec<(u64, Bytes)>, done: Done) -> Result<(), Error> {
         check_records(self.wal.log_config(), &records)?;
+        let frames = records
+            .iter()
+            .map(|(index, body)| (*index, frame(FRAME_ENTRY, self.id, *index, body)))
+            .collect();
+        self.append_frames(frames, done)
+    }
+
+    /// [`GroupLog::append`] for records whose first [`FRAME_HEAD_LEN`] bytes are left free
+    /// for the frame header, which is written there: the body is not copied. Reads return
+    /// the record without those bytes.
+    pub fn append_framed(&self, records: Vec<(u64, BytesMut)>, done: Done) -> Result<(), Error> {
+        let frames = records
+            .into_iter()
+            .map(|(index, mut rec)| {
+                if rec.len() < FRAME_HEAD_LEN {
+                    return Err(Error::NoFrameRoom {
+                        len: rec.len() as u64,
+                        needed: FRAME_HEAD_LEN as u64,
+                    });
+                }
+                put_head(&mut rec[..FRAME_HEAD_LEN], FRAME_ENTRY, self.id, index);
+                Ok((index, rec.freeze()))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        check_records(self.wal.log_config(), &frames)?;
+        self.append_frames(frames, done)
+    }
+
+    /// Queues framed entries `(group index, frame)` under the WAL's lock, which fixes their
+    /// order in the WAL.
+    fn append_frames(&self, frames: Vec<(u64, Bytes)>, done: Done) -> Result<(), Error> {
         let mut st = self.wal.state.lock();
         let next = st.next;
         let g = open_state(&mut st, self.id)?;
-        if let Some(&(first, _)) = records.first() {
+        if let Some(&(first, _)) = frames.first() {
             check_follows(g.last(), g.purged, first)?;
         }
-        let indexes: Vec<u64> = records.iter().map(|(i, _)| *i).collect();
-        let frames = records
-            .iter()
-            .enumerate()
-            .map(|(k, (index, body))| (next + k as u64, frame(FRAME_ENTRY, self.id, *index, body)))
-            .collect();
-        self.wal.log.append(frames, done)?;
+        let count = frames.len() as u64;
+        let mut indexes = Vec::with_capacity(frames.len());
+        let mut records = Vec::with_capacity(frames.len());
+        for (k, (index, f)) in frames.into_iter().enumerate() {
+            indexes.push(index);
+            records.push((next + k as u64, f));
+        }
+        self.wal.log.append(records, done)?;
         let g = open_state(&mut st, self.id)?;
         for (k, index) in indexes.into_iter().enumerate() {
             g.push(index, next + k as u64);
         }
-        st.next = next + records.len() as u64;
+        st.next = next + count;
         Ok(())
     }
 

@@ -364,3 +364,44 @@ fn appends_of_many_groups_share_one_writer() {
         assert_log(log, 1..=20, 1);
     }
 }
+
+/// A record built with room for the frame header in front reads back without it, from the
+/// cache and from disk, interleaved with plain appends; one without the room is refused.
+#[test]
+fn framed_appends_read_back_without_the_header() {
+    use bytes::{BufMut, BytesMut};
+    use shoal_raftlog::FRAME_HEAD_LEN;
+    let framed = |g: u64, i: u64| {
+        let mut b = BytesMut::new();
+        b.put_bytes(0xAA, FRAME_HEAD_LEN);
+        b.put_slice(&body(g, i, 1));
+        (i, b)
+    };
+    let d = dirs();
+    {
+        let wal = d.open();
+        let a = wal.group(1, &d.group(1)).expect("group 1");
+        append(&a, 1..=3, 1);
+        let (done, rx) = {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let done: shoal_raftlog::Done = Box::new(move |r| {
+                let _ = tx.send(r);
+            });
+            (done, rx)
+        };
+        a.append_framed((4..=9).map(|i| framed(1, i)).collect(), done)
+            .expect("framed");
+        rx.recv().expect("outcome").expect("durable");
+        append(&a, 10..=12, 1);
+        assert_log(&a, 1..=12, 1);
+        let short = vec![(13, BytesMut::from(&b"tiny"[..]))];
+        assert!(matches!(
+            a.append_framed(short, Box::new(|_| {})),
+            Err(Error::NoFrameRoom { len: 4, .. })
+        ));
+        assert_eq!(a.last_index(), Some(12), "a refused append leaves nothing");
+    }
+    let wal = d.open();
+    let a = wal.group(1, &d.group(1)).expect("reopen group 1");
+    assert_log(&a, 1..=12, 1);
+}
