@@ -4,6 +4,7 @@
 mod bench;
 mod client;
 mod demo;
+mod memory;
 mod start;
 
 use clap::{Parser, Subcommand};
@@ -38,6 +39,8 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // Before anything large is allocated; `shoal start` applies its own setting later.
+    memory::set_huge_pages(false);
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

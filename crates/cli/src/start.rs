@@ -114,6 +114,9 @@ pub struct StartArgs {
     /// Decoded column chunks of flushed parts kept in memory, bytes; 0 = off [default: 1073741824]
     #[arg(long, env = "SHOAL_COLUMN_CACHE_BYTES")]
     column_cache_bytes: Option<u64>,
+    /// Back the heap with 2 MiB transparent huge pages [default: false]
+    #[arg(long, env = "SHOAL_TRANSPARENT_HUGE_PAGES")]
+    transparent_huge_pages: Option<bool>,
     /// Compression of flushed Parquet parts: lz4, zstd or none [default: lz4]
     #[arg(long, env = "SHOAL_PARQUET_COMPRESSION")]
     parquet_compression: Option<String>,
@@ -203,6 +206,7 @@ pub fn resolve(args: &StartArgs) -> Result<NodeConfig, String> {
         min_free_disk_bytes,
         parquet_row_group_rows,
         column_cache_bytes,
+        transparent_huge_pages,
         parquet_compression,
         query_target_partitions,
         http_max_concurrent_requests,
@@ -243,6 +247,7 @@ pub async fn run(args: StartArgs) -> Result<(), String> {
         shoal_common::time::set_skew_for_tests(ms.saturating_mul(1_000_000));
     }
 
+    crate::memory::set_huge_pages(cfg.transparent_huge_pages);
     let mut node = shoal_server::start(cfg.clone()).await?;
     // Scripts and tests read the bound address from this line (port 0 picks a free port).
     println!(

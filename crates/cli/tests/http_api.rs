@@ -193,6 +193,27 @@ async fn second_process_on_a_data_dir_is_refused() {
     assert_eq!(node.sql("SELECT 1").await.0, 200);
 }
 
+/// `transparent_huge_pages` reaches the kernel: off by default, on when asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transparent_huge_pages_follow_the_setting() {
+    let thp = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("THP_enabled:").map(|v| v.trim().to_string()))
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut node = Node::start(dir.path(), &[]).await;
+    if thp(node.pid()).is_none() {
+        eprintln!("SKIP: this kernel does not report THP_enabled");
+        return;
+    }
+    assert_eq!(thp(node.pid()).as_deref(), Some("0"), "off by default");
+    node.set_extra(&["--transparent-huge-pages", "true"]);
+    node.restart_graceful().await;
+    assert_eq!(thp(node.pid()).as_deref(), Some("1"), "on when asked for");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_config_keys_are_refused() {
     let dir = tempfile::tempdir().expect("tmp");

@@ -89,6 +89,9 @@ pub struct NodeConfig {
     pub parquet_row_group_rows: usize,
     /// Decoded column chunks of flushed parts kept in memory, bytes (0 = off).
     pub column_cache_bytes: u64,
+    /// Let the memory allocator back the heap with 2 MiB transparent huge pages. Off: the
+    /// kernel then zeroes 4 KiB pages as they are touched, not 2 MiB at a time.
+    pub transparent_huge_pages: bool,
     /// Compression of flushed Parquet parts: `lz4`, `zstd` or `none`.
     pub parquet_compression: String,
     /// DataFusion target partitions; 0 = number of cores.
@@ -163,6 +166,7 @@ impl Default for NodeConfig {
             min_free_disk_bytes: 64 * MIB,
             parquet_row_group_rows: 256 * 1024,
             column_cache_bytes: shoal_storage::DEFAULT_COLUMN_CACHE_BYTES,
+            transparent_huge_pages: false,
             parquet_compression: "lz4".into(),
             query_target_partitions: 0,
             http_max_concurrent_requests: 256,
