@@ -141,9 +141,10 @@ fn parse_body<'a>(
     let mut last_table: Option<usize> = None;
     let mut lines = 0usize;
     let mut iter = shoal_lineproto::parse_lines(body);
-    while let Some(parsed) = iter.next() {
-        let line =
-            parsed.map_err(|e| QueryError::bad_input(format!("malformed line protocol: {e}")))?;
+    // One line's vectors, reused for every line (the parser clears them).
+    let mut line = shoal_lineproto::Line::default();
+    while let Some(parsed) = iter.next_into(&mut line) {
+        parsed.map_err(|e| QueryError::bad_input(format!("malformed line protocol: {e}")))?;
         let line_no = iter.entry_line();
         lines += 1;
         if lines > MAX_LINES_PER_REQUEST {
@@ -160,7 +161,7 @@ fn parse_body<'a>(
             })?,
             None => now,
         };
-        let measurement = line.measurement;
+        let measurement = std::mem::take(&mut line.measurement);
         let ti = match last_table {
             Some(i) if tables[i].name == measurement => i,
             _ => match by_name.get(measurement.as_ref()) {
@@ -184,10 +185,10 @@ fn parse_body<'a>(
         let t = &mut tables[ti];
         t.ts.push(ts);
         t.next_guess = 0;
-        for (k, v) in line.tags {
+        for (k, v) in line.tags.drain(..) {
             t.push(line_no, k, ColumnType::Tag, Value::Str(v))?;
         }
-        for (k, v) in line.fields {
+        for (k, v) in line.fields.drain(..) {
             let ft = field_type(&v);
             let value = match v {
                 FieldValue::Float(f) => Value::Float(f),
