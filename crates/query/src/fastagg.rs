@@ -524,17 +524,19 @@ async fn aggregate_vshard(
         metrics.chunks_cached.add(batches.chunks_cached());
         metrics.chunks_decoded.add(batches.chunks_decoded());
     }
-    // The hot buffer and the rows needing resolution are the first share's.
+    // Clean hot batches are dealt round-robin over the shares, as row groups are (their
+    // partial states merge like those of different vshards); the rows needing resolution
+    // are the first share's.
     let src = match split {
         Some((index, _)) if index > 0 => Sources {
-            hot: vec![],
             dirty_hot: vec![],
             dirty_parts: vec![],
             ..src
         },
         _ => src,
     };
-    for h in &src.hot {
+    let mine = |i: usize| split.is_none_or(|(index, count)| i % count == index);
+    for (_, h) in src.hot.iter().enumerate().filter(|(i, _)| mine(*i)) {
         metrics.hot_rows.add(h.batch.num_rows());
         groups.push_within(conform(&h.batch, &scan_schema)?, Some((h.min_ts, h.max_ts)))?;
     }
