@@ -28,6 +28,7 @@ H6, H7, END = (DAY0 + 6 * 3600) * NS, (DAY0 + 7 * 3600) * NS, (DAY0 + 86400) * N
 SYMBOL = "SYM0001"
 BATCH_LINES = 5000
 WRITERS = 2
+CH_BATCH_ROWS = 100_000  # ClickHouse's two-stream load: rows per POST
 
 
 def free_port():
@@ -91,6 +92,32 @@ def timed(run):
     return statistics.median(times), min(times), result
 
 
+def concurrent_posts(url, bodies, streams, ok_status):
+    """POSTs every body, `streams` at a time, each answered with `ok_status`; returns the
+    seconds it took."""
+    lock, it, errors = threading.Lock(), iter(bodies), []
+
+    def worker():
+        while True:
+            with lock:
+                body = next(it, None)
+            if body is None or errors:
+                return
+            status, out = http(url, body)
+            if status != ok_status:
+                errors.append(f"{status} {out[:300]!r}")
+
+    t = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(streams)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise RuntimeError(errors[0])
+    return time.perf_counter() - t
+
+
 # ---------------------------------------------------------------- Shoal
 
 
@@ -139,6 +166,18 @@ def bench_shoal(a, work):
             if q == "Q4":
                 res["q4_count"] = int(body.decode().splitlines()[1].split(",")[0])
         res["query_load"] = load()
+        # Stopped gracefully (every hot buffer flushed to Parquet) and started again: the
+        # same queries over flushed data, and each one's first run after the restart.
+        srv.stop()
+        srv = Server("shoal-restarted", cmd, work)
+        wait_until("shoal ready after restart", lambda: http(base + "/health/ready")[0] == 200)
+        after = {}
+        for q, sql in queries.items():
+            t = time.perf_counter()
+            run(sql)()
+            after[q + "_first"] = time.perf_counter() - t
+            after[q] = timed(run(sql))[0]
+        res["after_restart"] = after
         return res
     finally:
         srv.stop()
@@ -189,27 +228,8 @@ bind-address = "127.0.0.1:{free_port()}"
         wait_until("influxd ping", lambda: http(base + "/ping")[0] == 204)
         http(base + "/query", urllib.parse.urlencode({"q": "CREATE DATABASE bench"}).encode())
         batches = batches_of(a.prefix + ".lp", BATCH_LINES)
-        url = base + "/write?db=bench&precision=ns"
-        errors = []
-
-        def writer(mine):
-            for b in mine:
-                s, body = http(url, b)
-                if s != 204:
-                    errors.append((s, body[:200]))
-                    return
-
         ld = load()
-        t = time.perf_counter()
-        threads = [threading.Thread(target=writer, args=(batches[i::WRITERS],))
-                   for i in range(WRITERS)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        secs = time.perf_counter() - t
-        if errors:
-            raise RuntimeError(f"influxdb write failed: {errors[0]}")
+        secs = concurrent_posts(base + "/write?db=bench&precision=ns", batches, WRITERS, 204)
         day = "time >= '2024-01-02T00:00:00Z' AND time < '2024-01-03T00:00:00Z'"
         queries = {
             "Q1": "SELECT count(price) FROM trades GROUP BY symbol",
@@ -299,6 +319,15 @@ def bench_clickhouse(a, work):
             if name == "Q4":
                 res["q4_count"] = int(body.split(b"\t")[0])
         res["query_load"] = load()
+        # Its best rate in the peer baselines: two concurrent streams of 100k-row POSTs.
+        q("TRUNCATE TABLE trades")
+        chunks = batches_of(a.prefix + ".tsv", CH_BATCH_ROWS)
+        insert = base + "?" + urllib.parse.urlencode(
+            {"query": "INSERT INTO trades (ts, symbol, price, size, side) FORMAT TabSeparated"})
+        res["ingest_2_streams_load"] = load()
+        res["ingest_2_streams_rows_s"] = a.rows / concurrent_posts(insert, chunks, WRITERS, 200)
+        if int(q("SELECT count() FROM trades FORMAT TabSeparated")) != a.rows:
+            raise RuntimeError("clickhouse: the two-stream load lost rows")
         return res
     finally:
         srv.stop()
@@ -339,6 +368,22 @@ def bench_duckdb(a, work):
     return res
 
 
+def settle(prefix):
+    """Gives every system the same start: dirty pages written back and the page cache
+    dropped (as root), so one system's writeback does not slow the next, then the input
+    files read once so that no loader waits on the disk."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError as e:
+        print(f"page cache left as it is ({e})", flush=True)
+    for ext in ("lp", "tsv", "parquet"):
+        with open(f"{prefix}.{ext}", "rb") as f:
+            while f.read(1 << 24):
+                pass
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, required=True)
@@ -353,6 +398,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="shoal-compare-") as work:
         for name in a.systems.split():
             print(f"== {name}", flush=True)
+            settle(a.prefix)
             try:
                 results[name] = fns[name](a, work)
             except Exception as e:  # one system failing must not hide the others
@@ -370,6 +416,15 @@ def main():
             continue
         cells = [f"{r[q] * 1000:.1f} ms" for q in qs]
         print(f"| {name} | {r['ingest_rows_s']:,.0f} | " + " | ".join(cells) + f" | {r.get('q4_count')} |")
+        if "ingest_2_streams_rows_s" in r:
+            print(f"| {name}, {WRITERS} streams of {CH_BATCH_ROWS // 1000}k-row POSTs | "
+                  f"{r['ingest_2_streams_rows_s']:,.0f} |" + " |" * (len(qs) + 1))
+        if "after_restart" in r:
+            after = r["after_restart"]
+            cells = [f"{after[q] * 1000:.1f} ms" for q in qs]
+            print(f"| {name}, after a restart | — | " + " | ".join(cells) + " | |")
+            cells = [f"{after[q + '_first'] * 1000:.1f} ms" for q in qs]
+            print(f"| {name}, first run after the restart | — | " + " | ".join(cells) + " | |")
     s = results.get("shoal", {})
     if "skip" not in s and s:
         print("\nShoal relative to each peer (ingest: Shoal ÷ peer, higher is better; "

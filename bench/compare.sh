@@ -8,8 +8,11 @@
 # Installs what is missing: InfluxDB and ClickHouse from Debian's packages (apt, as root),
 # numpy/pyarrow/duckdb from PyPI into ~/.cache/shoal-bench-venv. Every server runs on
 # 127.0.0.1 in a temp dir and is stopped by PID at the end. A system that cannot be
-# installed is skipped with the reason printed. Results: one table on stdout, JSON in
-# $OUT (default ./bench-results.json).
+# installed is skipped with the reason printed. Before each system, as root, dirty pages
+# are written back and the page cache is dropped (then the input files are read once), so
+# one system's writeback does not slow the next. Shoal's queries run twice: right after
+# ingest (data hot) and after a graceful restart (all Parquet, with each first run).
+# Results: one table on stdout, JSON in $OUT (default ./bench-results.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS="${ROWS:-10000000}"
