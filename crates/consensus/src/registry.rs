@@ -1666,7 +1666,7 @@ impl Registry {
         // A part only this node votes on commits once it is durable in this node's WAL,
         // queued after the intent, so the intent is durable by then too. A part that other
         // nodes can commit must wait for the intent's fsync first.
-        if !parts.iter().all(|(v, _)| self.votes_alone(*v)) {
+        if !self.votes_alone(parts.iter().map(|(v, _)| *v)) {
             if let Err(e) = durable.wait().await {
                 return unavailable(&parts, e);
             }
@@ -1682,8 +1682,8 @@ impl Registry {
         results
     }
 
-    /// Whether this node is the only voter of a vshard's group, so that an entry proposed
-    /// now commits only once this node's WAL is durable past it.
+    /// Whether this node is the only voter of every one of `vshards`' groups, so that an
+    /// entry proposed now commits only once this node's WAL is durable past it.
     ///
     /// A voter added later changes nothing: that membership change is appended after the
     /// intent and must commit under a configuration that needs this node's WAL, before any
@@ -1692,15 +1692,18 @@ impl Registry {
     /// registry must also hold no other node: a vshard voter is only ever added for a
     /// registered node, by the group-0 leader (this node, while it is the only one) after
     /// it applied that node's registration.
-    fn votes_alone(&self, vshard: u32) -> bool {
+    fn votes_alone(&self, mut vshards: impl Iterator<Item = u32>) -> bool {
         let me = self.cfg.node_id;
-        let others = self.catalog.read().nodes.keys().any(|&id| id != me);
-        !others
-            && self.shard(vshard as usize).is_some_and(|s| {
+        if self.catalog.read().nodes.keys().any(|&id| id != me) {
+            return false;
+        }
+        vshards.all(|v| {
+            self.shard(v as usize).is_some_and(|s| {
                 let metrics = s.raft.metrics();
                 let m = metrics.borrow_watched();
                 m.membership_config.membership().voter_ids().eq([me])
             })
+        })
     }
 
     async fn propose_parts(&self, parts: Vec<Part>) -> Vec<Result<Response, Error>> {
