@@ -335,3 +335,65 @@ async fn sql_settings_as_parameters() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["rows"], serde_json::json!([["x1"], ["x2"]]));
 }
+
+/// A statement sent again verbatim runs a kept plan (`shoal_query::plancache`): it must
+/// still see rows written since, columns a write added, a table dropped and created again,
+/// and a clock that moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_queries_see_what_changed_since_they_were_planned() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = Node::start(dir.path(), &[]).await;
+    let t0 = 1_704_067_200_000_000_000i64;
+    assert_eq!(node.write(&format!("m,k=a v=1 {t0}\n")).await.0, 204);
+    let count = "SELECT count(*), sum(v) FROM m WHERE k = 'a'";
+    assert_eq!(
+        node.sql(count).await.1["rows"],
+        serde_json::json!([[1, 1.0]])
+    );
+    assert_eq!(
+        node.sql(count).await.1["rows"],
+        serde_json::json!([[1, 1.0]])
+    );
+    assert_eq!(node.write(&format!("m,k=a v=2 {}\n", t0 + 1)).await.0, 204);
+    assert_eq!(
+        node.sql(count).await.1["rows"],
+        serde_json::json!([[2, 3.0]]),
+        "new rows"
+    );
+
+    let star = "SELECT * FROM m ORDER BY ts";
+    let (_, v) = node.sql(star).await;
+    assert_eq!(v["columns"].as_array().map(Vec::len), Some(3), "{v}");
+    // A new field is a new column: the schema version moves and the plan with it.
+    assert_eq!(
+        node.write(&format!("m,k=a v=3,w=7i {}\n", t0 + 2)).await.0,
+        204
+    );
+    let (_, v) = node.sql(star).await;
+    let names: Vec<&str> = v["columns"]
+        .as_array()
+        .expect("columns")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(names.len(), 4, "{v}");
+    let w = names.iter().position(|n| *n == "w").expect("column w");
+    assert_eq!(v["rows"][2][w], serde_json::json!(7), "{v}");
+
+    assert_eq!(node.sql("DROP TABLE m").await.0, 200);
+    let (status, v) = node.sql(count).await;
+    assert_eq!(status, 400, "a dropped table is gone: {v}");
+    assert_eq!(node.write(&format!("m,k=a v=5 {t0}\n")).await.0, 204);
+    assert_eq!(
+        node.sql(count).await.1["rows"],
+        serde_json::json!([[1, 5.0]]),
+        "the new table's rows only"
+    );
+
+    // now() is folded into a constant when planned: such plans are never kept.
+    let now = "SELECT CAST(now() AS BIGINT)";
+    let first = node.sql(now).await.1["rows"][0][0].clone();
+    let second = node.sql(now).await.1["rows"][0][0].clone();
+    assert!(first.is_i64() && second.is_i64(), "{first} {second}");
+    assert_ne!(first, second, "the clock moved between two requests");
+}

@@ -18,6 +18,7 @@ use shoal_consensus::Registry;
 use crate::distributed::{DistributeScans, FragmentRunner, ShoalCodec};
 use crate::error::{ErrorKind, QueryError, Result};
 use crate::fastagg::FastAggregate;
+use crate::plancache::{PlanCache, PlanCacheStats};
 use crate::provider::ShoalSchema;
 use crate::session::{split_statements, Session};
 use crate::system::{NodeInfo, SystemSchema};
@@ -94,6 +95,7 @@ pub struct QueryEngine {
     /// Rewrites what Postgres clients send (`::regclass`, `OPERATOR(pg_catalog.~)`, …).
     pg_parser: Arc<PostgresCompatibilityParser>,
     pub(crate) system: Arc<SystemSchema>,
+    pub(crate) plans: PlanCache,
 }
 
 impl QueryEngine {
@@ -154,7 +156,13 @@ impl QueryEngine {
             state: ctx.state(),
             pg_parser: Arc::new(PostgresCompatibilityParser::new()),
             system,
+            plans: PlanCache::default(),
         }
+    }
+
+    /// How often repeated queries skipped planning (see [`crate::plancache`]).
+    pub fn plan_cache_stats(&self) -> PlanCacheStats {
+        self.plans.stats()
     }
 
     pub fn writer(&self) -> &Writer {

@@ -407,6 +407,14 @@ impl QueryEngine {
             Some(SessionCommand::Show(what)) => return self.show(session, &what).await,
             None => {}
         }
+        if params.is_empty() && self.plans.contains(sql, session.pg_dialect) {
+            self.catalog_barrier(session).await?;
+            let version = self.registry().catalog().read().schema_version;
+            if let Some(plan) = self.plans.get(sql, session.pg_dialect, version) {
+                let opts = session.options();
+                return with_timeout(&opts, self.run_plan(plan, &opts)).await;
+            }
+        }
         let stmt = self.parse_one(sql, session.pg_dialect)?;
         if let DfStatement::Statement(s) = &stmt {
             if let Some(op) = ddl_op(s)? {
@@ -427,19 +435,8 @@ impl QueryEngine {
         }
         self.catalog_barrier(session).await?;
         let opts = session.options();
-        let work = self.execute_statement(stmt, params, &opts);
-        match opts.statement_timeout {
-            Some(limit) => tokio::time::timeout(limit, work).await.map_err(|_| {
-                QueryError::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "canceling statement due to statement timeout ({} ms)",
-                        limit.as_millis()
-                    ),
-                )
-            })?,
-            None => work.await,
-        }
+        let work = self.execute_statement(stmt, (sql, session.pg_dialect), params, &opts);
+        with_timeout(&opts, work).await
     }
 
     /// Unless the session reads `eventual` (or works in a transaction's own catalog), the
@@ -504,22 +501,35 @@ impl QueryEngine {
     /// Runs a query Shoal wrote itself (the `SHOW` forms over `system` tables).
     async fn run_internal(&self, session: &Session, sql: &str) -> Result<QueryOutput> {
         let stmt = self.parse_one(sql, false)?;
-        self.execute_statement(stmt, &[], &session.options()).await
+        self.execute_statement(stmt, (sql, false), &[], &session.options())
+            .await
     }
 
-    /// Plans and runs a parsed statement that is not DDL.
+    /// Plans and runs a parsed statement that is not DDL; `key` (its text and dialect) keeps a query's plan for
+    /// the next time it is sent verbatim (see [`crate::plancache`]).
     async fn execute_statement(
         &self,
         stmt: DfStatement,
+        key: (&str, bool),
         params: &[Option<String>],
         opts: &QueryOptions,
     ) -> Result<QueryOutput> {
         let ctx = self.context(opts);
         let is_insert = matches!(&stmt, DfStatement::Statement(s) if matches!(**s, datafusion::sql::sqlparser::ast::Statement::Insert(_)));
+        let is_query = matches!(&stmt, DfStatement::Statement(s) if matches!(**s, datafusion::sql::sqlparser::ast::Statement::Query(_)));
+        let version = self.registry().catalog().read().schema_version;
         let mut plan = ctx.state().statement_to_plan(stmt).await?;
         if !params.is_empty() || !plan.get_parameter_types()?.is_empty() {
             let values = bind_params(&plan, params)?;
             plan = plan.with_param_values(values)?;
+        } else if is_query {
+            let optimized = Arc::new(ctx.state().optimize(&plan)?);
+            // Kept only if no DDL landed while it was planned (it may have seen either side).
+            if self.registry().catalog().read().schema_version == version {
+                self.plans
+                    .put(key.0, key.1, version, &plan, optimized.clone());
+            }
+            return self.run_plan(optimized, opts).await;
         }
         let df = ctx.execute_logical_plan(plan).await?;
         let schema = Arc::new(df.schema().as_arrow().clone());
@@ -539,6 +549,24 @@ impl QueryEngine {
                 rows,
             });
         }
+        Ok(QueryOutput::Rows { schema, batches })
+    }
+
+    /// Runs an optimized query plan: physical planning (which reads each vshard's current
+    /// data) and execution.
+    async fn run_plan(
+        &self,
+        plan: Arc<datafusion::logical_expr::LogicalPlan>,
+        opts: &QueryOptions,
+    ) -> Result<QueryOutput> {
+        let state = self.context(opts).state();
+        let physical = state
+            .query_planner()
+            .create_physical_plan(&plan, &state)
+            .await?;
+        let task = Arc::new(datafusion::execution::TaskContext::from(&state));
+        let batches = datafusion::physical_plan::collect(physical, task).await?;
+        let schema = Arc::new(plan.schema().as_arrow().clone());
         Ok(QueryOutput::Rows { schema, batches })
     }
 
@@ -574,6 +602,25 @@ impl QueryEngine {
         let plan = ctx.state().statement_to_plan(stmt).await?;
         let schema = Arc::new(plan.schema().as_arrow().clone());
         Ok((param_types(&plan)?, Some(schema)))
+    }
+}
+
+/// Runs `work` under the session's statement timeout (SQLSTATE 57014 when it runs out).
+async fn with_timeout(
+    opts: &QueryOptions,
+    work: impl std::future::Future<Output = Result<QueryOutput>>,
+) -> Result<QueryOutput> {
+    match opts.statement_timeout {
+        Some(limit) => tokio::time::timeout(limit, work).await.map_err(|_| {
+            QueryError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "canceling statement due to statement timeout ({} ms)",
+                    limit.as_millis()
+                ),
+            )
+        })?,
+        None => work.await,
     }
 }
 
