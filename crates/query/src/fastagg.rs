@@ -387,6 +387,35 @@ fn bin_start(ts: i64, stride: i64, origin: i64) -> i64 {
     origin.wrapping_add(diff.div_euclid(stride) * stride)
 }
 
+/// Each timestamp's bin start. Neighbouring rows mostly share a bin (a part's rows run in
+/// time order per series, hot batches in arrival order), so a range check spares most rows
+/// the 64-bit division: it was 46 % of Q5's CPU.
+fn bin_codes(ts: &[i64], stride: i64, origin: i64) -> Vec<u64> {
+    let mut bin = (i64::MAX, i64::MIN);
+    ts.iter()
+        .map(|&t| {
+            if t >= bin.0 && t < bin.1 {
+                return bin.0 as u64;
+            }
+            match bin_range(t, stride, origin) {
+                Some(r) => {
+                    bin = r;
+                    r.0 as u64
+                }
+                None => bin_start(t, stride, origin) as u64,
+            }
+        })
+        .collect()
+}
+
+/// `[start, end)` of the bin holding `ts` when nothing overflows, so that every `t` in it
+/// has `bin_start(t) == start`; `None` near the ends of the `i64` range.
+fn bin_range(ts: i64, stride: i64, origin: i64) -> Option<(i64, i64)> {
+    let diff = ts.checked_sub(origin)?;
+    let start = origin.checked_add(diff.div_euclid(stride).checked_mul(stride)?)?;
+    Some((start, start.checked_add(stride)?))
+}
+
 impl DisplayAs for ShardAggregateExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         let keys: Vec<String> = self
@@ -908,11 +937,7 @@ impl<'a> Groups<'a> {
                 ..
             } => {
                 let ts = batch.column(*col).as_primitive::<TimestampNanosecondType>();
-                Ok(ts
-                    .values()
-                    .iter()
-                    .map(|t| bin_start(*t, *stride, *origin) as u64)
-                    .collect())
+                Ok(bin_codes(ts.values(), *stride, *origin))
             }
             KeyPart::Str { col } => {
                 let column = batch.column(*col);
@@ -1003,15 +1028,15 @@ impl<'a> Groups<'a> {
             return Ok(ids);
         }
         // One time bin, or two string keys: the key packs into one integer.
-        let packed = match self.shape.keys.as_slice() {
-            [KeyPart::Bin { .. }] => Some(codes[0].clone()),
-            [KeyPart::Str { .. }, KeyPart::Str { .. }] => Some(
+        let packed: Option<std::borrow::Cow<'_, [u64]>> = match self.shape.keys.as_slice() {
+            [KeyPart::Bin { .. }] => Some(std::borrow::Cow::Borrowed(&codes[0])),
+            [KeyPart::Str { .. }, KeyPart::Str { .. }] => Some(std::borrow::Cow::Owned(
                 codes[0]
                     .iter()
                     .zip(&codes[1])
                     .map(|(a, b)| a << 32 | b)
                     .collect(),
-            ),
+            )),
             _ => None,
         };
         if let Some(packed) = packed {
@@ -1184,5 +1209,67 @@ mod tests {
         assert_eq!(bin_start(-1, minute, 0), -minute);
         assert_eq!(bin_start(5, 10, 3), 3);
         assert_eq!(bin_start(2, 10, 3), -7);
+    }
+
+    /// The range a run of rows reuses holds exactly the timestamps `bin_start` maps to its
+    /// start, and is refused where the arithmetic would overflow.
+    #[test]
+    fn bin_ranges_hold_exactly_their_bin() {
+        for (stride, origin) in [(10, 3), (60_000_000_000, 0), (7, -5), (1, 0)] {
+            for ts in [
+                -25i64,
+                -11,
+                -7,
+                -1,
+                0,
+                2,
+                3,
+                12,
+                13,
+                1_704_067_200_000_000_007,
+            ] {
+                let (start, end) = bin_range(ts, stride, origin).expect("no overflow");
+                assert_eq!(
+                    start,
+                    bin_start(ts, stride, origin),
+                    "{ts} {stride} {origin}"
+                );
+                assert_eq!(end - start, stride);
+                for t in [start, start + stride / 2, end - 1] {
+                    assert_eq!(
+                        bin_start(t, stride, origin),
+                        start,
+                        "{t} in [{start}, {end})"
+                    );
+                }
+                assert_ne!(bin_start(end, stride, origin), start);
+            }
+        }
+        assert_eq!(
+            bin_range(i64::MAX - 1, 10, 0),
+            None,
+            "the bin's end overflows"
+        );
+        assert_eq!(
+            bin_range(i64::MIN + 1, 10, 0),
+            None,
+            "the bin's start overflows"
+        );
+        assert_eq!(bin_range(i64::MIN, 10, 5), None, "ts - origin overflows");
+    }
+
+    /// Bin codes for rows in any order (runs within one bin, jumps back to an earlier bin,
+    /// the ends of the range) equal binning each row alone.
+    #[test]
+    fn bin_codes_match_per_row_binning() {
+        for (stride, origin) in [(10, 0), (10, 3), (60_000_000_000, 0)] {
+            let ts: Vec<i64> = vec![0, 1, 9, 10, 3, 25, 29, -1, -10, -11, 9, i64::MAX, 10, 11];
+            let fast = bin_codes(&ts, stride, origin);
+            let slow: Vec<u64> = ts
+                .iter()
+                .map(|&t| bin_start(t, stride, origin) as u64)
+                .collect();
+            assert_eq!(fast, slow, "stride {stride} origin {origin}");
+        }
     }
 }
