@@ -196,11 +196,16 @@ impl QueryEngine {
     }
 
     pub(crate) fn context(&self, opts: &QueryOptions) -> SessionContext {
+        SessionContext::new_with_state(self.session_state(opts))
+    }
+
+    /// The engine's session state with this request's options.
+    pub(crate) fn session_state(&self, opts: &QueryOptions) -> SessionState {
         let mut state = self.state.clone();
         state
             .config_mut()
             .set_extension(Arc::new(opts.read_consistency.clone()));
-        SessionContext::new_with_state(state)
+        state
     }
 
     /// Parses one statement; Postgres sessions first try the Postgres-compatibility parser.

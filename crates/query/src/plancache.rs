@@ -35,7 +35,7 @@ pub const PLAN_CACHE_MAX_SQL_BYTES: usize = 16 * 1024;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PlanCacheStats {
-    /// Queries that ran a kept plan.
+    /// Statements that found a kept plan (one found stale after DDL is planned again).
     pub hits: u64,
     pub entries: usize,
 }
@@ -60,19 +60,10 @@ struct Entry {
 }
 
 impl PlanCache {
-    /// Whether a plan for `sql` in `pg` dialect is kept, at any schema version (asked
-    /// before the catalog barrier that [`PlanCache::get`]'s version must come after).
-    pub(crate) fn contains(&self, sql: &str, pg: bool) -> bool {
-        sql.len() <= PLAN_CACHE_MAX_SQL_BYTES
-            && self
-                .inner
-                .lock()
-                .entries
-                .contains_key(&(sql.to_string(), pg))
-    }
-
-    /// The plan for `sql` in `pg` dialect if one was kept at `schema_version`.
-    pub(crate) fn get(&self, sql: &str, pg: bool, schema_version: u64) -> Option<Arc<LogicalPlan>> {
+    /// The plan kept for `sql` in `pg` dialect and the catalog schema version it was
+    /// planned at; the caller runs it only if the catalog is still at that version, read
+    /// after its catalog barrier.
+    pub(crate) fn get(&self, sql: &str, pg: bool) -> Option<(u64, Arc<LogicalPlan>)> {
         if sql.len() > PLAN_CACHE_MAX_SQL_BYTES {
             return None;
         }
@@ -82,14 +73,11 @@ impl PlanCache {
         // The key is owned; a lookup by (&str, bool) would need a borrowed key type, and a
         // statement short enough to cache is cheap to copy next to planning it.
         let e = inner.entries.get_mut(&(sql.to_string(), pg))?;
-        if e.schema_version != schema_version {
-            return None;
-        }
         e.used = now;
-        let plan = e.plan.clone();
+        let found = (e.schema_version, e.plan.clone());
         drop(inner);
         self.hits.fetch_add(1, Ordering::Relaxed);
-        Some(plan)
+        Some(found)
     }
 
     /// Keeps `plan` (optimized) for `sql` if nothing in it can go stale: see the module docs.
@@ -239,18 +227,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn entries_answer_only_at_their_schema_version_and_the_least_used_goes_first() {
+    async fn entries_carry_their_schema_version_and_the_least_used_goes_first() {
         let ctx = SessionContext::new();
         let one = Arc::new(plan(&ctx, "SELECT 1").await);
         let cache = PlanCache::default();
         cache.put("SELECT 1", false, 7, &one, one.clone());
-        assert!(cache.get("SELECT 1", false, 7).is_some());
-        assert!(cache.get("SELECT 1", true, 7).is_none(), "other dialect");
-        assert!(cache.get("SELECT 1", false, 8).is_none(), "schema moved on");
+        assert_eq!(cache.get("SELECT 1", false).map(|(v, _)| v), Some(7));
+        assert!(cache.get("SELECT 1", true).is_none(), "other dialect");
+        cache.put("SELECT 1", false, 8, &one, one.clone());
+        assert_eq!(
+            cache.get("SELECT 1", false).map(|(v, _)| v),
+            Some(8),
+            "replanned"
+        );
         assert_eq!(
             cache.stats(),
             PlanCacheStats {
-                hits: 1,
+                hits: 2,
                 entries: 1
             }
         );
@@ -263,22 +256,22 @@ mod tests {
             &volatile,
             Arc::new(volatile.clone()),
         );
-        assert!(cache.get("SELECT now()", false, 7).is_none());
+        assert!(cache.get("SELECT now()", false).is_none());
 
         for i in 2..=PLAN_CACHE_ENTRIES {
             cache.put(&format!("SELECT {i}"), false, 7, &one, one.clone());
         }
         assert_eq!(cache.stats().entries, PLAN_CACHE_ENTRIES);
         // Touching "SELECT 1" leaves "SELECT 2" the least recently used.
-        assert!(cache.get("SELECT 1", false, 7).is_some());
+        assert!(cache.get("SELECT 1", false).is_some());
         cache.put("SELECT new", false, 7, &one, one.clone());
         assert_eq!(cache.stats().entries, PLAN_CACHE_ENTRIES);
-        assert!(cache.get("SELECT 1", false, 7).is_some());
-        assert!(cache.get("SELECT 2", false, 7).is_none(), "evicted");
-        assert!(cache.get("SELECT new", false, 7).is_some());
+        assert!(cache.get("SELECT 1", false).is_some());
+        assert!(cache.get("SELECT 2", false).is_none(), "evicted");
+        assert!(cache.get("SELECT new", false).is_some());
 
         let long = format!("SELECT 1 -- {}", "x".repeat(PLAN_CACHE_MAX_SQL_BYTES));
         cache.put(&long, false, 7, &one, one.clone());
-        assert!(cache.get(&long, false, 7).is_none());
+        assert!(cache.get(&long, false).is_none());
     }
 }

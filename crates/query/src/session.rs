@@ -407,12 +407,15 @@ impl QueryEngine {
             Some(SessionCommand::Show(what)) => return self.show(session, &what).await,
             None => {}
         }
-        if params.is_empty() && self.plans.contains(sql, session.pg_dialect) {
-            self.catalog_barrier(session).await?;
-            let version = self.registry().catalog().read().schema_version;
-            if let Some(plan) = self.plans.get(sql, session.pg_dialect, version) {
-                let opts = session.options();
-                return with_timeout(&opts, self.run_plan(plan, &opts)).await;
+        if params.is_empty() {
+            if let Some((version, plan)) = self.plans.get(sql, session.pg_dialect) {
+                self.catalog_barrier(session).await?;
+                // A plan made before the latest DDL is planned again (and replaced) below.
+                if self.registry().catalog().read().schema_version == version {
+                    let opts = session.options();
+                    let state = self.session_state(&opts);
+                    return with_timeout(&opts, self.run_plan(plan, state)).await;
+                }
             }
         }
         let stmt = self.parse_one(sql, session.pg_dialect)?;
@@ -515,21 +518,22 @@ impl QueryEngine {
         opts: &QueryOptions,
     ) -> Result<QueryOutput> {
         let ctx = self.context(opts);
+        let state = ctx.state();
         let is_insert = matches!(&stmt, DfStatement::Statement(s) if matches!(**s, datafusion::sql::sqlparser::ast::Statement::Insert(_)));
         let is_query = matches!(&stmt, DfStatement::Statement(s) if matches!(**s, datafusion::sql::sqlparser::ast::Statement::Query(_)));
         let version = self.registry().catalog().read().schema_version;
-        let mut plan = ctx.state().statement_to_plan(stmt).await?;
+        let mut plan = state.statement_to_plan(stmt).await?;
         if !params.is_empty() || !plan.get_parameter_types()?.is_empty() {
             let values = bind_params(&plan, params)?;
             plan = plan.with_param_values(values)?;
         } else if is_query {
-            let optimized = Arc::new(ctx.state().optimize(&plan)?);
+            let optimized = Arc::new(state.optimize(&plan)?);
             // Kept only if no DDL landed while it was planned (it may have seen either side).
             if self.registry().catalog().read().schema_version == version {
                 self.plans
                     .put(key.0, key.1, version, &plan, optimized.clone());
             }
-            return self.run_plan(optimized, opts).await;
+            return self.run_plan(optimized, state).await;
         }
         let df = ctx.execute_logical_plan(plan).await?;
         let schema = Arc::new(df.schema().as_arrow().clone());
@@ -557,9 +561,8 @@ impl QueryEngine {
     async fn run_plan(
         &self,
         plan: Arc<datafusion::logical_expr::LogicalPlan>,
-        opts: &QueryOptions,
+        state: datafusion::execution::context::SessionState,
     ) -> Result<QueryOutput> {
-        let state = self.context(opts).state();
         let physical = state
             .query_planner()
             .create_physical_plan(&plan, &state)
