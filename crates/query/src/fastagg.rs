@@ -1027,6 +1027,18 @@ impl<'a> Groups<'a> {
     }
 
     /// The group index of every row of `batch` (the aggregate's input), new groups made.
+    /// The group of packed key `p`; a new one records its key codes with `add_codes`.
+    fn packed_group(&mut self, p: u64, add_codes: impl FnOnce(&mut [Vec<u64>])) -> usize {
+        if let Some(g) = self.by_packed.get(&p) {
+            return *g as usize;
+        }
+        let g = self.num_groups;
+        self.by_packed.insert(p, g as u32);
+        add_codes(&mut self.group_codes);
+        self.num_groups += 1;
+        g
+    }
+
     fn group_ids(&mut self, batch: &RecordBatch) -> DfResult<Vec<usize>> {
         let rows = batch.num_rows();
         let keys = self.shape.keys.len();
@@ -1049,16 +1061,7 @@ impl<'a> Groups<'a> {
             for &t in ts.values() {
                 if let Some(start) = binner.next_start(t) {
                     let p = start as u64;
-                    group = match self.by_packed.get(&p) {
-                        Some(g) => *g as usize,
-                        None => {
-                            let g = self.num_groups;
-                            self.by_packed.insert(p, g as u32);
-                            self.group_codes[0].push(p);
-                            self.num_groups += 1;
-                            g
-                        }
-                    };
+                    group = self.packed_group(p, |codes| codes[0].push(p));
                 }
                 ids.push(group);
             }
@@ -1108,18 +1111,11 @@ impl<'a> Groups<'a> {
                         continue;
                     }
                 }
-                let g = match self.by_packed.get(&p) {
-                    Some(g) => *g as usize,
-                    None => {
-                        let g = self.num_groups;
-                        self.by_packed.insert(p, g as u32);
-                        for (k, c) in codes.iter().enumerate() {
-                            self.group_codes[k].push(c[row]);
-                        }
-                        self.num_groups += 1;
-                        g
+                let g = self.packed_group(p, |group_codes| {
+                    for (k, c) in codes.iter().enumerate() {
+                        group_codes[k].push(c[row]);
                     }
-                };
+                });
                 last = Some((p, g));
                 ids.push(g);
             }
