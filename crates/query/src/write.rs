@@ -8,12 +8,13 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, RecordBatch, StringArray, UInt32Array};
+use arrow::array::{AsArray, RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
+use arrow::datatypes::Int32Type;
 use datafusion::arrow;
 use shoal_common::hash::{partition_hash, vshard_for_key};
 use shoal_consensus::{Command, Registry, Response, TableEntry};
-use shoal_storage::arrow_schema::annotate_batch;
+use shoal_storage::arrow_schema::{annotate_batch, compact_dictionaries};
 
 use crate::error::{ErrorKind, QueryError, Result};
 
@@ -123,7 +124,9 @@ fn with_partition_meta(table: &TableEntry, batch: &RecordBatch) -> Result<Record
         .map_err(|e| QueryError::new(ErrorKind::Internal, e.to_string()))
 }
 
-/// Splits a batch into per-vshard batches by the partition key's hash.
+/// Splits a batch into per-vshard batches by the partition key's hash. A dictionary-encoded
+/// key (line protocol's tags) is hashed once per distinct value, and each part's
+/// dictionaries are cut down to the values its rows use.
 pub fn split_by_vshard(
     table: &TableEntry,
     batch: &RecordBatch,
@@ -138,30 +141,47 @@ pub fn split_by_vshard(
         // No partition key (or none of these rows carries it): every row hashes the empty key.
         return Ok(vec![(vshard_for_key(b"", vshards), batch.clone())]);
     };
-    let keys = col
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .ok_or_else(|| QueryError::bad_input("the partition key column must be a string"))?;
+    let of_key = |key: Option<&str>| vshard_for_key(key.unwrap_or("").as_bytes(), vshards);
+    let row_vshards: Vec<u32> = if let Some(dict) = col.as_dictionary_opt::<Int32Type>() {
+        let values = dict
+            .values()
+            .as_string_opt::<i32>()
+            .ok_or_else(|| QueryError::bad_input("the partition key column must be a string"))?;
+        let of_value: Vec<u32> = values.iter().map(of_key).collect();
+        dict.keys()
+            .iter()
+            .map(|k| match k {
+                Some(k) => of_value
+                    .get(k as usize)
+                    .copied()
+                    .unwrap_or_else(|| of_key(None)),
+                None => of_key(None),
+            })
+            .collect()
+    } else {
+        let keys = col
+            .as_string_opt::<i32>()
+            .ok_or_else(|| QueryError::bad_input("the partition key column must be a string"))?;
+        keys.iter().map(of_key).collect()
+    };
     let mut rows: Vec<Vec<u32>> = vec![vec![]; vshards as usize];
-    for i in 0..keys.len() {
-        let key: &[u8] = if keys.is_null(i) {
-            b""
-        } else {
-            keys.value(i).as_bytes()
-        };
-        rows[vshard_for_key(key, vshards) as usize].push(i as u32);
+    for (i, v) in row_vshards.into_iter().enumerate() {
+        rows[v as usize].push(i as u32);
     }
     let touched: Vec<usize> = (0..rows.len()).filter(|v| !rows[*v].is_empty()).collect();
     if touched.len() == 1 {
         return Ok(vec![(touched[0] as u32, batch.clone())]);
     }
+    let internal =
+        |e: arrow::error::ArrowError| QueryError::new(ErrorKind::Internal, e.to_string());
     touched
         .into_iter()
         .map(|v| {
             let idx = UInt32Array::from(std::mem::take(&mut rows[v]));
-            take_record_batch(batch, &idx)
-                .map(|b| (v as u32, b))
-                .map_err(|e| QueryError::new(ErrorKind::Internal, e.to_string()))
+            let part = take_record_batch(batch, &idx).map_err(internal)?;
+            // The parser's dictionaries hold each value once; a part keeps those it uses.
+            let part = compact_dictionaries(&part, false).map_err(internal)?;
+            Ok((v as u32, part))
         })
         .collect()
 }

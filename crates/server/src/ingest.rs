@@ -16,20 +16,43 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
-    TimestampNanosecondArray, UInt64Builder,
+    ArrayRef, BooleanArray, BooleanBufferBuilder, DictionaryArray, Float64Array, Int32Array,
+    Int64Array, RecordBatch, StringArray, StringBuilder, TimestampNanosecondArray, UInt64Array,
 };
-use datafusion::arrow::datatypes::Schema;
+use datafusion::arrow::buffer::NullBuffer;
+use datafusion::arrow::datatypes::{Int32Type, Schema};
 use shoal_common::schema::{validate_name, ColumnDef, ColumnType, TableSchema, TIME_COLUMN};
 use shoal_consensus::{DdlOp, Response, TableEntry};
 use shoal_lineproto::{FieldValue, Precision};
 use shoal_query::{ErrorKind, QueryEngine, QueryError, WriteOutcome};
-use shoal_storage::arrow_schema::arrow_type;
 
 /// Lines one request may carry.
 pub const MAX_LINES_PER_REQUEST: usize = 5_000_000;
 
-#[derive(Clone)]
+/// A tag value's key in its column's dictionary.
+type TagKey = i32;
+
+/// Distinct tag values of one column beyond which the column would overflow its
+/// dictionary keys; a request can hold at most [`MAX_LINES_PER_REQUEST`] values, far less.
+const _: () = assert!(MAX_LINES_PER_REQUEST < i32::MAX as usize);
+
+/// A column's values as the lines are read, already in the Arrow layout they end up in:
+/// no per-value enum, no second pass. Tags are dictionary-encoded as they arrive, so the
+/// vshard split hashes each distinct value once and storage never casts them.
+enum Values<'a> {
+    Float(Vec<f64>),
+    Int(Vec<i64>),
+    UInt(Vec<u64>),
+    Bool(BooleanBufferBuilder),
+    Str(Vec<Cow<'a, str>>),
+    Tag {
+        keys: Vec<TagKey>,
+        dict: Vec<Cow<'a, str>>,
+        index: HashMap<Cow<'a, str>, TagKey, foldhash::fast::FixedState>,
+    },
+}
+
+/// One parsed value, typed as the line protocol typed it.
 enum Value<'a> {
     Float(f64),
     Int(i64),
@@ -38,12 +61,106 @@ enum Value<'a> {
     Str(Cow<'a, str>),
 }
 
+impl<'a> Values<'a> {
+    fn new(t: ColumnType, capacity: usize) -> Values<'a> {
+        match t {
+            ColumnType::Float => Values::Float(Vec::with_capacity(capacity)),
+            ColumnType::Integer => Values::Int(Vec::with_capacity(capacity)),
+            ColumnType::UInteger => Values::UInt(Vec::with_capacity(capacity)),
+            ColumnType::Boolean => Values::Bool(BooleanBufferBuilder::new(capacity)),
+            ColumnType::Tag => Values::Tag {
+                keys: Vec::with_capacity(capacity),
+                dict: vec![],
+                index: HashMap::default(),
+            },
+            ColumnType::String | ColumnType::Timestamp => Values::Str(Vec::with_capacity(capacity)),
+        }
+    }
+
+    /// Appends `v`, or replaces the last value when `replace` (a key repeated within one
+    /// line: the last value wins). The caller has checked that `v` has this column's type.
+    fn put(&mut self, v: Value<'a>, replace: bool) {
+        fn set<T>(vec: &mut Vec<T>, x: T, replace: bool) {
+            match vec.last_mut() {
+                Some(last) if replace => *last = x,
+                _ => vec.push(x),
+            }
+        }
+        match (self, v) {
+            (Values::Float(vec), Value::Float(x)) => set(vec, x, replace),
+            (Values::Int(vec), Value::Int(x)) => set(vec, x, replace),
+            (Values::UInt(vec), Value::UInt(x)) => set(vec, x, replace),
+            (Values::Bool(b), Value::Bool(x)) => {
+                if replace {
+                    let at = b.len() - 1;
+                    b.set_bit(at, x);
+                } else {
+                    b.append(x);
+                }
+            }
+            (Values::Str(vec), Value::Str(x)) => set(vec, x, replace),
+            (Values::Tag { keys, dict, index }, Value::Str(x)) => {
+                let key = match index.get(x.as_ref()) {
+                    Some(&k) => k,
+                    None => {
+                        let k = dict.len() as TagKey;
+                        dict.push(x.clone());
+                        index.insert(x, k);
+                        k
+                    }
+                };
+                set(keys, key, replace);
+            }
+            _ => unreachable!("a value is put only into a column of its type"),
+        }
+    }
+
+    /// Appends a placeholder for a row without a value (its validity bit says null).
+    fn put_null(&mut self) {
+        match self {
+            Values::Float(v) => v.push(0.0),
+            Values::Int(v) => v.push(0),
+            Values::UInt(v) => v.push(0),
+            Values::Bool(b) => b.append(false),
+            Values::Str(v) => v.push(Cow::Borrowed("")),
+            Values::Tag { keys, .. } => keys.push(0),
+        }
+    }
+}
+
 struct Column<'a> {
     name: Cow<'a, str>,
     column_type: ColumnType,
     first_line: usize,
-    /// (row, value), rows ascending; a row without the column is null.
-    values: Vec<(u32, Value<'a>)>,
+    values: Values<'a>,
+    /// Rows filled so far, with a value or a null.
+    len: usize,
+    /// Validity of the rows filled so far; `None` while none of them is null.
+    valid: Option<BooleanBufferBuilder>,
+}
+
+impl Column<'_> {
+    /// Fills rows up to `rows` with nulls.
+    fn pad_to(&mut self, rows: usize) {
+        if self.len >= rows {
+            return;
+        }
+        let len = self.len;
+        let valid = self.valid.get_or_insert_with(|| {
+            let mut b = BooleanBufferBuilder::new(rows.max(len * 2));
+            b.append_n(len, true);
+            b
+        });
+        valid.append_n(rows - len, false);
+        for _ in len..rows {
+            self.values.put_null();
+        }
+        self.len = rows;
+    }
+
+    fn nulls(&mut self) -> Option<NullBuffer> {
+        self.valid.take().map(|mut b| NullBuffer::new(b.finish()))
+    }
 }
 
 struct TableRows<'a> {
@@ -83,7 +200,7 @@ impl<'a> TableRows<'a> {
         t: ColumnType,
         v: Value<'a>,
     ) -> Result<(), QueryError> {
-        let row = (self.ts.len() - 1) as u32;
+        let row = self.ts.len() - 1;
         let guess = self.next_guess;
         let idx = match self.columns.get(guess) {
             Some(c) if c.name == name => Some(guess),
@@ -104,7 +221,9 @@ impl<'a> TableRows<'a> {
                     name,
                     column_type: t,
                     first_line: line_no,
-                    values: vec![],
+                    values: Values::new(t, self.ts.capacity()),
+                    len: 0,
+                    valid: None,
                 });
                 self.columns.len() - 1
             }
@@ -121,14 +240,24 @@ impl<'a> TableRows<'a> {
                 col.first_line
             )));
         }
-        match col.values.last_mut() {
+        if col.len == row + 1 {
             // A repeated key within one line: the last value wins.
-            Some(last) if last.0 == row => last.1 = v,
-            _ => col.values.push((row, v)),
+            col.values.put(v, true);
+        } else {
+            col.pad_to(row);
+            col.values.put(v, false);
+            col.len = row + 1;
+            if let Some(valid) = &mut col.valid {
+                valid.append(true);
+            }
         }
         Ok(())
     }
 }
+
+/// Rows the first measurement of a body is sized for before its lines are counted: about
+/// one row per 64 bytes of body, at most this many.
+const INITIAL_ROWS_MAX: usize = 1 << 16;
 
 /// Parses and groups a body's lines. Borrowed from `body`: no copies of tags or strings.
 fn parse_body<'a>(
@@ -170,9 +299,14 @@ fn parse_body<'a>(
                     validate_name(&measurement)
                         .map_err(|e| QueryError::bad_input(format!("line {line_no}: {e}")))?;
                     by_name.insert(measurement.clone(), tables.len());
+                    let expected = if tables.is_empty() {
+                        (body.len() / 64).min(INITIAL_ROWS_MAX)
+                    } else {
+                        0
+                    };
                     tables.push(TableRows {
                         name: measurement,
-                        ts: vec![],
+                        ts: Vec::with_capacity(expected),
                         columns: vec![],
                         by_name: HashMap::new(),
                         next_guess: 0,
@@ -247,22 +381,26 @@ fn check_against_catalog(t: &TableRows<'_>, entry: &TableEntry) -> Result<bool, 
     Ok(missing)
 }
 
-fn build_batch(t: &TableRows<'_>, entry: &TableEntry) -> Result<RecordBatch, QueryError> {
+/// The Arrow batch of `t`'s rows, its columns in the catalog's order. Takes the values
+/// out of `t`: no value is copied except string fields into one buffer.
+fn build_batch(t: &mut TableRows<'_>, entry: &TableEntry) -> Result<RecordBatch, QueryError> {
     let rows = t.ts.len();
     let mut fields = vec![];
     let mut arrays: Vec<ArrayRef> = vec![];
     for def in &entry.schema.columns {
         let array: ArrayRef = if def.column_type == ColumnType::Timestamp {
-            Arc::new(TimestampNanosecondArray::from(t.ts.clone()))
+            Arc::new(TimestampNanosecondArray::from(std::mem::take(&mut t.ts)))
         } else {
             let Some(&ci) = t.by_name.get(def.name.as_str()) else {
                 continue;
             };
-            build_column(&t.columns[ci], rows)
+            let col = &mut t.columns[ci];
+            col.pad_to(rows);
+            finish_column(col)
         };
         fields.push(datafusion::arrow::datatypes::Field::new(
             &def.name,
-            arrow_type(def.column_type),
+            array.data_type().clone(),
             def.column_type != ColumnType::Timestamp,
         ));
         arrays.push(array);
@@ -271,37 +409,33 @@ fn build_batch(t: &TableRows<'_>, entry: &TableEntry) -> Result<RecordBatch, Que
         .map_err(|e| QueryError::new(ErrorKind::Internal, e.to_string()))
 }
 
-fn build_column(c: &Column<'_>, rows: usize) -> ArrayRef {
-    macro_rules! fill {
-        ($builder:expr, $variant:ident) => {{
-            let mut b = $builder;
-            let mut next = 0usize;
-            for (row, v) in &c.values {
-                while next < *row as usize {
-                    b.append_null();
-                    next += 1;
-                }
-                if let Value::$variant(x) = v {
-                    b.append_value(x.clone());
-                } else {
-                    b.append_null();
-                }
-                next += 1;
+/// A column as an Arrow array: tags as `Dictionary(Int32, Utf8)`, the form storage keeps.
+fn finish_column(c: &mut Column<'_>) -> ArrayRef {
+    let nulls = c.nulls();
+    match std::mem::replace(&mut c.values, Values::Int(vec![])) {
+        Values::Float(v) => Arc::new(Float64Array::new(v.into(), nulls)),
+        Values::Int(v) => Arc::new(Int64Array::new(v.into(), nulls)),
+        Values::UInt(v) => Arc::new(UInt64Array::new(v.into(), nulls)),
+        Values::Bool(mut b) => Arc::new(BooleanArray::new(b.finish(), nulls)),
+        Values::Str(v) => {
+            let bytes = v.iter().map(|s| s.len()).sum();
+            let mut b = StringBuilder::with_capacity(v.len(), bytes);
+            for s in &v {
+                b.append_value(s);
             }
-            while next < rows {
-                b.append_null();
-                next += 1;
+            let (offsets, data, _) = b.finish().into_parts();
+            Arc::new(StringArray::new(offsets, data, nulls))
+        }
+        Values::Tag { keys, dict, .. } => {
+            let bytes = dict.iter().map(|s| s.len()).sum();
+            let mut b = StringBuilder::with_capacity(dict.len(), bytes);
+            for s in &dict {
+                b.append_value(s);
             }
-            Arc::new(b.finish()) as ArrayRef
-        }};
-    }
-    match c.column_type {
-        ColumnType::Float => fill!(Float64Builder::with_capacity(rows), Float),
-        ColumnType::Integer => fill!(Int64Builder::with_capacity(rows), Int),
-        ColumnType::UInteger => fill!(UInt64Builder::with_capacity(rows), UInt),
-        ColumnType::Boolean => fill!(BooleanBuilder::with_capacity(rows), Bool),
-        ColumnType::Tag | ColumnType::String | ColumnType::Timestamp => {
-            fill!(StringBuilder::with_capacity(rows, rows * 8), Str)
+            Arc::new(DictionaryArray::<Int32Type>::new(
+                Int32Array::new(keys.into(), nulls),
+                Arc::new(b.finish()),
+            ))
         }
     }
 }
@@ -314,10 +448,10 @@ pub async fn write_lines(
     request_key: u64,
 ) -> Result<WriteOutcome, QueryError> {
     let now = precision.truncate_nanos(shoal_common::time::now_nanos());
-    let tables = parse_body(body, precision, now)?;
+    let mut tables = parse_body(body, precision, now)?;
     let entries = prepare(engine, &tables).await?;
     let batches = tables
-        .iter()
+        .iter_mut()
         .zip(entries.iter())
         .map(|(t, e)| build_batch(t, e).map(|b| (e, b)))
         .collect::<Result<Vec<_>, _>>()?;
@@ -375,21 +509,52 @@ async fn prepare(
 
 #[cfg(test)]
 mod tests {
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::Float64Type;
+
     use super::*;
+
+    /// Column `name` of `t` as its Arrow array, padded to the table's rows.
+    fn array(t: &mut TableRows<'_>, name: &str) -> ArrayRef {
+        let rows = t.ts.len();
+        let col = &mut t.columns[t.by_name[name]];
+        col.pad_to(rows);
+        finish_column(col)
+    }
+
+    fn floats(a: &ArrayRef) -> Vec<Option<f64>> {
+        a.as_primitive::<Float64Type>().iter().collect()
+    }
+
+    /// A tag column's values per row, through its dictionary.
+    fn tags(a: &ArrayRef) -> Vec<Option<String>> {
+        let d = a.as_dictionary::<Int32Type>();
+        let values = d.values().as_string::<i32>();
+        (0..d.len())
+            .map(|i| {
+                d.is_valid(i)
+                    .then(|| values.value(d.keys().value(i) as usize).to_string())
+            })
+            .collect()
+    }
 
     #[test]
     fn groups_by_measurement_and_types_columns() {
         let body =
             b"cpu,host=a usage=1.5 10\nmem,host=a free=3i 11\ncpu,host=b usage=2.5,idle=true 12\n";
-        let tables = parse_body(body, Precision::Nanoseconds, 0).expect("parse");
+        let mut tables = parse_body(body, Precision::Nanoseconds, 0).expect("parse");
         assert_eq!(tables.len(), 2);
         assert_eq!(tables[0].name, "cpu");
         assert_eq!(tables[0].ts, vec![10, 12]);
-        let idle = &tables[0].columns[tables[0].by_name["idle"]];
-        assert_eq!(idle.values.len(), 1);
+        let idle = array(&mut tables[0], "idle");
+        let idle = idle.as_boolean();
+        assert!(idle.is_null(0), "idle is set on the second cpu row only");
+        assert!(idle.is_valid(1) && idle.value(1));
+        let free = array(&mut tables[1], "free");
         assert_eq!(
-            idle.values[0].0, 1,
-            "idle is set on the second cpu row only"
+            free.as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                .value(0),
+            3
         );
     }
 
@@ -398,26 +563,50 @@ mod tests {
     #[test]
     fn keys_in_any_order_land_in_their_columns() {
         let body = b"m,a=p x=1 1\nm x=2,y=3 2\nn,a=z v=1 3\nm,b=q y=4,x=5 4\nm,a=r x=6 5\n";
-        let tables = parse_body(body, Precision::Nanoseconds, 0).expect("parse");
-        let m = &tables[0];
-        let col = |name: &str| &m.columns[m.by_name[name]].values;
-        let floats = |name: &str| -> Vec<(u32, f64)> {
-            col(name)
-                .iter()
-                .map(|(r, v)| match v {
-                    Value::Float(f) => (*r, *f),
-                    _ => panic!("{name} is not a float"),
-                })
-                .collect()
-        };
-        assert_eq!(floats("x"), vec![(0, 1.0), (1, 2.0), (2, 5.0), (3, 6.0)]);
-        assert_eq!(floats("y"), vec![(1, 3.0), (2, 4.0)]);
-        let rows: Vec<u32> = col("a").iter().map(|(r, _)| *r).collect();
-        assert_eq!(rows, vec![0, 3]);
-        let rows: Vec<u32> = col("b").iter().map(|(r, _)| *r).collect();
-        assert_eq!(rows, vec![2]);
+        let mut tables = parse_body(body, Precision::Nanoseconds, 0).expect("parse");
+        let m = &mut tables[0];
+        assert_eq!(
+            floats(&array(m, "x")),
+            vec![Some(1.0), Some(2.0), Some(5.0), Some(6.0)]
+        );
+        assert_eq!(
+            floats(&array(m, "y")),
+            vec![None, Some(3.0), Some(4.0), None]
+        );
+        assert_eq!(
+            tags(&array(m, "a")),
+            vec![Some("p".into()), None, None, Some("r".into())]
+        );
+        assert_eq!(
+            tags(&array(m, "b")),
+            vec![None, None, Some("q".into()), None]
+        );
         assert_eq!(tables[1].name, "n");
         assert_eq!(tables[1].ts, vec![3]);
+    }
+
+    /// Tags are dictionary-encoded as they are read: a value seen again reuses its key, and
+    /// a key repeated within a line keeps its last value (for tags and fields alike).
+    #[test]
+    fn tags_share_dictionary_keys_and_repeated_keys_keep_the_last_value() {
+        let body = b"m,s=a x=1,x=2 1\nm,s=b x=3 2\nm,s=a x=4,b=true,b=false 3\n";
+        let mut tables = parse_body(body, Precision::Nanoseconds, 0).expect("parse");
+        let m = &mut tables[0];
+        let s = array(m, "s");
+        let d = s.as_dictionary::<Int32Type>();
+        assert_eq!(
+            d.values().len(),
+            2,
+            "two distinct values, two dictionary entries"
+        );
+        assert_eq!(d.keys().values().to_vec(), vec![0, 1, 0]);
+        assert_eq!(
+            floats(&array(m, "x")),
+            vec![Some(2.0), Some(3.0), Some(4.0)]
+        );
+        let b = array(m, "b");
+        let b = b.as_boolean();
+        assert!(b.is_null(0) && b.is_null(1) && !b.value(2));
     }
 
     #[test]
@@ -446,12 +635,14 @@ mod tests {
     #[test]
     fn escaped_names_and_values_survive() {
         let body = b"m\\ x,host=a\\ b v=\"q\\\"z\" 1\n";
-        let tables = parse_body(body, Precision::Nanoseconds, 0).expect("parse");
+        let mut tables = parse_body(body, Precision::Nanoseconds, 0).expect("parse");
         assert_eq!(tables[0].name, "m x");
-        let host = &tables[0].columns[tables[0].by_name["host"]];
-        assert!(matches!(&host.values[0].1, Value::Str(s) if s == "a b"));
-        let v = &tables[0].columns[tables[0].by_name["v"]];
-        assert!(matches!(&v.values[0].1, Value::Str(s) if s == "q\"z"));
+        assert_eq!(
+            tags(&array(&mut tables[0], "host")),
+            vec![Some("a b".into())]
+        );
+        let v = array(&mut tables[0], "v");
+        assert_eq!(v.as_string::<i32>().value(0), "q\"z");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use shoal_common::schema::TIME_COLUMN;
 use shoal_common::time::day_of;
 
-use crate::arrow_schema::{storage_field, to_storage};
+use crate::arrow_schema::{compact_dictionaries, storage_field, to_storage};
 use crate::dedup::{self, SeriesKey};
 use crate::manifest::{sync_dir, Manifest, PartMeta};
 use crate::{Error, Result};
@@ -150,7 +150,9 @@ impl TableData {
                 Some(key) => dedup::resolve(merged, &key)?,
                 None => merged,
             };
-            let merged = to_storage(&merged)?;
+            // Concatenated dictionaries repeat each batch's values; one entry per value keeps
+            // scans and the flush from going through thousands of duplicates.
+            let merged = compact_dictionaries(&to_storage(&merged)?, true)?;
             let Some((min_ts, max_ts)) = dedup::ts_range(&merged) else {
                 continue;
             };
@@ -571,7 +573,7 @@ fn write_table_parts(
         .iter()
         .map(|b| align_batch(b, &schema))
         .collect::<Result<_>>()?;
-    let all = concat_batches(&schema, &aligned)?;
+    let all = compact_dictionaries(&concat_batches(&schema, &aligned)?, true)?;
     let all = match SeriesKey::of(&schema) {
         Some(key) => dedup::resolve(all, &key)?,
         None => all,
@@ -724,11 +726,27 @@ fn key_ranks(col: &ArrayRef) -> Result<Vec<u32>> {
     use arrow::datatypes::Int32Type;
     if let Some(dict) = col.as_any().downcast_ref::<DictionaryArray<Int32Type>>() {
         // Rank the (few) dictionary values once, then map every key through it.
+        // Equal values share a rank even under different keys (a dictionary may repeat a
+        // value), so a key's rows are never split by which key they carry.
         let values = dict.values();
         let order = arrow::compute::sort_to_indices(values, None, None)?;
         let mut rank_of_value = vec![0u32; values.len()];
-        for (rank, v) in order.values().iter().enumerate() {
-            rank_of_value[*v as usize] = rank as u32 + 1;
+        let mut rank = 0u32;
+        let mut prev: Option<usize> = None;
+        for &v in order.values() {
+            let v = v as usize;
+            let same = match (prev, values.as_string_opt::<i32>()) {
+                (Some(p), Some(s)) => {
+                    let value = |i: usize| s.is_valid(i).then(|| s.value(i));
+                    value(p) == value(v)
+                }
+                _ => false,
+            };
+            if !same {
+                rank += 1;
+            }
+            rank_of_value[v] = rank;
+            prev = Some(v);
         }
         return Ok((0..dict.len())
             .map(|r| {
@@ -1336,6 +1354,20 @@ mod tests {
             matches!(err, Error::UnsupportedVersion { found: 99, .. }),
             "{err}"
         );
+    }
+
+    /// A dictionary that holds one value under two keys (as concatenated batches' do) must
+    /// still rank that value once, so a flush sorts its rows together by time.
+    #[test]
+    fn a_value_repeated_in_the_dictionary_has_one_rank() {
+        use arrow::array::{DictionaryArray, Int32Array};
+        let dict = DictionaryArray::<arrow::datatypes::Int32Type>::try_new(
+            Int32Array::from(vec![Some(0), Some(1), Some(2), None, Some(1)]),
+            Arc::new(StringArray::from(vec!["b", "a", "b"])),
+        )
+        .expect("dictionary");
+        let ranks = key_ranks(&(Arc::new(dict) as ArrayRef)).expect("ranks");
+        assert_eq!(ranks, vec![2, 1, 2, 0, 1]);
     }
 
     #[test]
