@@ -198,11 +198,9 @@ impl IntentLog {
     /// another node can commit must wait for [`Durable::wait`] before it is proposed.
     pub async fn begin(self: &Arc<Self>, parts: &[Part]) -> Result<(u64, Durable), Error> {
         let rec = encode_begin(parts);
-        let me = self.clone();
-        // The append blocks while the WAL's queue is full.
-        let (index, durable) = tokio::task::spawn_blocking(move || me.append(rec))
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))??;
+        // Blocks while the WAL's queue is full, as a Raft append does: that is the
+        // back-pressure on writers.
+        let (index, durable) = self.append(rec)?;
         self.state.lock().outstanding.insert(index);
         Ok((index, durable))
     }
