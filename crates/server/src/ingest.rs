@@ -510,7 +510,7 @@ async fn prepare(
 #[cfg(test)]
 mod tests {
     use datafusion::arrow::array::{Array, AsArray};
-    use datafusion::arrow::datatypes::Float64Type;
+    use datafusion::arrow::datatypes::{DataType, Float64Type};
 
     use super::*;
 
@@ -526,15 +526,18 @@ mod tests {
         a.as_primitive::<Float64Type>().iter().collect()
     }
 
-    /// A tag column's values per row, through its dictionary.
+    /// A tag column's values per row (it must be dictionary-encoded).
     fn tags(a: &ArrayRef) -> Vec<Option<String>> {
-        let d = a.as_dictionary::<Int32Type>();
-        let values = d.values().as_string::<i32>();
-        (0..d.len())
-            .map(|i| {
-                d.is_valid(i)
-                    .then(|| values.value(d.keys().value(i) as usize).to_string())
-            })
+        assert!(
+            a.as_dictionary_opt::<Int32Type>().is_some(),
+            "{}",
+            a.data_type()
+        );
+        let strings = datafusion::arrow::compute::cast(a, &DataType::Utf8).expect("cast");
+        strings
+            .as_string::<i32>()
+            .iter()
+            .map(|v| v.map(str::to_string))
             .collect()
     }
 
