@@ -48,7 +48,8 @@ enum Values<'a> {
     Tag {
         keys: Vec<TagKey>,
         dict: Vec<Cow<'a, str>>,
-        index: HashMap<Cow<'a, str>, TagKey, foldhash::fast::FixedState>,
+        /// Seeded per map, so a body cannot be crafted to collide every tag value.
+        index: HashMap<Cow<'a, str>, TagKey, foldhash::fast::RandomState>,
     },
 }
 
