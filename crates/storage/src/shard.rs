@@ -725,29 +725,10 @@ fn key_ranks(col: &ArrayRef) -> Result<Vec<u32>> {
     use arrow::array::{AsArray, DictionaryArray};
     use arrow::datatypes::Int32Type;
     if let Some(dict) = col.as_any().downcast_ref::<DictionaryArray<Int32Type>>() {
-        // Rank the (few) dictionary values once, then map every key through it.
-        // Equal values share a rank even under different keys (a dictionary may repeat a
-        // value), so a key's rows are never split by which key they carry.
-        let values = dict.values();
-        let order = arrow::compute::sort_to_indices(values, None, None)?;
-        let mut rank_of_value = vec![0u32; values.len()];
-        let mut rank = 0u32;
-        let mut prev: Option<usize> = None;
-        for &v in order.values() {
-            let v = v as usize;
-            let same = match (prev, values.as_string_opt::<i32>()) {
-                (Some(p), Some(s)) => {
-                    let value = |i: usize| s.is_valid(i).then(|| s.value(i));
-                    value(p) == value(v)
-                }
-                _ => false,
-            };
-            if !same {
-                rank += 1;
-            }
-            rank_of_value[v] = rank;
-            prev = Some(v);
-        }
+        // Rank the (few) dictionary values once, as a string column, then map every key
+        // through it: equal values share a rank even under different keys (a dictionary may
+        // repeat a value), so a key's rows are never split by which key they carry.
+        let rank_of_value = key_ranks(dict.values())?;
         return Ok((0..dict.len())
             .map(|r| {
                 if dict.is_null(r) {
