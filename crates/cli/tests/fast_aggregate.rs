@@ -341,6 +341,37 @@ async fn partial_aggregates_off_storage_match_the_data() {
     assert!(metric(&plan, "chunks_cached") > 0, "{plan}");
     assert_eq!(metric(&plan, "chunks_decoded"), 0, "{plan}");
 
+    // Over one whole hour bucket, only the time filter reads `ts` and every row of the
+    // bucket's row groups passes it: they are read without their `ts` chunk (two chunks
+    // each, not three). Asking for max(ts) over the same rows reads it again.
+    let hour = 3600 * SEC;
+    let chunks = |plan: &str| metric(plan, "chunks_cached") + metric(plan, "chunks_decoded");
+    let window = format!(
+        "FROM trades WHERE ts >= to_timestamp_nanos({}) AND ts < to_timestamp_nanos({})",
+        T0 + hour,
+        T0 + 2 * hour
+    );
+    let (status, without_ts) = node
+        .sql(&format!(
+            "EXPLAIN ANALYZE SELECT count(*), avg(price), sum(size) {window}"
+        ))
+        .await;
+    assert_eq!(status, 200, "{without_ts}");
+    let (status, with_ts) = node
+        .sql(&format!(
+            "EXPLAIN ANALYZE SELECT count(*), avg(price), sum(size), max(ts) {window}"
+        ))
+        .await;
+    assert_eq!(status, 200, "{with_ts}");
+    let (without_ts, with_ts) = (without_ts.to_string(), with_ts.to_string());
+    assert_eq!(metric(&without_ts, "part_rows"), 3600, "{without_ts}");
+    assert!(chunks(&without_ts) > 0, "{without_ts}");
+    assert_eq!(
+        chunks(&without_ts) * 3,
+        chunks(&with_ts) * 2,
+        "{without_ts}\n{with_ts}"
+    );
+
     // Rewrite every 7th point with another price and size: the flushed versions are
     // replaced, so the scan resolves repeats in those time ranges.
     let mut rewrite = String::new();

@@ -8,7 +8,8 @@
 //! state the final aggregate above expects) but reads the vshard itself:
 //!
 //! - Parquet parts through [`shoal_storage::read`], with their footers cached, row groups
-//!   pruned by `ts`, and tags kept as dictionaries;
+//!   pruned by `ts`, and tags kept as dictionaries; where only the time filter reads `ts`, a
+//!   row group wholly inside the range is read without it (the filter drops nothing there);
 //! - group ids come from the dictionary: each distinct tag value of a batch is looked up
 //!   once, every row takes its group by an array index; `date_bin(interval, ts)` groups by
 //!   integer arithmetic on `ts`;
@@ -41,6 +42,7 @@ use datafusion::logical_expr::Operator;
 use datafusion::logical_expr::{Accumulator, EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::expressions::{BinaryExpr, Column, Literal};
+use datafusion::physical_expr::utils::collect_columns;
 use datafusion::physical_expr::{conjunction_opt, split_conjunction};
 use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
@@ -124,6 +126,9 @@ struct Shape {
     filter_ts: Vec<Arc<dyn PhysicalExpr>>,
     filter_rest: Vec<Arc<dyn PhysicalExpr>>,
     ts_col: Option<usize>,
+    /// Nothing but `filter_ts` reads `ts`: a row group wholly inside the range need not
+    /// decode it at all.
+    ts_for_filter_only: bool,
     /// The aggregate's input schema (filter output).
     input_schema: SchemaRef,
     keys: Vec<KeyPart>,
@@ -134,6 +139,54 @@ struct Shape {
     arg_columns: Vec<usize>,
     /// The partial aggregate's output schema (group columns, then states).
     schema: SchemaRef,
+}
+
+impl Shape {
+    /// The conjuncts of `filter_ts` that do not hold for every `ts` in `[lo, hi]`, over
+    /// rows of `schema` (the scan's output, `ts` at `ts_col`). Each compares `ts` with a
+    /// constant, so it holds throughout when it holds at both ends.
+    fn ts_conjuncts_failing(
+        &self,
+        schema: &Schema,
+        lo: i64,
+        hi: i64,
+    ) -> DfResult<Vec<Arc<dyn PhysicalExpr>>> {
+        let Some(t) = self.ts_col else {
+            return Ok(self.filter_ts.clone());
+        };
+        // A two-row batch: the first and last ts, everything else null.
+        let fields: Vec<Field> = schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect();
+        let columns: Vec<ArrayRef> = fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                if i == t {
+                    Arc::new(
+                        TimestampNanosecondArray::from(vec![lo, hi])
+                            .with_data_type(f.data_type().clone()),
+                    ) as ArrayRef
+                } else {
+                    datafusion::arrow::array::new_null_array(f.data_type(), 2)
+                }
+            })
+            .collect();
+        let ends = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+        let mut failing = vec![];
+        for c in &self.filter_ts {
+            let v = c.evaluate(&ends)?.into_array(2)?;
+            let holds = v
+                .as_boolean_opt()
+                .is_some_and(|b| b.null_count() == 0 && b.value(0) && b.value(1));
+            if !holds {
+                failing.push(c.clone());
+            }
+        }
+        Ok(failing)
+    }
 }
 
 /// Partial aggregation of one vshard per partition, read straight off storage.
@@ -299,6 +352,23 @@ fn shape(agg: &AggregateExec) -> Option<Shape> {
     }
     arg_columns.sort_unstable();
     arg_columns.dedup();
+    // Where `ts` lands in the aggregate's input, if the filter's projection keeps it.
+    let ts_input = ts_col.and_then(|t| match &filter_projection {
+        Some(p) => p.iter().position(|&c| c == t),
+        None => Some(t),
+    });
+    let ts_for_filter_only = ts_col.is_some_and(|t| {
+        !filter_ts.is_empty()
+            && filter_rest
+                .iter()
+                .all(|e| !collect_columns(e).iter().any(|c| c.index() == t))
+            && ts_input.is_none_or(|i| {
+                !arg_columns.contains(&i)
+                    && keys.iter().all(|k| match k {
+                        KeyPart::Str { col } | KeyPart::Bin { col, .. } => *col != i,
+                    })
+            })
+    });
     Some(Shape {
         request: scan.request().clone(),
         registry: scan.registry().clone(),
@@ -307,6 +377,7 @@ fn shape(agg: &AggregateExec) -> Option<Shape> {
         filter_ts,
         filter_rest,
         ts_col,
+        ts_for_filter_only,
         input_schema,
         keys,
         aggs: agg.aggr_expr().to_vec(),
@@ -581,13 +652,25 @@ async fn aggregate_vshard(
         Some(p) => Arc::new(req.table_schema.project(p)?),
         None => req.table_schema.clone(),
     };
+    // `ts` may come back null from row groups that do not need it (see `ts_unread_within`).
     let stored: SchemaRef = Arc::new(Schema::new(
         scan_schema
             .fields()
             .iter()
-            .map(|f| storage_field(f))
+            .map(|f| {
+                let f = storage_field(f);
+                match shape.ts_for_filter_only && f.name() == TIME_COLUMN {
+                    true => f.with_nullable(true),
+                    false => f,
+                }
+            })
             .collect::<Vec<Field>>(),
     ));
+    let whole = |lo: i64, hi: i64| {
+        shape
+            .ts_conjuncts_failing(&stored, lo, hi)
+            .is_ok_and(|failing| failing.is_empty())
+    };
     let mut groups = Groups::new(&shape, ctx.session_config().batch_size())?;
     let mut seen = 0;
     for (path, _) in &src.parts {
@@ -597,6 +680,9 @@ async fn aggregate_vshard(
             max_ts: req.max_ts,
             key: None,
             split: split.map(|(index, count)| RowGroupSplit { seen, index, count }),
+            ts_unread_within: shape
+                .ts_for_filter_only
+                .then_some(&whole as &dyn Fn(i64, i64) -> bool),
         };
         let mut batches = store
             .read_part(path, &read)
@@ -689,13 +775,19 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> DfResult<RecordBatch> {
     with_columns(columns, schema, batch.num_rows())
 }
 
-/// A batch of `columns` named and ordered as `schema` says, typed as the columns are.
+/// A batch of `columns` named and ordered as `schema` says, typed as the columns are (and
+/// nullable where they hold nulls: a `ts` column no aggregate reads may be left unread).
 fn with_columns(columns: Vec<ArrayRef>, schema: &Schema, rows: usize) -> DfResult<RecordBatch> {
     let fields: Vec<Field> = schema
         .fields()
         .iter()
         .zip(&columns)
-        .map(|(f, c)| f.as_ref().clone().with_data_type(c.data_type().clone()))
+        .map(|(f, c)| {
+            f.as_ref()
+                .clone()
+                .with_data_type(c.data_type().clone())
+                .with_nullable(f.is_nullable() || c.null_count() > 0)
+        })
         .collect();
     Ok(RecordBatch::try_new_with_options(
         Arc::new(Schema::new(fields)),
@@ -914,47 +1006,15 @@ impl<'a> Groups<'a> {
             batch
                 .column(t)
                 .as_primitive_opt::<TimestampNanosecondType>()
-                .map(|a| (t, a))
         });
-        let Some((t, ts)) = ts.filter(|_| !shape.filter_ts.is_empty()) else {
+        let Some(ts) = ts.filter(|_| !shape.filter_ts.is_empty()) else {
             return Ok(Some(filter.clone()));
         };
         let Some((lo, hi)) = ts_bounds.or_else(|| column_ts_range(ts)) else {
             return Ok(Some(filter.clone()));
         };
-        // A two-row batch: the first and last ts, everything else null.
-        let fields: Vec<Field> = batch
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone().with_nullable(true))
-            .collect();
-        let columns: Vec<ArrayRef> = batch
-            .columns()
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                if i == t {
-                    Arc::new(
-                        TimestampNanosecondArray::from(vec![lo, hi])
-                            .with_data_type(c.data_type().clone()),
-                    ) as ArrayRef
-                } else {
-                    datafusion::arrow::array::new_null_array(c.data_type(), 2)
-                }
-            })
-            .collect();
-        let ends = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
         let mut kept = shape.filter_rest.clone();
-        for c in &shape.filter_ts {
-            let v = c.evaluate(&ends)?.into_array(2)?;
-            let holds = v
-                .as_boolean_opt()
-                .is_some_and(|b| b.null_count() == 0 && b.value(0) && b.value(1));
-            if !holds {
-                kept.push(c.clone());
-            }
-        }
+        kept.extend(shape.ts_conjuncts_failing(&batch.schema(), lo, hi)?);
         Ok(conjunction_opt(kept))
     }
 

@@ -18,7 +18,7 @@
 //! and every installed snapshot, so a part file replaced under the same name is never
 //! served from an older decode.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -323,6 +323,11 @@ pub struct PartRead<'a> {
     pub key: Option<(&'a str, &'a [String])>,
     /// Read only this reader's share of the row groups left after pruning.
     pub split: Option<RowGroupSplit>,
+    /// A row group whose `ts` statistics `[lo, hi]` make this true is read without decoding
+    /// `ts`: the column comes back as nulls, so its field in `schema` must be nullable. For
+    /// a caller that reads `ts` only to filter rows and knows that every row of such a row
+    /// group passes (an aggregate over whole hours never touches their timestamps).
+    pub ts_unread_within: Option<&'a dyn Fn(i64, i64) -> bool>,
 }
 
 /// Row groups dealt round-robin to `count` readers of the same parts: the `k`-th row group
@@ -349,6 +354,9 @@ pub struct PartBatches {
     columns: SharedColumnCache,
     /// Row groups to read, with their `ts` range from the statistics where known.
     row_groups: std::vec::IntoIter<(usize, Option<(i64, i64)>)>,
+    /// The root of `ts` when the caller may do without it, and the row groups it is not
+    /// read for ([`PartRead::ts_unread_within`]).
+    ts_unread: Option<(usize, HashSet<usize>)>,
     current_ts: Option<(i64, i64)>,
     pending: std::vec::IntoIter<RecordBatch>,
     schema: SchemaRef,
@@ -415,26 +423,29 @@ impl PartBatches {
         }
     }
 
-    /// Row group `rg` as batches of the part's `roots` columns.
+    /// Row group `rg` as batches of the part's `roots` columns (less `ts` where the caller
+    /// does without it).
     fn read_row_group(&mut self, rg: usize) -> Result<Vec<RecordBatch>> {
         let rows = usize::try_from(self.meta.metadata().row_group(rg).num_rows()).unwrap_or(0);
-        let mut cols: Vec<Option<Arc<[ArrayRef]>>> = self
-            .roots
+        let roots: Vec<usize> = match &self.ts_unread {
+            Some((ts, groups)) if groups.contains(&rg) => {
+                self.roots.iter().copied().filter(|c| c != ts).collect()
+            }
+            _ => self.roots.clone(),
+        };
+        let mut cols: Vec<Option<Arc<[ArrayRef]>>> = roots
             .iter()
             .map(|&c| self.columns.get(&self.key(rg, c)))
             .collect();
-        let missing: Vec<usize> = (0..self.roots.len())
-            .filter(|&i| cols[i].is_none())
-            .collect();
-        self.cached += self.roots.len() - missing.len();
+        let missing: Vec<usize> = (0..roots.len()).filter(|&i| cols[i].is_none()).collect();
+        self.cached += roots.len() - missing.len();
         self.decoded += missing.len();
         if !missing.is_empty() {
-            let roots: Vec<usize> = missing.iter().map(|&i| self.roots[i]).collect();
-            let decoded = self.decode(rg, &roots)?;
+            let wanted: Vec<usize> = missing.iter().map(|&i| roots[i]).collect();
+            let decoded = self.decode(rg, &wanted)?;
             for (j, &i) in missing.iter().enumerate() {
                 let arrays: Arc<[ArrayRef]> = decoded.iter().map(|b| b.column(j).clone()).collect();
-                self.columns
-                    .put(self.key(rg, self.roots[i]), arrays.clone());
+                self.columns.put(self.key(rg, roots[i]), arrays.clone());
                 cols[i] = Some(arrays);
             }
         }
@@ -454,11 +465,11 @@ impl PartBatches {
         if !aligned {
             // Chunks cached by an earlier read split the row group differently: read it
             // whole now rather than stitch.
-            return self.decode(rg, &self.roots);
+            return self.decode(rg, &roots);
         }
         let file_schema = self.meta.schema();
         let schema = Arc::new(Schema::new(
-            self.roots
+            roots
                 .iter()
                 .map(|&c| file_schema.field(c).clone())
                 .collect::<Vec<_>>(),
@@ -561,6 +572,18 @@ pub fn read_part(cache: &MetaCache, path: &Path, req: &PartRead<'_>) -> Result<P
             (ts_ok && key_ok).then_some((i, ts))
         })
         .collect();
+    let ts_root = file_schema.index_of(TIME_COLUMN).ok();
+    let ts_unread = match (req.ts_unread_within, ts_root) {
+        (Some(within), Some(root)) if roots.contains(&root) => {
+            let groups: HashSet<usize> = row_groups
+                .iter()
+                .filter(|(_, ts)| ts.is_some_and(|(lo, hi)| within(lo, hi)))
+                .map(|(rg, _)| *rg)
+                .collect();
+            (!groups.is_empty()).then_some((root, groups))
+        }
+        _ => None,
+    };
     let matched = row_groups.len();
     let row_groups: Vec<(usize, Option<(i64, i64)>)> = match req.split {
         Some(s) if s.count > 1 => row_groups
@@ -579,6 +602,7 @@ pub fn read_part(cache: &MetaCache, path: &Path, req: &PartRead<'_>) -> Result<P
         roots,
         columns: cache.columns.clone(),
         row_groups: row_groups.into_iter(),
+        ts_unread,
         current_ts: None,
         pending: Vec::new().into_iter(),
         schema: req.schema.clone(),

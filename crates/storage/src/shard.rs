@@ -1077,6 +1077,7 @@ mod tests {
                 max_ts,
                 key: None,
                 split: None,
+                ts_unread_within: None,
             };
             let mut out = vec![];
             for b in store.read_part(&path, &req).expect("read") {
@@ -1127,6 +1128,7 @@ mod tests {
                     index,
                     count: 2,
                 }),
+                ts_unread_within: None,
             };
             let mut it = store.read_part(&path, &req).expect("read");
             let rows: usize = it.by_ref().map(|b| b.expect("batch").num_rows()).sum();
@@ -1136,6 +1138,48 @@ mod tests {
         // Row groups hold 3, 2 and 2 rows.
         assert_eq!((split_rows(0, 0), split_rows(0, 1)), (5, 2));
         assert_eq!((split_rows(1, 0), split_rows(1, 1)), (2, 5));
+
+        // A caller that needs `ts` only where a row group is not wholly inside its range:
+        // the middle bucket comes back with `ts` null and nothing else changed, the other
+        // buckets with their timestamps.
+        let nullable_ts: SchemaRef = Arc::new(Schema::new(
+            stored
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect::<Vec<_>>(),
+        ));
+        let within = |lo: i64, hi: i64| lo >= h && hi < 2 * h;
+        let req = PartRead {
+            schema: nullable_ts,
+            min_ts: None,
+            max_ts: None,
+            key: None,
+            split: None,
+            ts_unread_within: Some(&within),
+        };
+        let mut it = store.read_part(&path, &req).expect("read");
+        let mut rows = vec![];
+        for b in it.by_ref() {
+            let b = b.expect("batch");
+            let syms = arrow::compute::cast(b.column(1), &DataType::Utf8).expect("cast");
+            let ts = b
+                .column(0)
+                .as_primitive::<arrow::datatypes::TimestampNanosecondType>();
+            for r in 0..b.num_rows() {
+                rows.push((
+                    ts.is_valid(r).then(|| ts.value(r)),
+                    syms.as_string::<i32>().value(r).to_string(),
+                ));
+            }
+        }
+        let expect: Vec<(Option<i64>, String)> = want
+            .iter()
+            .map(|(t, s)| ((*t < h || *t >= 2 * h).then_some(*t), s.clone()))
+            .collect();
+        assert_eq!(rows, expect);
+        // Three row groups of three columns, less the middle one's `ts`.
+        assert_eq!(it.chunks_decoded() + it.chunks_cached(), 8);
     }
 
     /// A repeated read is served from the column cache with the same rows; a column not
@@ -1183,6 +1227,7 @@ mod tests {
                 max_ts: None,
                 key: None,
                 split: None,
+                ts_unread_within: None,
             };
             let mut it = store.read_part(&path, &req).expect("read");
             let mut rows = 0;
