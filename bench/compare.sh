@@ -11,7 +11,8 @@
 # installed is skipped with the reason printed. Before each system, as root, dirty pages
 # are written back and the page cache is dropped (then the input files are read once), so
 # one system's writeback does not slow the next. Shoal's queries run twice: right after
-# ingest (data hot) and after a graceful restart (all Parquet, with each first run).
+# ingest (data hot) and after a graceful restart (all Parquet, with each first run); then
+# each once more as the very first query of a freshly restarted process.
 # Results: one table on stdout, JSON in $OUT (default ./bench-results.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
