@@ -18,7 +18,8 @@
 //! and every installed snapshot, so a part file replaced under the same name is never
 //! served from an older decode.
 
-use std::collections::{HashMap, HashSet};
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -352,17 +353,24 @@ pub struct PartBatches {
     /// Root columns of the part to read, ascending (the order the Parquet reader yields).
     roots: Vec<usize>,
     columns: SharedColumnCache,
-    /// Row groups to read, with their `ts` range from the statistics where known.
-    row_groups: std::vec::IntoIter<(usize, Option<(i64, i64)>)>,
-    /// The root of `ts` when the caller may do without it, and the row groups it is not
-    /// read for ([`PartRead::ts_unread_within`]).
-    ts_unread: Option<(usize, HashSet<usize>)>,
+    row_groups: std::vec::IntoIter<RowGroupRead>,
+    /// The root of `ts` among `roots`.
+    ts_root: Option<usize>,
     current_ts: Option<(i64, i64)>,
     pending: std::vec::IntoIter<RecordBatch>,
     schema: SchemaRef,
     cached: usize,
     decoded: usize,
     matched: usize,
+}
+
+/// One row group a part read yields.
+struct RowGroupRead {
+    index: usize,
+    /// Its `ts` range, from the statistics where known.
+    ts: Option<(i64, i64)>,
+    /// `ts` is left unread in it ([`PartRead::ts_unread_within`]).
+    ts_unread: bool,
 }
 
 impl PartBatches {
@@ -425,13 +433,11 @@ impl PartBatches {
 
     /// Row group `rg` as batches of the part's `roots` columns (less `ts` where the caller
     /// does without it).
-    fn read_row_group(&mut self, rg: usize) -> Result<Vec<RecordBatch>> {
+    fn read_row_group(&mut self, rg: usize, ts_unread: bool) -> Result<Vec<RecordBatch>> {
         let rows = usize::try_from(self.meta.metadata().row_group(rg).num_rows()).unwrap_or(0);
-        let roots: Vec<usize> = match &self.ts_unread {
-            Some((ts, groups)) if groups.contains(&rg) => {
-                self.roots.iter().copied().filter(|c| c != ts).collect()
-            }
-            _ => self.roots.clone(),
+        let roots: Cow<'_, [usize]> = match self.ts_root {
+            Some(ts) if ts_unread => self.roots.iter().copied().filter(|&c| c != ts).collect(),
+            _ => Cow::Borrowed(&self.roots),
         };
         let mut cols: Vec<Option<Arc<[ArrayRef]>>> = roots
             .iter()
@@ -497,9 +503,9 @@ impl Iterator for PartBatches {
             if let Some(b) = self.pending.next() {
                 return Some(conform(&b, &self.schema));
             }
-            let (rg, ts) = self.row_groups.next()?;
-            self.current_ts = ts;
-            match self.read_row_group(rg) {
+            let rg = self.row_groups.next()?;
+            self.current_ts = rg.ts;
+            match self.read_row_group(rg.index, rg.ts_unread) {
                 Ok(batches) => self.pending = batches.into_iter(),
                 Err(e) => return Some(Err(e)),
             }
@@ -546,7 +552,7 @@ pub fn read_part(cache: &MetaCache, path: &Path, req: &PartRead<'_>) -> Result<P
     };
     let ts_col = column_of(TIME_COLUMN);
     let key_col = req.key.and_then(|(name, _)| column_of(name));
-    let row_groups: Vec<(usize, Option<(i64, i64)>)> = meta
+    let row_groups: Vec<RowGroupRead> = meta
         .metadata()
         .row_groups()
         .iter()
@@ -569,23 +575,15 @@ pub fn read_part(cache: &MetaCache, path: &Path, req: &PartRead<'_>) -> Result<P
                 }
                 _ => true,
             };
-            (ts_ok && key_ok).then_some((i, ts))
+            (ts_ok && key_ok).then_some(RowGroupRead {
+                index: i,
+                ts,
+                ts_unread: false,
+            })
         })
         .collect();
-    let ts_root = file_schema.index_of(TIME_COLUMN).ok();
-    let ts_unread = match (req.ts_unread_within, ts_root) {
-        (Some(within), Some(root)) if roots.contains(&root) => {
-            let groups: HashSet<usize> = row_groups
-                .iter()
-                .filter(|(_, ts)| ts.is_some_and(|(lo, hi)| within(lo, hi)))
-                .map(|(rg, _)| *rg)
-                .collect();
-            (!groups.is_empty()).then_some((root, groups))
-        }
-        _ => None,
-    };
     let matched = row_groups.len();
-    let row_groups: Vec<(usize, Option<(i64, i64)>)> = match req.split {
+    let mut row_groups: Vec<RowGroupRead> = match req.split {
         Some(s) if s.count > 1 => row_groups
             .into_iter()
             .enumerate()
@@ -594,6 +592,17 @@ pub fn read_part(cache: &MetaCache, path: &Path, req: &PartRead<'_>) -> Result<P
             .collect(),
         _ => row_groups,
     };
+    let ts_root = file_schema
+        .index_of(TIME_COLUMN)
+        .ok()
+        .filter(|r| roots.contains(r));
+    let ts_unread = |ts: Option<(i64, i64)>| match (req.ts_unread_within, ts_root, ts) {
+        (Some(within), Some(_), Some((lo, hi))) => within(lo, hi),
+        _ => false,
+    };
+    for rg in &mut row_groups {
+        rg.ts_unread = ts_unread(rg.ts);
+    }
     Ok(PartBatches {
         file,
         path: path.to_path_buf(),
@@ -602,7 +611,7 @@ pub fn read_part(cache: &MetaCache, path: &Path, req: &PartRead<'_>) -> Result<P
         roots,
         columns: cache.columns.clone(),
         row_groups: row_groups.into_iter(),
-        ts_unread,
+        ts_root,
         current_ts: None,
         pending: Vec::new().into_iter(),
         schema: req.schema.clone(),
