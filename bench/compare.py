@@ -127,10 +127,20 @@ def bench_shoal(a, work):
     cmd = [a.shoal, "start", "--data-dir", data, "--http-addr", f"127.0.0.1:{port}",
            "--pg-addr", f"127.0.0.1:{free_port()}", "--rpc-addr", f"127.0.0.1:{free_port()}",
            "--gossip-addr", f"127.0.0.1:{free_port()}"]
-    srv = Server("shoal", cmd, work)
+    base = f"http://127.0.0.1:{port}"
+
+    def start(name, argv):
+        """Starts a node and waits until it is ready (stopping it if it never is)."""
+        s = Server(name, argv, work)
+        try:
+            wait_until(f"{name} ready", lambda: http(base + "/health/ready")[0] == 200)
+        except BaseException:
+            s.stop()
+            raise
+        return s
+
+    srv = start("shoal", cmd)
     try:
-        base = f"http://127.0.0.1:{port}"
-        wait_until("shoal ready", lambda: http(base + "/health/ready")[0] == 200)
         out = os.path.join(work, "shoal-ingest.json")
         ld = load()
         subprocess.run([a.shoal, "bench", "ingest", "--host", f"127.0.0.1:{port}", "--file",
@@ -169,8 +179,7 @@ def bench_shoal(a, work):
         # Stopped gracefully (every hot buffer flushed to Parquet) and started again: the
         # same queries over flushed data, and each one's first run after the restart.
         srv.stop()
-        srv = Server("shoal-restarted", cmd, work)
-        wait_until("shoal ready after restart", lambda: http(base + "/health/ready")[0] == 200)
+        srv = start("shoal-restarted", cmd)
         after = {}
         for q, sql in queries.items():
             t = time.perf_counter()
@@ -181,8 +190,7 @@ def bench_shoal(a, work):
         # or planned before it, and the process's own first-request costs on top.
         for q, sql in queries.items():
             srv.stop()
-            srv = Server("shoal-restarted", cmd, work)
-            wait_until("shoal ready after restart", lambda: http(base + "/health/ready")[0] == 200)
+            srv = start("shoal-restarted", cmd)
             t = time.perf_counter()
             run(sql)()
             after[q + "_cold"] = time.perf_counter() - t
@@ -192,8 +200,7 @@ def bench_shoal(a, work):
         srv.stop()
         settle(a.prefix)
         cmd2 = [data + "-2" if c == data else c for c in cmd]
-        srv = Server("shoal-2-streams", cmd2, work)
-        wait_until("shoal ready (second load)", lambda: http(base + "/health/ready")[0] == 200)
+        srv = start("shoal-2-streams", cmd2)
         res["ingest_2_streams_load"] = load()
         subprocess.run([a.shoal, "bench", "ingest", "--host", f"127.0.0.1:{port}", "--file",
                         a.prefix + ".lp", "--writers", str(WRITERS), "--batch", str(STREAM_BATCH_ROWS),
