@@ -80,6 +80,15 @@ pub struct StartArgs {
     /// Largest request body, bytes [default: 67108864]
     #[arg(long, env = "SHOAL_MAX_BODY_BYTES")]
     max_body_bytes: Option<u64>,
+    /// Tables the cluster may hold [default: 10000]
+    #[arg(long, env = "SHOAL_MAX_TABLES")]
+    max_tables: Option<usize>,
+    /// Columns per table [default: 1024]
+    #[arg(long, env = "SHOAL_MAX_COLUMNS_PER_TABLE")]
+    max_columns_per_table: Option<usize>,
+    /// Tables one request may create [default: 1000]
+    #[arg(long, env = "SHOAL_MAX_NEW_TABLES_PER_REQUEST")]
+    max_new_tables_per_request: Option<usize>,
     /// Flush a vshard's hot buffer at this many bytes [default: 134217728]
     #[arg(long, env = "SHOAL_FLUSH_HOT_BYTES")]
     flush_hot_bytes: Option<u64>,
@@ -129,12 +138,21 @@ pub struct StartArgs {
     /// Postgres-protocol connections at once [default: 256]
     #[arg(long, env = "SHOAL_PG_MAX_CONNECTIONS")]
     pg_max_connections: Option<usize>,
+    /// Postgres connections still authenticating at once [default: 64]
+    #[arg(long, env = "SHOAL_PG_MAX_PENDING_CONNECTIONS")]
+    pg_max_pending_connections: Option<usize>,
+    /// Time to authenticate a Postgres connection, ms [default: 10000]
+    #[arg(long, env = "SHOAL_PG_AUTH_TIMEOUT_MS")]
+    pg_auth_timeout_ms: Option<u64>,
     /// Postgres authentication: trust, scram-sha-256 or md5 [default: trust]
     #[arg(long, env = "SHOAL_PG_AUTH")]
     pg_auth: Option<String>,
     /// Postgres users, comma separated name:password pairs (for scram-sha-256/md5)
     #[arg(long, env = "SHOAL_PG_USERS", value_delimiter = ',')]
     pg_users: Option<Vec<String>>,
+    /// Directory SQL COPY … TO may write under; empty = none [default: ""]
+    #[arg(long, env = "SHOAL_SQL_FILE_DIR")]
+    sql_file_dir: Option<String>,
     /// Longest start-up recovery, ms [default: 120000]
     #[arg(long, env = "SHOAL_STARTUP_TIMEOUT_MS")]
     startup_timeout_ms: Option<u64>,
@@ -196,6 +214,9 @@ pub fn resolve(args: &StartArgs) -> Result<NodeConfig, String> {
         swim_suspect_timeout_ms,
         vshards,
         max_body_bytes,
+        max_tables,
+        max_columns_per_table,
+        max_new_tables_per_request,
         flush_hot_bytes,
         flush_age_ms,
         flush_check_interval_ms,
@@ -211,8 +232,11 @@ pub fn resolve(args: &StartArgs) -> Result<NodeConfig, String> {
         query_target_partitions,
         http_max_concurrent_requests,
         pg_max_connections,
+        pg_max_pending_connections,
+        pg_auth_timeout_ms,
         pg_auth,
         pg_users,
+        sql_file_dir,
         startup_timeout_ms,
         drain_timeout_ms,
         raft_heartbeat_ms,

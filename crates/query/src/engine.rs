@@ -96,6 +96,16 @@ pub struct QueryEngine {
     pg_parser: Arc<PostgresCompatibilityParser>,
     pub(crate) system: Arc<SystemSchema>,
     pub(crate) plans: PlanCache,
+    /// What SQL may do beyond Shoal's tables, and how far DDL may grow the catalog.
+    pub(crate) policy: EnginePolicy,
+}
+
+/// The engine's operator-set bounds (see [`crate::guard`]).
+#[derive(Clone, Debug, Default)]
+pub struct EnginePolicy {
+    /// Where SQL may touch server files (`COPY … TO`); nowhere by default.
+    pub files: crate::guard::FileAccess,
+    pub catalog: crate::guard::CatalogLimits,
 }
 
 impl QueryEngine {
@@ -106,6 +116,7 @@ impl QueryEngine {
         target_partitions: usize,
         node: NodeInfo,
         remote: Option<Arc<dyn FragmentRunner>>,
+        policy: EnginePolicy,
     ) -> QueryEngine {
         let config = SessionConfig::new()
             .with_information_schema(true)
@@ -157,6 +168,7 @@ impl QueryEngine {
             pg_parser: Arc::new(PostgresCompatibilityParser::new()),
             system,
             plans: PlanCache::default(),
+            policy,
         }
     }
 
@@ -171,6 +183,19 @@ impl QueryEngine {
 
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// Proposes a DDL batch to group 0 once it is within the catalog limits (a batch past
+    /// one is refused whole, before anything is proposed).
+    pub async fn propose_ddl(
+        &self,
+        ops: Vec<shoal_consensus::DdlOp>,
+    ) -> Result<shoal_consensus::Response> {
+        {
+            let catalog = self.registry.catalog().read().clone();
+            crate::guard::check_ddl_limits(&catalog, &ops, &self.policy.catalog)?;
+        }
+        Ok(self.registry.propose_ddl(ops).await?)
     }
 
     /// Runs partition `partition` of a plan fragment a peer sent (see

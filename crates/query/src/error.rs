@@ -23,6 +23,8 @@ pub enum ErrorKind {
     TxAborted,
     /// Valid SQL that Shoal does not do.
     NotSupported,
+    /// Valid SQL this client may not run (a server file, a privilege it lacks).
+    Forbidden,
     /// A bug: logged, reported with little detail.
     Internal,
 }
@@ -74,6 +76,7 @@ impl QueryError {
             ErrorKind::Timeout => "57014",
             ErrorKind::TxAborted => "25P02",
             ErrorKind::NotSupported => "0A000",
+            ErrorKind::Forbidden => "42501",
             ErrorKind::Internal => "XX000",
         }
     }

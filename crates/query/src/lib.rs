@@ -15,6 +15,7 @@ pub mod distributed;
 pub mod engine;
 pub mod error;
 pub mod fastagg;
+pub mod guard;
 pub mod pgcompat;
 pub mod plancache;
 pub mod provider;
@@ -23,8 +24,9 @@ pub mod system;
 pub mod write;
 
 pub use distributed::{FragmentRunner, RemoteError};
-pub use engine::{QueryEngine, QueryOptions, QueryOutput, ReadConsistency};
+pub use engine::{EnginePolicy, QueryEngine, QueryOptions, QueryOutput, ReadConsistency};
 pub use error::{ErrorKind, QueryError};
+pub use guard::{CatalogLimits, FileAccess};
 pub use plancache::PlanCacheStats;
 pub use session::{split_statements, Session, TxStatus};
 pub use system::{Lookup, LookupI64, NodeInfo};

@@ -394,7 +394,7 @@ impl QueryEngine {
                     Tx::Failed => Ok(command("ROLLBACK")),
                     Tx::Idle => Ok(command("COMMIT")),
                     Tx::Open { ops, .. } if ops.is_empty() => Ok(command("COMMIT")),
-                    Tx::Open { ops, .. } => match self.registry().propose_ddl(ops).await? {
+                    Tx::Open { ops, .. } => match self.propose_ddl(ops).await? {
                         Response::Rejected(msg) => Err(ddl_rejection(msg)),
                         _ => Ok(command("COMMIT")),
                     },
@@ -430,7 +430,7 @@ impl QueryEngine {
                     ops.push(op);
                     return Ok(command(tag));
                 }
-                return match self.registry().propose_ddl(vec![op]).await? {
+                return match self.propose_ddl(vec![op]).await? {
                     Response::Rejected(msg) => Err(ddl_rejection(msg)),
                     _ => Ok(command(tag)),
                 };
@@ -522,7 +522,8 @@ impl QueryEngine {
         let is_insert = matches!(&stmt, DfStatement::Statement(s) if matches!(**s, datafusion::sql::sqlparser::ast::Statement::Insert(_)));
         let is_query = matches!(&stmt, DfStatement::Statement(s) if matches!(**s, datafusion::sql::sqlparser::ast::Statement::Query(_)));
         let version = self.registry().catalog().read().schema_version;
-        let mut plan = state.statement_to_plan(stmt).await?;
+        let plan = state.statement_to_plan(stmt).await?;
+        let mut plan = crate::guard::check_plan(plan, &self.policy.files)?;
         if !params.is_empty() || !plan.get_parameter_types()?.is_empty() {
             let values = bind_params(&plan, params)?;
             plan = plan.with_param_values(values)?;

@@ -69,6 +69,15 @@ pub struct NodeConfig {
     pub vshards: u32,
     /// Largest request body accepted, after decompression (413 past it).
     pub max_body_bytes: u64,
+    /// Tables the cluster may hold. The catalog lives in every node's memory and is replicated
+    /// to every node, so this bounds every node's cost; DDL past it is refused (SQLSTATE 54000,
+    /// HTTP 413) before anything is proposed.
+    pub max_tables: usize,
+    /// Columns one table may have (ts and tags included); past it: SQLSTATE 54011, HTTP 413.
+    pub max_columns_per_table: usize,
+    /// Tables one request (a line-protocol body, a transaction block) may create. A request over
+    /// any of these three limits is refused whole: no table of it is created.
+    pub max_new_tables_per_request: usize,
     /// Flush a vshard's hot buffer to Parquet at this size.
     pub flush_hot_bytes: u64,
     /// Flush a vshard's hot buffer when its oldest row is this old.
@@ -98,12 +107,23 @@ pub struct NodeConfig {
     pub query_target_partitions: usize,
     /// Requests the HTTP server works on at once; more wait in the accept queue.
     pub http_max_concurrent_requests: usize,
-    /// Postgres-protocol connections open at once; more are refused (SQLSTATE 53300).
+    /// Authenticated Postgres-protocol sessions open at once; more get SQLSTATE 53300.
     pub pg_max_connections: usize,
+    /// Postgres-protocol connections still in startup or authentication, a pool apart from
+    /// the sessions above so idle sockets cannot lock clients out. When it is full the oldest
+    /// pending connection is closed (FATAL 53300) to make room.
+    pub pg_max_pending_connections: usize,
+    /// Time a Postgres connection has from accept to an authenticated session (Postgres:
+    /// authentication_timeout, milliseconds); past it the connection is closed.
+    pub pg_auth_timeout_ms: u64,
     /// Postgres-protocol authentication: `trust`, `scram-sha-256` or `md5`.
     pub pg_auth: String,
     /// Users for `scram-sha-256`/`md5`, each `name:password`.
     pub pg_users: Vec<String>,
+    /// A directory SQL may write files under (`COPY (SELECT …) TO 'out.csv'`, relative
+    /// paths taken relative to it). Empty (the default): SQL touches no server files at all.
+    /// `CREATE EXTERNAL TABLE` is always refused.
+    pub sql_file_dir: String,
     /// Longest time recovery (log replay) may take before the node gives up starting.
     pub startup_timeout_ms: u64,
     /// On shutdown: how long to wait for in-flight requests and the final flush.
@@ -156,6 +176,9 @@ impl Default for NodeConfig {
             swim_suspect_timeout_ms: 1_000,
             vshards: 16,
             max_body_bytes: 64 * MIB,
+            max_tables: 10_000,
+            max_columns_per_table: 1_024,
+            max_new_tables_per_request: 1_000,
             flush_hot_bytes: 128 * MIB,
             flush_age_ms: 60_000,
             flush_check_interval_ms: 500,
@@ -171,8 +194,11 @@ impl Default for NodeConfig {
             query_target_partitions: 0,
             http_max_concurrent_requests: 256,
             pg_max_connections: 256,
+            pg_max_pending_connections: 64,
+            pg_auth_timeout_ms: 10_000,
             pg_auth: "trust".into(),
             pg_users: vec![],
+            sql_file_dir: String::new(),
             startup_timeout_ms: 120_000,
             drain_timeout_ms: 30_000,
             raft_heartbeat_ms: 200,
@@ -198,6 +224,20 @@ impl NodeConfig {
                 self.parquet_compression
             )
         })
+    }
+
+    /// `sql_file_dir` as an absolute path, if set; it must be an existing directory.
+    pub fn sql_file_dir(&self) -> Result<Option<PathBuf>, String> {
+        if self.sql_file_dir.is_empty() {
+            return Ok(None);
+        }
+        let dir = PathBuf::from(&self.sql_file_dir)
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", self.sql_file_dir))?;
+        if !dir.is_dir() {
+            return Err(format!("{} is not a directory", dir.display()));
+        }
+        Ok(Some(dir))
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -244,6 +284,20 @@ impl NodeConfig {
         if self.swim_probe_timeout_ms >= self.swim_probe_interval_ms {
             return Err("need swim_probe_timeout_ms < swim_probe_interval_ms".into());
         }
+        if self.pg_max_pending_connections == 0 || self.pg_auth_timeout_ms < 100 {
+            return Err(
+                "pg_max_pending_connections must be at least 1 and pg_auth_timeout_ms at least 100"
+                    .into(),
+            );
+        }
+        if self.max_tables == 0
+            || self.max_columns_per_table < 2
+            || self.max_new_tables_per_request == 0
+        {
+            return Err("max_tables and max_new_tables_per_request must be at least 1, max_columns_per_table at least 2".into());
+        }
+        self.sql_file_dir()
+            .map_err(|e| format!("sql_file_dir: {e}"))?;
         if self.breaker_failures == 0 {
             return Err("breaker_failures must be at least 1".into());
         }

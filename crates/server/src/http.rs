@@ -60,6 +60,7 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         | ErrorKind::NotFound
         | ErrorKind::TxAborted
         | ErrorKind::NotSupported => StatusCode::BAD_REQUEST,
+        ErrorKind::Forbidden => StatusCode::FORBIDDEN,
         ErrorKind::Timeout => StatusCode::REQUEST_TIMEOUT,
         ErrorKind::AlreadyExists => StatusCode::CONFLICT,
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,

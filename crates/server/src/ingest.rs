@@ -488,7 +488,7 @@ async fn prepare(
     }
     if !ops.is_empty() {
         // Another request may have changed the table concurrently in a conflicting way.
-        if let Response::Rejected(msg) = engine.registry().propose_ddl(ops).await? {
+        if let Response::Rejected(msg) = engine.propose_ddl(ops).await? {
             return Err(QueryError::bad_input(format!("field type conflict: {msg}")));
         }
     }

@@ -14,6 +14,8 @@ pub mod http;
 pub mod ingest;
 pub mod pg;
 pub mod pgauth;
+pub mod pgconn;
+pub mod pgframe;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -179,13 +181,20 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
         env.node_id = dir.identity.node_id;
     }
 
+    let admission = pgconn::Admission::new(pgconn::PgLimits {
+        max_sessions: cfg.pg_max_connections,
+        max_pending: cfg.pg_max_pending_connections,
+        auth_timeout: Duration::from_millis(cfg.pg_auth_timeout_ms),
+        max_message_bytes: usize::try_from(cfg.max_body_bytes).unwrap_or(usize::MAX),
+    });
     let pg = Arc::new(pg::PgState {
         engine: Arc::new(OnceLock::new()),
-        connections: Arc::new(Semaphore::new(cfg.pg_max_connections.max(1))),
         startup: Arc::new(pgauth::ShoalStartup::new(
             pgauth::AuthMethod::parse(&cfg.pg_auth)?,
             pgauth::parse_users(&cfg.pg_users)?,
+            admission.sessions(),
         )),
+        admission,
     });
     let state = Arc::new(AppState {
         engine: OnceLock::new(),
@@ -255,6 +264,18 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
         http_state: state,
         pg: pg_listener,
         pg_state: pg,
+        policy: shoal_query::EnginePolicy {
+            files: shoal_query::FileAccess {
+                dir: cfg
+                    .sql_file_dir()
+                    .map_err(|e| format!("sql_file_dir: {e}"))?,
+            },
+            catalog: shoal_query::CatalogLimits {
+                max_tables: cfg.max_tables,
+                max_columns_per_table: cfg.max_columns_per_table,
+                max_new_tables_per_request: cfg.max_new_tables_per_request,
+            },
+        },
     };
     let net = Net {
         shared,
@@ -295,6 +316,8 @@ struct Fronts {
     http_state: Arc<AppState>,
     pg: tokio::net::TcpListener,
     pg_state: Arc<pg::PgState>,
+    /// Where SQL may write server files, catalog bounds.
+    policy: shoal_query::EnginePolicy,
 }
 
 async fn run(
@@ -310,6 +333,7 @@ async fn run(
         http_state: state,
         pg: pg_listener,
         pg_state: pg,
+        policy,
     } = fronts;
     let http_addr = listener.local_addr().map_err(|e| e.to_string())?;
     let pg_addr = pg_listener.local_addr().map_err(|e| e.to_string())?;
@@ -429,6 +453,7 @@ async fn run(
         partitions,
         node,
         Some(fragments),
+        policy,
     ));
     let _ = shared.engine.set(engine.clone());
     let _ = pg.engine.set(engine.clone());

@@ -6,8 +6,10 @@
 //! client asks. Errors carry the SQLSTATE of [`QueryError::sqlstate`]. Authentication is
 //! `pg_auth` (see `pgauth`).
 //!
-//! Limits: `pg_max_connections` connections at once (the excess gets FATAL 53300 and is
-//! closed); statements per simple query as for HTTP (`MAX_STATEMENTS_PER_REQUEST`).
+//! Limits: `pg_max_connections` authenticated sessions at once (the excess gets FATAL 53300
+//! and is closed), connections still authenticating in a pool of their own (`pgconn`),
+//! every message checked before it is decoded (`pgframe`); statements per simple query as
+//! for HTTP (`MAX_STATEMENTS_PER_REQUEST`).
 
 use std::fmt::Debug;
 use std::sync::{Arc, OnceLock};
@@ -32,16 +34,17 @@ use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 use shoal_query::engine::MAX_STATEMENTS_PER_REQUEST;
 use shoal_query::{split_statements, ErrorKind, QueryEngine, QueryError, QueryOutput, Session};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::Mutex;
 
 use crate::pgauth::ShoalStartup;
+use crate::pgconn::{serve_connection, Admission};
 
-/// What the accept loop needs: the engine once recovery is done, and the connection limit.
+/// What the accept loop needs: the engine once recovery is done, and the connection limits.
 pub struct PgState {
     pub engine: Arc<OnceLock<Arc<QueryEngine>>>,
-    pub connections: Arc<Semaphore>,
+    /// Session slots and the pool of connections still authenticating (see `pgconn`).
+    pub admission: Arc<Admission>,
     /// Authentication, shared by every connection (see `pgauth`).
     pub startup: Arc<ShoalStartup>,
 }
@@ -54,7 +57,7 @@ pub async fn serve(
 ) {
     tokio::pin!(stop);
     loop {
-        let (mut sock, peer) = tokio::select! {
+        let (sock, peer) = tokio::select! {
             _ = &mut stop => return,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -64,19 +67,6 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(permit) = state.connections.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "pg connection refused: pg_max_connections reached");
-            tokio::spawn(async move {
-                let _ = sock
-                    .write_all(&fatal_message(
-                        "53300",
-                        "sorry, too many clients already (pg_max_connections)",
-                    ))
-                    .await;
-                let _ = sock.shutdown().await;
-            });
-            continue;
-        };
         let handler = Arc::new(ConnHandler {
             engine: state.engine.clone(),
             session: Mutex::new(Session::postgres()),
@@ -84,38 +74,32 @@ pub async fn serve(
                 engine: state.engine.clone(),
             }),
         });
-        let startup = state.startup.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let handlers = Handlers {
-                conn: handler,
-                startup,
-            };
-            if let Err(e) = pgwire::tokio::process_socket(sock, None, handlers).await {
-                tracing::debug!(%peer, error = %e, "pg connection ended with an error");
-            }
-        });
+        let handlers = Handlers {
+            conn: handler,
+            startup: state.startup.clone(),
+        };
+        tokio::spawn(serve_connection(
+            sock,
+            peer,
+            handlers,
+            state.admission.clone(),
+        ));
     }
-}
-
-/// A raw FATAL ErrorResponse, for refusing a connection before the protocol starts.
-fn fatal_message(code: &str, msg: &str) -> Vec<u8> {
-    let mut body = vec![];
-    for (k, v) in [(b'S', "FATAL"), (b'V', "FATAL"), (b'C', code), (b'M', msg)] {
-        body.push(k);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut out = vec![b'E'];
-    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-    out.extend_from_slice(&body);
-    out
 }
 
 struct Handlers {
     conn: Arc<ConnHandler>,
     startup: Arc<ShoalStartup>,
+}
+
+impl crate::pgconn::Handlers for Handlers {
+    type Extended = ConnHandler;
+    fn extended(&self) -> Arc<ConnHandler> {
+        self.conn.clone()
+    }
+    fn scram(&self) -> bool {
+        self.startup.is_scram()
+    }
 }
 
 impl PgWireServerHandlers for Handlers {

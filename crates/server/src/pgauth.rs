@@ -22,7 +22,7 @@ use pgwire::api::auth::{
     StartupHandler,
 };
 use pgwire::api::ClientInfo;
-use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::startup::PasswordMessageFamily;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
@@ -149,10 +149,21 @@ impl AuthMechanismFactory for TrustFactory {
 pub struct ShoalStartup {
     driver: AuthDriver<DefaultServerParameterProvider>,
     mechanism: Box<dyn AuthMechanismFactory>,
+    method: AuthMethod,
+    /// Session slots (`pg_max_connections`): one is taken when authentication succeeds,
+    /// before the client is told so, and held by the connection until it closes.
+    sessions: Arc<tokio::sync::Semaphore>,
 }
 
+/// The session slot an authenticated connection holds (in its session extensions).
+pub struct SessionSlot(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
 impl ShoalStartup {
-    pub fn new(method: AuthMethod, users: HashMap<String, String>) -> ShoalStartup {
+    pub fn new(
+        method: AuthMethod,
+        users: HashMap<String, String>,
+        sessions: Arc<tokio::sync::Semaphore>,
+    ) -> ShoalStartup {
         let mut params = DefaultServerParameterProvider::default();
         params.server_version = "16.6 (Shoal)".into();
         let driver = AuthDriver::new(params);
@@ -180,7 +191,18 @@ impl ShoalStartup {
                 Box::new(SaslMechanisms::new(vec![Arc::new(auth)]))
             }
         };
-        ShoalStartup { driver, mechanism }
+        ShoalStartup {
+            driver,
+            mechanism,
+            method,
+            sessions,
+        }
+    }
+
+    /// Whether clients authenticate with SCRAM (their first password message is a
+    /// SASLInitialResponse; see `pgframe`).
+    pub fn is_scram(&self) -> bool {
+        self.method == AuthMethod::ScramSha256
     }
 }
 
@@ -216,6 +238,19 @@ impl StartupHandler for ShoalStartup {
             _ => return Ok(()),
         };
         if let AuthOutcome::Authenticated { final_message, .. } = outcome {
+            // The slot is taken before AuthenticationOk/ReadyForQuery go out, so a client
+            // past the limit gets 53300 instead of a session that dies at once.
+            let Ok(permit) = self.sessions.clone().try_acquire_owned() else {
+                tracing::warn!(peer = %client.socket_addr(), "pg connection refused: pg_max_connections reached");
+                return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                    "FATAL".into(),
+                    "53300".into(),
+                    "sorry, too many clients already (pg_max_connections)".into(),
+                ))));
+            };
+            client
+                .session_extensions()
+                .get_or_insert_with(|| SessionSlot(permit));
             self.driver
                 .complete_authentication(client, final_message)
                 .await?;
