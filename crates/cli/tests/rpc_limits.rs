@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use shoal_cluster::rpc::{channel, Caller, PeerClient};
+use shoal_transport::rpc::{channel, Caller, PeerClient};
 use support::Node;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -206,7 +206,7 @@ async fn raft_traffic_for_another_node_id_is_refused() {
     let tmp = tempfile::tempdir().expect("tmp");
     let node = Node::start(tmp.path(), &[]).await;
     let mut c = client(&node).await;
-    let msg = |to_node| shoal_cluster::rpc::RaftRequest {
+    let msg = |to_node| shoal_transport::rpc::RaftRequest {
         group: 0,
         // An unknown kind: the handler refuses it with INVALID_ARGUMENT if it gets that far.
         kind: u32::MAX,

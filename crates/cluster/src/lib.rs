@@ -1,20 +1,11 @@
-//! The cluster layer's moving parts that are not Raft: the inter-node RPC service and its
-//! bounded server, connections to peers with circuit breakers and a prober, and SWIM
-//! membership.
+//! The control plane: where replicas of each vshard live, and how that changes.
 //!
-//! ```text
-//!   peer ──gRPC/HTTP2──▶ RpcServer (conn cap, msg cap, in-flight budgets) ──▶ PeerHandler
-//!   Raft groups ──RaftTransport──▶ ClusterTransport ──▶ Peers (channel + breaker per node)
-//!   UDP ◀──▶ Membership (foca) ──subscribers──▶ routing hints, SHOW NODES
-//! ```
+//! Decisions are pure functions from a view of the cluster to steps (no I/O, no clock:
+//! the caller passes "now" and "down for"), tested by comparing the steps they emit.
+//! Effects are thin: a controller runs named duties on their own intervals and turns steps
+//! into group-0 proposals and Raft membership changes.
+//!
+//! Layering: depends on `consensus` (the group container and group 0's state), `membership`
+//! and `transport`; never on query or server.
 
-pub mod clock;
-pub mod peers;
-pub mod rpc;
-pub mod server;
-pub mod swim;
-
-pub use peers::{BreakerState, ClusterTransport, Peers, PeersConfig};
-pub use rpc::{Caller, PeerClient, PeerHandler};
-pub use server::{RpcServer, ServerLimits};
-pub use swim::{MemberEvent, MemberState, Membership, NodeIdentity, SwimConfig};
+pub mod placement;

@@ -14,7 +14,6 @@ pub mod command;
 pub mod intents;
 pub mod log_store;
 pub mod meta_sm;
-pub mod placement;
 pub mod registry;
 pub mod shard_sm;
 pub mod transport;

@@ -21,15 +21,16 @@ use std::time::Duration;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use parking_lot::RwLock;
-use shoal_cluster::rpc::{
+use shoal_consensus::transport::{RaftMessage, RaftRpc, TransportError};
+use shoal_consensus::{ClusterOp, Command, NodeAddrs, NodeEntry, NodeState, Registry, Response};
+use shoal_membership::swim::{MemberState, NodeIdentity as SwimIdentity};
+use shoal_membership::Membership;
+use shoal_query::{FragmentRunner, QueryEngine, QueryOptions, QueryOutput, RemoteError};
+use shoal_transport::rpc::{
     BytesReply, Caller, ChunkStream, FragmentRequest, HelloReply, JoinReply, JoinRequest,
     MetaRequest, RaftRequest, SqlRequest, CLUSTER_MISMATCH,
 };
-use shoal_cluster::swim::{MemberState, NodeIdentity as SwimIdentity};
-use shoal_cluster::{Membership, PeerHandler, Peers};
-use shoal_consensus::transport::{RaftMessage, RaftRpc, TransportError};
-use shoal_consensus::{ClusterOp, Command, NodeAddrs, NodeEntry, NodeState, Registry, Response};
-use shoal_query::{FragmentRunner, QueryEngine, QueryOptions, QueryOutput, RemoteError};
+use shoal_transport::{PeerHandler, Peers};
 use tokio::net::{TcpListener, UdpSocket};
 use tonic::{Code, Status};
 
@@ -443,7 +444,7 @@ pub struct MaintenanceConfig {
     pub data_dir: std::path::PathBuf,
     /// For `Hello` round trips that measure clock offsets.
     pub peers: Arc<Peers>,
-    pub clocks: Arc<shoal_cluster::clock::ClockOffsets>,
+    pub clocks: Arc<shoal_membership::clock::ClockOffsets>,
 }
 
 /// Measures the clock offset to every registered peer (one `Hello` each, concurrently,
@@ -451,7 +452,7 @@ pub struct MaintenanceConfig {
 async fn measure_clocks(
     registry: &Registry,
     peers: &Peers,
-    clocks: &shoal_cluster::clock::ClockOffsets,
+    clocks: &shoal_membership::clock::ClockOffsets,
     me: u64,
 ) {
     let nodes = registry.catalog().read().nodes.clone();
@@ -475,7 +476,7 @@ async fn measure_clocks(
             if wall != 0 {
                 clocks.record(
                     id,
-                    shoal_cluster::clock::Sample::from_round_trip(sent, wall, received),
+                    shoal_membership::clock::Sample::from_round_trip(sent, wall, received),
                 );
             }
         }
@@ -505,7 +506,7 @@ struct SwimLiveness<'a> {
     down: &'a DownSince,
 }
 
-impl shoal_consensus::placement::Liveness for SwimLiveness<'_> {
+impl shoal_cluster::placement::Liveness for SwimLiveness<'_> {
     fn alive(&self, node: u64) -> bool {
         self.membership.state_of(node) == Some(MemberState::Alive)
     }
@@ -541,7 +542,7 @@ async fn replace_hosts(
 ) {
     let nodes = registry.catalog().read().nodes.clone();
     let live = SwimLiveness { membership, down };
-    for r in shoal_consensus::placement::plan(&nodes, &live, dead_replica_timeout) {
+    for r in shoal_cluster::placement::plan(&nodes, &live, dead_replica_timeout) {
         tracing::warn!(old = r.old, new = ?r.new, retire = r.retire, why = %r.why, "replacing a node's vshard replicas");
         let op = ClusterOp::ReplaceNode {
             old: r.old,

@@ -127,7 +127,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
     };
 
     // Identity: stored, or a new cluster, or the one the seeds let us join.
-    let envelope = Arc::new(parking_lot::RwLock::new(shoal_cluster::Caller::default()));
+    let envelope = Arc::new(parking_lot::RwLock::new(shoal_transport::Caller::default()));
     let catalog_addrs: Arc<OnceLock<shoal_consensus::CatalogHandle>> = Arc::new(OnceLock::new());
     let resolve = {
         let c = catalog_addrs.clone();
@@ -136,8 +136,8 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
                 .and_then(|h| h.read().nodes.get(&id).map(|n| n.addrs.rpc.clone()))
         }
     };
-    let peers = shoal_cluster::Peers::new(
-        shoal_cluster::PeersConfig {
+    let peers = shoal_transport::Peers::new(
+        shoal_transport::PeersConfig {
             max_message_bytes: cfg.rpc_max_message_bytes,
             connect_timeout: Duration::from_millis(cfg.rpc_connect_timeout_ms),
             breaker_failures: cfg.breaker_failures,
@@ -228,11 +228,11 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
         replication_factor: cfg.replication_factor,
         max_message_bytes: cfg.rpc_max_message_bytes,
     });
-    let rpc = shoal_cluster::RpcServer::start(
+    let rpc = shoal_transport::RpcServer::start(
         bound.rpc,
         shared.clone(),
-        shoal_cluster::ServerLimits {
-            service: shoal_cluster::rpc::ServiceLimits {
+        shoal_transport::ServerLimits {
+            service: shoal_transport::rpc::ServiceLimits {
                 max_message_bytes: cfg.rpc_max_message_bytes,
                 max_inflight: cfg.rpc_max_inflight,
                 max_inflight_raft: cfg.rpc_max_inflight_raft,
@@ -243,13 +243,13 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
         },
     )
     .map_err(|e| format!("rpc server: {e}"))?;
-    let membership = Arc::new(shoal_cluster::Membership::start(
-        shoal_cluster::NodeIdentity {
+    let membership = Arc::new(shoal_membership::Membership::start(
+        shoal_membership::NodeIdentity {
             node_id,
             gossip_addr: bound.gossip_addr,
             generation,
         },
-        &shoal_cluster::SwimConfig {
+        &shoal_membership::SwimConfig {
             probe_interval: Duration::from_millis(cfg.swim_probe_interval_ms),
             probe_timeout: Duration::from_millis(cfg.swim_probe_timeout_ms),
             suspect_timeout: Duration::from_millis(cfg.swim_suspect_timeout_ms),
@@ -303,9 +303,9 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
 /// The cluster side of a node, started before recovery.
 struct Net {
     shared: Arc<cluster::Shared>,
-    peers: Arc<shoal_cluster::Peers>,
-    membership: Arc<shoal_cluster::Membership>,
-    rpc: shoal_cluster::RpcServer,
+    peers: Arc<shoal_transport::Peers>,
+    membership: Arc<shoal_membership::Membership>,
+    rpc: shoal_transport::RpcServer,
     catalog_addrs: Arc<OnceLock<shoal_consensus::CatalogHandle>>,
     addrs: shoal_consensus::NodeAddrs,
 }
@@ -362,7 +362,7 @@ async fn run(
         addrs,
     } = net;
     let prober = peers.spawn_prober();
-    let transport = Arc::new(shoal_cluster::ClusterTransport {
+    let transport = Arc::new(shoal_transport::ClusterTransport {
         peers: peers.clone(),
     });
     let opened = Registry::open(
@@ -388,7 +388,7 @@ async fn run(
         membership.subscribe(move |e| {
             if matches!(
                 e.new,
-                shoal_cluster::MemberState::Suspect | shoal_cluster::MemberState::Dead
+                shoal_membership::MemberState::Suspect | shoal_membership::MemberState::Dead
             ) {
                 registry.on_member_down(e.node);
             }
@@ -397,10 +397,10 @@ async fn run(
     {
         let m = membership.clone();
         registry.set_liveness(Arc::new(move |id| {
-            matches!(m.state_of(id), Some(shoal_cluster::MemberState::Alive))
+            matches!(m.state_of(id), Some(shoal_membership::MemberState::Alive))
         }));
     }
-    let clocks = Arc::new(shoal_cluster::clock::ClockOffsets::new(
+    let clocks = Arc::new(shoal_membership::clock::ClockOffsets::new(
         Duration::from_millis(cfg.max_clock_offset_ms),
     ));
     {

@@ -19,8 +19,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::meta_sm::NodeEntry;
-use crate::NodeState;
+use shoal_consensus::NodeEntry;
+use shoal_consensus::NodeState;
 
 /// One change to propose.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,7 +126,7 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::NodeAddrs;
+    use shoal_consensus::NodeAddrs;
 
     struct View {
         alive: BTreeSet<u64>,

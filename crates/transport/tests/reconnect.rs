@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use shoal_cluster::rpc::{
+use shoal_consensus::transport::{RaftMessage, RaftRpc, RaftTransport};
+use shoal_transport::rpc::{
     BytesReply, Caller, ChunkStream, FragmentRequest, HelloReply, JoinReply, JoinRequest,
     MetaRequest, PeerHandler, RaftRequest, ServiceLimits, SqlRequest,
 };
-use shoal_cluster::{ClusterTransport, Peers, PeersConfig, RpcServer, ServerLimits};
-use shoal_consensus::transport::{RaftMessage, RaftRpc, RaftTransport};
+use shoal_transport::{ClusterTransport, Peers, PeersConfig, RpcServer, ServerLimits};
 use tonic::Status;
 
 /// Records every Raft message body it receives (sequence number → times received).
