@@ -93,6 +93,36 @@ pub enum ClusterOp {
         new: Option<u64>,
         retire: bool,
     },
+    /// Records the placement of every vshard `0..vshards` not placed yet as `replicas`
+    /// (a new cluster, or a catalog from before per-vshard placement).
+    InitPlacement {
+        vshards: u32,
+        replicas: Vec<u64>,
+    },
+    /// Adds replicas to a vshard (growing it towards the replication factor).
+    AddReplicas {
+        vshard: u32,
+        add: Vec<u64>,
+    },
+    /// Starts moving a replica of `vshard` from `from` to `to`; answers the move's id.
+    StartMove {
+        vshard: u32,
+        from: u64,
+        to: u64,
+        reason: String,
+        now_ms: u64,
+    },
+    /// Moves a move along (see `topology`).
+    UpdateMove {
+        id: u64,
+        update: crate::topology::MoveUpdate,
+        now_ms: u64,
+    },
+    /// Sets a cluster setting (`SET CLUSTER SETTING name = value`).
+    SetSetting {
+        name: String,
+        value: String,
+    },
 }
 
 /// One catalog change.
@@ -140,6 +170,8 @@ pub enum Response {
     Ddl { schema_version: u64, changed: bool },
     /// A node registration committed; this is the node's id.
     Node { id: u64 },
+    /// A move was recorded under this id.
+    Move { id: u64 },
     /// The entry was refused deterministically (every replica refuses it the same way).
     Rejected(String),
 }

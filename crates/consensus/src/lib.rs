@@ -16,11 +16,13 @@ pub mod log_store;
 pub mod meta_sm;
 pub mod registry;
 pub mod shard_sm;
+pub mod topology;
 pub mod transport;
 
 pub use command::{ClusterOp, Command, DdlOp, NodeAddrs, NodeState, Response};
 pub use meta_sm::{Catalog, CatalogHandle, NodeEntry, TableEntry};
 pub use registry::{GroupStatus, GroupsConfig, Registry};
+pub use topology::{ClusterSettings, MoveRecord, MoveState, MoveUpdate, VshardPlacement};
 
 openraft::declare_raft_types!(
     /// The type configuration of every Shoal Raft group.

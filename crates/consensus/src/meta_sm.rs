@@ -22,7 +22,9 @@ use crate::{
 };
 
 pub const CATALOG_FILE: &str = "catalog.json";
-pub const CATALOG_FORMAT_VERSION: u32 = 1;
+/// 2: per-vshard placement, moves and cluster settings (version 1 loads: it has none, and
+/// every vshard lives on the `hosts_vshards` nodes until the placement is recorded).
+pub const CATALOG_FORMAT_VERSION: u32 = 2;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TableEntry {
@@ -55,6 +57,16 @@ pub struct Catalog {
     /// The node registry (older catalogs have none: the field defaults to empty).
     #[serde(default)]
     pub nodes: BTreeMap<u64, NodeEntry>,
+    /// Where each vshard's replicas live (see `topology`); empty before version 2.
+    #[serde(default)]
+    pub placement: BTreeMap<u32, crate::topology::VshardPlacement>,
+    /// Replica moves, under way and recently finished, by id.
+    #[serde(default)]
+    pub moves: BTreeMap<u64, crate::topology::MoveRecord>,
+    #[serde(default)]
+    pub next_move_id: u64,
+    #[serde(default)]
+    pub settings: crate::topology::ClusterSettings,
 }
 
 /// Shared read access to the latest applied catalog. Readers clone the inner `Arc`.
@@ -245,6 +257,19 @@ impl Catalog {
                 }
                 Ok(*old)
             }
+            ClusterOp::InitPlacement { vshards, replicas } => {
+                self.init_placement(*vshards, replicas)
+            }
+            ClusterOp::AddReplicas { vshard, add } => self.add_replicas(*vshard, add),
+            ClusterOp::StartMove {
+                vshard,
+                from,
+                to,
+                reason,
+                now_ms,
+            } => self.start_move(*vshard, *from, *to, reason, *now_ms),
+            ClusterOp::UpdateMove { id, update, now_ms } => self.update_move(*id, update, *now_ms),
+            ClusterOp::SetSetting { name, value } => self.settings.set(name, value).map(|_| 0),
         }
     }
 
@@ -404,7 +429,10 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
                     match next.apply_cluster(op) {
                         Ok(id) => {
                             *catalog.write() = Arc::new(next);
-                            Response::Node { id }
+                            match op {
+                                ClusterOp::StartMove { .. } => Response::Move { id },
+                                _ => Response::Node { id },
+                            }
                         }
                         Err(msg) => Response::Rejected(msg),
                     }

@@ -1,0 +1,806 @@
+//! The registry of a node's Raft groups: group 0 (catalog) and one group per vshard, each
+//! with its own log directory and state. It is the only way the layers above propose
+//! commands, and it runs the flush policy (a flush is a vshard snapshot).
+//!
+//! Layout under the data directory:
+//! ```text
+//! groups/g0/log/        group 0's Raft log          groups/g0/state/catalog.json
+//! groups/g<v+1>/log/    vshard v's Raft log         groups/g<v+1>/data/  (manifest + parts)
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::errors::{ClientWriteError, RaftError};
+use openraft::type_config::async_runtime::WatchReceiver;
+use openraft::{Raft, SnapshotPolicy};
+use shoal_common::ids::group_of_vshard;
+use shoal_raftlog::{LogConfig, SharedWal};
+use shoal_storage::shard::ShardStats;
+use shoal_storage::{ShardStore, StoreConfig};
+
+use crate::command::{Command, DdlOp, Response};
+use crate::intents::{IntentLog, Part};
+use crate::log_store::LogStore;
+use crate::meta_sm::{CatalogHandle, MetaStateMachine};
+use crate::shard_sm::ShardStateMachine;
+use crate::transport::{
+    decode_inbound, ChunkHeader, GroupNetworkFactory, Inbound, RaftMessage, RaftRpc, RaftTransport,
+};
+use crate::{Error, TypeConfig};
+
+mod flush;
+mod inbound;
+mod liveness;
+mod membership;
+mod read;
+mod write;
+
+/// Everything the registry needs to open a node's groups.
+#[derive(Clone, Debug)]
+pub struct GroupsConfig {
+    pub node_id: u64,
+    /// Advertised RPC address recorded in Raft membership.
+    pub node_addr: String,
+    pub data_dir: PathBuf,
+    pub vshards: u32,
+    pub log: LogConfig,
+    pub store: StoreConfig,
+    /// Flush a vshard when its hot buffer holds this many bytes.
+    pub flush_hot_bytes: u64,
+    /// Flush a vshard when its oldest hot row is this old.
+    pub flush_age_ms: u64,
+    /// Once the node's WAL takes more than this on disk, the group holding its oldest
+    /// segment is asked to flush (a vshard) or snapshot (group 0), so the WAL can shrink.
+    pub wal_max_bytes: u64,
+    /// How often the flush policy looks at the vshards.
+    pub flush_check_interval_ms: u64,
+    /// Writes are refused (507) while the data directory's file system has less free space.
+    pub min_free_disk_bytes: u64,
+    pub heartbeat_interval_ms: u64,
+    /// The largest clock offset between nodes that bounded-staleness reads allow for:
+    /// a closed timestamp (another node's clock) must be this much newer than the bound.
+    pub max_clock_offset_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Start a new cluster: initialize group 0 with this node as its only voter (a node
+    /// that joined waits for the leader instead).
+    pub bootstrap: bool,
+    /// Open (and, when new, create) this node's vshard groups at start (`node.json` says
+    /// whether it hosts; group 0's registry decides later, see `Registry::start_hosting`).
+    pub host_vshards: bool,
+}
+
+/// The answer to a group-0 command forwarded to the leader: the response and the log index
+/// it was applied at, so the forwarding node can wait until its own copy has it too.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ForwardedWrite {
+    pub response: Response,
+    pub index: u64,
+}
+
+/// How the metadata group looks from this node.
+#[derive(Clone, Debug, Default)]
+pub struct MetaView {
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// This node knows a leader and has applied everything the leader reported committed.
+    pub caught_up: bool,
+}
+
+struct ShardGroup {
+    raft: Raft<TypeConfig, ShardStateMachine>,
+    store: Arc<ShardStore>,
+    /// Quiescence of this replica: `QUIET_NONE`, or the leader id it was quiesced under
+    /// (`me` when this replica leads and stopped heartbeats; another id when this
+    /// follower stopped campaigning).
+    quiet: std::sync::atomic::AtomicU64,
+    /// Unix ms of the last client write or strong read here (leaders stay awake while busy).
+    last_active_ms: std::sync::atomic::AtomicU64,
+    /// The last log index when this replica quiesced; any new entry wakes it.
+    quiet_index: std::sync::atomic::AtomicU64,
+    /// This replica's closed timestamp (see [`Registry::closed_ts`]).
+    closed: parking_lot::Mutex<ClosedTs>,
+    /// Bounded-staleness reads served here from the closed timestamp (no leader round).
+    closed_reads: std::sync::atomic::AtomicU64,
+}
+
+/// What a replica knows of its vshard's closed timestamp: a wall-clock time before which
+/// every acknowledged write is applied here.
+#[derive(Debug, Default)]
+struct ClosedTs {
+    /// Unix ns; 0 = unknown.
+    ts: i64,
+    /// The newest offer this replica has not applied far enough for: (unix ns, the log
+    /// index that must be applied first).
+    pending: Option<(i64, u64)>,
+}
+
+impl ClosedTs {
+    /// "Every write acknowledged before `ts` is at or below log index `index`."
+    fn offer(&mut self, ts: i64, index: u64, applied: u64) {
+        if ts <= self.ts {
+            return;
+        }
+        if index <= applied {
+            self.ts = ts;
+            if self.pending.is_some_and(|(t, _)| t <= ts) {
+                self.pending = None;
+            }
+        } else if self.pending.is_none_or(|(t, _)| t < ts) {
+            self.pending = Some((ts, index));
+        }
+    }
+
+    fn current(&mut self, applied: u64) -> i64 {
+        if let Some((t, i)) = self.pending {
+            if i <= applied {
+                self.ts = self.ts.max(t);
+                self.pending = None;
+            }
+        }
+        self.ts
+    }
+}
+
+const QUIET_NONE: u64 = 0;
+
+/// Longest a membership change may hold up the maintenance loop (it is retried).
+const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a leader's closed-timestamp message to one peer may take.
+const CLOSED_SEND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a write keeps looking for its vshard's leader (elections, forwarding).
+const FORWARD_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Retry pause: 50 ms doubling to 400 ms.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(50 << attempt.clamp(1, 4).saturating_sub(1))
+}
+
+fn now_ms() -> u64 {
+    (shoal_common::time::now_nanos() / 1_000_000) as u64
+}
+
+impl ShardGroup {
+    fn quiet(&self) -> u64 {
+        self.quiet.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Back to normal Raft: heartbeats and elections on.
+    fn wake(&self) {
+        if self
+            .quiet
+            .swap(QUIET_NONE, std::sync::atomic::Ordering::AcqRel)
+            != QUIET_NONE
+        {
+            let rc = self.raft.runtime_config();
+            rc.tick(true);
+            rc.heartbeat(true);
+            rc.elect(true);
+        }
+    }
+
+    /// Stops this replica's timers: no heartbeats, no campaigning, no ticks.
+    fn quiesce(&self, leader: u64, index: u64) {
+        self.quiet_index
+            .store(index, std::sync::atomic::Ordering::Release);
+        self.quiet
+            .store(leader, std::sync::atomic::Ordering::Release);
+        let rc = self.raft.runtime_config();
+        rc.heartbeat(false);
+        rc.elect(false);
+        rc.tick(false);
+    }
+
+    fn touch(&self) {
+        self.last_active_ms
+            .store(now_ms(), std::sync::atomic::Ordering::Release);
+        self.wake();
+    }
+}
+
+/// A group's state as `SHOW SHARDS` reports it.
+#[derive(Clone, Debug)]
+pub struct GroupStatus {
+    pub group: u32,
+    pub vshard: Option<u32>,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    pub replicas: Vec<u64>,
+    pub stats: ShardStats,
+    /// Idle and quiesced (no heartbeats; followers not campaigning).
+    pub quiesced: bool,
+    /// This replica's Raft role: `leader`, `follower`, `candidate` or `learner`.
+    pub role: &'static str,
+    /// On the leader: every other replica's (node id, last log index it holds, entries
+    /// behind the leader's log); empty elsewhere.
+    pub followers: Vec<(u64, Option<u64>, u64)>,
+    /// This replica's closed timestamp (unix ns), see [`Registry::closed_ts`].
+    pub closed_ts: Option<i64>,
+    /// Bounded-staleness reads this replica served from its closed timestamp.
+    pub closed_reads: u64,
+}
+
+pub struct Registry {
+    cfg: GroupsConfig,
+    transport: Arc<dyn RaftTransport>,
+    /// The node's write-ahead log: every group's Raft log and the write intents.
+    wal: SharedWal,
+    intents: Arc<IntentLog>,
+    catalog: CatalogHandle,
+    meta: Raft<TypeConfig, MetaStateMachine>,
+    /// The vshard groups hosted here: all of them or none. Swapped whole when this node
+    /// starts or stops hosting ([`Registry::start_hosting`], [`Registry::stop_hosting`]).
+    shards: parking_lot::RwLock<Arc<Vec<Arc<ShardGroup>>>>,
+    /// Serialises starting and stopping to host.
+    hosting: tokio::sync::Mutex<()>,
+    /// Whether membership (SWIM) believes a node is alive; unset = assume alive.
+    alive: std::sync::OnceLock<Arc<dyn Fn(u64) -> bool + Send + Sync>>,
+    /// Whether this node's clock agrees with its peers' within `max_clock_offset_ms`;
+    /// unset = assume it does.
+    clock_ok: std::sync::OnceLock<Arc<dyn Fn() -> bool + Send + Sync>>,
+    /// The closed timestamp last sent to each (peer, vshard), so unchanged ones are not
+    /// sent again.
+    closed_sent: parking_lot::Mutex<BTreeMap<(u64, u32), i64>>,
+}
+
+/// The intent log's group id in the node's WAL (Raft groups are 0 and the vshards' 1..).
+const INTENTS_WAL_GROUP: u64 = u64::MAX;
+/// How long start-up waits for writes a crash interrupted to be finished before the node
+/// reports ready anyway (and keeps finishing them in the background).
+const FINISH_INTENTS_WAIT: Duration = Duration::from_secs(10);
+/// The node's WAL, under the data directory.
+const WAL_DIR: &str = "wal";
+
+fn raft_config(
+    cfg: &GroupsConfig,
+    group: u32,
+    policy: SnapshotPolicy,
+) -> Result<Arc<openraft::Config>, Error> {
+    let c = openraft::Config {
+        cluster_name: format!("shoal-g{group}"),
+        heartbeat_interval: cfg.heartbeat_interval_ms,
+        election_timeout_min: cfg.election_timeout_min_ms,
+        election_timeout_max: cfg.election_timeout_max_ms,
+        snapshot_policy: policy,
+        // A node that was paused, partitioned or restarted asks before it campaigns, so it
+        // cannot inflate its term and depose a healthy leader when it comes back.
+        enable_pre_vote: Some(true),
+        // A leader killed and restarted inside its followers' lease must not take up its
+        // leadership again at once (openraft's default): Shoal persists neither the commit
+        // index nor applied rows before a flush, so the restored leader would confirm its
+        // leadership with a quorum and answer strong reads from a state that lacks
+        // acknowledged writes (the 5-node soak saw it). As a follower it learns the commit
+        // index from the next leader before it serves anything.
+        enable_leader_restore: Some(false),
+        // A flush makes the log below it redundant on this replica.
+        max_in_snapshot_log_to_keep: 0,
+        purge_batch_size: 1,
+        ..Default::default()
+    };
+    c.validate()
+        .map(Arc::new)
+        .map_err(|e| Error::Internal(format!("raft config: {e}")))
+}
+
+/// Opens (or creates) vshard `v`'s group on this node, uninitialized when new: only the
+/// node that bootstraps the cluster initializes vshard groups.
+async fn open_shard(
+    cfg: &GroupsConfig,
+    wal: &SharedWal,
+    v: u32,
+    catalog: &CatalogHandle,
+    transport: Arc<dyn RaftTransport>,
+) -> Result<ShardGroup, Error> {
+    let group = group_of_vshard(v);
+    let dir = cfg.data_dir.join("groups").join(format!("g{group}"));
+    let (store, raft_state) = ShardStore::open(&dir.join("data"), cfg.store.clone())?;
+    let sm = ShardStateMachine::new(store.clone(), raft_state, catalog.clone())
+        .map_err(|e| Error::Internal(format!("vshard {v} state: {e}")))?;
+    let log = LogStore::new(open_log(wal, group.into(), &dir.join("log"))?);
+    let net = GroupNetworkFactory {
+        transport,
+        group,
+        node_id: cfg.node_id,
+    };
+    let raft = Raft::new(
+        cfg.node_id,
+        raft_config(cfg, group, SnapshotPolicy::Never)?,
+        net,
+        log,
+        sm,
+    )
+    .await
+    .map_err(|e| Error::Internal(format!("starting vshard {v}: {e}")))?;
+    Ok(ShardGroup {
+        raft,
+        store,
+        quiet: std::sync::atomic::AtomicU64::new(QUIET_NONE),
+        last_active_ms: std::sync::atomic::AtomicU64::new(now_ms()),
+        quiet_index: std::sync::atomic::AtomicU64::new(0),
+        closed: Default::default(),
+        closed_reads: Default::default(),
+    })
+}
+
+fn open_log(
+    wal: &SharedWal,
+    group: u64,
+    dir: &Path,
+) -> Result<Arc<shoal_raftlog::GroupLog>, Error> {
+    Ok(Arc::new(wal.group(group, dir)?))
+}
+
+impl Registry {
+    /// Opens (or creates) every group this node hosts and waits until each vshard it hosts
+    /// has replayed its log. Group 0 may still be without a quorum when this returns (see
+    /// [`Registry::meta_view`]).
+    pub async fn open(
+        cfg: GroupsConfig,
+        transport: Arc<dyn RaftTransport>,
+        ready_timeout: Duration,
+    ) -> Result<Arc<Registry>, Error> {
+        let groups = cfg.data_dir.join("groups");
+        let g0 = groups.join("g0");
+        let meta_sm = MetaStateMachine::open(&g0.join("state"))
+            .map_err(|e| Error::Internal(format!("group 0 state: {e}")))?;
+        let catalog = meta_sm.catalog();
+        let wal = SharedWal::open(&cfg.data_dir.join(WAL_DIR), cfg.log.clone())?;
+        let meta_log = LogStore::new(open_log(&wal, 0, &g0.join("log"))?);
+        let net = |group: u32| GroupNetworkFactory {
+            transport: transport.clone(),
+            group,
+            node_id: cfg.node_id,
+        };
+        let meta = Raft::new(
+            cfg.node_id,
+            raft_config(&cfg, 0, SnapshotPolicy::LogsSinceLast(1000))?,
+            net(0),
+            meta_log,
+            meta_sm,
+        )
+        .await
+        .map_err(|e| Error::Internal(format!("starting group 0: {e}")))?;
+        let mut shards = Vec::new();
+        if cfg.host_vshards {
+            for v in 0..cfg.vshards {
+                shards.push(Arc::new(
+                    open_shard(&cfg, &wal, v, &catalog, transport.clone()).await?,
+                ));
+            }
+        }
+        let (intents, pending) =
+            IntentLog::open(wal.group(INTENTS_WAL_GROUP, &cfg.data_dir.join("intents"))?)?;
+        let reg = Arc::new(Registry {
+            cfg,
+            wal,
+            transport,
+            intents: Arc::new(intents),
+            catalog,
+            meta,
+            shards: parking_lot::RwLock::new(Arc::new(shards)),
+            hosting: tokio::sync::Mutex::new(()),
+            alive: std::sync::OnceLock::new(),
+            clock_ok: std::sync::OnceLock::new(),
+            closed_sent: Default::default(),
+        });
+        reg.bootstrap_and_wait(ready_timeout).await?;
+        // Finish writes that were under way when the node stopped: all of each, or none.
+        // The node is not ready until they are (so no read after a restart sees half a
+        // write), unless that takes longer than `FINISH_INTENTS_WAIT`: in a cluster the
+        // parts may need other nodes, and the task then keeps retrying in the background.
+        if !pending.is_empty() {
+            let r = reg.clone();
+            let finishing = tokio::spawn(async move { r.finish_intents(pending).await });
+            let wait = FINISH_INTENTS_WAIT.min(ready_timeout);
+            if tokio::time::timeout(wait, finishing).await.is_err() {
+                tracing::warn!(
+                    timeout_ms = wait.as_millis() as u64,
+                    "writes interrupted by the last stop are not finished yet; finishing them in the background"
+                );
+            }
+        }
+        Ok(reg)
+    }
+
+    async fn bootstrap_and_wait(&self, timeout: Duration) -> Result<(), Error> {
+        let members: BTreeMap<u64, openraft::impls::BasicNode> = [(
+            self.cfg.node_id,
+            openraft::impls::BasicNode::new(&self.cfg.node_addr),
+        )]
+        .into();
+        let node = self.cfg.node_id;
+        let fatal = |g: u32, e: &dyn std::fmt::Display| Error::Internal(format!("group {g}: {e}"));
+        if self.cfg.bootstrap && !self.meta.is_initialized().await.map_err(|e| fatal(0, &e))? {
+            self.meta
+                .initialize(members.clone())
+                .await
+                .map_err(|e| fatal(0, &e))?;
+        }
+        for (v, s) in self.shards().iter().enumerate() {
+            // Only the node that starts the cluster creates vshard groups; a node that
+            // joined waits for their leaders to add it (initializing here would make a
+            // second, conflicting group).
+            if self.cfg.bootstrap
+                && !s
+                    .raft
+                    .is_initialized()
+                    .await
+                    .map_err(|e| fatal(v as u32 + 1, &e))?
+            {
+                s.raft
+                    .initialize(members.clone())
+                    .await
+                    .map_err(|e| fatal(v as u32 + 1, &e))?;
+            }
+        }
+        let unavailable = |g: u32, e: &dyn std::fmt::Display| Error::Unavailable {
+            group: g,
+            reason: e.to_string(),
+        };
+        for (v, s) in self.shards().iter().enumerate() {
+            let g = v as u32 + 1;
+            let m = s.raft.metrics().borrow_watched().clone();
+            let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+            if voters != [node] {
+                // A replicated group: its leader (maybe elsewhere) brings this copy up to
+                // date; nothing to wait for here.
+                continue;
+            }
+            s.raft
+                .wait(Some(timeout))
+                .current_leader(node, "vshard leader")
+                .await
+                .map_err(|e| unavailable(g, &e))?;
+            // Everything committed before a restart must be applied before the node serves.
+            let m = s.raft.metrics().borrow_watched().clone();
+            if let Some(last) = m.last_log_index {
+                s.raft
+                    .wait(Some(timeout))
+                    .applied_index_at_least(Some(last), "replay log tail")
+                    .await
+                    .map_err(|e| unavailable(g, &e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Group 0 as this node sees it now.
+    pub fn meta_view(&self) -> MetaView {
+        let m = self.meta.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        let applied = m.last_applied.as_ref().map(|l| l.index);
+        let committed = m.cluster_committed.as_ref().map(|l| l.index);
+        MetaView {
+            leader: m.current_leader,
+            term: m.current_term,
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+            caught_up: m.current_leader.is_some() && applied.is_some() && applied >= committed,
+        }
+    }
+
+    /// Waits until group 0 has a leader and this node has applied what it committed.
+    pub async fn wait_meta_caught_up(&self, timeout: Duration) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = self.meta.metrics();
+        loop {
+            if self.meta_view().caught_up {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(Error::Unavailable {
+                    group: 0,
+                    reason: format!("group 0 has no leader or is not caught up after {timeout:?}"),
+                });
+            }
+            let _ = tokio::time::timeout(left, rx.changed()).await;
+        }
+    }
+
+    /// Tells the registry how to ask whether this node's clock is within
+    /// `max_clock_offset_ms` of its peers' (no: bounded reads take the read index).
+    pub fn set_clock_check(&self, ok: Arc<dyn Fn() -> bool + Send + Sync>) {
+        let _ = self.clock_ok.set(ok);
+    }
+
+    /// Tells the registry how to ask membership whether a node is alive (SWIM ALIVE).
+    pub fn set_liveness(&self, alive: Arc<dyn Fn(u64) -> bool + Send + Sync>) {
+        let _ = self.alive.set(alive);
+    }
+
+    fn is_alive(&self, node: u64) -> bool {
+        self.alive.get().is_none_or(|f| f(node))
+    }
+
+    pub fn catalog(&self) -> CatalogHandle {
+        self.catalog.clone()
+    }
+
+    pub fn vshards(&self) -> u32 {
+        self.cfg.vshards
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.cfg.node_id
+    }
+
+    /// Whether this node hosts the vshard groups.
+    pub fn hosts_vshards(&self) -> bool {
+        !self.shards().is_empty()
+    }
+
+    /// The error for touching vshard `vshard` here when this node does not host it.
+    pub fn not_hosted(&self, vshard: u32) -> Error {
+        let catalog = self.catalog.read().clone();
+        Error::NotHosted {
+            vshard,
+            node: self.cfg.node_id,
+            host: catalog.vshard_hosts().first().map(|n| n.addrs.http.clone()),
+        }
+    }
+
+    /// The nodes to read vshard `vshard` from when this node has no replica of it: every
+    /// node holding one, those SWIM says are alive first, starting at a different node per
+    /// vshard so that reads spread over the replicas.
+    pub fn read_hosts(&self, vshard: u32) -> Vec<u64> {
+        let mut hosts: Vec<u64> = self
+            .catalog
+            .read()
+            .vshard_hosts()
+            .iter()
+            .map(|n| n.id)
+            .filter(|id| *id != self.cfg.node_id)
+            .collect();
+        if hosts.is_empty() {
+            return hosts;
+        }
+        let start = vshard as usize % hosts.len();
+        hosts.rotate_left(start);
+        let (mut alive, down): (Vec<u64>, Vec<u64>) =
+            hosts.into_iter().partition(|n| self.is_alive(*n));
+        alive.extend(down);
+        alive
+    }
+
+    /// The vshard groups hosted here now (empty on a node without replicas).
+    fn shards(&self) -> Arc<Vec<Arc<ShardGroup>>> {
+        self.shards.read().clone()
+    }
+
+    fn shard(&self, v: usize) -> Option<Arc<ShardGroup>> {
+        self.shards.read().get(v).cloned()
+    }
+
+    /// Starts hosting every vshard here (group 0 made this node a host): opens or creates
+    /// the groups, which then wait for their leaders to add this node as a learner and
+    /// catch it up. Idempotent.
+    pub async fn start_hosting(&self) -> Result<(), Error> {
+        let _one = self.hosting.lock().await;
+        if !self.shards().is_empty() {
+            return Ok(());
+        }
+        let mut shards = Vec::with_capacity(self.cfg.vshards as usize);
+        for v in 0..self.cfg.vshards {
+            let s = open_shard(
+                &self.cfg,
+                &self.wal,
+                v,
+                &self.catalog,
+                self.transport.clone(),
+            )
+            .await;
+            match s {
+                Ok(s) => shards.push(Arc::new(s)),
+                Err(e) => {
+                    for s in shards {
+                        let _ = s.raft.shutdown().await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        *self.shards.write() = Arc::new(shards);
+        tracing::info!(vshards = self.cfg.vshards, "now hosting vshard replicas");
+        Ok(())
+    }
+
+    /// Stops hosting (group 0 handed this node's replicas to another node): first hands
+    /// every leadership held here to a caught-up voter, then shuts the groups down. The
+    /// data stays on disk: its Raft state is intact, so were this node made a host again
+    /// it would rejoin as the member it was. Reads here then go to the new replicas.
+    pub async fn stop_hosting(&self) {
+        let _one = self.hosting.lock().await;
+        let me = self.cfg.node_id;
+        for s in self.shards().iter() {
+            let m = s.raft.metrics().borrow_watched().clone();
+            if m.current_leader != Some(me) {
+                continue;
+            }
+            let last = m.last_log_index.unwrap_or(0);
+            let to = m.replication.iter().flatten().find_map(|(id, matched)| {
+                (*id != me
+                    && m.membership_config
+                        .membership()
+                        .voter_ids()
+                        .any(|v| v == *id)
+                    && matched.as_ref().is_some_and(|l| l.index == last))
+                .then_some(*id)
+            });
+            if let Some(to) = to {
+                s.wake();
+                let _ = s.raft.trigger().transfer_leader(to).await;
+            }
+        }
+        let old = std::mem::take(&mut *self.shards.write());
+        for s in old.iter() {
+            let _ = s.raft.shutdown().await;
+        }
+        if !old.is_empty() {
+            tracing::warn!(
+                vshards = old.len(),
+                "stopped hosting vshard replicas (they were handed to another node); \
+                 their data stays in this node's data directory"
+            );
+        }
+    }
+
+    pub fn store(&self, vshard: u32) -> Option<Arc<ShardStore>> {
+        self.shard(vshard as usize).map(|s| s.store.clone())
+    }
+
+    /// Refuses with `DiskFull` while free space is below the configured reserve, so that a
+    /// full disk never reaches the Raft log (where a failed append stops the group).
+    pub fn check_disk(&self) -> Result<(), Error> {
+        match fs4::available_space(&self.cfg.data_dir) {
+            Ok(free) if free < self.cfg.min_free_disk_bytes => Err(Error::DiskFull(format!(
+                "{} bytes free in {}, writes need at least {} (min_free_disk_bytes)",
+                free,
+                self.cfg.data_dir.display(),
+                self.cfg.min_free_disk_bytes
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn status(&self) -> Vec<GroupStatus> {
+        let mut out = vec![];
+        let m = self.meta.metrics().borrow_watched().clone();
+        out.push(status_of(0, None, &m, ShardStats::default()));
+        for (v, s) in self.shards().iter().enumerate() {
+            let m = s.raft.metrics().borrow_watched().clone();
+            let mut st = status_of(v as u32 + 1, Some(v as u32), &m, s.store.stats());
+            st.quiesced = s.quiet() != QUIET_NONE;
+            st.closed_ts = self.closed_ts(v as u32);
+            st.closed_reads = s.closed_reads.load(std::sync::atomic::Ordering::Relaxed);
+            out.push(st);
+        }
+        out
+    }
+
+    /// Flushes every vshard (so the next start replays little), then stops every group.
+    pub async fn shutdown(&self, flush_timeout: Duration) {
+        self.flush_all().await;
+        let deadline = tokio::time::Instant::now() + flush_timeout;
+        for s in self.shards().iter() {
+            while s.store.stats().hot_rows > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        for s in self.shards().iter() {
+            let _ = s.raft.shutdown().await;
+        }
+        let _ = self.meta.shutdown().await;
+    }
+}
+
+fn status_of(
+    group: u32,
+    vshard: Option<u32>,
+    m: &openraft::RaftMetrics<TypeConfig>,
+    stats: ShardStats,
+) -> GroupStatus {
+    GroupStatus {
+        group,
+        vshard,
+        leader: m.current_leader,
+        term: m.current_term,
+        last_log_index: m.last_log_index,
+        applied_index: m.last_applied.as_ref().map(|l| l.index),
+        snapshot_index: m.snapshot.as_ref().map(|l| l.index),
+        purged_index: m.purged.as_ref().map(|l| l.index),
+        replicas: m.membership_config.membership().voter_ids().collect(),
+        stats,
+        quiesced: false,
+        closed_ts: None,
+        closed_reads: 0,
+        followers: m
+            .replication
+            .as_ref()
+            .map(|r| {
+                let last = m.last_log_index.unwrap_or(0);
+                r.iter()
+                    .filter(|(id, _)| Some(**id) != m.current_leader)
+                    .map(|(id, l)| {
+                        let matched = l.as_ref().map(|l| l.index);
+                        (*id, matched, last.saturating_sub(matched.unwrap_or(0)))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        role: match m.state {
+            openraft::ServerState::Leader => "leader",
+            openraft::ServerState::Candidate => "candidate",
+            openraft::ServerState::Learner => "learner",
+            _ => "follower",
+        },
+    }
+}
+
+fn map_write(
+    group: u32,
+    r: Result<
+        openraft::raft::ClientWriteResponse<TypeConfig>,
+        RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
+    >,
+) -> Result<Response, Error> {
+    match r {
+        Ok(resp) => Ok(resp.data),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(Error::NotLeader {
+            group,
+            hint: f.leader_id,
+        }),
+        Err(RaftError::APIError(e)) => Err(Error::Unavailable {
+            group,
+            reason: e.to_string(),
+        }),
+        Err(RaftError::Fatal(e)) => Err(Error::Unavailable {
+            group,
+            reason: e.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    #[test]
+    fn restarted_leaders_do_not_restore_their_leadership_and_pre_vote_is_on() {
+        let cfg = GroupsConfig {
+            node_id: 1,
+            node_addr: String::new(),
+            data_dir: PathBuf::new(),
+            vshards: 1,
+            log: LogConfig::default(),
+            store: StoreConfig::default(),
+            flush_hot_bytes: 1,
+            flush_age_ms: 1,
+            wal_max_bytes: 1,
+            flush_check_interval_ms: 1,
+            min_free_disk_bytes: 0,
+            heartbeat_interval_ms: 100,
+            max_clock_offset_ms: 250,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            bootstrap: false,
+            host_vshards: false,
+        };
+        for policy in [SnapshotPolicy::Never, SnapshotPolicy::LogsSinceLast(10)] {
+            let c = raft_config(&cfg, 1, policy).expect("config");
+            assert_eq!(c.enable_leader_restore, Some(false));
+            assert_eq!(c.enable_pre_vote, Some(true));
+        }
+    }
+}
