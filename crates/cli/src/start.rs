@@ -52,6 +52,36 @@ pub struct StartArgs {
     quiesce_after_ms: Option<u64>,
     #[arg(long, env = "SHOAL_LEADER_BALANCE_INTERVAL_MS")]
     leader_balance_interval_ms: Option<u64>,
+    /// Placement planning interval, ms [default: 5000]
+    #[arg(long, env = "SHOAL_REBALANCE_INTERVAL_MS")]
+    rebalance_interval_ms: Option<u64>,
+    /// Replica moves in flight at most [default: 4]
+    #[arg(long, env = "SHOAL_REBALANCE_MAX_MOVES")]
+    rebalance_max_moves: Option<usize>,
+    /// Pause balancing above this CPU share [default: 0.8]
+    #[arg(long, env = "SHOAL_REBALANCE_CPU_THRESHOLD")]
+    rebalance_cpu_threshold: Option<f64>,
+    /// No replica to nodes whose disk is fuller than this [default: 0.925]
+    #[arg(long, env = "SHOAL_REBALANCE_MAX_DISK_FRACTION")]
+    rebalance_max_disk_fraction: Option<f64>,
+    /// Per-vshard pause after a move, ms [default: 30000]
+    #[arg(long, env = "SHOAL_REBALANCE_VSHARD_COOLDOWN_MS")]
+    rebalance_vshard_cooldown_ms: Option<u64>,
+    /// Snapshot send rate, bytes/s; 0 = no limit [default: 33554432]
+    #[arg(long, env = "SHOAL_SNAPSHOT_MAX_BYTES_PER_SEC")]
+    snapshot_max_bytes_per_sec: Option<u64>,
+    /// No-progress time before a move step counts as failed, ms [default: 60000]
+    #[arg(long, env = "SHOAL_MOVE_STALL_TIMEOUT_MS")]
+    move_stall_timeout_ms: Option<u64>,
+    /// Keep a removed replica's files this long, ms [default: 60000]
+    #[arg(long, env = "SHOAL_REPLICA_GC_GRACE_MS")]
+    replica_gc_grace_ms: Option<u64>,
+    /// Control-plane cadence, ms [default: 250]
+    #[arg(long, env = "SHOAL_CONTROL_INTERVAL_MS")]
+    control_interval_ms: Option<u64>,
+    /// Load report interval, ms [default: 2000]
+    #[arg(long, env = "SHOAL_REPORT_INTERVAL_MS")]
+    report_interval_ms: Option<u64>,
     #[arg(long, env = "SHOAL_RPC_MAX_MESSAGE_BYTES")]
     rpc_max_message_bytes: Option<usize>,
     #[arg(long, env = "SHOAL_RPC_MAX_CONNECTIONS")]
@@ -201,6 +231,16 @@ pub fn resolve(args: &StartArgs) -> Result<NodeConfig, String> {
         max_clock_offset_ms,
         quiesce_after_ms,
         leader_balance_interval_ms,
+        rebalance_interval_ms,
+        rebalance_max_moves,
+        rebalance_cpu_threshold,
+        rebalance_max_disk_fraction,
+        rebalance_vshard_cooldown_ms,
+        snapshot_max_bytes_per_sec,
+        move_stall_timeout_ms,
+        replica_gc_grace_ms,
+        control_interval_ms,
+        report_interval_ms,
         rpc_max_message_bytes,
         rpc_max_connections,
         rpc_max_inflight,

@@ -6,7 +6,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::{
-    all_replicated, cluster, cluster_with, eventually, nodes, nodes_full, rows, Node, BIN,
+    active_moves, all_replicated, balanced, cluster, cluster_with, eventually, eventually_in,
+    nodes, nodes_full, placement, replica_counts, rows, Node, BIN,
 };
 
 async fn tables(n: &Node) -> Vec<String> {
@@ -50,7 +51,7 @@ async fn wait_breaker(n: &Node, id: u64, state: &str) {
 async fn vshard_terms(n: &Node) -> Option<String> {
     rows(
         n,
-        "SELECT vshard, term, leader FROM system.shards ORDER BY vshard",
+        "SELECT vshard, term, leader FROM system.replicas ORDER BY vshard",
     )
     .await
     .map(|r| r.to_string())
@@ -60,7 +61,7 @@ async fn vshard_terms(n: &Node) -> Option<String> {
 async fn all_quiet(n: &Node) -> Option<()> {
     let r = rows(
         n,
-        "SELECT count(*) FROM system.shards WHERE quiesced AND replicas = '1,2,3'",
+        "SELECT count(*) FROM system.replicas WHERE quiesced AND voters = '1,2,3'",
     )
     .await?;
     (r[0][0].as_i64() == Some(16)).then_some(())
@@ -72,7 +73,7 @@ async fn settled(n: &Node) -> Option<Vec<i64>> {
     all_quiet(n).await?;
     let r = rows(
         n,
-        "SELECT leader, count(*) FROM system.shards GROUP BY leader ORDER BY leader",
+        "SELECT leader, count(*) FROM system.replicas GROUP BY leader ORDER BY leader",
     )
     .await?;
     let counts: Vec<i64> = r.as_array()?.iter().filter_map(|r| r[1].as_i64()).collect();
@@ -88,19 +89,16 @@ async fn three_nodes_form_one_cluster_survive_the_leader_and_take_it_back() {
     let dirs: Vec<_> = (1..=3).map(|i| tmp.path().join(format!("n{i}"))).collect();
     let mut c = cluster(&[&dirs[0], &dirs[1], &dirs[2]]).await;
 
-    // One leader, two voters; ids 1..3; same view from every node.
-    let view = nodes(&c[2]).await;
-    let roles: Vec<&str> = view.iter().map(|r| r.3.as_str()).collect();
-    assert_eq!(
-        roles.iter().filter(|r| **r == "leader").count(),
-        1,
-        "{view:?}"
-    );
-    assert_eq!(
-        roles.iter().filter(|r| **r == "voter").count(),
-        2,
-        "{view:?}"
-    );
+    // One leader, two voters (both learners promoted in one step once caught up); ids
+    // 1..3; same view from every node.
+    let view = eventually("group 0 has one leader and two voters", || async {
+        let view = nodes(&c[2]).await;
+        let roles: Vec<&str> = view.iter().map(|r| r.3.as_str()).collect();
+        (roles.iter().filter(|r| **r == "leader").count() == 1
+            && roles.iter().filter(|r| **r == "voter").count() == 2)
+            .then_some(view)
+    })
+    .await;
     assert_eq!(view.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2, 3]);
     assert!(c.iter().all(|n| n.node_id >= 1));
 
@@ -535,7 +533,7 @@ async fn a_new_replica_catches_up_from_a_shipped_snapshot() {
     assert_eq!(s, 204, "{b}");
     eventually("every vshard flushed (logs purged)", || async {
         let (_, v) = first
-            .sql("SELECT sum(hot_rows), sum(parquet_rows), min(snapshot_index) FROM system.shards")
+            .sql("SELECT sum(hot_rows), sum(parquet_rows), min(snapshot_index) FROM system.replicas")
             .await;
         (v["rows"][0][0].as_i64() == Some(0) && v["rows"][0][1].as_i64() == Some(2000))
             .then_some(())
@@ -550,14 +548,15 @@ async fn a_new_replica_catches_up_from_a_shipped_snapshot() {
         (s == 200 && v["rows"][0][0].as_i64() == Some(2000)).then_some(())
     })
     .await;
-    let (_, v) = second
-        .sql("SELECT sum(parquet_rows) FROM system.shards")
-        .await;
-    assert_eq!(
-        v["rows"][0][0].as_i64(),
-        Some(2000),
-        "arrived as Parquet parts: {v}"
-    );
+    // Group 0 places a replica of every vshard on the second node (RF 2 with two nodes).
+    eventually("every row arrived here as Parquet parts", || async {
+        let (_, v) = second
+            .sql("SELECT sum(parquet_rows), count(*) FROM system.replicas")
+            .await;
+        (v["rows"][0][0].as_i64() == Some(2000) && v["rows"][0][1].as_i64() == Some(16))
+            .then_some(())
+    })
+    .await;
     assert!(
         !second.stderr_text().contains("panicked"),
         "{}",
@@ -595,7 +594,7 @@ async fn quiesced_groups_wake_on_writes_and_fail_over_when_the_leader_dies() {
 
     // Kill the node that leads the most vshards while everything is quiet.
     let (_, v) = c[0]
-        .sql("SELECT leader, count(*) AS n FROM system.shards GROUP BY leader ORDER BY n DESC LIMIT 1")
+        .sql("SELECT leader, count(*) AS n FROM system.replicas GROUP BY leader ORDER BY n DESC LIMIT 1")
         .await;
     let leader = v["rows"][0][0].as_u64().expect("leader");
     let li = c.iter().position(|n| n.node_id == leader).expect("node");
@@ -700,7 +699,7 @@ async fn every_acknowledged_write_survives_a_leader_kill_exactly_once() {
     };
     wait_for(total / 3).await;
     let (_, v) = c[0]
-        .sql("SELECT leader, count(*) AS n FROM system.shards GROUP BY leader ORDER BY n DESC LIMIT 1")
+        .sql("SELECT leader, count(*) AS n FROM system.replicas GROUP BY leader ORDER BY n DESC LIMIT 1")
         .await;
     let leader = v["rows"][0][0].as_u64().expect("leader");
     let li = c.iter().position(|n| n.node_id == leader).expect("node");
@@ -782,7 +781,7 @@ async fn a_restarted_follower_does_not_depose_quiesced_leaders() {
     let mut follower = None;
     for (i, n) in c.iter().enumerate() {
         let sql = format!(
-            "SELECT count(*) FROM system.shards WHERE leader = {}",
+            "SELECT count(*) FROM system.replicas WHERE leader = {}",
             n.node_id
         );
         if c[0].count(&sql).await == 0 {
@@ -807,7 +806,7 @@ async fn a_restarted_follower_does_not_depose_quiesced_leaders() {
     for n in &c {
         let r = rows(
             n,
-            "SELECT followers FROM system.shards WHERE role = 'leader'",
+            "SELECT followers FROM system.replicas WHERE role = 'leader'",
         )
         .await
         .expect("rows");
@@ -841,9 +840,23 @@ async fn must_rows(n: &Node, sql: &str) -> serde_json::Value {
 async fn a_node_without_replicas_reads_every_vshard_from_its_peers() {
     let tmp = tempfile::tempdir().expect("tmp");
     let dirs: Vec<_> = (1..=4).map(|i| tmp.path().join(format!("n{i}"))).collect();
-    let mut c = cluster(&[&dirs[0], &dirs[1], &dirs[2], &dirs[3]]).await;
+    let mut c = cluster(&[&dirs[0], &dirs[1], &dirs[2]]).await;
     all_replicated(&c[0]).await;
-    let hosts = must_rows(&c[3], "SELECT count(*) FROM system.shards").await;
+    // With rebalancing paused a fourth node draws no replica (RF 3 is met without it).
+    let (s, v) = c[0].sql("SET CLUSTER SETTING rebalance_paused = true").await;
+    assert_eq!(s, 200, "{v}");
+    let fourth = Node::spawn_pinned(&dirs[3], &["--join", c[0].rpc_addr.as_str()]);
+    fourth.wait_ready().await;
+    c.push(fourth);
+    eventually("node 4 ACTIVE", || async {
+        nodes(&c[0])
+            .await
+            .iter()
+            .any(|r| r.0 == 4 && r.1 == "ACTIVE")
+            .then_some(())
+    })
+    .await;
+    let hosts = must_rows(&c[3], "SELECT count(*) FROM system.replicas").await;
     assert_eq!(hosts[0][0].as_i64(), Some(0), "node 4 holds no replica");
     let (s, v) = c[3]
         .sql("CREATE TABLE trades (ts TIMESTAMP, symbol VARCHAR, price DOUBLE, size BIGINT, PRIMARY KEY (symbol))")
@@ -1025,7 +1038,7 @@ async fn bounded_staleness_reads_are_never_older_than_the_bound() {
     // The followers on node 3 hold closed timestamps their leaders published.
     let known = must_rows(
         &c[2],
-        "SELECT count(*) FROM system.shards WHERE role = 'follower' AND closed_ts IS NOT NULL",
+        "SELECT count(*) FROM system.replicas WHERE role = 'follower' AND closed_ts IS NOT NULL",
     )
     .await;
     assert!(
@@ -1033,14 +1046,14 @@ async fn bounded_staleness_reads_are_never_older_than_the_bound() {
         "no closed timestamps on node 3: {known}"
     );
     // And node 3 served some of those reads from them, without asking a leader.
-    let served = must_rows(&c[2], "SELECT sum(closed_reads) FROM system.shards").await;
+    let served = must_rows(&c[2], "SELECT sum(closed_reads) FROM system.replicas").await;
     println!("node 3 served {served} vshard reads from closed timestamps");
     assert!(served[0][0].as_i64().unwrap_or(0) > 0, "{served}");
 }
 
 /// `Some` once every vshard, as `n` sees it, has exactly the voters `want` (e.g. "1,2,4").
 async fn voters_are(n: &Node, want: &str) -> Option<()> {
-    let r = rows(n, "SELECT DISTINCT replicas FROM system.shards").await?;
+    let r = rows(n, "SELECT DISTINCT voters FROM system.replicas").await?;
     (r.as_array().map(Vec::len) == Some(1) && r[0][0].as_str() == Some(want)).then_some(())
 }
 
@@ -1048,7 +1061,7 @@ async fn voters_are(n: &Node, want: &str) -> Option<()> {
 async fn local_rows(n: &Node) -> Option<i64> {
     let r = rows(
         n,
-        "SELECT CAST(sum(hot_rows) + sum(parquet_rows) AS BIGINT) FROM system.shards",
+        "SELECT CAST(sum(hot_rows) + sum(parquet_rows) AS BIGINT) FROM system.replicas",
     )
     .await?;
     r[0][0].as_i64()
@@ -1086,7 +1099,7 @@ async fn a_wiped_node_rejoins_under_a_new_id_and_takes_over_the_old_replicas() {
     let wiped = Instant::now();
     c[2].restart().await;
     assert_eq!(c[2].node_id, 4, "a wiped node joins under a new id");
-    eventually("node 4 votes in every vshard in place of node 3", || {
+    eventually_in("node 4 votes in every vshard in place of node 3", &[&c[0], &c[1], &c[2]], || {
         voters_are(&c[0], "1,2,4")
     })
     .await;
@@ -1130,12 +1143,12 @@ async fn a_wiped_node_rejoins_under_a_new_id_and_takes_over_the_old_replicas() {
     );
 }
 
-/// A vshard host that stays dead past `dead_replica_timeout_ms` hands its replicas to the
-/// node that holds none; the dead node, when it comes back, holds none itself (it stops
-/// its old groups and reads through the new replicas), and the cluster survives the loss
-/// of another original host.
+/// A node that stays dead past `dead_replica_timeout_ms` loses its replicas to the other
+/// nodes (one move per vshard it held, each a learner caught up and swapped in); when it
+/// comes back it draws replicas again by rebalancing, and the cluster survives the loss of
+/// another node afterwards.
 #[tokio::test]
-async fn a_host_dead_past_the_timeout_is_replaced_by_a_node_without_replicas() {
+async fn a_node_dead_past_the_timeout_has_its_replicas_moved_away() {
     let tmp = tempfile::tempdir().expect("tmp");
     let dirs: Vec<_> = (1..=4).map(|i| tmp.path().join(format!("n{i}"))).collect();
     let mut c = cluster_with(
@@ -1143,38 +1156,49 @@ async fn a_host_dead_past_the_timeout_is_replaced_by_a_node_without_replicas() {
         &["--dead-replica-timeout-ms", "3000"],
     )
     .await;
-    all_replicated(&c[0]).await;
+    eventually_in("4 nodes balanced: 12 replicas each", &[&c[0]], || balanced(&c[0], 3)).await;
     let (s, b) = c[3].write(&tick_lines("d", 0, 500)).await;
     assert_eq!(s, 204, "{b}");
-    assert_eq!(local_rows(&c[3]).await, None, "node 4 holds no replica yet");
 
     let killed = Instant::now();
     c[1].kill9();
-    eventually("node 4 votes in every vshard in place of node 2", || {
+    eventually_in(
+        "every vshard on nodes 1, 3 and 4 only",
+        &[&c[0], &c[2], &c[3]],
+        || async {
+            let p = placement(&c[0]).await?;
+            (p.iter().all(|r| r == &vec![1, 3, 4]) && active_moves(&c[0]).await? == 0)
+                .then_some(())
+        },
+    )
+    .await;
+    eventually("node 1 votes in every vshard with nodes 3 and 4", || {
         voters_are(&c[0], "1,3,4")
     })
     .await;
     println!(
-        "dead host (timeout 3 s): replaced in every vshard {:?} after the kill",
+        "dead node (timeout 3 s): its replicas moved in {:?} after the kill",
         killed.elapsed()
     );
-    eventually("node 4's own replicas hold every row", || async {
-        (local_rows(&c[3]).await? == 500).then_some(())
-    })
-    .await;
+    for n in [&c[0], &c[2], &c[3]] {
+        eventually("every node's own replicas hold every row", || async {
+            (local_rows(n).await? == 500).then_some(())
+        })
+        .await;
+    }
     let (s, b) = c[3].write(&tick_lines("d", 500, 20)).await;
     assert_eq!(s, 204, "{b}");
 
-    // Node 2 returns: group 0 says it hosts nothing now, so it stops its old groups and
-    // answers from the current replicas.
+    // Node 2 returns with its old (removed) replicas: it drops them and draws new ones.
     c[1].restart().await;
-    eventually("node 2 holds no replicas", || async {
-        (local_rows(&c[1]).await.is_none()).then_some(())
+    eventually_in("rebalanced onto the returning node", &[&c[0], &c[1]], || async {
+        balanced(&c[0], 3).await?;
+        (replica_counts(&c[0]).await?.get(&2).copied()? >= 11).then_some(())
     })
     .await;
     assert_eq!(c[1].count("SELECT count(*) FROM d").await, 520);
 
-    // Kill node 1 (an original host): vshards keep a quorum on nodes 3 and 4.
+    // Kill node 1: every vshard keeps two of its three replicas.
     c[0].kill9();
     eventually("a write through node 2 with node 1 down", || async {
         let (s, _) = c[1].write(&tick_lines("d", 520, 10)).await;
@@ -1227,7 +1251,7 @@ async fn a_node_with_a_skewed_clock_stops_serving_bounded_reads_from_closed_time
             "a skewed node read stale data"
         );
     }
-    let served = must_rows(&c[2], "SELECT sum(closed_reads) FROM system.shards").await;
+    let served = must_rows(&c[2], "SELECT sum(closed_reads) FROM system.replicas").await;
     assert_eq!(
         served[0][0].as_i64(),
         Some(0),
@@ -1236,7 +1260,7 @@ async fn a_node_with_a_skewed_clock_stops_serving_bounded_reads_from_closed_time
     // Node 2, whose clock is right, does serve such reads from its closed timestamps.
     eventually("node 2 serves a bounded read locally", || async {
         let (s, _) = c[1].sql(sql).await;
-        let r = rows(&c[1], "SELECT sum(closed_reads) FROM system.shards").await?;
+        let r = rows(&c[1], "SELECT sum(closed_reads) FROM system.replicas").await?;
         (s == 200 && r[0][0].as_i64()? > 0).then_some(())
     })
     .await;

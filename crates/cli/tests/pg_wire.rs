@@ -197,7 +197,7 @@ async fn sessions_settings_and_transactional_ddl() {
         1
     );
     let n: i64 = c
-        .query_one("SELECT count(*) FROM system.shards WHERE leader = 1", &[])
+        .query_one("SELECT count(*) FROM system.replicas WHERE leader = 1", &[])
         .await
         .expect("shards")
         .get(0);

@@ -53,6 +53,10 @@ pub enum RaftRpc {
     /// receiver replicates, one message per peer. `group` = 0, `header` = JSON
     /// `[[vshard, unix ns, log index], …]`; empty reply.
     Closed = 10,
+    /// Not openraft's: the control plane asks the leader of a vshard to hand its
+    /// leadership to a replica (leader balancing). `group` = the vshard's group,
+    /// `header` = JSON node id; reply = JSON bool (handed over).
+    LeaderTransfer = 11,
 }
 
 /// Where a snapshot chunk goes.
@@ -81,6 +85,7 @@ impl RaftRpc {
             8 => RaftRpc::ReadIndex,
             9 => RaftRpc::Quiesce,
             10 => RaftRpc::Closed,
+            11 => RaftRpc::LeaderTransfer,
             _ => return None,
         })
     }
@@ -90,9 +95,11 @@ impl RaftRpc {
             RaftRpc::Append => RPCTypes::AppendEntries,
             RaftRpc::Vote | RaftRpc::PreVote => RPCTypes::Vote,
             RaftRpc::Snapshot | RaftRpc::SnapshotChunk => RPCTypes::InstallSnapshot,
-            RaftRpc::ClientInsert | RaftRpc::ReadIndex | RaftRpc::Quiesce | RaftRpc::Closed => {
-                RPCTypes::AppendEntries
-            }
+            RaftRpc::ClientInsert
+            | RaftRpc::ReadIndex
+            | RaftRpc::Quiesce
+            | RaftRpc::Closed
+            | RaftRpc::LeaderTransfer => RPCTypes::AppendEntries,
             RaftRpc::TransferLeader => RPCTypes::TransferLeader,
         }
     }
@@ -176,6 +183,7 @@ pub struct GroupNetwork {
     target: u64,
     addr: String,
     from: u64,
+    snapshots: Arc<SnapshotSends>,
 }
 
 /// Makes [`GroupNetwork`]s for one group.
@@ -184,6 +192,67 @@ pub struct GroupNetworkFactory {
     pub transport: Arc<dyn RaftTransport>,
     pub group: u32,
     pub node_id: u64,
+    pub snapshots: Arc<SnapshotSends>,
+}
+
+/// The snapshot transfers a node sends: their progress (shown by `system.moves`) and the
+/// node-wide rate limit `snapshot_max_bytes_per_sec` they share.
+pub struct SnapshotSends {
+    /// (group, target) → (bytes sent, bytes in all).
+    progress: parking_lot::Mutex<std::collections::BTreeMap<(u32, u64), (u64, u64)>>,
+    limit: RateLimit,
+}
+
+impl SnapshotSends {
+    pub fn new(max_bytes_per_sec: u64) -> SnapshotSends {
+        SnapshotSends {
+            progress: Default::default(),
+            limit: RateLimit::new(max_bytes_per_sec),
+        }
+    }
+
+    /// (group, target, bytes sent, bytes in all) of every transfer under way.
+    pub fn progress(&self) -> Vec<(u32, u64, u64, u64)> {
+        self.progress
+            .lock()
+            .iter()
+            .map(|(&(g, t), &(sent, total))| (g, t, sent, total))
+            .collect()
+    }
+}
+
+/// A token bucket over bytes: `take(n)` waits until `n` bytes fit in the rate. Holds at
+/// most one second's worth, so an idle limiter does not let a burst through.
+pub struct RateLimit {
+    bytes_per_sec: u64,
+    state: tokio::sync::Mutex<(f64, tokio::time::Instant)>,
+}
+
+impl RateLimit {
+    /// `bytes_per_sec` 0: no limit.
+    pub fn new(bytes_per_sec: u64) -> RateLimit {
+        RateLimit {
+            bytes_per_sec,
+            state: tokio::sync::Mutex::new((bytes_per_sec as f64, tokio::time::Instant::now())),
+        }
+    }
+
+    pub async fn take(&self, n: u64) {
+        if self.bytes_per_sec == 0 {
+            return;
+        }
+        let rate = self.bytes_per_sec as f64;
+        // One holder at a time: the bucket is shared by every transfer of the node.
+        let mut st = self.state.lock().await;
+        let now = tokio::time::Instant::now();
+        let (tokens, last) = *st;
+        let mut tokens = (tokens + now.duration_since(last).as_secs_f64() * rate).min(rate);
+        tokens -= n as f64;
+        if tokens < 0.0 {
+            tokio::time::sleep(Duration::from_secs_f64(-tokens / rate)).await;
+        }
+        *st = (tokens, now);
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
@@ -196,6 +265,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
             target,
             addr: node.addr.clone(),
             from: self.node_id,
+            snapshots: self.snapshots.clone(),
         }
     }
 }
@@ -259,8 +329,9 @@ fn jittered_backoff(seed: u64) -> openraft::network::Backoff {
 }
 
 impl GroupNetwork {
-    /// Sends every part file a vshard manifest names, in chunks, to the staging area
-    /// `transfer` on the target.
+    /// Sends every part file a vshard manifest names to the staging area `transfer` on the
+    /// target, `SNAPSHOT_CHUNK_BYTES` at a time read from disk (never a whole part in
+    /// memory), at the node's snapshot rate limit, recording progress.
     async fn ship_files(
         &self,
         dir: &std::path::Path,
@@ -268,36 +339,75 @@ impl GroupNetwork {
         transfer: &str,
         option: &RPCOption,
     ) -> Result<(), RPCError<TypeConfig>> {
-        let manifest: shoal_storage::manifest::Manifest = serde_json::from_slice(manifest)
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let files: Vec<String> = manifest
+        use tokio::io::AsyncReadExt;
+        let net = |e: &dyn std::fmt::Display| RPCError::Network(NetworkError::from_string(e));
+        let manifest: shoal_storage::manifest::Manifest =
+            serde_json::from_slice(manifest).map_err(|e| net(&e))?;
+        let files: Vec<(String, u64)> = manifest
             .tables
             .values()
-            .flat_map(|parts| parts.iter().map(|p| p.file.clone()))
+            .flat_map(|parts| parts.iter().map(|p| (p.file.clone(), p.bytes)))
             .collect();
-        for file in files {
-            let path = dir.join(&file);
-            let data = tokio::fs::read(&path)
+        let total: u64 = files.iter().map(|(_, b)| *b).sum();
+        let key = (self.group, self.target);
+        let mut sent = 0u64;
+        self.snapshots.progress.lock().insert(key, (0, total));
+        let _done = ProgressGuard {
+            sends: &self.snapshots,
+            key,
+        };
+        let mut buf = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+        for (file, _) in files {
+            let mut f = tokio::fs::File::open(dir.join(&file))
                 .await
-                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-            let mut offset = 0usize;
+                .map_err(|e| net(&e))?;
+            let mut offset = 0u64;
             loop {
-                let end = (offset + SNAPSHOT_CHUNK_BYTES).min(data.len());
+                // Fill the chunk (a read may return less than asked).
+                let mut len = 0;
+                while len < buf.len() {
+                    let n = f.read(&mut buf[len..]).await.map_err(|e| net(&e))?;
+                    if n == 0 {
+                        break;
+                    }
+                    len += n;
+                }
+                if len == 0 && offset > 0 {
+                    break;
+                }
+                self.snapshots.limit.take(len as u64).await;
                 let header = json(&ChunkHeader {
                     transfer: transfer.to_string(),
                     file: file.clone(),
-                    offset: offset as u64,
+                    offset,
                 });
-                let chunk = Bytes::copy_from_slice(&data[offset..end]);
+                let chunk = Bytes::copy_from_slice(&buf[..len]);
                 self.call::<serde_json::Value>(RaftRpc::SnapshotChunk, header, vec![chunk], option)
                     .await?;
-                offset = end;
-                if offset >= data.len() {
+                offset += len as u64;
+                sent += len as u64;
+                self.snapshots
+                    .progress
+                    .lock()
+                    .insert(key, (sent, total.max(sent)));
+                if len < buf.len() {
                     break;
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// Forgets a transfer's progress when it ends, however it ends.
+struct ProgressGuard<'a> {
+    sends: &'a SnapshotSends,
+    key: (u32, u64),
+}
+
+impl Drop for ProgressGuard<'_> {
+    fn drop(&mut self) {
+        self.sends.progress.lock().remove(&self.key);
     }
 }
 
@@ -455,7 +565,10 @@ pub(crate) fn decode_inbound(msg: &RaftMessage) -> Result<Inbound, String> {
         | RaftRpc::SnapshotChunk
         | RaftRpc::ReadIndex
         | RaftRpc::Quiesce
-        | RaftRpc::Closed => return Err(format!("{:?} is not a Raft protocol message", msg.kind)),
+        | RaftRpc::Closed
+        | RaftRpc::LeaderTransfer => {
+            return Err(format!("{:?} is not a Raft protocol message", msg.kind))
+        }
     })
 }
 

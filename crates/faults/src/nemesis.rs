@@ -58,6 +58,9 @@ pub enum Fault {
     /// peer leads stop moving on it while its skewed clock calls them fresh. Healed:
     /// network back, restarted unskewed.
     ClockSkew,
+    /// One replica of a random vshard moved by hand (`ALTER VSHARD … MOVE REPLICA`) to a
+    /// node that holds none of it; the move runs on through the faults that follow.
+    Move,
 }
 
 impl Fault {
@@ -80,6 +83,7 @@ impl Fault {
             "restart",
             "rolling-restart",
             "clock-skew",
+            "move",
         ]
     }
 
@@ -111,6 +115,7 @@ impl Fault {
             "disk-full" => Fault::DiskFull,
             "wipe" => Fault::Wipe,
             "clock-skew" => Fault::ClockSkew,
+            "move" => Fault::Move,
             _ => return None,
         })
     }

@@ -250,11 +250,37 @@ enum SessionCommand {
     Rollback,
     Set { name: String, value: String },
     Show(String),
+    /// `SET CLUSTER SETTING name = value` (group 0).
+    SetCluster { name: String, value: String },
+    /// `ALTER VSHARD v MOVE REPLICA FROM a TO b`.
+    MoveReplica { vshard: u32, from: u64, to: u64 },
+    /// An `ALTER VSHARD` that did not parse: the message says the form.
+    BadAlterVshard(String),
 }
 
 fn session_command(sql: &str) -> Option<SessionCommand> {
-    let w = words(sql, 3);
+    let w = words(sql, 4);
     let first = w.first()?.as_str();
+    if w.len() >= 3 && first == "SET" && w[1] == "CLUSTER" && w[2] == "SETTING" {
+        let body = sql.trim().trim_end_matches(';');
+        let rest = strip_word(strip_word(strip_word(body, "SET")?, "CLUSTER")?, "SETTING")?;
+        let (name, value) = match rest.split_once('=') {
+            Some((n, v)) => (n.trim(), v.trim()),
+            None => {
+                let mut it = rest.splitn(2, char::is_whitespace);
+                let n = it.next().unwrap_or("");
+                let v = it.next().unwrap_or("").trim();
+                (n, strip_word(v, "TO").unwrap_or(v).trim())
+            }
+        };
+        return Some(SessionCommand::SetCluster {
+            name: name.trim_matches('"').to_ascii_lowercase(),
+            value: unquote(value),
+        });
+    }
+    if first == "ALTER" && w.get(1).map(String::as_str) == Some("VSHARD") {
+        return Some(parse_move_replica(sql));
+    }
     match first {
         "BEGIN" | "START" => Some(SessionCommand::Begin),
         "COMMIT" | "END" => Some(SessionCommand::Commit),
@@ -289,6 +315,31 @@ fn session_command(sql: &str) -> Option<SessionCommand> {
             Some(SessionCommand::Show(rest.to_string()))
         }
         _ => None,
+    }
+}
+
+/// `ALTER VSHARD <v> MOVE REPLICA FROM <node> TO <node>`.
+fn parse_move_replica(sql: &str) -> SessionCommand {
+    let w: Vec<String> = sql
+        .trim()
+        .trim_end_matches(';')
+        .split_whitespace()
+        .map(|x| x.to_ascii_uppercase())
+        .collect();
+    let shape = ["ALTER", "VSHARD", "", "MOVE", "REPLICA", "FROM", "", "TO", ""];
+    let fits = w.len() == shape.len()
+        && shape
+            .iter()
+            .zip(&w)
+            .all(|(want, got)| want.is_empty() || want == got);
+    let parsed = fits
+        .then(|| Some((w[2].parse().ok()?, w[6].parse().ok()?, w[8].parse().ok()?)))
+        .flatten();
+    match parsed {
+        Some((vshard, from, to)) => SessionCommand::MoveReplica { vshard, from, to },
+        None => SessionCommand::BadAlterVshard(
+            "expected ALTER VSHARD <vshard> MOVE REPLICA FROM <node id> TO <node id>".into(),
+        ),
     }
 }
 
@@ -405,6 +456,15 @@ impl QueryEngine {
                 return Ok(command("SET"));
             }
             Some(SessionCommand::Show(what)) => return self.show(session, &what).await,
+            Some(SessionCommand::SetCluster { name, value }) => {
+                return self.set_cluster_setting(&name, &value).await;
+            }
+            Some(SessionCommand::MoveReplica { vshard, from, to }) => {
+                return self.move_replica(vshard, from, to).await;
+            }
+            Some(SessionCommand::BadAlterVshard(msg)) => {
+                return Err(QueryError::bad_input(msg).with_code("42601"));
+            }
             None => {}
         }
         if params.is_empty() {
@@ -436,10 +496,96 @@ impl QueryEngine {
                 };
             }
         }
-        self.catalog_barrier(session).await?;
+        // An INSERT into a table this node's catalog already has needs nothing from group 0:
+        // writes keep working while group 0 has no leader (only schema changes need it).
+        if !self.inserts_into_known_table(&stmt) {
+            self.catalog_barrier(session).await?;
+        }
         let opts = session.options();
         let work = self.execute_statement(stmt, (sql, session.pg_dialect), params, &opts);
         with_timeout(&opts, work).await
+    }
+
+    /// Whether `stmt` is an `INSERT` into a table this node's catalog has.
+    fn inserts_into_known_table(&self, stmt: &DfStatement) -> bool {
+        use datafusion::sql::sqlparser::ast::{Statement, TableObject};
+        let DfStatement::Statement(s) = stmt else {
+            return false;
+        };
+        let Statement::Insert(insert) = &**s else {
+            return false;
+        };
+        let TableObject::TableName(name) = &insert.table else {
+            return false;
+        };
+        let Some(last) = name.0.last() else {
+            return false;
+        };
+        let table = last.to_string();
+        let table = table.trim_matches('"');
+        let catalog = self.registry().catalog();
+        let c = catalog.read();
+        c.tables.contains_key(table) || c.tables.contains_key(&table.to_ascii_lowercase())
+    }
+
+    /// `SET CLUSTER SETTING name = value`: checked here, stored in group 0.
+    async fn set_cluster_setting(&self, name: &str, value: &str) -> Result<QueryOutput> {
+        let mut probe = self.registry().catalog().read().settings.clone();
+        probe
+            .set(name, value)
+            .map_err(|e| QueryError::bad_input(e).with_code("42704"))?;
+        let op = shoal_consensus::ClusterOp::SetSetting {
+            name: name.to_string(),
+            value: value.to_string(),
+        };
+        match self
+            .registry()
+            .propose_meta(shoal_consensus::Command::Cluster(op))
+            .await?
+        {
+            Response::Rejected(msg) => Err(QueryError::bad_input(msg)),
+            _ => Ok(command("SET CLUSTER SETTING")),
+        }
+    }
+
+    /// `ALTER VSHARD v MOVE REPLICA FROM a TO b`: refused with the reason when the target
+    /// is not an alive, ACTIVE node, or group 0 refuses the move.
+    async fn move_replica(&self, vshard: u32, from: u64, to: u64) -> Result<QueryOutput> {
+        let refuse = |msg: String| QueryError::bad_input(msg).with_code("55000");
+        if vshard >= self.registry().vshards() {
+            return Err(refuse(format!(
+                "vshard {vshard} does not exist (this cluster has {})",
+                self.registry().vshards()
+            )));
+        }
+        if to != self.registry().node_id() {
+            let state = self.system.liveness(to);
+            if state.as_deref() != Some("ALIVE") {
+                return Err(refuse(format!(
+                    "node {to} is not alive (SWIM: {}); a replica moved there could not catch up",
+                    state.unwrap_or_else(|| "unknown".into())
+                )));
+            }
+        }
+        let op = shoal_consensus::ClusterOp::StartMove {
+            vshard,
+            from,
+            to,
+            reason: "manual (ALTER VSHARD)".into(),
+            now_ms: (shoal_common::time::now_nanos() / 1_000_000) as u64,
+        };
+        match self
+            .registry()
+            .propose_meta(shoal_consensus::Command::Cluster(op))
+            .await?
+        {
+            Response::Rejected(msg) => Err(refuse(format!("move refused: {msg}"))),
+            Response::Move { id } => Ok(QueryOutput::Command {
+                tag: format!("ALTER VSHARD (move {id})"),
+                rows: 1,
+            }),
+            _ => Ok(command("ALTER VSHARD")),
+        }
     }
 
     /// Unless the session reads `eventual` (or works in a transaction's own catalog), the
@@ -477,6 +623,33 @@ impl QueryEngine {
             ["SHARDS"] => {
                 self.run_internal(session, "SELECT * FROM system.shards ORDER BY vshard")
                     .await
+            }
+            ["REPLICAS"] => {
+                self.run_internal(session, "SELECT * FROM system.replicas ORDER BY vshard")
+                    .await
+            }
+            ["MOVES"] => {
+                self.run_internal(session, "SELECT * FROM system.moves ORDER BY move_id")
+                    .await
+            }
+            ["CLUSTER", "SETTINGS"] => {
+                let settings = catalog.settings.list();
+                let schema = Arc::new(Schema::new(vec![
+                    Field::new("setting", DataType::Utf8, false),
+                    Field::new("value", DataType::Utf8, false),
+                ]));
+                let names: ArrayRef = Arc::new(StringArray::from(
+                    settings.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+                ));
+                let values: ArrayRef = Arc::new(StringArray::from(
+                    settings.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>(),
+                ));
+                let batch = RecordBatch::try_new(schema.clone(), vec![names, values])
+                    .map_err(|e| QueryError::new(ErrorKind::Internal, e.to_string()))?;
+                Ok(QueryOutput::Rows {
+                    schema,
+                    batches: vec![batch],
+                })
             }
             ["ROUTING", "FOR", ..] => {
                 let key = unquote(what.trim()[7..].trim_start()[3..].trim());

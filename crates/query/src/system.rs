@@ -1,6 +1,15 @@
-//! The `system` schema: the node, its Raft groups and the catalog as tables, usable with
-//! WHERE, JOIN and ORDER BY. Each table is a snapshot taken when a statement is planned.
-//! `SHOW NODES`, `SHOW SHARDS` and `SHOW ROUTING FOR '<key>'` read the same data.
+//! The `system` schema: the cluster, this node's Raft groups and the catalog as tables,
+//! usable with WHERE, JOIN and ORDER BY. Each table is a snapshot taken when a statement is
+//! planned. `SHOW NODES`, `SHOW SHARDS`, `SHOW REPLICAS`, `SHOW MOVES` and
+//! `SHOW ROUTING FOR '<key>'` read the same data.
+//!
+//! | table | one row per | from |
+//! |---|---|---|
+//! | `nodes` | registered node | group 0's registry, SWIM, the nodes' load reports |
+//! | `shards` | vshard, cluster-wide | group 0's placement and moves, leaders as reported |
+//! | `replicas` | replica on this node | this node's Raft groups and storage |
+//! | `moves` | replica move (under way and recent) | group 0 |
+//! | `tables`, `columns` | table, column | group 0's catalog |
 
 use std::fmt;
 use std::sync::Arc;
@@ -29,6 +38,29 @@ pub struct NodeInfo {
     pub breaker: Lookup,
     /// A node's clock minus this node's (ms), as last measured.
     pub clock_offset: LookupI64,
+    /// What the control plane knows from the nodes' load reports.
+    pub reports: Option<Arc<dyn ClusterReports>>,
+}
+
+/// What the nodes report of themselves (the control plane's latest reports).
+pub trait ClusterReports: Send + Sync + fmt::Debug {
+    /// Vshard `v`'s leader as reported (the highest term wins).
+    fn leader_of(&self, v: u32) -> Option<u64>;
+    /// Vshard `v`'s bytes as its replicas report them.
+    fn vshard_bytes(&self, v: u32) -> Option<u64>;
+    /// A node's latest report, if recent.
+    fn node(&self, node: u64) -> Option<NodeReport>;
+}
+
+/// A node's report as `system.nodes` shows it.
+#[derive(Clone, Debug, Default)]
+pub struct NodeReport {
+    pub leaderships: u64,
+    pub data_bytes: u64,
+    pub disk_free_bytes: u64,
+    pub cpu: f64,
+    pub version: String,
+    pub started_ms: u64,
 }
 
 /// Looks up a per-node number; `None` = unknown.
@@ -68,7 +100,7 @@ impl fmt::Debug for SystemSchema {
     }
 }
 
-pub const SYSTEM_TABLES: &[&str] = &["nodes", "shards", "tables", "columns"];
+pub const SYSTEM_TABLES: &[&str] = &["nodes", "shards", "replicas", "moves", "tables", "columns"];
 
 impl SystemSchema {
     pub fn new(registry: Arc<Registry>, node: NodeInfo) -> SystemSchema {
@@ -79,6 +111,8 @@ impl SystemSchema {
         match name {
             "nodes" => Some(self.nodes()),
             "shards" => Some(self.shards()),
+            "replicas" => Some(self.replicas()),
+            "moves" => Some(self.moves()),
             "tables" => Some(self.tables()),
             "columns" => Some(self.columns()),
             _ => None,
@@ -104,7 +138,7 @@ impl SystemSchema {
                 },
                 state: shoal_consensus::NodeState::Joining,
                 token: 0,
-                hosts_vshards: self.registry.hosts_vshards(),
+                hosts_vshards: false,
             });
             rows.sort_by_key(|n| n.id);
         }
@@ -125,6 +159,8 @@ impl SystemSchema {
             }
             self.node.liveness.get(id)
         };
+        let replica_counts = catalog.replica_counts(self.registry.vshards());
+        let report = |id: u64| self.node.reports.as_ref().and_then(|r| r.node(id));
         build(vec![
             ("node_id", u64s(rows.iter().map(|n| Some(n.id)).collect())),
             (
@@ -191,10 +227,145 @@ impl SystemSchema {
                     rows.iter().map(|n| n.id == me).collect::<Vec<_>>(),
                 )) as ArrayRef,
             ),
+            // Replicas group 0 places on the node now.
+            (
+                "replicas",
+                u64s(
+                    rows.iter()
+                        .map(|n| Some(*replica_counts.get(&n.id).unwrap_or(&0) as u64))
+                        .collect(),
+                ),
+            ),
+            (
+                "leaderships",
+                u64s(rows.iter().map(|n| report(n.id).map(|r| r.leaderships)).collect()),
+            ),
+            (
+                "data_bytes",
+                u64s(rows.iter().map(|n| report(n.id).map(|r| r.data_bytes)).collect()),
+            ),
+            (
+                "disk_free_bytes",
+                u64s(
+                    rows.iter()
+                        .map(|n| report(n.id).map(|r| r.disk_free_bytes))
+                        .collect(),
+                ),
+            ),
+            (
+                "cpu",
+                Arc::new(datafusion::arrow::array::Float64Array::from(
+                    rows.iter()
+                        .map(|n| report(n.id).map(|r| r.cpu))
+                        .collect::<Vec<_>>(),
+                )) as ArrayRef,
+            ),
+            (
+                "version",
+                strs(rows.iter().map(|n| report(n.id).map(|r| r.version)).collect()),
+            ),
+            (
+                "uptime_s",
+                u64s(
+                    rows.iter()
+                        .map(|n| {
+                            report(n.id).filter(|r| r.started_ms > 0).map(|r| {
+                                now_ms().saturating_sub(r.started_ms) / 1000
+                            })
+                        })
+                        .collect(),
+                ),
+            ),
         ])
     }
 
+    /// One row per vshard, cluster-wide: where group 0 places its replicas, its move under
+    /// way, and its leader and size as the replicas report them.
     fn shards(&self) -> RecordBatch {
+        let catalog = self.registry.catalog().read().clone();
+        let local = self.registry.status();
+        let vshards: Vec<u32> = (0..self.registry.vshards()).collect();
+        let here = |v: u32| local.iter().find(|g| g.vshard == Some(v));
+        let leader = |v: u32| {
+            here(v)
+                .and_then(|g| g.leader)
+                .or_else(|| self.node.reports.as_ref().and_then(|r| r.leader_of(v)))
+        };
+        let moving = |v: u32| {
+            catalog.active_move(v).map(|m| {
+                format!("{}: {} -> {} {}", m.id, m.from, m.to, m.state.as_str())
+            })
+        };
+        build(vec![
+            ("vshard", u64s(vshards.iter().map(|v| Some(u64::from(*v))).collect())),
+            (
+                "raft_group",
+                u64s(vshards.iter().map(|v| Some(u64::from(*v) + 1)).collect()),
+            ),
+            (
+                "replicas",
+                strs(vshards.iter().map(|v| Some(list(&catalog.replicas(*v)))).collect()),
+            ),
+            ("leader", u64s(vshards.iter().map(|v| leader(*v)).collect())),
+            ("moving", strs(vshards.iter().map(|v| moving(*v)).collect())),
+            (
+                "hosted_here",
+                Arc::new(BooleanArray::from(
+                    vshards.iter().map(|v| here(*v).is_some()).collect::<Vec<_>>(),
+                )) as ArrayRef,
+            ),
+            (
+                "bytes",
+                u64s(
+                    vshards
+                        .iter()
+                        .map(|v| self.node.reports.as_ref().and_then(|r| r.vshard_bytes(*v)))
+                        .collect(),
+                ),
+            ),
+        ])
+    }
+
+    /// Replica moves, under way and recently finished (group 0 keeps the last 1,000).
+    fn moves(&self) -> RecordBatch {
+        let catalog = self.registry.catalog().read().clone();
+        let m: Vec<_> = catalog.moves.values().collect();
+        let ts = |ms: Vec<Option<u64>>| -> ArrayRef {
+            Arc::new(
+                datafusion::arrow::array::TimestampMillisecondArray::from(
+                    ms.into_iter().map(|x| x.map(|v| v as i64)).collect::<Vec<_>>(),
+                )
+                .with_timezone("UTC"),
+            )
+        };
+        build(vec![
+            ("move_id", u64s(m.iter().map(|m| Some(m.id)).collect())),
+            ("vshard", u64s(m.iter().map(|m| Some(u64::from(m.vshard))).collect())),
+            ("from_node", u64s(m.iter().map(|m| Some(m.from)).collect())),
+            ("to_node", u64s(m.iter().map(|m| Some(m.to)).collect())),
+            (
+                "state",
+                strs(m.iter().map(|m| Some(m.state.as_str().to_string())).collect()),
+            ),
+            ("reason", strs(m.iter().map(|m| Some(m.reason.clone())).collect())),
+            ("attempts", u64s(m.iter().map(|m| Some(u64::from(m.attempts))).collect())),
+            (
+                "last_error",
+                strs(
+                    m.iter()
+                        .map(|m| (!m.last_error.is_empty()).then(|| m.last_error.clone()))
+                        .collect(),
+                ),
+            ),
+            ("bytes_copied", u64s(m.iter().map(|m| Some(m.bytes_copied)).collect())),
+            ("bytes_total", u64s(m.iter().map(|m| Some(m.bytes_total)).collect())),
+            ("started", ts(m.iter().map(|m| Some(m.started_ms)).collect())),
+            ("updated", ts(m.iter().map(|m| Some(m.updated_ms)).collect())),
+        ])
+    }
+
+    /// One row per vshard replica hosted on this node: its Raft state and storage.
+    fn replicas(&self) -> RecordBatch {
         let groups: Vec<_> = self
             .registry
             .status()
@@ -212,8 +383,12 @@ impl SystemSchema {
             ),
             ("leader", u64s(groups.iter().map(|g| g.leader).collect())),
             (
-                "replicas",
-                strs(groups.iter().map(|g| Some(replica_list(g))).collect()),
+                "voters",
+                strs(groups.iter().map(|g| Some(list(&g.replicas))).collect()),
+            ),
+            (
+                "learners",
+                strs(groups.iter().map(|g| Some(list(&g.learners))).collect()),
             ),
             ("term", u64s(groups.iter().map(|g| Some(g.term)).collect())),
             (
@@ -369,31 +544,41 @@ impl SystemSchema {
         ])
     }
 
+    /// A node's SWIM state as this node sees it.
+    pub(crate) fn liveness(&self, node: u64) -> Option<String> {
+        self.node.liveness.get(node)
+    }
+
     /// `SHOW ROUTING FOR '<key>'`: where rows with this partition-key value live.
     pub fn routing(&self, key: &str) -> RecordBatch {
         let v = vshard_for_key(key.as_bytes(), self.registry.vshards());
-        let g = self
+        let leader = self
             .registry
             .status()
             .into_iter()
-            .find(|g| g.vshard == Some(v));
-        let replicas = g.as_ref().map(replica_list);
+            .find(|g| g.vshard == Some(v))
+            .and_then(|g| g.leader)
+            .or_else(|| self.node.reports.as_ref().and_then(|r| r.leader_of(v)));
+        let replicas = list(&self.registry.catalog().read().replicas(v));
         build(vec![
             ("partition_key_value", strs(vec![Some(key.to_string())])),
             ("vshard", u64s(vec![Some(u64::from(v))])),
-            ("leader", u64s(vec![g.as_ref().and_then(|g| g.leader)])),
-            ("replicas", strs(vec![replicas])),
+            ("leader", u64s(vec![leader])),
+            ("replicas", strs(vec![Some(replicas)])),
         ])
     }
 }
 
-/// A group's replicas as `1,2,3`.
-fn replica_list(g: &shoal_consensus::GroupStatus) -> String {
-    g.replicas
-        .iter()
+/// Node ids as `1,2,3`.
+fn list(ids: &[u64]) -> String {
+    ids.iter()
         .map(u64::to_string)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+fn now_ms() -> u64 {
+    (shoal_common::time::now_nanos() / 1_000_000) as u64
 }
 
 fn u64s(v: Vec<Option<u64>>) -> ArrayRef {

@@ -310,6 +310,27 @@ impl SharedWal {
             .map(|(_, id)| id)
     }
 
+    /// Forgets the records of every group found at open that was not opened since: they
+    /// stop pinning the WAL. A group opened later under such an id gets a fresh directory,
+    /// and a fresh directory starts with a reset, so nothing forgotten comes back.
+    pub fn forget_recovered(&self) {
+        let mut st = self.inner.state.lock();
+        st.groups.retain(|_, g| matches!(g, Group::Open(_)));
+        drop(st);
+        let _ = self.inner.purge_unneeded();
+    }
+
+    /// Forgets the records of group `id`, closed for good (its `GroupLog` dropped): they
+    /// stop pinning the WAL. Does nothing to a group that is open.
+    pub fn forget_group(&self, id: u64) {
+        let mut st = self.inner.state.lock();
+        if matches!(st.groups.get(&id), Some(Group::Recovered(_))) {
+            st.groups.remove(&id);
+        }
+        drop(st);
+        let _ = self.inner.purge_unneeded();
+    }
+
     /// Counters of the WAL itself (all groups).
     pub fn stats(&self) -> LogStats {
         self.inner.log.stats()

@@ -1,15 +1,17 @@
 //! A node's place in its cluster: binding and advertising the inter-node addresses,
-//! joining through seeds (or bootstrapping), answering peers' RPCs, and the maintenance
-//! loop that keeps group 0's node registry, Raft membership and SWIM in step.
+//! joining through seeds (or bootstrapping), and answering peers' RPCs. Keeping group 0's
+//! registry, Raft membership, placement and SWIM in step is the control plane's
+//! (`shoal_cluster::controller`).
 //!
 //! Join protocol (a new node, empty data directory, `--join a,b`):
 //! 1. `Join{token, addresses}` to each seed in turn until one answers; the seed proposes
 //!    `AddNode` to group 0 (forwarding to the leader), which assigns the node id.
 //! 2. The node records `{cluster id, node id}` in `node.json`, then starts its groups:
 //!    group 0 uninitialized, waiting for the leader.
-//! 3. The leader's reconciler adds the node to group 0 as a learner, replicates the
-//!    catalog to it, promotes it to voter once caught up (up to `max_voters`) and marks it
-//!    ACTIVE. The node is ready when it has caught up.
+//! 3. The control plane on group 0's leader adds the node to group 0 as a learner,
+//!    replicates the catalog to it, marks it ACTIVE once caught up and makes it a voter
+//!    when that keeps the voter count odd (up to `max_voters`). The node is ready when it
+//!    has caught up. Replicas of vshards are placed on it from then on.
 //!
 //! A retried `Join` with the same token answers the same id. Seeds never start anything:
 //! if no seed answers within `join_timeout_ms` the node exits, naming each seed's error.
@@ -20,11 +22,8 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use parking_lot::RwLock;
 use shoal_consensus::transport::{RaftMessage, RaftRpc, TransportError};
-use shoal_consensus::{ClusterOp, Command, NodeAddrs, NodeEntry, NodeState, Registry, Response};
-use shoal_membership::swim::{MemberState, NodeIdentity as SwimIdentity};
-use shoal_membership::Membership;
+use shoal_consensus::{ClusterOp, Command, NodeAddrs, NodeState, Registry, Response};
 use shoal_query::{FragmentRunner, QueryEngine, QueryOptions, QueryOutput, RemoteError};
 use shoal_transport::rpc::{
     BytesReply, Caller, ChunkStream, FragmentRequest, HelloReply, JoinReply, JoinRequest,
@@ -96,12 +95,8 @@ pub struct Shared {
     pub gossip_addr: SocketAddr,
     pub registry: OnceLock<Arc<Registry>>,
     pub engine: OnceLock<Arc<QueryEngine>>,
-    /// Whether this node held vshard replicas when it started (from `node.json`); what it
-    /// registers with. Group 0's registry decides from then on (the maintenance loop
-    /// follows it).
-    pub hosts_vshards: bool,
-    /// Replicas per vshard; a joining node hosts vshards while fewer nodes do.
-    pub replication_factor: usize,
+    /// The control plane (its load report goes out with every `Hello`).
+    pub controller: OnceLock<Arc<shoal_cluster::controller::Controller>>,
     /// Largest RPC message (a streamed fragment's chunks stay well below it).
     pub max_message_bytes: usize,
 }
@@ -136,6 +131,11 @@ impl PeerHandler for Shared {
             meta_leader: view.leader.unwrap_or(0),
             meta_term: view.term,
             wall_ns: shoal_common::time::now_nanos(),
+            load: self
+                .controller
+                .get()
+                .map(|c| serde_json::to_vec(&*c.local_load()).unwrap_or_default().into())
+                .unwrap_or_default(),
         })
     }
 
@@ -152,14 +152,15 @@ impl PeerHandler for Shared {
                 "a join needs rpc and gossip addresses",
             ));
         }
-        let hosts = registry.catalog().read().vshard_hosts().len() < self.replication_factor;
+        // A new node holds no replica yet: the control plane places replicas on it once it
+        // is ACTIVE (growing vshards to the replication factor, then rebalancing).
         let op = ClusterOp::AddNode {
             id: 0,
             token: req.token,
             addrs: addrs.clone(),
             state: NodeState::Joining,
-            hosts_vshards: hosts,
-            max_hosts: Some(self.replication_factor as u32),
+            hosts_vshards: false,
+            max_hosts: None,
         };
         match registry
             .propose_meta(Command::Cluster(op))
@@ -167,19 +168,12 @@ impl PeerHandler for Shared {
             .map_err(status_of)?
         {
             Response::Node { id } => {
-                // A retried join answers what the first one decided.
-                let hosts_vshards = registry
-                    .catalog()
-                    .read()
-                    .nodes
-                    .get(&id)
-                    .is_some_and(|n| n.hosts_vshards);
-                tracing::info!(node = id, rpc = %addrs.rpc, hosts_vshards, "registered a joining node");
+                tracing::info!(node = id, rpc = %addrs.rpc, "registered a joining node");
                 Ok(JoinReply {
                     cluster_id: self.cluster_id.clone(),
                     node_id: id,
                     vshards: self.vshards,
-                    hosts_vshards,
+                    hosts_vshards: false,
                 })
             }
             Response::Rejected(m) => Err(Status::failed_precondition(m)),
@@ -426,281 +420,36 @@ pub async fn check_seeds(peers: &Peers, seeds: &[String], cluster_id: &str) -> R
     Ok(())
 }
 
-/// Runs until aborted: keeps this node registered with its current addresses, lets the
-/// group-0 leader reconcile Raft membership with the registry, keeps the RPC envelope's
-/// term current, and introduces SWIM to registered nodes it does not see alive.
-/// What the maintenance loop is told at start.
-pub struct MaintenanceConfig {
-    /// This node bootstrapped the cluster (it registers itself ACTIVE).
-    pub bootstrap: bool,
-    pub max_voters: usize,
-    /// `quiesce_after_ms` (zero: never quiesce).
-    pub quiesce_after: Duration,
-    /// `leader_balance_interval_ms` (zero: never balance).
-    pub balance_every: Duration,
-    /// `dead_replica_timeout_ms` (zero: never replace a host for being down).
-    pub dead_replica_timeout: Duration,
-    /// The data directory, whose `node.json` records whether this node hosts vshards.
-    pub data_dir: std::path::PathBuf,
-    /// For `Hello` round trips that measure clock offsets.
-    pub peers: Arc<Peers>,
-    pub clocks: Arc<shoal_membership::clock::ClockOffsets>,
-}
-
-/// Measures the clock offset to every registered peer (one `Hello` each, concurrently,
-/// 1 s at most).
-async fn measure_clocks(
-    registry: &Registry,
-    peers: &Peers,
-    clocks: &shoal_membership::clock::ClockOffsets,
-    me: u64,
-) {
-    let nodes = registry.catalog().read().nodes.clone();
-    let probes = nodes
-        .values()
-        .filter(|n| n.id != me && n.state != NodeState::Decommissioned)
-        // Not only those SWIM calls alive: a restarted node may still be catching up in
-        // SWIM's view; an unreachable one fails fast behind its breaker.
-        .map(|n| async move {
-            let sent = shoal_common::time::now_nanos();
-            let r = peers
-                .call(n.id, &n.addrs.rpc, |mut c| async move {
-                    c.hello(Duration::from_secs(1)).await
-                })
-                .await;
-            let received = shoal_common::time::now_nanos();
-            (n.id, r.map(|h| (h.wall_ns, sent, received)))
-        });
-    for (id, r) in futures::future::join_all(probes).await {
-        if let Ok((wall, sent, received)) = r {
-            if wall != 0 {
-                clocks.record(
-                    id,
-                    shoal_membership::clock::Sample::from_round_trip(sent, wall, received),
-                );
-            }
-        }
-    }
-    for n in nodes
-        .values()
-        .filter(|n| n.state == NodeState::Decommissioned)
-    {
-        clocks.forget(n.id);
-    }
-    // Judged (and a change logged) after every round, not only when a read asks.
-    let has_peers = nodes
-        .values()
-        .any(|n| n.id != me && n.state != NodeState::Decommissioned);
-    clocks.healthy(has_peers);
-}
-
 /// Prefix of the refusal of Raft traffic addressed to another node id.
 pub const WRONG_NODE: &str = "wrong node";
 
-/// How long SWIM has reported each node down, as seen by this node's maintenance loop.
-#[derive(Default)]
-struct DownSince(std::collections::BTreeMap<u64, tokio::time::Instant>);
+/// The control plane's reports, as the `system` tables show them.
+pub struct Reports(pub Arc<shoal_cluster::controller::Controller>);
 
-struct SwimLiveness<'a> {
-    membership: &'a Membership,
-    down: &'a DownSince,
-}
-
-impl shoal_cluster::placement::Liveness for SwimLiveness<'_> {
-    fn alive(&self, node: u64) -> bool {
-        self.membership.state_of(node) == Some(MemberState::Alive)
-    }
-    fn down_for(&self, node: u64) -> Option<Duration> {
-        self.down.0.get(&node).map(|t| t.elapsed())
+impl std::fmt::Debug for Reports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reports")
     }
 }
 
-impl DownSince {
-    /// Notes who SWIM reports DEAD or LEFT (or does not know at all) now.
-    fn update(&mut self, membership: &Membership, nodes: impl Iterator<Item = u64>) {
-        let now = tokio::time::Instant::now();
-        let mut seen = std::collections::BTreeMap::new();
-        for id in nodes {
-            let down = matches!(
-                membership.state_of(id),
-                None | Some(MemberState::Dead | MemberState::Left)
-            );
-            if down {
-                seen.insert(id, self.0.get(&id).copied().unwrap_or(now));
-            }
-        }
-        self.0 = seen;
+impl shoal_query::system::ClusterReports for Reports {
+    fn leader_of(&self, v: u32) -> Option<u64> {
+        self.0.reported_leader(v)
     }
-}
 
-/// On group 0's leader: proposes the replica replacements `placement::plan` asks for.
-async fn replace_hosts(
-    registry: &Registry,
-    membership: &Membership,
-    down: &DownSince,
-    dead_replica_timeout: Duration,
-) {
-    let nodes = registry.catalog().read().nodes.clone();
-    let live = SwimLiveness { membership, down };
-    for r in shoal_cluster::placement::plan(&nodes, &live, dead_replica_timeout) {
-        tracing::warn!(old = r.old, new = ?r.new, retire = r.retire, why = %r.why, "replacing a node's vshard replicas");
-        let op = ClusterOp::ReplaceNode {
-            old: r.old,
-            new: r.new,
-            retire: r.retire,
-        };
-        if let Err(e) = registry.propose_meta(Command::Cluster(op)).await {
-            tracing::warn!(old = r.old, error = %e, "replacing a node's replicas failed; will retry");
-        }
+    fn vshard_bytes(&self, v: u32) -> Option<u64> {
+        self.0.reported_vshard_bytes(v)
     }
-}
 
-/// Makes this node host vshards, or stop, as group 0's registry says, and records it in
-/// `node.json` so a restart opens the right groups before it serves.
-async fn follow_hosting(registry: &Registry, data_dir: &std::path::Path, entry: &NodeEntry) {
-    let want = entry.hosts_vshards && entry.state != NodeState::Decommissioned;
-    if want == registry.hosts_vshards() {
-        return;
+    fn node(&self, node: u64) -> Option<shoal_query::system::NodeReport> {
+        let l = self.0.load_of(node)?;
+        Some(shoal_query::system::NodeReport {
+            leaderships: l.vshards.iter().filter(|v| v.leader_term.is_some()).count() as u64,
+            data_bytes: l.data_bytes,
+            disk_free_bytes: l.disk_free_bytes,
+            cpu: l.cpu,
+            version: l.version.clone(),
+            started_ms: l.started_ms,
+        })
     }
-    if want {
-        if let Err(e) = crate::datadir::set_hosts_vshards(data_dir, true) {
-            tracing::warn!(error = %e, "recording that this node hosts vshards; will retry");
-            return;
-        }
-        if let Err(e) = registry.start_hosting().await {
-            tracing::warn!(error = %e, "starting to host vshards; will retry");
-        }
-    } else {
-        registry.stop_hosting().await;
-        if let Err(e) = crate::datadir::set_hosts_vshards(data_dir, false) {
-            tracing::warn!(error = %e, "recording that this node no longer hosts vshards");
-        }
-    }
-}
-
-pub fn spawn_maintenance(
-    shared: Arc<Shared>,
-    registry: Arc<Registry>,
-    membership: Arc<Membership>,
-    envelope: Arc<RwLock<Caller>>,
-    cfg: MaintenanceConfig,
-) -> tokio::task::JoinHandle<()> {
-    let MaintenanceConfig {
-        bootstrap,
-        max_voters,
-        quiesce_after,
-        balance_every,
-        dead_replica_timeout,
-        data_dir,
-        peers,
-        clocks,
-    } = cfg;
-    tokio::spawn(async move {
-        let mut balanced_at = tokio::time::Instant::now();
-        let mut down = DownSince::default();
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut round: u64 = 0;
-        loop {
-            tick.tick().await;
-            round += 1;
-            let view = registry.meta_view();
-            envelope.write().term = view.term;
-            if !view.caught_up {
-                continue;
-            }
-            let me = shared.node_id;
-            let entry = registry.catalog().read().nodes.get(&me).cloned();
-            let op = match &entry {
-                None => Some(ClusterOp::AddNode {
-                    id: me,
-                    token: 0,
-                    addrs: shared.addrs.clone(),
-                    state: if bootstrap {
-                        NodeState::Active
-                    } else {
-                        NodeState::Joining
-                    },
-                    hosts_vshards: shared.hosts_vshards,
-                    max_hosts: None,
-                }),
-                // Whether it hosts vshards is group 0's to say (a replacement may have
-                // changed it while this node was away); the node follows, below.
-                Some(n) if n.addrs != shared.addrs => Some(ClusterOp::UpdateAddrs {
-                    id: me,
-                    addrs: shared.addrs.clone(),
-                    hosts_vshards: None,
-                }),
-                Some(_) => None,
-            };
-            if let Some(n) = &entry {
-                follow_hosting(&registry, &data_dir, n).await;
-            }
-            if let Some(op) = op {
-                if let Err(e) = registry.propose_meta(Command::Cluster(op)).await {
-                    tracing::debug!(error = %e, "registering this node's addresses; will retry");
-                }
-            }
-            if let Err(e) = registry
-                .reconcile_members(max_voters, shared.replication_factor)
-                .await
-            {
-                tracing::debug!(error = %e, "reconciling group 0 membership; will retry");
-            }
-            if view.leader == Some(me) {
-                let ids = registry
-                    .catalog()
-                    .read()
-                    .nodes
-                    .keys()
-                    .copied()
-                    .collect::<Vec<_>>();
-                down.update(&membership, ids.into_iter().filter(|id| *id != me));
-                if round.is_multiple_of(4) {
-                    replace_hosts(&registry, &membership, &down, dead_replica_timeout).await;
-                }
-            } else {
-                // Only the leader decides; a new leader starts counting afresh.
-                down = DownSince::default();
-            }
-            if round % 8 == 5 {
-                measure_clocks(&registry, &peers, &clocks, me).await;
-            }
-            registry.shed_leaders_if_disk_full().await;
-            // Closed timestamps go out every tick (only those that moved).
-            registry.publish_closed().await;
-            if !balance_every.is_zero() && balanced_at.elapsed() >= balance_every {
-                balanced_at = tokio::time::Instant::now();
-                registry.balance_leaders().await;
-            }
-            if !quiesce_after.is_zero() {
-                registry.quiesce_idle(quiesce_after).await;
-            }
-            // Every 2 s: announce to registered nodes SWIM does not see alive (a fresh
-            // start, a healed partition, a node back from the dead).
-            if round % 8 == 1 {
-                let nodes = registry.catalog().read().nodes.clone();
-                for n in nodes.values() {
-                    if n.id == me || n.state == NodeState::Decommissioned {
-                        continue;
-                    }
-                    if matches!(
-                        membership.state_of(n.id),
-                        Some(MemberState::Alive | MemberState::Suspect)
-                    ) {
-                        continue;
-                    }
-                    if let Ok(addr) = n.addrs.gossip.parse() {
-                        membership
-                            .announce(SwimIdentity {
-                                node_id: n.id,
-                                gossip_addr: addr,
-                                generation: 0,
-                            })
-                            .await;
-                    }
-                }
-            }
-        }
-    })
 }

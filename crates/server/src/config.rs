@@ -37,6 +37,35 @@ pub struct NodeConfig {
     /// How often a node hands one of its vshard leaderships to a replica that leads at
     /// least two fewer (so leaders spread over the replicas). 0 = never.
     pub leader_balance_interval_ms: u64,
+    /// How often group 0's leader plans replica placement (record, repair, grow, rebalance), in
+    /// milliseconds; membership changes (a join, a DEAD, a LEFT) also wake it.
+    pub rebalance_interval_ms: u64,
+    /// Replica moves in flight at most, cluster-wide (a node also receives at most one at a
+    /// time, so snapshots never pile up on one disk).
+    pub rebalance_max_moves: usize,
+    /// Balancing moves pause while any node's CPU share (of the whole machine, 0..1) is above
+    /// this; replacing lost replicas does not.
+    pub rebalance_cpu_threshold: f64,
+    /// A node whose data disk is fuller than this share never receives a replica.
+    pub rebalance_max_disk_fraction: f64,
+    /// After a move of a vshard finishes, balancing leaves that vshard alone this long
+    /// (milliseconds), so a replica never ping-pongs.
+    pub rebalance_vshard_cooldown_ms: u64,
+    /// Snapshot bytes per second this node sends, all transfers together (a replica catching
+    /// up, a move's target); 0 = no limit. Parts are read and sent in 4 MiB chunks.
+    pub snapshot_max_bytes_per_sec: u64,
+    /// A move whose target makes no progress catching up for this long counts a failed attempt
+    /// (three fail the move; the planner may choose again), milliseconds.
+    pub move_stall_timeout_ms: u64,
+    /// A replica no longer placed on this node is closed at once; its files are deleted this
+    /// long after (milliseconds).
+    pub replica_gc_grace_ms: u64,
+    /// How often the control plane looks at registration and at the membership of the groups
+    /// this node leads (milliseconds); replicas placed here are followed at twice this.
+    pub control_interval_ms: u64,
+    /// How often a node samples its load and asks every peer for theirs (and measures clock
+    /// offsets), milliseconds.
+    pub report_interval_ms: u64,
     /// Replicas of every vshard. Nodes that join while fewer nodes hold vshards hold a
     /// replica of each; further nodes hold none (yet).
     pub replication_factor: usize,
@@ -163,6 +192,16 @@ impl Default for NodeConfig {
             max_clock_offset_ms: 250,
             quiesce_after_ms: 2_000,
             leader_balance_interval_ms: 1_000,
+            rebalance_interval_ms: 5_000,
+            rebalance_max_moves: 4,
+            rebalance_cpu_threshold: 0.8,
+            rebalance_max_disk_fraction: 0.925,
+            rebalance_vshard_cooldown_ms: 30_000,
+            snapshot_max_bytes_per_sec: 32 * MIB,
+            move_stall_timeout_ms: 60_000,
+            replica_gc_grace_ms: 60_000,
+            control_interval_ms: 250,
+            report_interval_ms: 2_000,
             rpc_max_message_bytes: 64 * MIB as usize,
             rpc_max_connections: 1024,
             rpc_max_inflight: 256,
@@ -298,6 +337,20 @@ impl NodeConfig {
         }
         self.sql_file_dir()
             .map_err(|e| format!("sql_file_dir: {e}"))?;
+        if !(self.rebalance_cpu_threshold > 0.0 && self.rebalance_cpu_threshold <= 1.0)
+            || !(self.rebalance_max_disk_fraction > 0.0 && self.rebalance_max_disk_fraction <= 1.0)
+        {
+            return Err(
+                "rebalance_cpu_threshold and rebalance_max_disk_fraction must be in (0, 1]".into(),
+            );
+        }
+        if self.rebalance_max_moves == 0
+            || self.control_interval_ms < 10
+            || self.report_interval_ms < 100
+            || self.rebalance_interval_ms < 100
+        {
+            return Err("need rebalance_max_moves >= 1, control_interval_ms >= 10, report_interval_ms >= 100 and rebalance_interval_ms >= 100".into());
+        }
         if self.breaker_failures == 0 {
             return Err("breaker_failures must be at least 1".into());
         }

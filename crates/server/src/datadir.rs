@@ -21,14 +21,8 @@ pub struct NodeIdentity {
     pub cluster_id: String,
     pub node_id: u64,
     pub vshards: u32,
-    /// Whether this node hosts the vshard groups, as group 0 last said (older directories
-    /// are all hosts). Read at start so the groups open before group 0 is reachable.
-    #[serde(default = "yes")]
-    pub hosts_vshards: bool,
-}
-
-fn yes() -> bool {
-    true
+    // Older versions recorded `hosts_vshards` here; which vshards a node hosts is now
+    // group 0's placement, and the groups' directories say what to open at start.
 }
 
 impl NodeIdentity {
@@ -39,7 +33,6 @@ impl NodeIdentity {
             cluster_id: new_cluster_id(),
             node_id: 1,
             vshards,
-            hosts_vshards: true,
         }
     }
 }
@@ -79,21 +72,6 @@ pub struct DataDir {
     pub identity: NodeIdentity,
     pub created: bool,
     _lock: File,
-}
-
-/// Records in `node.json` whether this node hosts vshards (group 0 decides; the file lets
-/// a restart open the right groups before group 0 is reachable).
-pub fn set_hosts_vshards(path: &Path, hosts: bool) -> Result<(), String> {
-    let file = path.join(NODE_FILE);
-    let bytes = std::fs::read(&file).map_err(|e| format!("reading {}: {e}", file.display()))?;
-    let mut id: NodeIdentity =
-        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
-    if id.hosts_vshards == hosts {
-        return Ok(());
-    }
-    id.hosts_vshards = hosts;
-    let bytes = serde_json::to_vec_pretty(&id).map_err(|e| e.to_string())?;
-    shoal_storage::manifest::write_atomic(path, NODE_FILE, &bytes).map_err(|e| e.to_string())
 }
 
 fn new_cluster_id() -> String {

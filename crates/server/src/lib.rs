@@ -70,12 +70,99 @@ impl NodeHandle {
     }
 }
 
+/// Group 0 must have confirmed a read index to this node within this long for it to be
+/// ready (its quorum is reachable from here).
+const READY_META_CONFIRMED_WITHIN: Duration = Duration::from_secs(3);
+
+/// Whether this node can serve writes and strong reads now, and if not, why (the body of
+/// `/health/ready`'s 503): group 0 reachable with a quorum (a strong read's catalog
+/// barrier, and every schema change, needs it), this node registered, and, when it holds
+/// replicas, at least one of them with a reachable leader.
+fn readiness(
+    registry: &Registry,
+    controller: &shoal_cluster::controller::Controller,
+    membership: &shoal_membership::Membership,
+    me: u64,
+) -> Result<(), String> {
+    let v = registry.meta_view();
+    if !v.caught_up {
+        return Err(match v.leader {
+            None => "waiting for group 0 to elect a leader (no quorum yet)".into(),
+            Some(l) => format!("catching up group 0 from leader {l}"),
+        });
+    }
+    if !registry.catalog().read().nodes.contains_key(&me) {
+        return Err("registering this node in group 0".into());
+    }
+    match controller.meta_confirmed_ago() {
+        Some(ago) if ago <= READY_META_CONFIRMED_WITHIN => {}
+        Some(ago) => {
+            return Err(format!(
+                "group 0 has not confirmed a quorum to this node for {} ms (leader {:?} unreachable or without a majority)",
+                ago.as_millis(),
+                v.leader
+            ))
+        }
+        None => return Err("confirming group 0's quorum".into()),
+    }
+    let states = registry.vshard_states();
+    let reachable = |l: u64| {
+        l == me
+            || matches!(
+                membership.state_of(l),
+                Some(shoal_membership::MemberState::Alive)
+            )
+    };
+    if !states.is_empty()
+        && !states
+            .values()
+            .any(|g| g.leader.is_some_and(reachable))
+    {
+        return Err(format!(
+            "none of the {} vshard replicas here has a reachable leader",
+            states.len()
+        ));
+    }
+    Ok(())
+}
+
+/// The control plane's configuration.
+fn controller_config(
+    cfg: &NodeConfig,
+    dir: &DataDir,
+    addrs: &shoal_consensus::NodeAddrs,
+) -> shoal_cluster::controller::ControllerConfig {
+    let ms = Duration::from_millis;
+    shoal_cluster::controller::ControllerConfig {
+        node_id: dir.identity.node_id,
+        bootstrap: dir.created && cfg.join.is_empty(),
+        addrs: addrs.clone(),
+        vshards: dir.identity.vshards,
+        max_voters: cfg.max_voters,
+        placement: shoal_cluster::placement::PlacementConfig {
+            replication_factor: cfg.replication_factor,
+            dead_replica_timeout: ms(cfg.dead_replica_timeout_ms),
+            max_moves: cfg.rebalance_max_moves,
+            cpu_threshold: cfg.rebalance_cpu_threshold,
+            max_disk_fraction: cfg.rebalance_max_disk_fraction,
+            vshard_cooldown: ms(cfg.rebalance_vshard_cooldown_ms),
+        },
+        control_interval: ms(cfg.control_interval_ms),
+        rebalance_interval: ms(cfg.rebalance_interval_ms),
+        leader_balance_interval: ms(cfg.leader_balance_interval_ms),
+        report_interval: ms(cfg.report_interval_ms),
+        quiesce_after: ms(cfg.quiesce_after_ms),
+        replica_gc_grace: ms(cfg.replica_gc_grace_ms),
+        move_stall_timeout: ms(cfg.move_stall_timeout_ms),
+    }
+}
+
 fn groups_config(cfg: &NodeConfig, dir: &DataDir, rpc_addr: &str) -> GroupsConfig {
     GroupsConfig {
         node_id: dir.identity.node_id,
         node_addr: rpc_addr.to_string(),
         bootstrap: dir.created && cfg.join.is_empty(),
-        host_vshards: dir.identity.hosts_vshards,
+        snapshot_max_bytes_per_sec: cfg.snapshot_max_bytes_per_sec,
         data_dir: cfg.data_dir.clone(),
         vshards: dir.identity.vshards,
         log: shoal_raftlog::LogConfig {
@@ -170,7 +257,6 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
                 cluster_id: reply.cluster_id,
                 node_id: reply.node_id,
                 vshards: reply.vshards,
-                hosts_vshards: reply.hosts_vshards,
             })
         }
     };
@@ -224,8 +310,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
         gossip_addr: bound.gossip_addr,
         registry: OnceLock::new(),
         engine: OnceLock::new(),
-        hosts_vshards: dir.identity.hosts_vshards,
-        replication_factor: cfg.replication_factor,
+        controller: OnceLock::new(),
         max_message_bytes: cfg.rpc_max_message_bytes,
     });
     let rpc = shoal_transport::RpcServer::start(
@@ -417,6 +502,21 @@ async fn run(
         }));
     }
     let _ = shared.registry.set(registry.clone());
+    let sampler = Arc::new(shoal_cluster::reports::LoadSampler::new(
+        cfg.data_dir.clone(),
+        env!("CARGO_PKG_VERSION").to_string(),
+    ));
+    let controller = Arc::new(shoal_cluster::controller::Controller::new(
+        controller_config(&cfg, &dir, &addrs),
+        shoal_cluster::controller::Parts {
+            registry: registry.clone(),
+            membership: membership.clone(),
+            peers: peers.clone(),
+            clocks: clocks.clone(),
+            envelope: peers.envelope().clone(),
+            sampler,
+        },
+    ));
     let partitions = match cfg.query_target_partitions {
         0 => std::thread::available_parallelism()
             .map(|n| n.get())
@@ -443,6 +543,7 @@ async fn run(
         gossip_addr: addrs.gossip.clone(),
         liveness,
         breaker,
+        reports: Some(Arc::new(cluster::Reports(controller.clone()))),
     };
     let _ = (http_addr, pg_addr);
     let fragments = Arc::new(cluster::PeerFragments {
@@ -458,39 +559,22 @@ async fn run(
     let _ = shared.engine.set(engine.clone());
     let _ = pg.engine.set(engine.clone());
     let _ = state.engine.set(engine);
+    let _ = shared.controller.set(controller.clone());
+    {
+        // Membership changes wake the duties that follow them (placement, membership).
+        let c = controller.clone();
+        membership.subscribe(move |_| c.wake());
+    }
     {
         let registry = registry.clone();
+        let controller = controller.clone();
+        let membership = membership.clone();
         let me = dir.identity.node_id;
         let _ = state.readiness.set(Arc::new(move || {
-            let v = registry.meta_view();
-            if !v.caught_up {
-                return Err(match v.leader {
-                    None => "waiting for group 0 to elect a leader (no quorum yet)".into(),
-                    Some(l) => format!("catching up group 0 from leader {l}"),
-                });
-            }
-            if !registry.catalog().read().nodes.contains_key(&me) {
-                return Err("registering this node in group 0".into());
-            }
-            Ok(())
+            readiness(&registry, &controller, &membership, me)
         }));
     }
-    let maintenance = cluster::spawn_maintenance(
-        shared.clone(),
-        registry.clone(),
-        membership.clone(),
-        peers.envelope().clone(),
-        cluster::MaintenanceConfig {
-            bootstrap: dir.created && cfg.join.is_empty(),
-            max_voters: cfg.max_voters,
-            quiesce_after: Duration::from_millis(cfg.quiesce_after_ms),
-            balance_every: Duration::from_millis(cfg.leader_balance_interval_ms),
-            dead_replica_timeout: Duration::from_millis(cfg.dead_replica_timeout_ms),
-            data_dir: cfg.data_dir.clone(),
-            peers: peers.clone(),
-            clocks: clocks.clone(),
-        },
-    );
+    let maintenance = controller.spawn();
     let flusher = registry.spawn_flusher();
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,

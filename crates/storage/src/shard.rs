@@ -248,6 +248,8 @@ pub struct ShardStore {
     flushing: Arc<AtomicBool>,
     /// Parsed footers of this store's parts (see [`crate::read`]).
     part_meta: crate::read::MetaCache,
+    /// Rows applied since the store was opened (a write rate, for the rebalancer).
+    rows_inserted: std::sync::atomic::AtomicU64,
 }
 
 /// What a scan of one table on this replica reads: hot batches plus flushed parts.
@@ -267,6 +269,8 @@ pub struct ShardStats {
     pub part_bytes: u64,
     pub part_rows: u64,
     pub oldest_hot_age_ms: u64,
+    /// Rows applied since this replica was opened (monotonic).
+    pub rows_inserted: u64,
 }
 
 /// A frozen cut of the hot buffer, written by [`FlushJob::commit`].
@@ -317,6 +321,7 @@ impl ShardStore {
             flush_lock: Mutex::new(()),
             flushing: Arc::new(AtomicBool::new(false)),
             part_meta,
+            rows_inserted: Default::default(),
         };
         Ok((Arc::new(store), raft_state))
     }
@@ -358,6 +363,8 @@ impl ShardStore {
         let Some((min_ts, max_ts)) = dedup::ts_range(&batch) else {
             return Ok(());
         };
+        self.rows_inserted
+            .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
         let mut st = self.state.write();
         let seq = st.next_seq;
         st.next_seq += 1;
@@ -384,6 +391,7 @@ impl ShardStore {
                 .oldest_hot
                 .map(|t| t.elapsed().as_millis() as u64)
                 .unwrap_or(0),
+            rows_inserted: self.rows_inserted.load(Ordering::Relaxed),
             ..Default::default()
         };
         for t in st.tables.values() {

@@ -55,6 +55,10 @@ pub struct HelloReply {
     /// measurement (0 from older nodes).
     #[prost(int64, tag = "9")]
     pub wall_ns: i64,
+    /// The answering node's load report (JSON of the control plane's `NodeLoad`; empty from
+    /// older nodes or before the first sample).
+    #[prost(bytes = "bytes", tag = "10")]
+    pub load: Bytes,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

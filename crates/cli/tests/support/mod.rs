@@ -341,6 +341,49 @@ where
     }
 }
 
+/// Like [`eventually`], but on a timeout prints what every node of `nodes` says of the
+/// placement (moves, replicas, its log's tail) before failing, so a stuck control plane can
+/// be read from the test output.
+pub async fn eventually_in<T, F, Fut>(what: &str, nodes: &[&Node], mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            for n in nodes {
+                if n.child.is_none() {
+                    continue;
+                }
+                let moves = n
+                    .sql("SELECT move_id, vshard, from_node, to_node, state, attempts, last_error FROM system.moves ORDER BY move_id")
+                    .await;
+                let shards = n.sql("SELECT vshard, replicas, leader, moving FROM system.shards ORDER BY vshard").await;
+                let local = n
+                    .sql("SELECT vshard, role, leader, voters, learners, followers FROM system.replicas ORDER BY vshard")
+                    .await;
+                let log = n.stderr_text();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!(
+                    "--- node {} ({}):\nmoves {}\nshards {}\nreplicas {}\nlog tail:\n{}",
+                    n.node_id,
+                    n.addr,
+                    moves.1,
+                    shards.1,
+                    local.1,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// `SHOW NODES` as (id, lifecycle, swim state, group-0 role) rows.
 pub async fn nodes(n: &Node) -> Vec<(u64, String, String, String)> {
     nodes_full(n)
@@ -381,10 +424,60 @@ pub async fn rows(n: &Node, sql: &str) -> Option<serde_json::Value> {
     (status == 200).then(|| v["rows"].clone())
 }
 
+/// Group 0's placement as `n` sees it: each vshard's replicas.
+pub async fn placement(n: &Node) -> Option<Vec<Vec<u64>>> {
+    let r = rows(n, "SELECT replicas FROM system.shards ORDER BY vshard").await?;
+    r.as_array()?
+        .iter()
+        .map(|row| {
+            row[0]
+                .as_str()
+                .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
+        })
+        .collect()
+}
+
+/// Moves under way as `n` sees them.
+pub async fn active_moves(n: &Node) -> Option<i64> {
+    let r = rows(
+        n,
+        "SELECT count(*) FROM system.moves WHERE state IN ('PENDING', 'CATCHING_UP', 'SWAPPING')",
+    )
+    .await?;
+    r[0][0].as_i64()
+}
+
+/// Replicas per node as group 0 places them (`system.nodes.replicas`), for ACTIVE nodes.
+pub async fn replica_counts(n: &Node) -> Option<std::collections::BTreeMap<u64, i64>> {
+    let r = rows(
+        n,
+        "SELECT node_id, replicas FROM system.nodes WHERE lifecycle = 'ACTIVE' ORDER BY node_id",
+    )
+    .await?;
+    r.as_array()?
+        .iter()
+        .map(|row| Some((row[0].as_u64()?, row[1].as_i64()?)))
+        .collect()
+}
+
+/// `Some` once no move is under way, every vshard has `rf` replicas and every ACTIVE node
+/// holds within one of the mean.
+pub async fn balanced(n: &Node, rf: usize) -> Option<()> {
+    if active_moves(n).await? != 0 {
+        return None;
+    }
+    if !placement(n).await?.iter().all(|r| r.len() == rf) {
+        return None;
+    }
+    let c = replica_counts(n).await?;
+    let (min, max) = (c.values().min()?, c.values().max()?);
+    (max - min <= 1).then_some(())
+}
+
 /// Waits until every vshard has the same three voters.
 pub async fn all_replicated(n: &Node) {
     eventually("every vshard has 3 voters", || async {
-        let r = rows(n, "SELECT DISTINCT replicas FROM system.shards").await?;
+        let r = rows(n, "SELECT DISTINCT voters FROM system.replicas").await?;
         (r.as_array().map(Vec::len) == Some(1) && r[0][0].as_str() == Some("1,2,3")).then_some(())
     })
     .await;

@@ -6,7 +6,7 @@ use super::*;
 impl Registry {
     /// Asks every vshard with hot data to flush now.
     pub async fn flush_all(&self) {
-        for s in self.shards().iter() {
+        for s in self.shards().values() {
             if s.store.stats().hot_rows > 0 {
                 let _ = s.raft.trigger().snapshot().await;
             }
@@ -27,7 +27,7 @@ impl Registry {
                 if reg.check_disk().is_err() {
                     continue;
                 }
-                for s in reg.shards().iter() {
+                for s in reg.shards().values() {
                     let st = s.store.stats();
                     if st.hot_rows > 0
                         && (st.hot_bytes >= reg.cfg.flush_hot_bytes
@@ -54,7 +54,7 @@ impl Registry {
         } else if let Some(s) = u32::try_from(group)
             .ok()
             .and_then(|g| g.checked_sub(1))
-            .and_then(|v| self.shard(v as usize))
+            .and_then(|v| self.shard(v))
         {
             s.raft.trigger().snapshot().await
         } else {

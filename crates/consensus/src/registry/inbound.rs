@@ -16,6 +16,15 @@ impl Registry {
                 let agreed = self.handle_quiesce(&msg);
                 return Ok(serde_json::to_vec(&agreed).unwrap_or_default().into());
             }
+            RaftRpc::LeaderTransfer => {
+                let to: u64 = serde_json::from_slice(&msg.header)
+                    .map_err(|e| Error::Rejected(format!("bad leader transfer: {e}")))?;
+                let v = group
+                    .checked_sub(1)
+                    .ok_or_else(|| Error::Rejected("leader transfers are for vshards".into()))?;
+                let done = self.transfer_vshard_leader(v, to).await;
+                return Ok(serde_json::to_vec(&done).unwrap_or_default().into());
+            }
             RaftRpc::Closed => {
                 self.handle_closed(&msg)?;
                 return Ok(bytes::Bytes::new());
@@ -42,7 +51,7 @@ impl Registry {
             return handle_inbound(&self.meta, group, inbound).await;
         }
         let s = self
-            .shard(group as usize - 1)
+            .shard(group - 1)
             .ok_or_else(|| Error::Unavailable {
                 group,
                 reason: format!("node {} does not host group {group}", self.cfg.node_id),

@@ -74,7 +74,7 @@ impl Registry {
                     pending += 1;
                     let _ = reg.meta.trigger().elect(true).await;
                 }
-                for s in reg.shards().iter() {
+                for s in reg.shards().values() {
                     if s.raft.metrics().borrow_watched().current_leader == Some(node) {
                         s.wake();
                         pending += 1;
@@ -99,7 +99,7 @@ impl Registry {
         let Some(s) = msg
             .group
             .checked_sub(1)
-            .and_then(|v| self.shard(v as usize))
+            .and_then(|v| self.shard(v))
         else {
             return false;
         };
@@ -124,7 +124,7 @@ impl Registry {
     /// node per interval) watches the leaders instead.
     pub async fn quiesce_idle(&self, idle_after: Duration) {
         let me = self.cfg.node_id;
-        for (v, s) in self.shards().iter().enumerate() {
+        for (&v, s) in self.shards().iter() {
             let m = s.raft.metrics().borrow_watched().clone();
             let q = s.quiet();
             // A replica quiesced under a leader that is gone, or that got new entries

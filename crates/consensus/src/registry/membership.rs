@@ -1,313 +1,291 @@
-//! Raft membership of the groups hosted here (to be driven by the control plane).
+//! Raft membership of the groups hosted here, as the control plane sees and changes it.
+//!
+//! [`Registry::group_state`] is a snapshot of one group's Raft state (what the planners in
+//! the `cluster` crate plan from); [`Registry::change_membership`] carries out one step they
+//! chose, bounded by `MEMBERSHIP_CHANGE_TIMEOUT`. [`handoff_target`] is the one chooser of
+//! whom to hand a leadership to, used by every caller (a leaving replica, a full disk,
+//! leader balancing, a move whose source leads).
+
+use std::collections::BTreeSet;
 
 use super::*;
 
-impl Registry {
-    /// On the group-0 leader: makes Raft membership follow the node registry. Every
-    /// registered node becomes a learner; a caught-up learner is promoted to voter while
-    /// there are fewer than `max_voters`; a caught-up JOINING node becomes ACTIVE.
-    /// Idempotent, so a new leader simply carries on where the old one stopped.
-    pub async fn reconcile_members(&self, max_voters: usize, rf: usize) -> Result<(), Error> {
-        let catalog = self.catalog.read().clone();
-        let all: Vec<(u64, String)> = catalog
-            .nodes
-            .values()
-            .filter(|n| n.state != crate::NodeState::Decommissioned)
-            .map(|n| (n.id, n.addrs.rpc.clone()))
-            .collect();
-        let mut first_error = None;
-        // Group 0's membership takes effect when appended, its catalog when applied: the
-        // registry is as new as the membership only once everything up to it is applied.
-        let fresh_meta = {
-            let m = self.meta.metrics().borrow_watched().clone();
-            let membership_at = m.membership_config.log_id().as_ref().map_or(0, |l| l.index);
-            m.last_applied.as_ref().map_or(0, |l| l.index) >= membership_at
-        };
-        match reconcile_group(
-            &self.meta,
-            0,
-            self.cfg.node_id,
-            &all,
-            max_voters,
-            fresh_meta,
-        )
-        .await
-        {
-            Ok(Some(caught_up)) => {
-                for n in catalog.nodes.values() {
-                    if n.state == crate::NodeState::Joining && caught_up.contains(&n.id) {
-                        tracing::info!(node = n.id, "node caught up; ACTIVE");
-                        let r = self
-                            .propose_meta(Command::Cluster(crate::ClusterOp::SetState {
-                                id: n.id,
-                                state: crate::NodeState::Active,
-                            }))
-                            .await;
-                        if let Err(e) = r {
-                            first_error.get_or_insert(e);
-                        }
-                    }
-                }
-            }
-            Ok(None) => {}
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
-        }
-        // Every vshard group this node leads takes the vshard hosts as replicas.
-        let mut catalog = catalog;
-        let hosts_of = |c: &crate::Catalog| -> Vec<(u64, String)> {
-            c.vshard_hosts()
-                .iter()
-                .map(|n| (n.id, n.addrs.rpc.clone()))
-                .collect()
-        };
-        let mut hosts = hosts_of(&catalog);
-        let me = self.cfg.node_id;
-        let shards = self.shards();
-        // A replica of a node no longer hosting is removed only on a catalog confirmed as
-        // current with group 0's leader: this node's copy may lag, and removing on an old
-        // host list could undo a replacement another leader already made.
-        let stale_here = shards.iter().any(|s| {
-            let m = s.raft.metrics().borrow_watched().clone();
-            m.current_leader == Some(me)
-                && m.membership_config
-                    .membership()
-                    .nodes()
-                    .any(|(n, _)| !hosts.iter().any(|(h, _)| h == n))
-        });
-        let mut may_remove = false;
-        if stale_here && self.meta_barrier(Duration::from_secs(2)).await.is_ok() {
-            catalog = self.catalog.read().clone();
-            hosts = hosts_of(&catalog);
-            may_remove = true;
-        }
-        for (v, s) in shards.iter().enumerate() {
-            // A group whose membership is still changing must not be quiesced: membership
-            // changes need its timers (replication retries, heartbeats).
-            let m = s.raft.metrics().borrow_watched().clone();
-            let membership = m.membership_config.membership();
-            let settled = membership.learner_ids().next().is_none()
-                && hosts
-                    .iter()
-                    .all(|(id, _)| membership.nodes().any(|(n, _)| n == id))
-                && membership
-                    .nodes()
-                    .all(|(n, _)| hosts.iter().any(|(h, _)| h == n));
-            if !settled {
-                s.wake();
-            }
-            // One group's trouble must not stop the others from being reconciled.
-            let r = reconcile_group(
-                &s.raft,
-                group_of_vshard(v as u32),
-                self.cfg.node_id,
-                &hosts,
-                rf,
-                may_remove,
-            )
-            .await;
-            if let Err(e) = r {
-                tracing::debug!(vshard = v, error = %e, "reconciling vshard membership; will retry");
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+/// One group's Raft state as this node sees it: the view the control plane plans from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupState {
+    pub group: u32,
+    pub me: u64,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub voters: BTreeSet<u64>,
+    pub learners: BTreeSet<u64>,
+    /// The membership is a joint configuration: a change is under way.
+    pub joint: bool,
+    pub last_index: u64,
+    pub committed: u64,
+    pub applied: u64,
+    /// The log index of the membership in effect.
+    pub membership_index: u64,
+    /// On the leader: the last index each other member is known to hold (`None`: not
+    /// known yet). Empty elsewhere.
+    pub matched: BTreeMap<u64, Option<u64>>,
+}
+
+/// Entries a member may lag the leader by and still count as caught up (promotion to
+/// voter, hand-off of leadership).
+pub const CAUGHT_UP_SLACK: u64 = 16;
+
+impl GroupState {
+    pub fn leads(&self) -> bool {
+        self.leader == Some(self.me)
     }
 
-    /// Run by the maintenance loop: a node whose disk dropped below `min_free_disk_bytes`
-    /// cannot append, so every vshard it leads would stall until space is back. It hands
-    /// each of them to a follower that has every entry (a leadership transfer, which
-    /// followers grant even while they believe in this leader).
-    pub async fn shed_leaders_if_disk_full(&self) {
-        if self.check_disk().is_ok() {
-            return;
-        }
-        let me = self.cfg.node_id;
-        for (v, s) in self.shards().iter().enumerate() {
-            let m = s.raft.metrics().borrow_watched().clone();
-            if m.current_leader != Some(me) {
-                continue;
-            }
-            let last = m.last_log_index.unwrap_or(0);
-            let to = m.replication.as_ref().and_then(|r| {
-                r.iter()
-                    .filter(|(id, l)| **id != me && l.as_ref().is_some_and(|l| l.index == last))
-                    .map(|(id, _)| *id)
-                    .next()
-            });
-            if let Some(to) = to {
-                s.wake();
-                tracing::warn!(vshard = v, to, "disk full: handing vshard leadership away");
-                let _ = s.raft.trigger().transfer_leader(to).await;
-            }
-        }
+    pub fn members(&self) -> BTreeSet<u64> {
+        self.voters.union(&self.learners).copied().collect()
     }
 
-    /// Spreads vshard leadership over the replicas: when this node leads at least two
-    /// vshards more than some alive, caught-up follower of one of them does (counted over
-    /// the groups hosted here), it hands that vshard to the follower. At most one transfer
-    /// per call, so the maintenance loop moves leaders gradually; every node only sheds its
-    /// own excess, so nodes never fight over a group. Returns the vshard moved, if any.
-    pub async fn balance_leaders(&self) -> Option<u32> {
-        if self.check_disk().is_err() {
-            return None;
+    /// Whether `node` holds (nearly) everything the leader has; the leader itself does.
+    pub fn caught_up(&self, node: u64) -> bool {
+        if node == self.me && self.leads() {
+            return true;
         }
-        let me = self.cfg.node_id;
-        let shards = self.shards();
-        let metrics: Vec<_> = shards
-            .iter()
-            .map(|s| s.raft.metrics().borrow_watched().clone())
-            .collect();
-        let mut led: BTreeMap<u64, usize> = BTreeMap::new();
-        for m in &metrics {
-            if let Some(l) = m.current_leader {
-                *led.entry(l).or_default() += 1;
-            }
-        }
-        let mine = led.get(&me).copied().unwrap_or(0);
-        for (v, m) in metrics.iter().enumerate() {
-            if m.current_leader != Some(me) {
-                continue;
-            }
-            let last = m.last_log_index.unwrap_or(0);
-            let target = m
-                .replication
-                .iter()
-                .flatten()
-                .filter(|(id, matched)| {
-                    **id != me
-                        && m.membership_config
-                            .membership()
-                            .voter_ids()
-                            .any(|v| v == **id)
-                        && matched.as_ref().is_some_and(|l| l.index == last)
-                        && self.is_alive(**id)
-                })
-                .map(|(id, _)| (led.get(id).copied().unwrap_or(0), *id))
-                .min();
-            let Some((theirs, to)) = target else { continue };
-            if mine < theirs + 2 {
-                continue;
-            }
-            let s = &shards[v];
-            s.wake();
-            tracing::info!(vshard = v, to, mine, theirs, "balancing vshard leadership");
-            let _ = s.raft.trigger().transfer_leader(to).await;
-            return Some(v as u32);
-        }
-        None
+        self.matched
+            .get(&node)
+            .copied()
+            .flatten()
+            .is_some_and(|m| self.last_index.saturating_sub(m) <= CAUGHT_UP_SLACK)
+    }
+
+    /// Whether `node` holds every entry the leader has (a leadership transfer to it takes
+    /// effect at once).
+    pub fn fully_caught_up(&self, node: u64) -> bool {
+        self.matched
+            .get(&node)
+            .copied()
+            .flatten()
+            .is_some_and(|m| m >= self.last_index)
     }
 }
 
-/// On the leader of `raft`: every node of `desired` becomes a learner; caught-up learners
-/// are promoted while there are fewer than `max_voters` voters. Returns the caught-up nodes
-/// when this node leads, `None` otherwise. Idempotent: a new leader carries on.
-pub(super) async fn reconcile_group<SM>(
-    raft: &Raft<TypeConfig, SM>,
-    group: u32,
-    me: u64,
-    desired: &[(u64, String)],
-    max_voters: usize,
-    may_remove: bool,
-) -> Result<Option<std::collections::BTreeSet<u64>>, Error>
-where
-    SM: openraft::storage::RaftStateMachine<TypeConfig>,
-{
-    let m = raft.metrics().borrow_watched().clone();
-    if m.current_leader != Some(me) {
-        return Ok(None);
+/// One change to a group's Raft membership or leadership.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MembershipChange {
+    /// Add a node as a learner (it catches up by log or snapshot; it never votes).
+    AddLearner(u64),
+    /// Make exactly these the voters, in one joint-consensus step: a majority of the old
+    /// voters and of the new must agree. Voters left out are removed from the group.
+    SetVoters(BTreeSet<u64>),
+    /// Remove these learners.
+    RemoveLearners(BTreeSet<u64>),
+    /// Hand leadership to this voter.
+    TransferLeader(u64),
+}
+
+/// Whom the leader of `g` should hand leadership to: a voter other than itself that is
+/// alive and holds every entry (so the transfer takes effect at once), preferring
+/// `prefer`, then the one `load` ranks lowest (fewest leaderships), then the lowest id.
+/// `None` if there is none. The one chooser every caller uses.
+pub fn handoff_target(
+    g: &GroupState,
+    prefer: Option<u64>,
+    alive: impl Fn(u64) -> bool,
+    load: impl Fn(u64) -> usize,
+) -> Option<u64> {
+    let ok = |n: u64| n != g.me && g.voters.contains(&n) && alive(n) && g.fully_caught_up(n);
+    if let Some(p) = prefer.filter(|p| ok(*p)) {
+        return Some(p);
     }
-    let membership = m.membership_config.membership().clone();
-    let members: std::collections::BTreeSet<u64> = membership.nodes().map(|(id, _)| *id).collect();
-    let last = m.last_log_index.unwrap_or(0);
-    let matched = |id: u64| -> Option<u64> {
-        if id == me {
-            return Some(last);
-        }
-        m.replication
-            .as_ref()
-            .and_then(|r| r.get(&id).cloned().flatten())
-            .map(|l| l.index)
-    };
-    let caught_up: std::collections::BTreeSet<u64> = members
+    g.voters
         .iter()
         .copied()
-        .filter(|id| matched(*id).is_some_and(|x| last.saturating_sub(x) <= 16))
-        .collect();
-    for (id, addr) in desired {
-        if members.contains(id) {
-            continue;
+        .filter(|n| ok(*n))
+        .min_by_key(|n| (load(*n), *n))
+}
+
+impl Registry {
+    /// Group `group`'s state here (group 0, or vshard `group - 1` if hosted).
+    pub fn group_state(&self, group: u32) -> Option<GroupState> {
+        let m = match group.checked_sub(1) {
+            None => self.meta.metrics().borrow_watched().clone(),
+            Some(v) => self.shard(v)?.raft.metrics().borrow_watched().clone(),
+        };
+        Some(state_of(group, self.cfg.node_id, &m))
+    }
+
+    /// The states of every vshard group hosted here, by vshard.
+    pub fn vshard_states(&self) -> BTreeMap<u32, GroupState> {
+        self.shards()
+            .iter()
+            .map(|(&v, s)| {
+                let m = s.raft.metrics().borrow_watched().clone();
+                (v, state_of(group_of_vshard(v), self.cfg.node_id, &m))
+            })
+            .collect()
+    }
+
+    /// Carries out one membership change of `group` (this node must lead it), waiting at
+    /// most `MEMBERSHIP_CHANGE_TIMEOUT` for it to commit; the control plane retries.
+    pub async fn change_membership(
+        &self,
+        group: u32,
+        change: MembershipChange,
+    ) -> Result<(), Error> {
+        match group.checked_sub(1) {
+            None => self.change_on(&self.meta, 0, change).await,
+            Some(v) => {
+                let s = self.shard(v).ok_or_else(|| self.not_hosted(v))?;
+                // A group whose membership changes must be awake: the change needs its
+                // timers (replication retries, heartbeats).
+                s.wake();
+                self.change_on(&s.raft, group, change).await
+            }
         }
-        tracing::info!(group, node = id, rpc = %addr, "adding a learner");
-        let add = raft.add_learner(*id, openraft::impls::BasicNode::new(addr), false);
-        membership_change(group, "adding a learner", add).await?;
     }
-    let wanted = |id: u64| desired.iter().any(|(d, _)| *d == id);
-    // The voters this group should have: the wanted voters it has, plus caught-up wanted
-    // learners up to `max_voters`; voters no longer wanted (replaced or retired nodes) go
-    // in the same change once the wanted ones are complete. One joint-consensus step
-    // (`ReplaceAllVoters`) swaps a dead voter for its replacement: it needs a majority of
-    // the old set and of the new one, both of which the live voters have. Promoting the
-    // replacement first and removing later would pass through four voters, two of them
-    // possibly dead (the harness' wiped-disk scenario hit exactly that, and the group
-    // could never commit again).
-    let current: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
-    let mut next: std::collections::BTreeSet<u64> =
-        current.iter().copied().filter(|v| wanted(*v)).collect();
-    for id in membership.learner_ids() {
-        if next.len() < max_voters && caught_up.contains(&id) && wanted(id) {
-            next.insert(id);
+
+    /// Carries out `change`; a leader whose lease lapsed while its group was quiet (no
+    /// heartbeats) refuses it until a heartbeat round renews the lease, so that refusal is
+    /// retried (after asking for a heartbeat) until `MEMBERSHIP_CHANGE_TIMEOUT`.
+    async fn change_on<SM>(
+        &self,
+        raft: &Raft<TypeConfig, SM>,
+        group: u32,
+        change: MembershipChange,
+    ) -> Result<(), Error>
+    where
+        SM: openraft::storage::RaftStateMachine<TypeConfig>,
+    {
+        let deadline = tokio::time::Instant::now() + MEMBERSHIP_CHANGE_TIMEOUT;
+        loop {
+            let r = self.change_once(raft, group, change.clone()).await;
+            let lease_lapsed = matches!(r, Err(Error::NotLeader { hint: None, .. }))
+                && raft.metrics().borrow_watched().current_leader == Some(self.cfg.node_id);
+            if !lease_lapsed || tokio::time::Instant::now() >= deadline {
+                return r;
+            }
+            let _ = raft.trigger().heartbeat().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let stale_voters: Vec<u64> = current.iter().copied().filter(|v| !wanted(*v)).collect();
-    // Without `may_remove` the caller's view of who is wanted may be older than this
-    // membership, and removing on it could undo a replacement: only promote then.
-    let complete = next.len() >= max_voters.min(desired.len());
-    if !(may_remove && complete) {
-        next.extend(stale_voters.iter().copied());
-    }
-    if next.contains(&me) && next != current {
-        tracing::info!(group, from = ?current, to = ?next, "changing voters");
-        let change = raft.change_membership(
-            openraft::ChangeMembers::ReplaceAllVoters(next.clone()),
-            false,
-        );
-        membership_change(group, "changing voters", change).await?;
-        // The membership changed under us: learners are looked at on the next round.
-        return Ok(Some(caught_up));
-    }
-    if !next.contains(&me) {
-        // A leader does not remove itself: it hands the group to a caught-up wanted voter,
-        // whose reconciler then removes this replica.
-        let to = next.iter().copied().find(|id| caught_up.contains(id));
-        if let Some(to) = to {
-            tracing::info!(
-                group,
-                to,
-                "handing leadership over before leaving the group"
-            );
-            let _ = raft.trigger().transfer_leader(to).await;
+
+    async fn change_once<SM>(
+        &self,
+        raft: &Raft<TypeConfig, SM>,
+        group: u32,
+        change: MembershipChange,
+    ) -> Result<(), Error>
+    where
+        SM: openraft::storage::RaftStateMachine<TypeConfig>,
+    {
+        match change {
+            MembershipChange::AddLearner(n) => {
+                let addr = self.rpc_addr_of(n);
+                tracing::info!(group, node = n, rpc = %addr, "adding a learner");
+                let add = raft.add_learner(n, openraft::impls::BasicNode::new(&addr), false);
+                membership_change(group, "adding a learner", add).await
+            }
+            MembershipChange::SetVoters(voters) => {
+                let m = raft.metrics().borrow_watched().clone();
+                let from: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+                tracing::info!(group, ?from, to = ?voters, "changing voters (one joint step)");
+                let change = raft
+                    .change_membership(openraft::ChangeMembers::ReplaceAllVoters(voters), false);
+                membership_change(group, "changing voters", change).await
+            }
+            MembershipChange::RemoveLearners(learners) => {
+                tracing::info!(group, ?learners, "removing learners");
+                let change =
+                    raft.change_membership(openraft::ChangeMembers::RemoveNodes(learners), false);
+                membership_change(group, "removing learners", change).await
+            }
+            MembershipChange::TransferLeader(to) => {
+                tracing::info!(group, to, "handing leadership over");
+                raft.trigger()
+                    .transfer_leader(to)
+                    .await
+                    .map_err(|e| Error::Unavailable {
+                        group,
+                        reason: format!("transferring leadership to {to}: {e}"),
+                    })
+            }
         }
-        return Ok(Some(caught_up));
     }
-    if !may_remove {
-        return Ok(Some(caught_up));
+
+    /// A node's RPC address from group 0's registry (what Raft membership records).
+    fn rpc_addr_of(&self, node: u64) -> String {
+        self.catalog
+            .read()
+            .nodes
+            .get(&node)
+            .map(|n| n.addrs.rpc.clone())
+            .unwrap_or_default()
     }
-    // Learners no longer wanted go at once: they never count for a quorum.
-    let stale_learners: std::collections::BTreeSet<u64> =
-        membership.learner_ids().filter(|id| !wanted(*id)).collect();
-    if !stale_learners.is_empty() {
-        tracing::info!(group, learners = ?stale_learners, "removing learners of nodes no longer wanted");
-        let remove =
-            raft.change_membership(openraft::ChangeMembers::RemoveNodes(stale_learners), false);
-        membership_change(group, "removing a learner", remove).await?;
+
+    /// Hands leadership of vshard `v` to `to` if this node leads it and `to` is a voter
+    /// holding every entry (asked by the control plane's leader balancing); answers
+    /// whether it did.
+    pub async fn transfer_vshard_leader(&self, v: u32, to: u64) -> bool {
+        let Some(g) = self.group_state(group_of_vshard(v)) else {
+            return false;
+        };
+        if !g.leads() || handoff_target(&g, Some(to), |_| true, |_| 0) != Some(to) {
+            return false;
+        }
+        self.change_membership(g.group, MembershipChange::TransferLeader(to))
+            .await
+            .is_ok()
     }
-    Ok(Some(caught_up))
+}
+
+impl Registry {
+    /// Asks `node` (the leader of vshard `v`, as reported) to hand its leadership to `to`;
+    /// answers whether it did.
+    pub async fn ask_leader_transfer(&self, node: u64, v: u32, to: u64) -> Result<bool, Error> {
+        let msg = RaftMessage {
+            group: group_of_vshard(v),
+            kind: RaftRpc::LeaderTransfer,
+            header: serde_json::to_vec(&to).unwrap_or_default().into(),
+            entries: vec![],
+        };
+        let body = self
+            .transport
+            .send_raft(node, "", msg, Duration::from_secs(5))
+            .await
+            .map_err(|e| Error::Unavailable {
+                group: group_of_vshard(v),
+                reason: e.to_string(),
+            })?;
+        Ok(serde_json::from_slice(&body).unwrap_or(false))
+    }
+}
+
+fn state_of(group: u32, me: u64, m: &openraft::RaftMetrics<TypeConfig>) -> GroupState {
+    let membership = m.membership_config.membership();
+    GroupState {
+        group,
+        me,
+        leader: m.current_leader,
+        term: m.current_term,
+        voters: membership.voter_ids().collect(),
+        learners: membership.learner_ids().collect(),
+        joint: membership.get_joint_config().len() > 1,
+        last_index: m.last_log_index.unwrap_or(0),
+        committed: m.local_committed.as_ref().map_or(0, |l| l.index),
+        applied: m.last_applied.as_ref().map_or(0, |l| l.index),
+        membership_index: m.membership_config.log_id().as_ref().map_or(0, |l| l.index),
+        matched: m
+            .replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .map(|(id, l)| (*id, l.as_ref().map(|l| l.index)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
 }
 
 /// One membership change of `group`, given up after `MEMBERSHIP_CHANGE_TIMEOUT` (the
-/// reconciler retries on its next round).
+/// control plane retries).
 pub(super) async fn membership_change(
     group: u32,
     what: &str,
@@ -325,4 +303,37 @@ pub(super) async fn membership_change(
             reason: format!("{what} timed out"),
         })?;
     map_write(group, r).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(me: u64, voters: &[u64], matched: &[(u64, Option<u64>)]) -> GroupState {
+        GroupState {
+            group: 1,
+            me,
+            leader: Some(me),
+            voters: voters.iter().copied().collect(),
+            last_index: 100,
+            matched: matched.iter().copied().collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn handoff_picks_an_alive_voter_with_every_entry() {
+        let g = state(1, &[1, 2, 3], &[(1, Some(100)), (2, Some(99)), (3, Some(100))]);
+        assert_eq!(handoff_target(&g, None, |_| true, |_| 0), Some(3));
+        // Preferred when eligible, else the least loaded, else the lowest id.
+        assert_eq!(handoff_target(&g, Some(2), |_| true, |_| 0), Some(3));
+        let g = state(1, &[1, 2, 3], &[(2, Some(100)), (3, Some(100))]);
+        assert_eq!(handoff_target(&g, Some(3), |_| true, |_| 0), Some(3));
+        assert_eq!(handoff_target(&g, None, |_| true, |n| if n == 2 { 5 } else { 1 }), Some(3));
+        assert_eq!(handoff_target(&g, None, |n| n != 2, |_| 0), Some(3));
+        // A learner never; nobody caught up: none.
+        let mut g = state(1, &[1, 2], &[(2, Some(50)), (4, Some(100))]);
+        g.learners.insert(4);
+        assert_eq!(handoff_target(&g, None, |_| true, |_| 0), None);
+    }
 }

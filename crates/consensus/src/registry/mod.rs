@@ -2,10 +2,21 @@
 //! with its own log directory and state. It is the only way the layers above propose
 //! commands, and it runs the flush policy (a flush is a vshard snapshot).
 //!
+//! A node hosts any subset of the vshards: the control plane opens a vshard's group here
+//! when group 0's placement names this node ([`Registry::open_vshard`]) and closes it when
+//! the placement no longer does ([`Registry::close_vshard`]); a closed replica's files are
+//! kept for `replica_gc_grace_ms`, then deleted ([`Registry::collect_removed`]). At start
+//! the node opens every vshard group whose directory it has and has not removed.
+//!
+//! The registry carries out decisions; it does not make them. Which replicas to add or
+//! remove, whom to hand leadership to, when to move: that is the `cluster` crate's.
+//!
 //! Layout under the data directory:
 //! ```text
 //! groups/g0/log/        group 0's Raft log          groups/g0/state/catalog.json
 //! groups/g<v+1>/log/    vshard v's Raft log         groups/g<v+1>/data/  (manifest + parts)
+//! groups/g<v+1>/REMOVED this replica was closed for good at this time (unix ms); deleted
+//!                       with the directory after the grace period
 //! ```
 
 use std::collections::BTreeMap;
@@ -35,6 +46,7 @@ mod flush;
 mod inbound;
 mod liveness;
 mod membership;
+pub use membership::{handoff_target, GroupState, MembershipChange, CAUGHT_UP_SLACK};
 mod read;
 mod write;
 
@@ -65,12 +77,12 @@ pub struct GroupsConfig {
     pub max_clock_offset_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
-    /// Start a new cluster: initialize group 0 with this node as its only voter (a node
-    /// that joined waits for the leader instead).
+    /// Start a new cluster: initialize group 0 and every vshard group with this node as
+    /// their only voter (a node that joined waits for the leaders to add it instead).
     pub bootstrap: bool,
-    /// Open (and, when new, create) this node's vshard groups at start (`node.json` says
-    /// whether it hosts; group 0's registry decides later, see `Registry::start_hosting`).
-    pub host_vshards: bool,
+    /// Outgoing snapshot bytes per second, all transfers of this node together (0: no
+    /// limit).
+    pub snapshot_max_bytes_per_sec: u64,
 }
 
 /// The answer to a group-0 command forwarded to the leader: the response and the log index
@@ -216,7 +228,9 @@ pub struct GroupStatus {
     pub applied_index: Option<u64>,
     pub snapshot_index: Option<u64>,
     pub purged_index: Option<u64>,
+    /// Voters, as this replica's Raft membership says.
     pub replicas: Vec<u64>,
+    pub learners: Vec<u64>,
     pub stats: ShardStats,
     /// Idle and quiesced (no heartbeats; followers not campaigning).
     pub quiesced: bool,
@@ -239,11 +253,13 @@ pub struct Registry {
     intents: Arc<IntentLog>,
     catalog: CatalogHandle,
     meta: Raft<TypeConfig, MetaStateMachine>,
-    /// The vshard groups hosted here: all of them or none. Swapped whole when this node
-    /// starts or stops hosting ([`Registry::start_hosting`], [`Registry::stop_hosting`]).
-    shards: parking_lot::RwLock<Arc<Vec<Arc<ShardGroup>>>>,
-    /// Serialises starting and stopping to host.
+    /// The vshard groups hosted here, by vshard. Replaced whole (copy on write) when one
+    /// is opened or closed, so readers never hold the lock across an await.
+    shards: parking_lot::RwLock<Arc<BTreeMap<u32, Arc<ShardGroup>>>>,
+    /// Serialises opening and closing groups.
     hosting: tokio::sync::Mutex<()>,
+    /// Snapshot transfers this node sends: progress per (group, target) and the rate limit.
+    snapshots: Arc<crate::transport::SnapshotSends>,
     /// Whether membership (SWIM) believes a node is alive; unset = assume alive.
     alive: std::sync::OnceLock<Arc<dyn Fn(u64) -> bool + Send + Sync>>,
     /// Whether this node's clock agrees with its peers' within `max_clock_offset_ms`;
@@ -301,9 +317,10 @@ async fn open_shard(
     v: u32,
     catalog: &CatalogHandle,
     transport: Arc<dyn RaftTransport>,
+    snapshots: &Arc<crate::transport::SnapshotSends>,
 ) -> Result<ShardGroup, Error> {
     let group = group_of_vshard(v);
-    let dir = cfg.data_dir.join("groups").join(format!("g{group}"));
+    let dir = group_dir(cfg, v);
     let (store, raft_state) = ShardStore::open(&dir.join("data"), cfg.store.clone())?;
     let sm = ShardStateMachine::new(store.clone(), raft_state, catalog.clone())
         .map_err(|e| Error::Internal(format!("vshard {v} state: {e}")))?;
@@ -312,6 +329,7 @@ async fn open_shard(
         transport,
         group,
         node_id: cfg.node_id,
+        snapshots: snapshots.clone(),
     };
     let raft = Raft::new(
         cfg.node_id,
@@ -331,6 +349,26 @@ async fn open_shard(
         closed: Default::default(),
         closed_reads: Default::default(),
     })
+}
+
+/// Vshard `v`'s directory.
+fn group_dir(cfg: &GroupsConfig, v: u32) -> PathBuf {
+    cfg.data_dir
+        .join("groups")
+        .join(format!("g{}", group_of_vshard(v)))
+}
+
+/// Marks a replica closed for good (see the module documentation).
+const REMOVED_FILE: &str = "REMOVED";
+
+/// The vshards whose groups have a directory here that was not removed.
+fn vshards_on_disk(cfg: &GroupsConfig) -> Vec<u32> {
+    (0..cfg.vshards)
+        .filter(|v| {
+            let dir = group_dir(cfg, *v);
+            dir.join("log").is_dir() && !dir.join(REMOVED_FILE).exists()
+        })
+        .collect()
 }
 
 fn open_log(
@@ -357,10 +395,14 @@ impl Registry {
         let catalog = meta_sm.catalog();
         let wal = SharedWal::open(&cfg.data_dir.join(WAL_DIR), cfg.log.clone())?;
         let meta_log = LogStore::new(open_log(&wal, 0, &g0.join("log"))?);
+        let snapshots = Arc::new(crate::transport::SnapshotSends::new(
+            cfg.snapshot_max_bytes_per_sec,
+        ));
         let net = |group: u32| GroupNetworkFactory {
             transport: transport.clone(),
             group,
             node_id: cfg.node_id,
+            snapshots: snapshots.clone(),
         };
         let meta = Raft::new(
             cfg.node_id,
@@ -371,13 +413,17 @@ impl Registry {
         )
         .await
         .map_err(|e| Error::Internal(format!("starting group 0: {e}")))?;
-        let mut shards = Vec::new();
-        if cfg.host_vshards {
-            for v in 0..cfg.vshards {
-                shards.push(Arc::new(
-                    open_shard(&cfg, &wal, v, &catalog, transport.clone()).await?,
-                ));
-            }
+        // The first node of a new cluster creates every vshard group; any other start
+        // opens the ones this node has (the control plane opens and closes them later).
+        let hosted = if cfg.bootstrap {
+            (0..cfg.vshards).collect()
+        } else {
+            vshards_on_disk(&cfg)
+        };
+        let mut shards = BTreeMap::new();
+        for v in hosted {
+            let s = open_shard(&cfg, &wal, v, &catalog, transport.clone(), &snapshots).await?;
+            shards.insert(v, Arc::new(s));
         }
         let (intents, pending) =
             IntentLog::open(wal.group(INTENTS_WAL_GROUP, &cfg.data_dir.join("intents"))?)?;
@@ -390,10 +436,14 @@ impl Registry {
             meta,
             shards: parking_lot::RwLock::new(Arc::new(shards)),
             hosting: tokio::sync::Mutex::new(()),
+            snapshots,
             alive: std::sync::OnceLock::new(),
             clock_ok: std::sync::OnceLock::new(),
             closed_sent: Default::default(),
         });
+        // WAL records of groups not opened (closed for good, or deleted) pin nothing: a
+        // group opened again later starts with a reset.
+        reg.wal.forget_recovered();
         reg.bootstrap_and_wait(ready_timeout).await?;
         // Finish writes that were under way when the node stopped: all of each, or none.
         // The node is not ready until they are (so no read after a restart sees half a
@@ -427,7 +477,7 @@ impl Registry {
                 .await
                 .map_err(|e| fatal(0, &e))?;
         }
-        for (v, s) in self.shards().iter().enumerate() {
+        for (&v, s) in self.shards().iter() {
             // Only the node that starts the cluster creates vshard groups; a node that
             // joined waits for their leaders to add it (initializing here would make a
             // second, conflicting group).
@@ -436,20 +486,20 @@ impl Registry {
                     .raft
                     .is_initialized()
                     .await
-                    .map_err(|e| fatal(v as u32 + 1, &e))?
+                    .map_err(|e| fatal(v + 1, &e))?
             {
                 s.raft
                     .initialize(members.clone())
                     .await
-                    .map_err(|e| fatal(v as u32 + 1, &e))?;
+                    .map_err(|e| fatal(v + 1, &e))?;
             }
         }
         let unavailable = |g: u32, e: &dyn std::fmt::Display| Error::Unavailable {
             group: g,
             reason: e.to_string(),
         };
-        for (v, s) in self.shards().iter().enumerate() {
-            let g = v as u32 + 1;
+        for (&v, s) in self.shards().iter() {
+            let g = v + 1;
             let m = s.raft.metrics().borrow_watched().clone();
             let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
             if voters != [node] {
@@ -536,31 +586,36 @@ impl Registry {
         self.cfg.node_id
     }
 
-    /// Whether this node hosts the vshard groups.
-    pub fn hosts_vshards(&self) -> bool {
-        !self.shards().is_empty()
+    /// The vshards hosted here (a replica, or a learner catching up).
+    pub fn hosted(&self) -> Vec<u32> {
+        self.shards().keys().copied().collect()
     }
 
-    /// The error for touching vshard `vshard` here when this node does not host it.
+    /// The error for touching vshard `vshard` here when this node holds no replica of it.
     pub fn not_hosted(&self, vshard: u32) -> Error {
         let catalog = self.catalog.read().clone();
+        let host = catalog
+            .replicas(vshard)
+            .into_iter()
+            .find(|n| *n != self.cfg.node_id)
+            .and_then(|n| catalog.nodes.get(&n))
+            .map(|n| n.addrs.http.clone());
         Error::NotHosted {
             vshard,
             node: self.cfg.node_id,
-            host: catalog.vshard_hosts().first().map(|n| n.addrs.http.clone()),
+            host,
         }
     }
 
-    /// The nodes to read vshard `vshard` from when this node has no replica of it: every
-    /// node holding one, those SWIM says are alive first, starting at a different node per
-    /// vshard so that reads spread over the replicas.
+    /// The nodes to read vshard `vshard` from when this node has no replica of it: its
+    /// replicas as group 0 places them, those SWIM says are alive first, starting at a
+    /// different one per vshard so that reads spread over the replicas.
     pub fn read_hosts(&self, vshard: u32) -> Vec<u64> {
         let mut hosts: Vec<u64> = self
             .catalog
             .read()
-            .vshard_hosts()
-            .iter()
-            .map(|n| n.id)
+            .replicas(vshard)
+            .into_iter()
             .filter(|id| *id != self.cfg.node_id)
             .collect();
         if hosts.is_empty() {
@@ -574,90 +629,125 @@ impl Registry {
         alive
     }
 
-    /// The vshard groups hosted here now (empty on a node without replicas).
-    fn shards(&self) -> Arc<Vec<Arc<ShardGroup>>> {
+    /// The vshard groups hosted here now.
+    fn shards(&self) -> Arc<BTreeMap<u32, Arc<ShardGroup>>> {
         self.shards.read().clone()
     }
 
-    fn shard(&self, v: usize) -> Option<Arc<ShardGroup>> {
-        self.shards.read().get(v).cloned()
+    fn shard(&self, v: u32) -> Option<Arc<ShardGroup>> {
+        self.shards.read().get(&v).cloned()
     }
 
-    /// Starts hosting every vshard here (group 0 made this node a host): opens or creates
-    /// the groups, which then wait for their leaders to add this node as a learner and
-    /// catch it up. Idempotent.
-    pub async fn start_hosting(&self) -> Result<(), Error> {
+    /// Opens vshard `v`'s group here (the placement names this node): an existing
+    /// replica carries on; a new one starts empty and uninitialized, and waits for the
+    /// group's leader to add it as a learner and catch it up. Idempotent.
+    pub async fn open_vshard(&self, v: u32) -> Result<(), Error> {
+        if v >= self.cfg.vshards {
+            return Err(Error::Internal(format!("vshard {v} out of range")));
+        }
         let _one = self.hosting.lock().await;
-        if !self.shards().is_empty() {
+        if self.shard(v).is_some() {
             return Ok(());
         }
-        let mut shards = Vec::with_capacity(self.cfg.vshards as usize);
-        for v in 0..self.cfg.vshards {
-            let s = open_shard(
-                &self.cfg,
-                &self.wal,
-                v,
-                &self.catalog,
-                self.transport.clone(),
-            )
-            .await;
-            match s {
-                Ok(s) => shards.push(Arc::new(s)),
-                Err(e) => {
-                    for s in shards {
-                        let _ = s.raft.shutdown().await;
-                    }
-                    return Err(e);
-                }
-            }
+        let dir = group_dir(&self.cfg, v);
+        if dir.join(REMOVED_FILE).exists() {
+            // Closed for good earlier: its state is from an old membership. Start afresh
+            // (the WAL resets the group's entries when the directory is new).
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| Error::Internal(format!("removing {}: {e}", dir.display())))?;
         }
-        *self.shards.write() = Arc::new(shards);
-        tracing::info!(vshards = self.cfg.vshards, "now hosting vshard replicas");
+        let s = open_shard(
+            &self.cfg,
+            &self.wal,
+            v,
+            &self.catalog,
+            self.transport.clone(),
+            &self.snapshots,
+        )
+        .await?;
+        let mut next = (*self.shards()).clone();
+        next.insert(v, Arc::new(s));
+        *self.shards.write() = Arc::new(next);
+        tracing::info!(vshard = v, "opened a replica of the vshard here");
         Ok(())
     }
 
-    /// Stops hosting (group 0 handed this node's replicas to another node): first hands
-    /// every leadership held here to a caught-up voter, then shuts the groups down. The
-    /// data stays on disk: its Raft state is intact, so were this node made a host again
-    /// it would rejoin as the member it was. Reads here then go to the new replicas.
-    pub async fn stop_hosting(&self) {
+    /// Closes vshard `v`'s group here. With `remove`, the replica is gone for good (the
+    /// placement no longer names this node): its directory is marked and deleted after
+    /// the grace period, and its WAL records no longer pin the WAL. The caller hands any
+    /// leadership away first. Idempotent.
+    pub async fn close_vshard(&self, v: u32, remove: bool) -> Result<(), Error> {
         let _one = self.hosting.lock().await;
-        let me = self.cfg.node_id;
-        for s in self.shards().iter() {
-            let m = s.raft.metrics().borrow_watched().clone();
-            if m.current_leader != Some(me) {
-                continue;
-            }
-            let last = m.last_log_index.unwrap_or(0);
-            let to = m.replication.iter().flatten().find_map(|(id, matched)| {
-                (*id != me
-                    && m.membership_config
-                        .membership()
-                        .voter_ids()
-                        .any(|v| v == *id)
-                    && matched.as_ref().is_some_and(|l| l.index == last))
-                .then_some(*id)
-            });
-            if let Some(to) = to {
-                s.wake();
-                let _ = s.raft.trigger().transfer_leader(to).await;
-            }
-        }
-        let old = std::mem::take(&mut *self.shards.write());
-        for s in old.iter() {
-            let _ = s.raft.shutdown().await;
-        }
-        if !old.is_empty() {
-            tracing::warn!(
-                vshards = old.len(),
-                "stopped hosting vshard replicas (they were handed to another node); \
-                 their data stays in this node's data directory"
+        let Some(s) = self.shard(v) else {
+            return Ok(());
+        };
+        let mut next = (*self.shards()).clone();
+        next.remove(&v);
+        *self.shards.write() = Arc::new(next);
+        s.wake();
+        let _ = s.raft.shutdown().await;
+        drop(s);
+        if remove {
+            let dir = group_dir(&self.cfg, v);
+            let stamp = now_ms().to_string();
+            shoal_storage::manifest::write_atomic(&dir, REMOVED_FILE, stamp.as_bytes())
+                .map_err(|e| Error::Internal(format!("marking {} removed: {e}", dir.display())))?;
+            self.wal.forget_group(u64::from(group_of_vshard(v)));
+            tracing::info!(
+                vshard = v,
+                "closed this node's replica of the vshard (no longer placed here); its files go after the grace period"
             );
         }
+        Ok(())
     }
 
+    /// Deletes the directories of replicas closed for good at least `grace` ago; returns
+    /// how many went. A replica opened again meanwhile is left alone.
+    pub fn collect_removed(&self, grace: Duration) -> usize {
+        let mut n = 0;
+        for v in 0..self.cfg.vshards {
+            if self.shard(v).is_some() {
+                continue;
+            }
+            let dir = group_dir(&self.cfg, v);
+            let Ok(stamp) = std::fs::read_to_string(dir.join(REMOVED_FILE)) else {
+                continue;
+            };
+            let at: u64 = stamp.trim().parse().unwrap_or(0);
+            if now_ms().saturating_sub(at) < grace.as_millis() as u64 {
+                continue;
+            }
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {
+                    n += 1;
+                    tracing::info!(vshard = v, dir = %dir.display(), "deleted the files of a removed replica");
+                }
+                Err(e) => tracing::warn!(vshard = v, error = %e, "deleting a removed replica's files"),
+            }
+        }
+        n
+    }
+
+    /// The snapshot sends under way from this node: (group, target, bytes sent, bytes
+    /// in all).
+    pub fn snapshot_sends(&self) -> Vec<(u32, u64, u64, u64)> {
+        self.snapshots.progress()
+    }
+
+    /// This node's replica of `vshard` for reading, if it holds one the placement counts
+    /// (a learner still catching up, or a replica being removed, is not read).
     pub fn store(&self, vshard: u32) -> Option<Arc<ShardStore>> {
-        self.shard(vshard as usize).map(|s| s.store.clone())
+        let s = self.shard(vshard)?;
+        self.catalog
+            .read()
+            .replicas(vshard)
+            .contains(&self.cfg.node_id)
+            .then(|| s.store.clone())
+    }
+
+    /// This node's replica of `vshard` as it is, whatever the placement says.
+    pub fn hosted_store(&self, vshard: u32) -> Option<Arc<ShardStore>> {
+        self.shard(vshard).map(|s| s.store.clone())
     }
 
     /// Refuses with `DiskFull` while free space is below the configured reserve, so that a
@@ -678,7 +768,7 @@ impl Registry {
         let mut out = vec![];
         let m = self.meta.metrics().borrow_watched().clone();
         out.push(status_of(0, None, &m, ShardStats::default()));
-        for (v, s) in self.shards().iter().enumerate() {
+        for (&v, s) in self.shards().iter() {
             let m = s.raft.metrics().borrow_watched().clone();
             let mut st = status_of(v as u32 + 1, Some(v as u32), &m, s.store.stats());
             st.quiesced = s.quiet() != QUIET_NONE;
@@ -693,12 +783,12 @@ impl Registry {
     pub async fn shutdown(&self, flush_timeout: Duration) {
         self.flush_all().await;
         let deadline = tokio::time::Instant::now() + flush_timeout;
-        for s in self.shards().iter() {
+        for s in self.shards().values() {
             while s.store.stats().hot_rows > 0 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        for s in self.shards().iter() {
+        for s in self.shards().values() {
             let _ = s.raft.shutdown().await;
         }
         let _ = self.meta.shutdown().await;
@@ -721,6 +811,7 @@ fn status_of(
         snapshot_index: m.snapshot.as_ref().map(|l| l.index),
         purged_index: m.purged.as_ref().map(|l| l.index),
         replicas: m.membership_config.membership().voter_ids().collect(),
+        learners: m.membership_config.membership().learner_ids().collect(),
         stats,
         quiesced: false,
         closed_ts: None,
@@ -795,7 +886,7 @@ mod config_tests {
             election_timeout_min_ms: 300,
             election_timeout_max_ms: 600,
             bootstrap: false,
-            host_vshards: false,
+            snapshot_max_bytes_per_sec: 0,
         };
         for policy in [SnapshotPolicy::Never, SnapshotPolicy::LogsSinceLast(10)] {
             let c = raft_config(&cfg, 1, policy).expect("config");

@@ -8,7 +8,7 @@ impl Registry {
     /// read must wait for.
     pub(super) async fn leader_read_index(&self, vshard: u32) -> Result<u64, Error> {
         let s = self
-            .shard(vshard as usize)
+            .shard(vshard)
             .ok_or_else(|| self.not_hosted(vshard))?;
         read_index_of(&s.raft, group_of_vshard(vshard)).await
     }
@@ -19,7 +19,7 @@ impl Registry {
     /// until it applied it (a follower read, no data moves).
     pub async fn read_barrier(&self, vshard: u32, timeout: Duration) -> Result<(), Error> {
         let s = self
-            .shard(vshard as usize)
+            .shard(vshard)
             .ok_or_else(|| self.not_hosted(vshard))?;
         let started = shoal_common::time::now_nanos();
         self.barrier(&s.raft, group_of_vshard(vshard), Some(&s), timeout)
@@ -36,7 +36,7 @@ impl Registry {
     /// strong read's barrier also sets it. `None` until known. Comparing it with this
     /// node's clock assumes the nodes' clocks agree; their offset adds to the staleness.
     pub fn closed_ts(&self, vshard: u32) -> Option<i64> {
-        let s = self.shard(vshard as usize)?;
+        let s = self.shard(vshard)?;
         let m = s.raft.metrics().borrow_watched().clone();
         let applied = m.last_applied.map_or(0, |l| l.index);
         let mut ts = s.closed.lock().current(applied);
@@ -67,7 +67,7 @@ impl Registry {
         let ok = self
             .closed_ts(vshard)
             .is_some_and(|closed| closed >= oldest);
-        if let (true, Some(s)) = (ok, self.shard(vshard as usize)) {
+        if let (true, Some(s)) = (ok, self.shard(vshard)) {
             s.closed_reads
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
@@ -96,7 +96,7 @@ impl Registry {
     pub async fn publish_closed(&self) {
         let me = self.cfg.node_id;
         let mut per_peer: BTreeMap<u64, Vec<(u32, i64, u64)>> = BTreeMap::new();
-        for (v, s) in self.shards().iter().enumerate() {
+        for (&v, s) in self.shards().iter() {
             let m = s.raft.metrics().borrow_watched().clone();
             let Some((ts, index)) = self.leader_closed(&m) else {
                 continue;
@@ -144,7 +144,7 @@ impl Registry {
         let list: Vec<(u32, i64, u64)> = serde_json::from_slice(&msg.header)
             .map_err(|e| Error::Rejected(format!("bad closed timestamps: {e}")))?;
         for (v, ts, index) in list {
-            if let Some(s) = self.shard(v as usize) {
+            if let Some(s) = self.shard(v) {
                 let applied = s
                     .raft
                     .metrics()

@@ -149,13 +149,21 @@ impl Registry {
                 // No replica here: hand it to a node that has one (it forwards on to the
                 // leader).
                 Err(Error::NotHosted { .. }) => {
-                    let catalog = self.catalog.read().clone();
-                    let hosts = catalog.vshard_hosts();
+                    let hosts: Vec<u64> = self
+                        .catalog
+                        .read()
+                        .replicas(vshard)
+                        .into_iter()
+                        .filter(|n| *n != self.cfg.node_id)
+                        .collect();
                     if hosts.is_empty() {
                         return Err(self.not_hosted(vshard));
                     }
-                    let pick = hosts[(vshard as usize + attempt as usize) % hosts.len()].id;
-                    Some(pick)
+                    // Alive replicas first, a different one on each attempt.
+                    let (mut alive, down): (Vec<u64>, Vec<u64>) =
+                        hosts.into_iter().partition(|n| self.is_alive(*n));
+                    alive.extend(down);
+                    Some(alive[(vshard as usize + attempt as usize) % alive.len()])
                 }
                 other => return other,
             };
@@ -164,7 +172,7 @@ impl Registry {
                     group,
                     reason: "no leader (an election is under way)".into(),
                 });
-                if let Some(s) = self.shard(vshard as usize) {
+                if let Some(s) = self.shard(vshard) {
                     let _ = s
                         .raft
                         .wait(Some(backoff(attempt) * 4))
@@ -204,7 +212,7 @@ impl Registry {
                         group,
                         reason: format!("forwarding to leader {leader}: {e}"),
                     });
-                    if let Some(s) = self.shard(vshard as usize) {
+                    if let Some(s) = self.shard(vshard) {
                         self.leader_unreachable(&s, leader).await;
                     }
                     tokio::time::sleep(backoff(attempt)).await;
@@ -224,12 +232,19 @@ impl Registry {
             return Err(Error::Internal(format!("vshard {vshard} out of range")));
         }
         let s = self
-            .shard(vshard as usize)
+            .shard(vshard)
             .ok_or_else(|| self.not_hosted(vshard))?;
         s.touch();
         self.check_disk()?;
-        let r = s.raft.client_write(cmd).await;
-        map_write(group_of_vshard(vshard), r)
+        let r = map_write(group_of_vshard(vshard), s.raft.client_write(cmd).await);
+        if matches!(r, Err(Error::NotLeader { hint: None, .. }))
+            && s.raft.metrics().borrow_watched().current_leader == Some(self.cfg.node_id)
+        {
+            // The lease lapsed while the group was quiet: a heartbeat round renews it
+            // before the caller's retry.
+            let _ = s.raft.trigger().heartbeat().await;
+        }
+        r
     }
 
     /// Proposes the parts of one write (one insert per vshard) and waits for all of them.
@@ -289,7 +304,7 @@ impl Registry {
             return false;
         }
         vshards.all(|v| {
-            self.shard(v as usize).is_some_and(|s| {
+            self.shard(v).is_some_and(|s| {
                 let metrics = s.raft.metrics();
                 let m = metrics.borrow_watched();
                 m.membership_config.membership().voter_ids().eq([me])

@@ -1,0 +1,864 @@
+//! The controller: one task per node that runs the control plane's named duties, each on
+//! its own interval from the configuration, and wakes the ones that care when membership
+//! changes. A duty that is still running when it comes due again is skipped, so a slow one
+//! (a membership change waiting for a quorum) never holds up the others.
+//!
+//! | duty | where | what |
+//! |---|---|---|
+//! | `register` | every node | this node's registry entry (addresses), group 0's term in the RPC envelope |
+//! | `follow_placement` | every node | opens the vshard groups placed here, closes (and later deletes) the ones no longer placed here |
+//! | `group0_membership` | group 0's leader | group 0's voters and learners; JOINING → ACTIVE |
+//! | `vshard_membership` | each vshard's leader | learners, voter changes, moves driven and recorded |
+//! | `placement` | group 0's leader | record placement, repair, grow, rebalance (`placement::plan`) |
+//! | `leader_balance` | group 0's leader | spreads vshard leaderships (`leaders::plan_transfers`) |
+//! | `reports` | every node | samples this node's load; `Hello` to every peer (clock offsets, loads) |
+//! | `introduce` | every node | SWIM announcements to registered nodes it does not see |
+//! | `disk_shed` | every node | a full disk hands this node's leaderships away |
+//! | `closed_ts`, `quiesce` | every node | closed timestamps out; idle groups quiesced |
+//! | `replica_gc` | every node | deletes removed replicas' files after `replica_gc_grace_ms` |
+//! | `meta_health` | every node | confirms group 0 answers (a read index); readiness uses it |
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use shoal_consensus::registry::{handoff_target, GroupState, MembershipChange};
+use shoal_consensus::{
+    ClusterOp, Command, MoveState, MoveUpdate, NodeAddrs, NodeState, Registry, Response,
+};
+use shoal_membership::clock::{ClockOffsets, Sample};
+use shoal_membership::{MemberState, Membership, NodeIdentity};
+use shoal_transport::{Caller, Peers};
+use tokio::time::Instant;
+
+use crate::leaders::{leader_counts, plan_transfers};
+use crate::membership::{group0_target, plan, vshard_target, Step, Target};
+use crate::placement::{PlacementConfig, PlacementStep};
+use crate::reports::{LoadSampler, Reports};
+use crate::view::ClusterView;
+
+/// How often each duty runs, and the control plane's other knobs.
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    pub node_id: u64,
+    /// This node started the cluster (it registers itself ACTIVE).
+    pub bootstrap: bool,
+    pub addrs: NodeAddrs,
+    pub vshards: u32,
+    pub max_voters: usize,
+    pub placement: PlacementConfig,
+    /// Registration, membership of groups, following the placement (`control_interval_ms`).
+    pub control_interval: Duration,
+    /// `rebalance_interval_ms`.
+    pub rebalance_interval: Duration,
+    /// `leader_balance_interval_ms` (zero: never).
+    pub leader_balance_interval: Duration,
+    /// `report_interval_ms`: load samples and `Hello` round trips.
+    pub report_interval: Duration,
+    /// `quiesce_after_ms` (zero: never).
+    pub quiesce_after: Duration,
+    /// `replica_gc_grace_ms`.
+    pub replica_gc_grace: Duration,
+    /// A move whose target makes no progress for this long counts a failed attempt
+    /// (`move_stall_timeout_ms`).
+    pub move_stall_timeout: Duration,
+}
+
+/// What the controller acts through.
+pub struct Parts {
+    pub registry: Arc<Registry>,
+    pub membership: Arc<Membership>,
+    pub peers: Arc<Peers>,
+    pub clocks: Arc<ClockOffsets>,
+    pub envelope: Arc<RwLock<Caller>>,
+    pub sampler: Arc<LoadSampler>,
+}
+
+/// The controller: its shared state and the task running its duties.
+pub struct Controller {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: ControllerConfig,
+    parts: Parts,
+    reports: Reports,
+    /// Since when SWIM has reported each node down, as seen here.
+    down_since: Mutex<BTreeMap<u64, Instant>>,
+    wake: tokio::sync::Notify,
+    /// Unix ms of the last successful read index from group 0's leader.
+    meta_ok_ms: AtomicU64,
+    /// Per move this node drives: its last progress (matched index or snapshot bytes) and
+    /// when it last changed, and when the next attempt after a failure may start.
+    moves: Mutex<HashMap<u64, MoveProgress>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct MoveProgress {
+    mark: (u64, u64),
+    since: Instant,
+    retry_at: Instant,
+    reported_bytes: u64,
+    reported_at: Instant,
+}
+
+type DutyFn = fn(Arc<Inner>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+struct Duty {
+    name: &'static str,
+    every: Duration,
+    /// Woken early by membership changes.
+    wakeable: bool,
+    run: DutyFn,
+    running: Arc<AtomicBool>,
+    next: Instant,
+}
+
+macro_rules! duty {
+    ($name:literal, $every:expr, $wakeable:expr, $f:ident) => {
+        Duty {
+            name: $name,
+            every: $every,
+            wakeable: $wakeable,
+            run: |i| Box::pin(async move { i.$f().await }),
+            running: Arc::new(AtomicBool::new(false)),
+            next: Instant::now(),
+        }
+    };
+}
+
+fn now_ms() -> u64 {
+    (shoal_common::time::now_nanos() / 1_000_000) as u64
+}
+
+impl Controller {
+    pub fn new(cfg: ControllerConfig, parts: Parts) -> Controller {
+        Controller {
+            inner: Arc::new(Inner {
+                cfg,
+                parts,
+                reports: Reports::default(),
+                down_since: Default::default(),
+                wake: tokio::sync::Notify::new(),
+                meta_ok_ms: AtomicU64::new(0),
+                moves: Default::default(),
+            }),
+        }
+    }
+
+    /// Runs every duty until the returned handle is aborted.
+    pub fn spawn(&self) -> tokio::task::JoinHandle<()> {
+        let inner = self.inner.clone();
+        let c = &inner.cfg;
+        let control = c.control_interval.max(Duration::from_millis(10));
+        let mut duties = vec![
+            duty!("register", control, false, register),
+            duty!("follow_placement", control * 2, true, follow_placement),
+            duty!("group0_membership", control, true, group0_membership),
+            duty!("vshard_membership", control, true, vshard_membership),
+            duty!("placement", c.rebalance_interval.max(control), true, placement),
+            duty!("reports", c.report_interval.max(control), false, reports),
+            duty!("introduce", c.report_interval.max(control), false, introduce),
+            duty!("disk_shed", Duration::from_secs(1), false, disk_shed),
+            duty!("closed_ts", control, false, closed_ts),
+            duty!("replica_gc", Duration::from_secs(10), false, replica_gc),
+            duty!("meta_health", Duration::from_secs(1), false, meta_health),
+        ];
+        if !c.leader_balance_interval.is_zero() {
+            duties.push(duty!(
+                "leader_balance",
+                c.leader_balance_interval,
+                false,
+                leader_balance
+            ));
+        }
+        if !c.quiesce_after.is_zero() {
+            duties.push(duty!("quiesce", control, false, quiesce));
+        }
+        tokio::spawn(async move {
+            loop {
+                let next = duties.iter().map(|d| d.next).min().unwrap_or_else(Instant::now);
+                let woken = tokio::select! {
+                    _ = tokio::time::sleep_until(next) => false,
+                    _ = inner.wake.notified() => true,
+                };
+                let now = Instant::now();
+                for d in duties.iter_mut() {
+                    let due = d.next <= now || (woken && d.wakeable);
+                    if !due || d.running.load(Ordering::Acquire) {
+                        continue;
+                    }
+                    // While moves are under way the placement is looked at every second, so
+                    // the next move starts soon after one finishes.
+                    let every = if d.name == "placement" && inner.moves_under_way() {
+                        d.every.min(Duration::from_secs(1))
+                    } else {
+                        d.every
+                    };
+                    d.next = now + every;
+                    d.running.store(true, Ordering::Release);
+                    let running = d.running.clone();
+                    let fut = (d.run)(inner.clone());
+                    let name = d.name;
+                    tokio::spawn(async move {
+                        let started = Instant::now();
+                        fut.await;
+                        if started.elapsed() > Duration::from_secs(10) {
+                            tracing::debug!(duty = name, ms = started.elapsed().as_millis() as u64, "slow control-plane duty");
+                        }
+                        running.store(false, Ordering::Release);
+                    });
+                }
+            }
+        })
+    }
+
+    /// Runs the duties that follow membership as soon as possible (a join, a DEAD, a
+    /// LEFT).
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// This node's latest load report (for `Hello`).
+    pub fn local_load(&self) -> Arc<crate::view::NodeLoad> {
+        self.inner.parts.sampler.current()
+    }
+
+    /// The latest report of `node`, if recent.
+    pub fn load_of(&self, node: u64) -> Option<crate::view::NodeLoad> {
+        self.inner.reports.get(node)
+    }
+
+    /// Vshard `v`'s leader as the nodes report it.
+    pub fn reported_leader(&self, v: u32) -> Option<u64> {
+        self.inner.view().leader_of(v)
+    }
+
+    /// Vshard `v`'s bytes as its replicas report them.
+    pub fn reported_vshard_bytes(&self, v: u32) -> Option<u64> {
+        let b = self.inner.view().vshard_bytes(v);
+        (b > 0).then_some(b)
+    }
+
+    /// How long ago group 0's leader last confirmed a read index to this node.
+    pub fn meta_confirmed_ago(&self) -> Option<Duration> {
+        match self.inner.meta_ok_ms.load(Ordering::Acquire) {
+            0 => None,
+            at => Some(Duration::from_millis(now_ms().saturating_sub(at))),
+        }
+    }
+}
+
+impl Inner {
+    fn registry(&self) -> &Registry {
+        &self.parts.registry
+    }
+
+    fn me(&self) -> u64 {
+        self.cfg.node_id
+    }
+
+    /// Moves are under way, or one finished in the last 10 s (more may follow).
+    fn moves_under_way(&self) -> bool {
+        let now = now_ms();
+        self.registry()
+            .catalog()
+            .read()
+            .moves
+            .values()
+            .any(|m| m.state.active() || now.saturating_sub(m.updated_ms) < 10_000)
+    }
+
+    fn alive(&self, n: u64) -> bool {
+        n == self.me() || self.parts.membership.state_of(n) == Some(MemberState::Alive)
+    }
+
+    fn leads_group0(&self) -> bool {
+        let v = self.registry().meta_view();
+        v.leader == Some(self.me())
+    }
+
+    /// How long SWIM has reported `n` down (DEAD, LEFT or unknown), as seen here.
+    fn down_for(&self, n: u64) -> Option<Duration> {
+        self.down_since.lock().get(&n).map(|t| t.elapsed())
+    }
+
+    async fn propose(&self, op: ClusterOp, what: &str) -> Option<Response> {
+        match self.registry().propose_meta(Command::Cluster(op)).await {
+            Ok(Response::Rejected(why)) => {
+                tracing::info!(what, why = %why, "group 0 refused a control-plane change");
+                None
+            }
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::debug!(what, error = %e, "control-plane change not proposed; will retry");
+                None
+            }
+        }
+    }
+
+    /// This node's registry entry: added when missing, addresses kept current.
+    async fn register(self: Arc<Self>) {
+        let view = self.registry().meta_view();
+        self.parts.envelope.write().term = view.term;
+        if !view.caught_up {
+            return;
+        }
+        let me = self.me();
+        let entry = self.registry().catalog().read().nodes.get(&me).cloned();
+        let op = match &entry {
+            None => ClusterOp::AddNode {
+                id: me,
+                token: 0,
+                addrs: self.cfg.addrs.clone(),
+                state: if self.cfg.bootstrap {
+                    NodeState::Active
+                } else {
+                    NodeState::Joining
+                },
+                hosts_vshards: self.cfg.bootstrap,
+                max_hosts: None,
+            },
+            Some(n) if n.addrs != self.cfg.addrs => ClusterOp::UpdateAddrs {
+                id: me,
+                addrs: self.cfg.addrs.clone(),
+                hosts_vshards: None,
+            },
+            Some(_) => return,
+        };
+        self.propose(op, "registering this node").await;
+    }
+
+    /// Opens the vshard groups group 0 places here and closes the ones it no longer does.
+    /// Closing needs a view of group 0 confirmed current: a stale one could close a replica
+    /// a later move placed here again.
+    async fn follow_placement(self: Arc<Self>) {
+        let me = self.me();
+        let reg = self.registry();
+        if !reg.meta_view().caught_up {
+            return;
+        }
+        let catalog = reg.catalog().read().clone();
+        if catalog.nodes.get(&me).is_none_or(|n| n.state == NodeState::Decommissioned) {
+            return;
+        }
+        let hosted: BTreeSet<u32> = reg.hosted().into_iter().collect();
+        for v in 0..self.cfg.vshards {
+            if catalog.wants_replica(v, me) && !hosted.contains(&v) {
+                if let Err(e) = reg.open_vshard(v).await {
+                    tracing::warn!(vshard = v, error = %e, "opening a replica placed here; will retry");
+                }
+            }
+        }
+        let leaving: Vec<u32> = hosted
+            .iter()
+            .copied()
+            .filter(|v| !catalog.wants_replica(*v, me))
+            .collect();
+        if leaving.is_empty() || reg.meta_barrier(Duration::from_secs(2)).await.is_err() {
+            return;
+        }
+        let catalog = reg.catalog().read().clone();
+        let counts = self.leaderships();
+        for v in leaving {
+            if catalog.wants_replica(v, me) {
+                continue;
+            }
+            let Some(g) = reg.group_state(shoal_common::ids::group_of_vshard(v)) else {
+                continue;
+            };
+            if g.leads() && g.voters.len() > 1 {
+                // Hand the group over first; close on a later round.
+                if let Some(to) = handoff_target(&g, None, |n| self.alive(n), |n| counts.get(&n).copied().unwrap_or(0)) {
+                    let _ = reg
+                        .change_membership(g.group, MembershipChange::TransferLeader(to))
+                        .await;
+                }
+                continue;
+            }
+            if let Err(e) = reg.close_vshard(v, true).await {
+                tracing::warn!(vshard = v, error = %e, "closing a replica no longer placed here");
+            }
+        }
+    }
+
+    /// Leaderships per node as reported, for choosing whom to hand leadership to.
+    fn leaderships(&self) -> BTreeMap<u64, usize> {
+        leader_counts(&self.view())
+    }
+
+    fn view(&self) -> ClusterView {
+        let catalog = self.registry().catalog().read().clone();
+        ClusterView::new(
+            &catalog,
+            self.cfg.vshards,
+            now_ms(),
+            |n| (self.alive(n), self.down_for(n)),
+            |n| {
+                if n == self.me() {
+                    Some((*self.parts.sampler.current()).clone())
+                } else {
+                    self.reports.get(n)
+                }
+            },
+        )
+    }
+
+    /// On group 0's leader: its voters and learners follow the registry; caught-up JOINING
+    /// nodes become ACTIVE.
+    async fn group0_membership(self: Arc<Self>) {
+        let reg = self.registry();
+        let Some(g) = reg.group_state(0) else { return };
+        if !g.leads() {
+            return;
+        }
+        let view = self.view();
+        // Group 0's membership takes effect when appended, its catalog when applied: the
+        // registry is as new as the membership only once everything up to it is applied.
+        let fresh = g.applied >= g.membership_index;
+        let target = group0_target(
+            &g,
+            &view.nodes,
+            self.cfg.max_voters,
+            self.cfg.placement.dead_replica_timeout,
+            fresh,
+        );
+        let catalog = reg.catalog().read().clone();
+        for n in catalog.nodes.values() {
+            if n.state == NodeState::Joining && g.members().contains(&n.id) && g.caught_up(n.id) {
+                tracing::info!(node = n.id, "node caught up with group 0; ACTIVE");
+                self.propose(
+                    ClusterOp::SetState {
+                        id: n.id,
+                        state: NodeState::Active,
+                    },
+                    "activating a caught-up node",
+                )
+                .await;
+            }
+        }
+        let counts = self.leaderships();
+        let steps = plan(&g, &target, |n| self.alive(n), |n| counts.get(&n).copied().unwrap_or(0));
+        self.execute(&g, None, steps).await;
+    }
+
+    /// On each vshard's leader here: membership follows the placement and the move under
+    /// way is driven.
+    async fn vshard_membership(self: Arc<Self>) {
+        let reg = self.registry();
+        if !reg.meta_view().caught_up {
+            return;
+        }
+        let led: Vec<(u32, GroupState)> = reg
+            .vshard_states()
+            .into_iter()
+            .filter(|(_, g)| g.leads())
+            .collect();
+        if led.is_empty() {
+            return;
+        }
+        let counts = self.leaderships();
+        let alive = |n: u64| self.alive(n);
+        let load = |n: u64| counts.get(&n).copied().unwrap_or(0);
+        let mut catalog = reg.catalog().read().clone();
+        // Plan on this node's copy of group 0 first; only if some group would remove a
+        // member is that copy confirmed current (one read index), then planned again.
+        let needs_fresh = led.iter().any(|(v, g)| {
+            plan(g, &vshard_target(&catalog, *v, false), alive, load)
+                != plan(g, &vshard_target(&catalog, *v, true), alive, load)
+        });
+        let fresh = needs_fresh && reg.meta_barrier(Duration::from_secs(2)).await.is_ok();
+        if fresh {
+            catalog = reg.catalog().read().clone();
+        }
+        let work = led.into_iter().map(|(v, g)| {
+            let target = vshard_target(&catalog, v, fresh);
+            let steps = plan(&g, &target, alive, load);
+            let this = self.clone();
+            async move {
+                this.watch_move(&g, &target).await;
+                this.execute(&g, target.mv.map(|m| m.id), steps).await;
+            }
+        });
+        futures::future::join_all(work).await;
+    }
+
+    /// Carries out the first of `steps` for group `g`; a failure counts against the move
+    /// under way (if any), which backs off before its next attempt.
+    async fn execute(&self, g: &GroupState, mv: Option<u64>, steps: Vec<Step>) {
+        let Some(step) = steps.into_iter().next() else {
+            return;
+        };
+        if let Some(id) = mv {
+            let p = self.moves.lock().get(&id).copied();
+            if p.is_some_and(|p| Instant::now() < p.retry_at) {
+                return;
+            }
+        }
+        let r = match step {
+            Step::Change(change) => {
+                let what = format!("{change:?}");
+                match self.registry().change_membership(g.group, change).await {
+                    // Leadership moved on: the new leader carries on; not the move's fault.
+                    Err(shoal_consensus::Error::NotLeader { .. }) => Ok(()),
+                    r => r.map_err(|e| format!("{what}: {e}")),
+                }
+            }
+            Step::Record { id, update } => {
+                let state = match &update {
+                    MoveUpdate::Advance(s) => s.as_str(),
+                    _ => "",
+                };
+                let r = self
+                    .propose(
+                        ClusterOp::UpdateMove {
+                            id,
+                            update,
+                            now_ms: now_ms(),
+                        },
+                        "recording a move's progress",
+                    )
+                    .await;
+                if r.is_some() {
+                    tracing::info!(move_id = id, group = g.group, state, "replica move advanced");
+                }
+                Ok(())
+            }
+        };
+        if let (Err(error), Some(id)) = (r, mv) {
+            self.failed_attempt(id, error).await;
+        }
+    }
+
+    /// Counts a failed attempt at the current step of move `id` (FAILED after three) and
+    /// backs off: 2 s, 4 s, 8 s.
+    async fn failed_attempt(&self, id: u64, error: String) {
+        tracing::warn!(move_id = id, error = %error, "a replica move step failed; will retry");
+        let attempts = self
+            .registry()
+            .catalog()
+            .read()
+            .moves
+            .get(&id)
+            .map_or(0, |m| m.attempts);
+        {
+            let mut moves = self.moves.lock();
+            let now = Instant::now();
+            let p = moves.entry(id).or_insert(MoveProgress {
+                mark: (0, 0),
+                since: now,
+                retry_at: now,
+                reported_bytes: 0,
+                reported_at: now,
+            });
+            p.retry_at = now + Duration::from_secs(2u64 << attempts.min(4));
+        }
+        self.propose(
+            ClusterOp::UpdateMove {
+                id,
+                update: MoveUpdate::Attempt { error },
+                now_ms: now_ms(),
+            },
+            "recording a failed move step",
+        )
+        .await;
+    }
+
+    /// While a move's target catches up: records snapshot progress now and then, and
+    /// counts a failed attempt when it made no progress for `move_stall_timeout`.
+    async fn watch_move(&self, g: &GroupState, t: &Target) {
+        let Some(m) = t.mv.filter(|m| m.state == MoveState::CatchingUp) else {
+            return;
+        };
+        let sent = self
+            .registry()
+            .snapshot_sends()
+            .into_iter()
+            .find(|(group, to, _, _)| *group == g.group && *to == m.to)
+            .map(|(_, _, sent, total)| (sent, total));
+        let matched = g.matched.get(&m.to).copied().flatten().unwrap_or(0);
+        let mark = (matched, sent.map_or(0, |s| s.0));
+        let now = Instant::now();
+        let (stalled, report) = {
+            let mut moves = self.moves.lock();
+            let p = moves.entry(m.id).or_insert(MoveProgress {
+                mark,
+                since: now,
+                retry_at: now,
+                reported_bytes: 0,
+                reported_at: now,
+            });
+            if p.mark != mark {
+                p.mark = mark;
+                p.since = now;
+            }
+            let stalled = now.duration_since(p.since) >= self.cfg.move_stall_timeout;
+            if stalled {
+                p.since = now;
+            }
+            let report = sent.filter(|(b, _)| {
+                *b != p.reported_bytes && now.duration_since(p.reported_at) >= Duration::from_secs(2)
+            });
+            if let Some((b, _)) = report {
+                p.reported_bytes = b;
+                p.reported_at = now;
+            }
+            (stalled, report)
+        };
+        if let Some((bytes_copied, bytes_total)) = report {
+            self.propose(
+                ClusterOp::UpdateMove {
+                    id: m.id,
+                    update: MoveUpdate::Progress {
+                        bytes_copied,
+                        bytes_total,
+                    },
+                    now_ms: now_ms(),
+                },
+                "recording snapshot progress",
+            )
+            .await;
+        }
+        if stalled {
+            self.failed_attempt(
+                m.id,
+                format!(
+                    "node {} made no progress catching up for {} s (move_stall_timeout_ms)",
+                    m.to,
+                    self.cfg.move_stall_timeout.as_secs()
+                ),
+            )
+            .await;
+        }
+    }
+
+    /// On group 0's leader: proposes what the placement planner asks for.
+    async fn placement(self: Arc<Self>) {
+        if !self.leads_group0() {
+            self.down_since.lock().clear();
+            return;
+        }
+        self.update_down_since();
+        let view = self.view();
+        for step in crate::placement::plan(&view, &self.cfg.placement) {
+            let (op, what) = match step.clone() {
+                PlacementStep::InitPlacement { replicas } => (
+                    ClusterOp::InitPlacement {
+                        vshards: self.cfg.vshards,
+                        replicas,
+                    },
+                    "recording the placement",
+                ),
+                PlacementStep::AddReplicas { vshard, add } => {
+                    (ClusterOp::AddReplicas { vshard, add }, "adding replicas")
+                }
+                PlacementStep::StartMove {
+                    vshard,
+                    from,
+                    to,
+                    reason,
+                } => (
+                    ClusterOp::StartMove {
+                        vshard,
+                        from,
+                        to,
+                        reason,
+                        now_ms: now_ms(),
+                    },
+                    "starting a replica move",
+                ),
+                PlacementStep::Retire { node, .. } => (
+                    ClusterOp::SetState {
+                        id: node,
+                        state: NodeState::Decommissioned,
+                    },
+                    "retiring a superseded node",
+                ),
+            };
+            if let Some(r) = self.propose(op, what).await {
+                match (&step, r) {
+                    (
+                        PlacementStep::StartMove {
+                            vshard,
+                            from,
+                            to,
+                            reason,
+                        },
+                        Response::Move { id },
+                    ) => tracing::info!(move_id = id, vshard, from, to, reason = %reason, "replica move started"),
+                    _ => tracing::info!(step = ?step, "placement changed"),
+                }
+            }
+        }
+    }
+
+    /// Notes since when SWIM has reported each registered node down.
+    fn update_down_since(&self) {
+        let ids: Vec<u64> = self
+            .registry()
+            .catalog()
+            .read()
+            .nodes
+            .keys()
+            .copied()
+            .filter(|n| *n != self.me())
+            .collect();
+        let now = Instant::now();
+        let mut down = self.down_since.lock();
+        let mut next = BTreeMap::new();
+        for id in ids {
+            let is_down = matches!(
+                self.parts.membership.state_of(id),
+                None | Some(MemberState::Dead | MemberState::Left)
+            );
+            if is_down {
+                next.insert(id, down.get(&id).copied().unwrap_or(now));
+            }
+        }
+        *down = next;
+    }
+
+    /// On group 0's leader: asks over-loaded leaders to hand vshards to replicas that
+    /// lead fewer.
+    async fn leader_balance(self: Arc<Self>) {
+        if !self.leads_group0() {
+            return;
+        }
+        let view = self.view();
+        for t in plan_transfers(&view, self.cfg.vshards as usize) {
+            let r = if t.from == self.me() {
+                Ok(self.registry().transfer_vshard_leader(t.vshard, t.to).await)
+            } else {
+                self.registry()
+                    .ask_leader_transfer(t.from, t.vshard, t.to)
+                    .await
+            };
+            match r {
+                Ok(true) => {
+                    tracing::info!(vshard = t.vshard, from = t.from, to = t.to, "balancing vshard leadership")
+                }
+                Ok(false) => {}
+                Err(e) => tracing::debug!(vshard = t.vshard, error = %e, "leader transfer not asked"),
+            }
+        }
+    }
+
+    /// Samples this node's load, then `Hello` to every registered peer: clock offsets and
+    /// their load reports.
+    async fn reports(self: Arc<Self>) {
+        let me = self.me();
+        let local = self.parts.sampler.sample(self.registry());
+        self.reports.record(me, (*local).clone());
+        let nodes = self.registry().catalog().read().nodes.clone();
+        let peers = &self.parts.peers;
+        let probes = nodes
+            .values()
+            .filter(|n| n.id != me && n.state != NodeState::Decommissioned)
+            .map(|n| async move {
+                let sent = shoal_common::time::now_nanos();
+                let r = peers
+                    .call(n.id, &n.addrs.rpc, |mut c| async move {
+                        c.hello(Duration::from_secs(1)).await
+                    })
+                    .await;
+                let received = shoal_common::time::now_nanos();
+                (n.id, r.map(|h| (h, sent, received)))
+            });
+        for (id, r) in futures::future::join_all(probes).await {
+            let Ok((h, sent, received)) = r else { continue };
+            if h.wall_ns != 0 {
+                self.parts
+                    .clocks
+                    .record(id, Sample::from_round_trip(sent, h.wall_ns, received));
+            }
+            if let Ok(load) = serde_json::from_slice(&h.load) {
+                self.reports.record(id, load);
+            }
+        }
+        for n in nodes.values().filter(|n| n.state == NodeState::Decommissioned) {
+            self.parts.clocks.forget(n.id);
+            self.reports.forget(n.id);
+        }
+        let has_peers = nodes
+            .values()
+            .any(|n| n.id != me && n.state != NodeState::Decommissioned);
+        self.parts.clocks.healthy(has_peers);
+    }
+
+    /// SWIM announcements to registered nodes it does not see alive (a fresh start, a
+    /// healed partition, a node back from the dead).
+    async fn introduce(self: Arc<Self>) {
+        let nodes = self.registry().catalog().read().nodes.clone();
+        for n in nodes.values() {
+            if n.id == self.me() || n.state == NodeState::Decommissioned {
+                continue;
+            }
+            if matches!(
+                self.parts.membership.state_of(n.id),
+                Some(MemberState::Alive | MemberState::Suspect)
+            ) {
+                continue;
+            }
+            if let Ok(addr) = n.addrs.gossip.parse() {
+                self.parts
+                    .membership
+                    .announce(NodeIdentity {
+                        node_id: n.id,
+                        gossip_addr: addr,
+                        generation: 0,
+                    })
+                    .await;
+            }
+        }
+    }
+
+    /// A node whose disk dropped below `min_free_disk_bytes` cannot append, so every vshard
+    /// it leads would stall: it hands each to a follower holding every entry.
+    async fn disk_shed(self: Arc<Self>) {
+        let reg = self.registry();
+        if reg.check_disk().is_ok() {
+            return;
+        }
+        let counts = self.leaderships();
+        for (v, g) in reg.vshard_states() {
+            if !g.leads() {
+                continue;
+            }
+            if let Some(to) = handoff_target(&g, None, |n| self.alive(n), |n| counts.get(&n).copied().unwrap_or(0)) {
+                tracing::warn!(vshard = v, to, "disk full: handing vshard leadership away");
+                let _ = reg
+                    .change_membership(g.group, MembershipChange::TransferLeader(to))
+                    .await;
+            }
+        }
+    }
+
+    async fn closed_ts(self: Arc<Self>) {
+        self.registry().publish_closed().await;
+    }
+
+    async fn quiesce(self: Arc<Self>) {
+        self.registry().quiesce_idle(self.cfg.quiesce_after).await;
+    }
+
+    async fn replica_gc(self: Arc<Self>) {
+        let reg = self.parts.registry.clone();
+        let grace = self.cfg.replica_gc_grace;
+        let _ = tokio::task::spawn_blocking(move || reg.collect_removed(grace)).await;
+    }
+
+    async fn meta_health(self: Arc<Self>) {
+        if self
+            .registry()
+            .meta_barrier(Duration::from_secs(1))
+            .await
+            .is_ok()
+        {
+            self.meta_ok_ms.store(now_ms(), Ordering::Release);
+        }
+    }
+}
