@@ -533,7 +533,9 @@ async fn a_new_replica_catches_up_from_a_shipped_snapshot() {
     assert_eq!(s, 204, "{b}");
     eventually("every vshard flushed (logs purged)", || async {
         let (_, v) = first
-            .sql("SELECT sum(hot_rows), sum(parquet_rows), min(snapshot_index) FROM system.replicas")
+            .sql(
+                "SELECT sum(hot_rows), sum(parquet_rows), min(snapshot_index) FROM system.replicas",
+            )
             .await;
         (v["rows"][0][0].as_i64() == Some(0) && v["rows"][0][1].as_i64() == Some(2000))
             .then_some(())
@@ -843,7 +845,9 @@ async fn a_node_without_replicas_reads_every_vshard_from_its_peers() {
     let mut c = cluster(&[&dirs[0], &dirs[1], &dirs[2]]).await;
     all_replicated(&c[0]).await;
     // With rebalancing paused a fourth node draws no replica (RF 3 is met without it).
-    let (s, v) = c[0].sql("SET CLUSTER SETTING rebalance_paused = true").await;
+    let (s, v) = c[0]
+        .sql("SET CLUSTER SETTING rebalance_paused = true")
+        .await;
     assert_eq!(s, 200, "{v}");
     let fourth = Node::spawn_pinned(&dirs[3], &["--join", c[0].rpc_addr.as_str()]);
     fourth.wait_ready().await;
@@ -1099,9 +1103,11 @@ async fn a_wiped_node_rejoins_under_a_new_id_and_takes_over_the_old_replicas() {
     let wiped = Instant::now();
     c[2].restart().await;
     assert_eq!(c[2].node_id, 4, "a wiped node joins under a new id");
-    eventually_in("node 4 votes in every vshard in place of node 3", &[&c[0], &c[1], &c[2]], || {
-        voters_are(&c[0], "1,2,4")
-    })
+    eventually_in(
+        "node 4 votes in every vshard in place of node 3",
+        &[&c[0], &c[1], &c[2]],
+        || voters_are(&c[0], "1,2,4"),
+    )
     .await;
     println!(
         "wiped node: a voter of every vshard {:?} after its restart",
@@ -1156,7 +1162,10 @@ async fn a_node_dead_past_the_timeout_has_its_replicas_moved_away() {
         &["--dead-replica-timeout-ms", "3000"],
     )
     .await;
-    eventually_in("4 nodes balanced: 12 replicas each", &[&c[0]], || balanced(&c[0], 3)).await;
+    eventually_in("4 nodes balanced: 12 replicas each", &[&c[0]], || {
+        balanced(&c[0], 3)
+    })
+    .await;
     let (s, b) = c[3].write(&tick_lines("d", 0, 500)).await;
     assert_eq!(s, 204, "{b}");
 
@@ -1167,8 +1176,7 @@ async fn a_node_dead_past_the_timeout_has_its_replicas_moved_away() {
         &[&c[0], &c[2], &c[3]],
         || async {
             let p = placement(&c[0]).await?;
-            (p.iter().all(|r| r == &vec![1, 3, 4]) && active_moves(&c[0]).await? == 0)
-                .then_some(())
+            (p.iter().all(|r| r == &vec![1, 3, 4]) && active_moves(&c[0]).await? == 0).then_some(())
         },
     )
     .await;
@@ -1191,10 +1199,14 @@ async fn a_node_dead_past_the_timeout_has_its_replicas_moved_away() {
 
     // Node 2 returns with its old (removed) replicas: it drops them and draws new ones.
     c[1].restart().await;
-    eventually_in("rebalanced onto the returning node", &[&c[0], &c[1]], || async {
-        balanced(&c[0], 3).await?;
-        (replica_counts(&c[0]).await?.get(&2).copied()? >= 11).then_some(())
-    })
+    eventually_in(
+        "rebalanced onto the returning node",
+        &[&c[0], &c[1]],
+        || async {
+            balanced(&c[0], 3).await?;
+            (replica_counts(&c[0]).await?.get(&2).copied()? >= 11).then_some(())
+        },
+    )
     .await;
     assert_eq!(c[1].count("SELECT count(*) FROM d").await, 520);
 

@@ -103,7 +103,22 @@ struct MoveProgress {
     since: Instant,
     retry_at: Instant,
     reported_bytes: u64,
-    reported_at: Instant,
+    reported_at: Option<Instant>,
+    /// The snapshot send last seen: (bytes sent, bytes in all).
+    seen: Option<(u64, u64)>,
+}
+
+impl MoveProgress {
+    fn new(mark: (u64, u64), now: Instant) -> MoveProgress {
+        MoveProgress {
+            mark,
+            since: now,
+            retry_at: now,
+            reported_bytes: 0,
+            reported_at: None,
+            seen: None,
+        }
+    }
 }
 
 type DutyFn = fn(Arc<Inner>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -160,9 +175,19 @@ impl Controller {
             duty!("follow_placement", control * 2, true, follow_placement),
             duty!("group0_membership", control, true, group0_membership),
             duty!("vshard_membership", control, true, vshard_membership),
-            duty!("placement", c.rebalance_interval.max(control), true, placement),
+            duty!(
+                "placement",
+                c.rebalance_interval.max(control),
+                true,
+                placement
+            ),
             duty!("reports", c.report_interval.max(control), false, reports),
-            duty!("introduce", c.report_interval.max(control), false, introduce),
+            duty!(
+                "introduce",
+                c.report_interval.max(control),
+                false,
+                introduce
+            ),
             duty!("disk_shed", Duration::from_secs(1), false, disk_shed),
             duty!("closed_ts", control, false, closed_ts),
             duty!("replica_gc", Duration::from_secs(10), false, replica_gc),
@@ -181,7 +206,11 @@ impl Controller {
         }
         tokio::spawn(async move {
             loop {
-                let next = duties.iter().map(|d| d.next).min().unwrap_or_else(Instant::now);
+                let next = duties
+                    .iter()
+                    .map(|d| d.next)
+                    .min()
+                    .unwrap_or_else(Instant::now);
                 let woken = tokio::select! {
                     _ = tokio::time::sleep_until(next) => false,
                     _ = inner.wake.notified() => true,
@@ -208,7 +237,11 @@ impl Controller {
                         let started = Instant::now();
                         fut.await;
                         if started.elapsed() > Duration::from_secs(10) {
-                            tracing::debug!(duty = name, ms = started.elapsed().as_millis() as u64, "slow control-plane duty");
+                            tracing::debug!(
+                                duty = name,
+                                ms = started.elapsed().as_millis() as u64,
+                                "slow control-plane duty"
+                            );
                         }
                         running.store(false, Ordering::Release);
                     });
@@ -343,7 +376,11 @@ impl Inner {
             return;
         }
         let catalog = reg.catalog().read().clone();
-        if catalog.nodes.get(&me).is_none_or(|n| n.state == NodeState::Decommissioned) {
+        if catalog
+            .nodes
+            .get(&me)
+            .is_none_or(|n| n.state == NodeState::Decommissioned)
+        {
             return;
         }
         let hosted: BTreeSet<u32> = reg.hosted().into_iter().collect();
@@ -373,7 +410,12 @@ impl Inner {
             };
             if g.leads() && g.voters.len() > 1 {
                 // Hand the group over first; close on a later round.
-                if let Some(to) = handoff_target(&g, None, |n| self.alive(n), |n| counts.get(&n).copied().unwrap_or(0)) {
+                if let Some(to) = handoff_target(
+                    &g,
+                    None,
+                    |n| self.alive(n),
+                    |n| counts.get(&n).copied().unwrap_or(0),
+                ) {
                     let _ = reg
                         .change_membership(g.group, MembershipChange::TransferLeader(to))
                         .await;
@@ -442,7 +484,12 @@ impl Inner {
             }
         }
         let counts = self.leaderships();
-        let steps = plan(&g, &target, |n| self.alive(n), |n| counts.get(&n).copied().unwrap_or(0));
+        let steps = plan(
+            &g,
+            &target,
+            |n| self.alive(n),
+            |n| counts.get(&n).copied().unwrap_or(0),
+        );
         self.execute(&g, None, steps).await;
     }
 
@@ -524,7 +571,12 @@ impl Inner {
                     )
                     .await;
                 if r.is_some() {
-                    tracing::info!(move_id = id, group = g.group, state, "replica move advanced");
+                    tracing::info!(
+                        move_id = id,
+                        group = g.group,
+                        state,
+                        "replica move advanced"
+                    );
                 }
                 Ok(())
             }
@@ -548,13 +600,7 @@ impl Inner {
         {
             let mut moves = self.moves.lock();
             let now = Instant::now();
-            let p = moves.entry(id).or_insert(MoveProgress {
-                mark: (0, 0),
-                since: now,
-                retry_at: now,
-                reported_bytes: 0,
-                reported_at: now,
-            });
+            let p = moves.entry(id).or_insert(MoveProgress::new((0, 0), now));
             p.retry_at = now + Duration::from_secs(2u64 << attempts.min(4));
         }
         self.propose(
@@ -571,7 +617,9 @@ impl Inner {
     /// While a move's target catches up: records snapshot progress now and then, and
     /// counts a failed attempt when it made no progress for `move_stall_timeout`.
     async fn watch_move(&self, g: &GroupState, t: &Target) {
-        let Some(m) = t.mv.filter(|m| m.state == MoveState::CatchingUp) else {
+        let Some(m) =
+            t.mv.filter(|m| matches!(m.state, MoveState::CatchingUp | MoveState::Swapping))
+        else {
             return;
         };
         let sent = self
@@ -580,18 +628,17 @@ impl Inner {
             .into_iter()
             .find(|(group, to, _, _)| *group == g.group && *to == m.to)
             .map(|(_, _, sent, total)| (sent, total));
-        let matched = g.matched.get(&m.to).copied().flatten().unwrap_or(0);
+        // Progress: the target's log while catching up; while swapping, only leaving the
+        // state counts (a swap takes a hand-off and one joint change, seconds at most).
+        let matched = match m.state {
+            MoveState::CatchingUp => g.matched.get(&m.to).copied().flatten().unwrap_or(0),
+            _ => 0,
+        };
         let mark = (matched, sent.map_or(0, |s| s.0));
         let now = Instant::now();
         let (stalled, report) = {
             let mut moves = self.moves.lock();
-            let p = moves.entry(m.id).or_insert(MoveProgress {
-                mark,
-                since: now,
-                retry_at: now,
-                reported_bytes: 0,
-                reported_at: now,
-            });
+            let p = moves.entry(m.id).or_insert(MoveProgress::new(mark, now));
             if p.mark != mark {
                 p.mark = mark;
                 p.since = now;
@@ -600,12 +647,22 @@ impl Inner {
             if stalled {
                 p.since = now;
             }
-            let report = sent.filter(|(b, _)| {
-                *b != p.reported_bytes && now.duration_since(p.reported_at) >= Duration::from_secs(2)
-            });
+            // Progress is recorded at the start, at most every 2 s, and once more when the
+            // send finished (it is gone from the list then).
+            let current = match (sent, p.seen) {
+                (Some(s), _) => Some(s),
+                (None, Some((_, total))) => Some((total, total)),
+                (None, None) => None,
+            };
+            p.seen = sent;
+            let due = p
+                .reported_at
+                .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(2))
+                || sent.is_none();
+            let report = current.filter(|(b, _)| *b != p.reported_bytes && due);
             if let Some((b, _)) = report {
                 p.reported_bytes = b;
-                p.reported_at = now;
+                p.reported_at = Some(now);
             }
             (stalled, report)
         };
@@ -627,8 +684,11 @@ impl Inner {
             self.failed_attempt(
                 m.id,
                 format!(
-                    "node {} made no progress catching up for {} s (move_stall_timeout_ms)",
-                    m.to,
+                    "no progress {} for {} s (move_stall_timeout_ms)",
+                    match m.state {
+                        MoveState::CatchingUp => format!("catching node {} up", m.to),
+                        _ => "swapping the replicas".to_string(),
+                    },
                     self.cfg.move_stall_timeout.as_secs()
                 ),
             )
@@ -689,7 +749,9 @@ impl Inner {
                             reason,
                         },
                         Response::Move { id },
-                    ) => tracing::info!(move_id = id, vshard, from, to, reason = %reason, "replica move started"),
+                    ) => {
+                        tracing::info!(move_id = id, vshard, from, to, reason = %reason, "replica move started")
+                    }
                     _ => tracing::info!(step = ?step, "placement changed"),
                 }
             }
@@ -739,10 +801,17 @@ impl Inner {
             };
             match r {
                 Ok(true) => {
-                    tracing::info!(vshard = t.vshard, from = t.from, to = t.to, "balancing vshard leadership")
+                    tracing::info!(
+                        vshard = t.vshard,
+                        from = t.from,
+                        to = t.to,
+                        "balancing vshard leadership"
+                    )
                 }
                 Ok(false) => {}
-                Err(e) => tracing::debug!(vshard = t.vshard, error = %e, "leader transfer not asked"),
+                Err(e) => {
+                    tracing::debug!(vshard = t.vshard, error = %e, "leader transfer not asked")
+                }
             }
         }
     }
@@ -779,7 +848,10 @@ impl Inner {
                 self.reports.record(id, load);
             }
         }
-        for n in nodes.values().filter(|n| n.state == NodeState::Decommissioned) {
+        for n in nodes
+            .values()
+            .filter(|n| n.state == NodeState::Decommissioned)
+        {
             self.parts.clocks.forget(n.id);
             self.reports.forget(n.id);
         }
@@ -828,7 +900,12 @@ impl Inner {
             if !g.leads() {
                 continue;
             }
-            if let Some(to) = handoff_target(&g, None, |n| self.alive(n), |n| counts.get(&n).copied().unwrap_or(0)) {
+            if let Some(to) = handoff_target(
+                &g,
+                None,
+                |n| self.alive(n),
+                |n| counts.get(&n).copied().unwrap_or(0),
+            ) {
                 tracing::warn!(vshard = v, to, "disk full: handing vshard leadership away");
                 let _ = reg
                     .change_membership(g.group, MembershipChange::TransferLeader(to))

@@ -43,9 +43,9 @@ pub fn plan_transfers(view: &ClusterView, max: usize) -> Vec<Transfer> {
     let mut counts = leader_counts(view);
     let leaders: Vec<Option<u64>> = (0..view.vshards).map(|v| view.leader_of(v)).collect();
     let usable = |n: u64| {
-        view.nodes.get(&n).is_some_and(|x| {
-            x.alive && x.load.is_some() && x.state == NodeState::Active
-        })
+        view.nodes
+            .get(&n)
+            .is_some_and(|x| x.alive && x.load.is_some() && x.state == NodeState::Active)
     };
     let mut out = vec![];
     let mut done_src: BTreeSet<u64> = BTreeSet::new();

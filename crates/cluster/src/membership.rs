@@ -49,7 +49,10 @@ pub struct MoveTarget {
 pub enum Step {
     Change(MembershipChange),
     /// Record a move's progress in group 0.
-    Record { id: u64, update: MoveUpdate },
+    Record {
+        id: u64,
+        update: MoveUpdate,
+    },
 }
 
 /// Vshard `v`'s target: its placement, with the move under way applied as far as it got.
@@ -477,7 +480,10 @@ mod tests {
         assert_eq!((tg.voters, tg.learners), (set(&[1, 2, 3]), set(&[4])));
         // Two nodes: one voter (two would survive nothing either way, and need both).
         let g = group(&[1], &[2], &[2]);
-        assert_eq!(group0_target(&g, &active(&[1, 2]), 5, t, true).voters, set(&[1]));
+        assert_eq!(
+            group0_target(&g, &active(&[1, 2]), 5, t, true).voters,
+            set(&[1])
+        );
         // A joining (not yet ACTIVE) node is not promoted.
         let mut nodes = active(&[1, 2]);
         nodes.extend([node(3, NodeState::Joining, true, None)]);

@@ -190,7 +190,9 @@ fn rank(view: &ClusterView, counts: &BTreeMap<u64, usize>, n: u64) -> (usize, u6
     (
         counts.get(&n).copied().unwrap_or(0),
         load.map_or(0, |l| l.data_bytes),
-        load.map_or(0, |l| l.vshards.iter().map(|v| v.rows_per_sec).sum::<f64>() as u64),
+        load.map_or(0, |l| {
+            l.vshards.iter().map(|v| v.rows_per_sec).sum::<f64>() as u64
+        }),
         n,
     )
 }
@@ -523,10 +525,15 @@ mod tests {
             }
             let c = counts(&v);
             let (min, max) = (c.values().min().unwrap(), c.values().max().unwrap());
-            assert!(max - min <= 1, "{vshards} vshards, {} nodes: {c:?}", 3 + extra);
             assert!(
-                v.replicas.iter().all(|r| r.len() == 3
-                    && r.iter().collect::<BTreeSet<_>>().len() == 3),
+                max - min <= 1,
+                "{vshards} vshards, {} nodes: {c:?}",
+                3 + extra
+            );
+            assert!(
+                v.replicas
+                    .iter()
+                    .all(|r| r.len() == 3 && r.iter().collect::<BTreeSet<_>>().len() == 3),
                 "every vshard keeps three distinct replicas"
             );
         }
@@ -607,7 +614,15 @@ mod tests {
         v.nodes.insert(5, n5);
         let steps = plan(&v, &cfg());
         assert!(
-            matches!(steps[0], PlacementStep::StartMove { vshard: 0, from: 3, to: 5, .. }),
+            matches!(
+                steps[0],
+                PlacementStep::StartMove {
+                    vshard: 0,
+                    from: 3,
+                    to: 5,
+                    ..
+                }
+            ),
             "the successor is preferred: {steps:?}"
         );
         assert!(steps
@@ -648,7 +663,11 @@ mod tests {
                 ..cfg()
             },
         );
-        assert_eq!(steps.len(), 1, "inbound limit: only node 5 can take one: {steps:?}");
+        assert_eq!(
+            steps.len(),
+            1,
+            "inbound limit: only node 5 can take one: {steps:?}"
+        );
         for s in &steps {
             let PlacementStep::StartMove {
                 vshard, from, to, ..

@@ -79,7 +79,11 @@ impl LoadSampler {
         let mut rows = BTreeMap::new();
         let mut vshards = vec![];
         let mut data_bytes = 0;
-        for st in registry.status().into_iter().filter_map(|s| s.vshard.map(|v| (v, s))) {
+        for st in registry
+            .status()
+            .into_iter()
+            .filter_map(|s| s.vshard.map(|v| (v, s)))
+        {
             let (v, s) = st;
             let bytes = s.stats.part_bytes + s.stats.hot_bytes;
             data_bytes += bytes;

@@ -482,7 +482,11 @@ async fn observe_leaders(
 /// The node id host `h` answers as (it changes when a wiped host joins again).
 async fn self_id(client: &Client, h: usize) -> Option<u64> {
     let rows = client
-        .rows(h, "SELECT node_id FROM system.nodes WHERE is_self", "eventual")
+        .rows(
+            h,
+            "SELECT node_id FROM system.nodes WHERE is_self",
+            "eventual",
+        )
         .await
         .ok()?;
     rows.first()?[0].as_u64()
@@ -732,7 +736,11 @@ async fn apply(
                 .and_then(|r| r.first().and_then(|r| r[0].as_str().map(str::to_string)))
                 .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
                 .unwrap_or_default();
-            let free: Vec<u64> = ids.keys().copied().filter(|id| !replicas.contains(id)).collect();
+            let free: Vec<u64> = ids
+                .keys()
+                .copied()
+                .filter(|id| !replicas.contains(id))
+                .collect();
             match (replicas.first(), free.first()) {
                 (Some(_), Some(_)) => {
                     let from = replicas[rng.below(replicas.len() as u64) as usize];
@@ -1007,7 +1015,9 @@ async fn check_all(
             };
             let ids: Vec<u64> = list.split(',').filter_map(|x| x.parse().ok()).collect();
             if ids.len() != rf {
-                mismatch.push(format!("vshard {v} has replicas {list}, expected {rf} of them"));
+                mismatch.push(format!(
+                    "vshard {v} has replicas {list}, expected {rf} of them"
+                ));
             }
             for id in ids {
                 on.entry(id).or_default().insert(v);
@@ -1035,7 +1045,10 @@ async fn check_all(
             }
         }
         if mismatch.is_empty() || Instant::now() >= until {
-            report.say(format!("{} nodes hold vshard replicas per group 0", on.len()));
+            report.say(format!(
+                "{} nodes hold vshard replicas per group 0",
+                on.len()
+            ));
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -248,12 +248,22 @@ enum SessionCommand {
     Begin,
     Commit,
     Rollback,
-    Set { name: String, value: String },
+    Set {
+        name: String,
+        value: String,
+    },
     Show(String),
     /// `SET CLUSTER SETTING name = value` (group 0).
-    SetCluster { name: String, value: String },
+    SetCluster {
+        name: String,
+        value: String,
+    },
     /// `ALTER VSHARD v MOVE REPLICA FROM a TO b`.
-    MoveReplica { vshard: u32, from: u64, to: u64 },
+    MoveReplica {
+        vshard: u32,
+        from: u64,
+        to: u64,
+    },
     /// An `ALTER VSHARD` that did not parse: the message says the form.
     BadAlterVshard(String),
 }
@@ -326,7 +336,9 @@ fn parse_move_replica(sql: &str) -> SessionCommand {
         .split_whitespace()
         .map(|x| x.to_ascii_uppercase())
         .collect();
-    let shape = ["ALTER", "VSHARD", "", "MOVE", "REPLICA", "FROM", "", "TO", ""];
+    let shape = [
+        "ALTER", "VSHARD", "", "MOVE", "REPLICA", "FROM", "", "TO", "",
+    ];
     let fits = w.len() == shape.len()
         && shape
             .iter()

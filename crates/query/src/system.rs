@@ -238,11 +238,19 @@ impl SystemSchema {
             ),
             (
                 "leaderships",
-                u64s(rows.iter().map(|n| report(n.id).map(|r| r.leaderships)).collect()),
+                u64s(
+                    rows.iter()
+                        .map(|n| report(n.id).map(|r| r.leaderships))
+                        .collect(),
+                ),
             ),
             (
                 "data_bytes",
-                u64s(rows.iter().map(|n| report(n.id).map(|r| r.data_bytes)).collect()),
+                u64s(
+                    rows.iter()
+                        .map(|n| report(n.id).map(|r| r.data_bytes))
+                        .collect(),
+                ),
             ),
             (
                 "disk_free_bytes",
@@ -262,16 +270,20 @@ impl SystemSchema {
             ),
             (
                 "version",
-                strs(rows.iter().map(|n| report(n.id).map(|r| r.version)).collect()),
+                strs(
+                    rows.iter()
+                        .map(|n| report(n.id).map(|r| r.version))
+                        .collect(),
+                ),
             ),
             (
                 "uptime_s",
                 u64s(
                     rows.iter()
                         .map(|n| {
-                            report(n.id).filter(|r| r.started_ms > 0).map(|r| {
-                                now_ms().saturating_sub(r.started_ms) / 1000
-                            })
+                            report(n.id)
+                                .filter(|r| r.started_ms > 0)
+                                .map(|r| now_ms().saturating_sub(r.started_ms) / 1000)
                         })
                         .collect(),
                 ),
@@ -292,26 +304,37 @@ impl SystemSchema {
                 .or_else(|| self.node.reports.as_ref().and_then(|r| r.leader_of(v)))
         };
         let moving = |v: u32| {
-            catalog.active_move(v).map(|m| {
-                format!("{}: {} -> {} {}", m.id, m.from, m.to, m.state.as_str())
-            })
+            catalog
+                .active_move(v)
+                .map(|m| format!("{}: {} -> {} {}", m.id, m.from, m.to, m.state.as_str()))
         };
         build(vec![
-            ("vshard", u64s(vshards.iter().map(|v| Some(u64::from(*v))).collect())),
+            (
+                "vshard",
+                u64s(vshards.iter().map(|v| Some(u64::from(*v))).collect()),
+            ),
             (
                 "raft_group",
                 u64s(vshards.iter().map(|v| Some(u64::from(*v) + 1)).collect()),
             ),
             (
                 "replicas",
-                strs(vshards.iter().map(|v| Some(list(&catalog.replicas(*v)))).collect()),
+                strs(
+                    vshards
+                        .iter()
+                        .map(|v| Some(list(&catalog.replicas(*v))))
+                        .collect(),
+                ),
             ),
             ("leader", u64s(vshards.iter().map(|v| leader(*v)).collect())),
             ("moving", strs(vshards.iter().map(|v| moving(*v)).collect())),
             (
                 "hosted_here",
                 Arc::new(BooleanArray::from(
-                    vshards.iter().map(|v| here(*v).is_some()).collect::<Vec<_>>(),
+                    vshards
+                        .iter()
+                        .map(|v| here(*v).is_some())
+                        .collect::<Vec<_>>(),
                 )) as ArrayRef,
             ),
             (
@@ -333,22 +356,37 @@ impl SystemSchema {
         let ts = |ms: Vec<Option<u64>>| -> ArrayRef {
             Arc::new(
                 datafusion::arrow::array::TimestampMillisecondArray::from(
-                    ms.into_iter().map(|x| x.map(|v| v as i64)).collect::<Vec<_>>(),
+                    ms.into_iter()
+                        .map(|x| x.map(|v| v as i64))
+                        .collect::<Vec<_>>(),
                 )
                 .with_timezone("UTC"),
             )
         };
         build(vec![
             ("move_id", u64s(m.iter().map(|m| Some(m.id)).collect())),
-            ("vshard", u64s(m.iter().map(|m| Some(u64::from(m.vshard))).collect())),
+            (
+                "vshard",
+                u64s(m.iter().map(|m| Some(u64::from(m.vshard))).collect()),
+            ),
             ("from_node", u64s(m.iter().map(|m| Some(m.from)).collect())),
             ("to_node", u64s(m.iter().map(|m| Some(m.to)).collect())),
             (
                 "state",
-                strs(m.iter().map(|m| Some(m.state.as_str().to_string())).collect()),
+                strs(
+                    m.iter()
+                        .map(|m| Some(m.state.as_str().to_string()))
+                        .collect(),
+                ),
             ),
-            ("reason", strs(m.iter().map(|m| Some(m.reason.clone())).collect())),
-            ("attempts", u64s(m.iter().map(|m| Some(u64::from(m.attempts))).collect())),
+            (
+                "reason",
+                strs(m.iter().map(|m| Some(m.reason.clone())).collect()),
+            ),
+            (
+                "attempts",
+                u64s(m.iter().map(|m| Some(u64::from(m.attempts))).collect()),
+            ),
             (
                 "last_error",
                 strs(
@@ -357,10 +395,22 @@ impl SystemSchema {
                         .collect(),
                 ),
             ),
-            ("bytes_copied", u64s(m.iter().map(|m| Some(m.bytes_copied)).collect())),
-            ("bytes_total", u64s(m.iter().map(|m| Some(m.bytes_total)).collect())),
-            ("started", ts(m.iter().map(|m| Some(m.started_ms)).collect())),
-            ("updated", ts(m.iter().map(|m| Some(m.updated_ms)).collect())),
+            (
+                "bytes_copied",
+                u64s(m.iter().map(|m| Some(m.bytes_copied)).collect()),
+            ),
+            (
+                "bytes_total",
+                u64s(m.iter().map(|m| Some(m.bytes_total)).collect()),
+            ),
+            (
+                "started",
+                ts(m.iter().map(|m| Some(m.started_ms)).collect()),
+            ),
+            (
+                "updated",
+                ts(m.iter().map(|m| Some(m.updated_ms)).collect()),
+            ),
         ])
     }
 
@@ -571,10 +621,7 @@ impl SystemSchema {
 
 /// Node ids as `1,2,3`.
 fn list(ids: &[u64]) -> String {
-    ids.iter()
-        .map(u64::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
+    ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
 }
 
 fn now_ms() -> u64 {

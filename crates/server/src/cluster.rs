@@ -134,7 +134,11 @@ impl PeerHandler for Shared {
             load: self
                 .controller
                 .get()
-                .map(|c| serde_json::to_vec(&*c.local_load()).unwrap_or_default().into())
+                .map(|c| {
+                    serde_json::to_vec(&*c.local_load())
+                        .unwrap_or_default()
+                        .into()
+                })
                 .unwrap_or_default(),
         })
     }

@@ -113,11 +113,7 @@ fn readiness(
                 Some(shoal_membership::MemberState::Alive)
             )
     };
-    if !states.is_empty()
-        && !states
-            .values()
-            .any(|g| g.leader.is_some_and(reachable))
-    {
+    if !states.is_empty() && !states.values().any(|g| g.leader.is_some_and(reachable)) {
         return Err(format!(
             "none of the {} vshard replicas here has a reachable leader",
             states.len()

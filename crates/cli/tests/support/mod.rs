@@ -355,32 +355,40 @@ where
             return v;
         }
         if Instant::now() >= deadline {
-            for n in nodes {
-                if n.child.is_none() {
-                    continue;
-                }
-                let moves = n
-                    .sql("SELECT move_id, vshard, from_node, to_node, state, attempts, last_error FROM system.moves ORDER BY move_id")
-                    .await;
-                let shards = n.sql("SELECT vshard, replicas, leader, moving FROM system.shards ORDER BY vshard").await;
-                let local = n
-                    .sql("SELECT vshard, role, leader, voters, learners, followers FROM system.replicas ORDER BY vshard")
-                    .await;
-                let log = n.stderr_text();
-                let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                eprintln!(
-                    "--- node {} ({}):\nmoves {}\nshards {}\nreplicas {}\nlog tail:\n{}",
-                    n.node_id,
-                    n.addr,
-                    moves.1,
-                    shards.1,
-                    local.1,
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                );
-            }
+            dump(nodes).await;
             panic!("timed out waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Prints what every running node of `nodes` says of the placement (moves, vshards, its
+/// replicas) and the tail of its log.
+pub async fn dump(nodes: &[&Node]) {
+    for n in nodes {
+        if n.child.is_none() {
+            continue;
+        }
+        let moves = n
+            .sql("SELECT move_id, vshard, from_node, to_node, state, attempts, last_error FROM system.moves ORDER BY move_id")
+            .await;
+        let shards = n
+            .sql("SELECT vshard, replicas, leader, moving FROM system.shards ORDER BY vshard")
+            .await;
+        let local = n
+            .sql("SELECT vshard, role, leader, voters, learners, followers FROM system.replicas ORDER BY vshard")
+            .await;
+        let log = n.stderr_text();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        eprintln!(
+            "--- node {} ({}):\nmoves {}\nshards {}\nreplicas {}\nlog tail:\n{}",
+            n.node_id,
+            n.addr,
+            moves.1,
+            shards.1,
+            local.1,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
     }
 }
 

@@ -50,12 +50,10 @@ impl Registry {
         if group == 0 {
             return handle_inbound(&self.meta, group, inbound).await;
         }
-        let s = self
-            .shard(group - 1)
-            .ok_or_else(|| Error::Unavailable {
-                group,
-                reason: format!("node {} does not host group {group}", self.cfg.node_id),
-            })?;
+        let s = self.shard(group - 1).ok_or_else(|| Error::Unavailable {
+            group,
+            reason: format!("node {} does not host group {group}", self.cfg.node_id),
+        })?;
         if let Some(reply) = self.guard_quiesced_vote(group, &s, &inbound) {
             return Ok(reply);
         }

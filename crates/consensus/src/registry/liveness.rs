@@ -96,11 +96,7 @@ impl Registry {
         else {
             return false;
         };
-        let Some(s) = msg
-            .group
-            .checked_sub(1)
-            .and_then(|v| self.shard(v))
-        else {
+        let Some(s) = msg.group.checked_sub(1).and_then(|v| self.shard(v)) else {
             return false;
         };
         let m = s.raft.metrics().borrow_watched().clone();

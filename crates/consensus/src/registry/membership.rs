@@ -55,16 +55,6 @@ impl GroupState {
             .flatten()
             .is_some_and(|m| self.last_index.saturating_sub(m) <= CAUGHT_UP_SLACK)
     }
-
-    /// Whether `node` holds every entry the leader has (a leadership transfer to it takes
-    /// effect at once).
-    pub fn fully_caught_up(&self, node: u64) -> bool {
-        self.matched
-            .get(&node)
-            .copied()
-            .flatten()
-            .is_some_and(|m| m >= self.last_index)
-    }
 }
 
 /// One change to a group's Raft membership or leadership.
@@ -82,7 +72,9 @@ pub enum MembershipChange {
 }
 
 /// Whom the leader of `g` should hand leadership to: a voter other than itself that is
-/// alive and holds every entry (so the transfer takes effect at once), preferring
+/// alive and caught up (within `CAUGHT_UP_SLACK`: the leader stops taking writes once the
+/// transfer starts, and the target waits until it holds every entry before it campaigns,
+/// so a target that is always a few entries behind under load still works), preferring
 /// `prefer`, then the one `load` ranks lowest (fewest leaderships), then the lowest id.
 /// `None` if there is none. The one chooser every caller uses.
 pub fn handoff_target(
@@ -91,7 +83,7 @@ pub fn handoff_target(
     alive: impl Fn(u64) -> bool,
     load: impl Fn(u64) -> usize,
 ) -> Option<u64> {
-    let ok = |n: u64| n != g.me && g.voters.contains(&n) && alive(n) && g.fully_caught_up(n);
+    let ok = |n: u64| n != g.me && g.voters.contains(&n) && alive(n) && g.caught_up(n);
     if let Some(p) = prefer.filter(|p| ok(*p)) {
         return Some(p);
     }
@@ -322,14 +314,21 @@ mod tests {
     }
 
     #[test]
-    fn handoff_picks_an_alive_voter_with_every_entry() {
-        let g = state(1, &[1, 2, 3], &[(1, Some(100)), (2, Some(99)), (3, Some(100))]);
+    fn handoff_picks_an_alive_caught_up_voter() {
+        let g = state(
+            1,
+            &[1, 2, 3],
+            &[(1, Some(100)), (2, Some(60)), (3, Some(95))],
+        );
         assert_eq!(handoff_target(&g, None, |_| true, |_| 0), Some(3));
         // Preferred when eligible, else the least loaded, else the lowest id.
         assert_eq!(handoff_target(&g, Some(2), |_| true, |_| 0), Some(3));
         let g = state(1, &[1, 2, 3], &[(2, Some(100)), (3, Some(100))]);
         assert_eq!(handoff_target(&g, Some(3), |_| true, |_| 0), Some(3));
-        assert_eq!(handoff_target(&g, None, |_| true, |n| if n == 2 { 5 } else { 1 }), Some(3));
+        assert_eq!(
+            handoff_target(&g, None, |_| true, |n| if n == 2 { 5 } else { 1 }),
+            Some(3)
+        );
         assert_eq!(handoff_target(&g, None, |n| n != 2, |_| 0), Some(3));
         // A learner never; nobody caught up: none.
         let mut g = state(1, &[1, 2], &[(2, Some(50)), (4, Some(100))]);

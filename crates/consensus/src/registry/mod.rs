@@ -170,6 +170,9 @@ const CLOSED_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a write keeps looking for its vshard's leader (elections, forwarding).
 const FORWARD_DEADLINE: Duration = Duration::from_secs(10);
 
+/// How long a group-0 proposal may take, forwarding and commit included.
+const META_PROPOSE_DEADLINE: Duration = Duration::from_secs(10);
+
 /// Retry pause: 50 ms doubling to 400 ms.
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(50 << attempt.clamp(1, 4).saturating_sub(1))
@@ -722,7 +725,9 @@ impl Registry {
                     n += 1;
                     tracing::info!(vshard = v, dir = %dir.display(), "deleted the files of a removed replica");
                 }
-                Err(e) => tracing::warn!(vshard = v, error = %e, "deleting a removed replica's files"),
+                Err(e) => {
+                    tracing::warn!(vshard = v, error = %e, "deleting a removed replica's files")
+                }
             }
         }
         n

@@ -7,9 +7,7 @@ impl Registry {
     /// On the leader: confirms leadership with a quorum and returns the index a linearizable
     /// read must wait for.
     pub(super) async fn leader_read_index(&self, vshard: u32) -> Result<u64, Error> {
-        let s = self
-            .shard(vshard)
-            .ok_or_else(|| self.not_hosted(vshard))?;
+        let s = self.shard(vshard).ok_or_else(|| self.not_hosted(vshard))?;
         read_index_of(&s.raft, group_of_vshard(vshard)).await
     }
 
@@ -18,9 +16,7 @@ impl Registry {
     /// its leadership (read index); a follower asks the leader for that index and waits
     /// until it applied it (a follower read, no data moves).
     pub async fn read_barrier(&self, vshard: u32, timeout: Duration) -> Result<(), Error> {
-        let s = self
-            .shard(vshard)
-            .ok_or_else(|| self.not_hosted(vshard))?;
+        let s = self.shard(vshard).ok_or_else(|| self.not_hosted(vshard))?;
         let started = shoal_common::time::now_nanos();
         self.barrier(&s.raft, group_of_vshard(vshard), Some(&s), timeout)
             .await?;

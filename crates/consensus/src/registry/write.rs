@@ -61,11 +61,30 @@ impl Registry {
     /// Proposes a group-0 command; a follower forwards it to the leader (once, or again
     /// after the leader changed) and then waits until its own copy applied it, so the caller
     /// reads its own write.
+    ///
+    /// Bounded by `META_PROPOSE_DEADLINE`: a leader cut off from its quorum would wait for
+    /// the commit forever. When it runs out the command may still commit later (the answer
+    /// is "unavailable", and a retry is safe for every command the callers send).
     pub async fn propose_meta(&self, cmd: Command) -> Result<Response, Error> {
         const ATTEMPTS: usize = 5;
+        let deadline = tokio::time::Instant::now() + META_PROPOSE_DEADLINE;
+        let timed_out = || Error::Unavailable {
+            group: 0,
+            reason: format!(
+                "group 0 did not commit within {} s (no quorum reachable?)",
+                META_PROPOSE_DEADLINE.as_secs()
+            ),
+        };
         let mut last = None;
         for attempt in 0..ATTEMPTS {
-            let hint = match map_write(0, self.meta.client_write(cmd.clone()).await) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(last.unwrap_or_else(timed_out));
+            }
+            let written = tokio::time::timeout(left, self.meta.client_write(cmd.clone()))
+                .await
+                .map_err(|_| timed_out())?;
+            let hint = match map_write(0, written) {
                 Err(Error::NotLeader { hint, .. }) => hint,
                 other => return other,
             };
@@ -83,7 +102,12 @@ impl Registry {
                 continue;
             };
             let body = serde_json::to_vec(&cmd).map_err(|e| Error::Internal(e.to_string()))?;
-            match self.transport.forward_meta(leader, body.into()).await {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let forwarded =
+                tokio::time::timeout(left, self.transport.forward_meta(leader, body.into()))
+                    .await
+                    .map_err(|_| timed_out())?;
+            match forwarded {
                 Ok(reply) => {
                     let fw: ForwardedWrite = serde_json::from_slice(&reply)
                         .map_err(|e| Error::Internal(format!("bad forwarded reply: {e}")))?;
@@ -119,7 +143,13 @@ impl Registry {
         if matches!(cmd, Command::Ddl { .. }) {
             self.check_disk()?;
         }
-        let r = self.meta.client_write(cmd).await;
+        // Inside the forwarder's own deadline (the transport's forward timeout).
+        let r = tokio::time::timeout(META_PROPOSE_DEADLINE, self.meta.client_write(cmd))
+            .await
+            .map_err(|_| Error::Unavailable {
+                group: 0,
+                reason: "group 0 did not commit in time (no quorum reachable?)".into(),
+            })?;
         let (response, index) = match r {
             Ok(resp) => (resp.data, resp.log_id.index),
             Err(e) => return map_write(0, Err(e)).map(|_| bytes::Bytes::new()),
@@ -144,7 +174,8 @@ impl Registry {
         let mut attempt = 0u32;
         while tokio::time::Instant::now() < deadline {
             attempt += 1;
-            let hint = match self.insert_local(vshard, cmd.clone()).await {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let hint = match self.insert_local(vshard, cmd.clone(), left).await {
                 Err(Error::NotLeader { hint, .. }) => hint,
                 // No replica here: hand it to a node that has one (it forwards on to the
                 // leader).
@@ -200,7 +231,14 @@ impl Registry {
             };
             match self
                 .transport
-                .send_raft(leader, "", msg, Duration::from_secs(30))
+                .send_raft(
+                    leader,
+                    "",
+                    msg,
+                    deadline
+                        .saturating_duration_since(tokio::time::Instant::now())
+                        .max(Duration::from_millis(100)),
+                )
                 .await
             {
                 Ok(body) => {
@@ -227,16 +265,31 @@ impl Registry {
 
     /// Proposes an insert to this node's replica of the group (fails with `NotLeader`
     /// unless it leads).
-    pub(super) async fn insert_local(&self, vshard: u32, cmd: Command) -> Result<Response, Error> {
+    /// `within` bounds the wait for the commit: a leader cut off from its quorum would wait
+    /// forever (the entry may still commit later; the request's id makes a retry safe).
+    pub(super) async fn insert_local(
+        &self,
+        vshard: u32,
+        cmd: Command,
+        within: Duration,
+    ) -> Result<Response, Error> {
         if vshard >= self.cfg.vshards {
             return Err(Error::Internal(format!("vshard {vshard} out of range")));
         }
-        let s = self
-            .shard(vshard)
-            .ok_or_else(|| self.not_hosted(vshard))?;
+        let s = self.shard(vshard).ok_or_else(|| self.not_hosted(vshard))?;
         s.touch();
         self.check_disk()?;
-        let r = map_write(group_of_vshard(vshard), s.raft.client_write(cmd).await);
+        let group = group_of_vshard(vshard);
+        let written = tokio::time::timeout(within, s.raft.client_write(cmd))
+            .await
+            .map_err(|_| Error::Unavailable {
+                group,
+                reason: format!(
+                    "not committed within {} ms (no quorum reachable?)",
+                    within.as_millis()
+                ),
+            })?;
+        let r = map_write(group, written);
         if matches!(r, Err(Error::NotLeader { hint: None, .. }))
             && s.raft.metrics().borrow_watched().current_leader == Some(self.cfg.node_id)
         {
