@@ -197,7 +197,12 @@ async fn start_nodes(n: usize) -> Result<Started, String> {
         crate::demo::wait_ready(&client, &node).await?;
         nodes.push(node);
     }
-    let want = n.min(3);
+    // Replicas per vshard the placement grows to: three, or the node count, but never an
+    // even count short of three (two nodes keep one replica each).
+    let want = match n.min(3) {
+        2 => 1,
+        w => w,
+    };
     let url = format!("http://{}/v1/sql", nodes[0].http_addr);
     let deadline = Instant::now() + START_TIMEOUT;
     loop {

@@ -518,7 +518,16 @@ async fn wildcard_binds_need_and_use_advertise_addresses() {
 #[tokio::test]
 async fn a_new_replica_catches_up_from_a_shipped_snapshot() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let flush = ["--flush-age-ms", "200", "--flush-check-interval-ms", "50"];
+    // Two replicas asked for: the second node gets one of every vshard (with the default
+    // of three, two nodes keep one replica each, never an even count on the way to three).
+    let flush = [
+        "--flush-age-ms",
+        "200",
+        "--flush-check-interval-ms",
+        "50",
+        "--replication-factor",
+        "2",
+    ];
     let first = Node::spawn_pinned(&tmp.path().join("a"), &flush);
     first.wait_ready().await;
     let mut body = String::new();
@@ -550,7 +559,7 @@ async fn a_new_replica_catches_up_from_a_shipped_snapshot() {
         (s == 200 && v["rows"][0][0].as_i64() == Some(2000)).then_some(())
     })
     .await;
-    // Group 0 places a replica of every vshard on the second node (RF 2 with two nodes).
+    // Group 0 places a replica of every vshard on the second node.
     eventually("every row arrived here as Parquet parts", || async {
         let (_, v) = second
             .sql("SELECT sum(parquet_rows), count(*) FROM system.replicas")

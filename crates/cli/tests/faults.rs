@@ -85,7 +85,7 @@ fn faults_short_mix() {
 /// A wiped disk among kills and partitions: the node comes back empty, joins under a new
 /// id and must take over the old identity's replicas (issue 5's "rejoins as a new replica
 /// rather than corrupting a group"), while every invariant holds — no acknowledged write
-/// lost, linearizable registers, exactly three replica holders at the end, every node's
+/// lost, linearizable registers, every node holding exactly its placed replicas, every node's
 /// data identical.
 #[test]
 fn faults_wiped_disk() {
@@ -105,5 +105,30 @@ fn faults_wiped_disk() {
             .collect(),
         env_or("SHOAL_FAULTS_WIPE_TIME", 40),
         3,
+    );
+}
+
+/// Replica moves in the middle of other faults, on four nodes (so every vshard has a node
+/// without a replica to move to, and rebalancing runs too): moves by hand, kills, a
+/// partition and an isolated leader, while every invariant holds — no acknowledged write
+/// lost, linearizable registers, every node holding exactly what group 0 places on it.
+#[test]
+fn faults_replica_moves() {
+    let seed = env_or(
+        "SHOAL_FAULTS_MOVE_SEED",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() % 1_000_000)
+            .unwrap_or(1),
+    );
+    scenario(
+        "moves",
+        seed,
+        ["move", "kill", "move", "halves", "move", "isolate-leader"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        env_or("SHOAL_FAULTS_MOVE_TIME", 45),
+        4,
     );
 }

@@ -95,6 +95,9 @@ struct Inner {
     /// Per move this node drives: its last progress (matched index or snapshot bytes) and
     /// when it last changed, and when the next attempt after a failure may start.
     moves: Mutex<HashMap<u64, MoveProgress>>,
+    /// Leader transfers asked for in the last few seconds (vshard → target, when): they
+    /// count at their target until the reports show them.
+    pending_transfers: Mutex<BTreeMap<u32, (u64, std::time::Instant)>>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -161,6 +164,7 @@ impl Controller {
                 wake: tokio::sync::Notify::new(),
                 meta_ok_ms: AtomicU64::new(0),
                 moves: Default::default(),
+                pending_transfers: Default::default(),
             }),
         }
     }
@@ -430,7 +434,8 @@ impl Inner {
 
     /// Leaderships per node as reported, for choosing whom to hand leadership to.
     fn leaderships(&self) -> BTreeMap<u64, usize> {
-        leader_counts(&self.view())
+        let view = self.view();
+        leader_counts(&view, &crate::leaders::leaders(&view, &BTreeMap::new()))
     }
 
     fn view(&self) -> ClusterView {
@@ -791,7 +796,15 @@ impl Inner {
             return;
         }
         let view = self.view();
-        for t in plan_transfers(&view, self.cfg.vshards as usize) {
+        let pending: BTreeMap<u32, u64> = {
+            let mut p = self.pending_transfers.lock();
+            // Long enough for a transfer to happen and show in the next reports.
+            let keep = self.cfg.report_interval * 2 + Duration::from_secs(1);
+            p.retain(|_, (_, at)| at.elapsed() < keep);
+            p.iter().map(|(v, (to, _))| (*v, *to)).collect()
+        };
+        let transfers = plan_transfers(&view, &pending, self.cfg.vshards as usize);
+        for t in transfers {
             let r = if t.from == self.me() {
                 Ok(self.registry().transfer_vshard_leader(t.vshard, t.to).await)
             } else {
@@ -801,6 +814,9 @@ impl Inner {
             };
             match r {
                 Ok(true) => {
+                    self.pending_transfers
+                        .lock()
+                        .insert(t.vshard, (t.to, std::time::Instant::now()));
                     tracing::info!(
                         vshard = t.vshard,
                         from = t.from,

@@ -22,26 +22,38 @@ pub struct Transfer {
     pub to: u64,
 }
 
-/// Leaderships per node as reported (nodes that report but lead nothing count 0).
-pub fn leader_counts(view: &ClusterView) -> BTreeMap<u64, usize> {
+/// Each vshard's leader as reported, except where `pending` (transfers asked for a moment
+/// ago, not yet in the reports) says otherwise.
+pub fn leaders(view: &ClusterView, pending: &BTreeMap<u32, u64>) -> Vec<Option<u64>> {
+    (0..view.vshards)
+        .map(|v| pending.get(&v).copied().or_else(|| view.leader_of(v)))
+        .collect()
+}
+
+/// Leaderships per node (nodes that report but lead nothing count 0).
+pub fn leader_counts(view: &ClusterView, leaders: &[Option<u64>]) -> BTreeMap<u64, usize> {
     let mut counts: BTreeMap<u64, usize> = view
         .nodes
         .values()
         .filter(|n| n.load.is_some())
         .map(|n| (n.id, 0))
         .collect();
-    for v in 0..view.vshards {
-        if let Some(l) = view.leader_of(v) {
-            *counts.entry(l).or_default() += 1;
-        }
+    for l in leaders.iter().flatten() {
+        *counts.entry(*l).or_default() += 1;
     }
     counts
 }
 
-/// At most `max` transfers to ask for now.
-pub fn plan_transfers(view: &ClusterView, max: usize) -> Vec<Transfer> {
-    let mut counts = leader_counts(view);
-    let leaders: Vec<Option<u64>> = (0..view.vshards).map(|v| view.leader_of(v)).collect();
+/// At most `max` transfers to ask for now. `pending`: transfers asked for recently whose
+/// effect the reports may not show yet (without it, a stale report would count a moved
+/// leadership twice and the plan would overshoot).
+pub fn plan_transfers(
+    view: &ClusterView,
+    pending: &BTreeMap<u32, u64>,
+    max: usize,
+) -> Vec<Transfer> {
+    let leaders = leaders(view, pending);
+    let mut counts = leader_counts(view, &leaders);
     let usable = |n: u64| {
         view.nodes
             .get(&n)
@@ -168,17 +180,21 @@ mod tests {
                 );
             }
             for round in 0.. {
-                let ts = plan_transfers(&v, 16);
+                let ts = plan_transfers(&v, &BTreeMap::new(), 16);
                 if ts.is_empty() {
                     break;
                 }
                 apply(&mut v, &ts);
                 assert!(round < 200, "does not settle");
             }
-            let c = leader_counts(&v);
+            let c = leader_counts(&v, &leaders(&v, &BTreeMap::new()));
             let (min, max) = (c.values().min().unwrap(), c.values().max().unwrap());
             assert!(max - min <= 1, "{nodes} nodes, {vshards} vshards: {c:?}");
-            assert_eq!(plan_transfers(&v, 16), vec![], "settled means nothing more");
+            assert_eq!(
+                plan_transfers(&v, &BTreeMap::new(), 16),
+                vec![],
+                "settled means nothing more"
+            );
         }
     }
 
@@ -187,10 +203,19 @@ mod tests {
         let mut v = view(3, 6, |_| 1);
         v.nodes.get_mut(&2).unwrap().alive = false;
         v.nodes.get_mut(&3).unwrap().alive = false;
-        assert_eq!(plan_transfers(&v, 16), vec![]);
+        assert_eq!(plan_transfers(&v, &BTreeMap::new(), 16), vec![]);
         v.nodes.get_mut(&3).unwrap().alive = true;
-        let ts = plan_transfers(&v, 16);
+        let ts = plan_transfers(&v, &BTreeMap::new(), 16);
         assert_eq!(ts.len(), 1, "one per source per round: {ts:?}");
         assert_eq!(ts[0].to, 3);
+        // A transfer asked for but not yet reported counts at its target: no overshoot.
+        let pending: BTreeMap<u32, u64> = [(ts[0].vshard, 3)].into();
+        let again = plan_transfers(&v, &pending, 16);
+        assert!(again.iter().all(|t| t.vshard != ts[0].vshard), "{again:?}");
+        assert_eq!(
+            leader_counts(&v, &leaders(&v, &pending)).get(&3),
+            Some(&1),
+            "the pending transfer counts"
+        );
     }
 }

@@ -8,9 +8,10 @@
 //!    (a later node registered at its address: a wiped disk that joined again; its
 //!    successor is preferred as the target), leaving (DECOMMISSIONING), or down for
 //!    `dead_replica_timeout` — moves to another node.
-//! 3. **Grow** a vshard with fewer replicas than `min(replication_factor, usable nodes)`:
-//!    the missing replicas are added in one change, so the vshard's leader promotes them
-//!    together.
+//! 3. **Grow** a vshard with fewer replicas than `min(replication_factor, usable nodes)`
+//!    (one fewer if that is even and short of the factor: never two replicas on the way to
+//!    three): the missing replicas are added in one change, so the vshard's leader
+//!    promotes them together.
 //! 4. **Balance**, unless paused (`rebalance_paused`) or some node's CPU is above
 //!    `rebalance_cpu_threshold`: while the most loaded usable node holds at least two
 //!    replicas more than the least loaded one, move one from the first to the second. Nodes
@@ -283,7 +284,13 @@ fn grow(
         .keys()
         .filter(|n| usable_target(view, cfg, **n))
         .count();
-    let want = cfg.replication_factor.min(usable).max(1);
+    let mut want = cfg.replication_factor.min(usable).max(1);
+    // Short of nodes, stop at an odd count: two replicas survive no more than one and
+    // need both (a vshard at {1,2} when node 2 dies is stuck for good, while {1} → {1,2,3}
+    // in one step survives either loss). An even replication factor asked for is kept.
+    if want < cfg.replication_factor && want % 2 == 0 {
+        want -= 1;
+    }
     for v in 0..view.vshards {
         if budget.busy.contains(&v) {
             continue;
@@ -713,10 +720,18 @@ mod tests {
                 }
             ]
         );
-        // With two nodes only, RF is two.
+        // With two nodes only, nothing grows: {1,2} would survive nothing and wedge if
+        // either died before a third node arrived. With RF 2 asked for, two it is.
         v.nodes.remove(&3);
+        assert!(plan(&v, &cfg())
+            .iter()
+            .all(|s| !matches!(s, PlacementStep::AddReplicas { .. })));
+        let rf2 = PlacementConfig {
+            replication_factor: 2,
+            ..cfg()
+        };
         assert!(matches!(
-            &plan(&v, &cfg())[0],
+            &plan(&v, &rf2)[0],
             PlacementStep::AddReplicas { add, .. } if add == &vec![2]
         ));
     }

@@ -192,9 +192,19 @@ async fn run_in_hub(
             .rows(1, "SELECT replicas FROM system.shards", "eventual")
             .await
             .ok()?;
-        rows.iter()
-            .all(|r| r[0].as_str().is_some_and(|s| s.split(',').count() == rf))
-            .then_some(())
+        let placed = rows
+            .iter()
+            .all(|r| r[0].as_str().is_some_and(|s| s.split(',').count() == rf));
+        // And the Raft voters are there, not only the placement (node 1 holds every
+        // vshard until rebalancing spreads them).
+        let voters = client
+            .rows(1, "SELECT voters FROM system.replicas", "eventual")
+            .await
+            .ok()?;
+        let promoted = voters
+            .iter()
+            .all(|r| r[0].as_str().is_some_and(|s| s.split(',').count() == rf));
+        (placed && promoted).then_some(())
     })
     .await?;
     let mut ids: BTreeMap<u64, usize> = hosts.iter().map(|h| (h.node_id, h.index)).collect();
@@ -989,10 +999,18 @@ async fn check_all(
                     "eventual",
                 )
                 .await;
+            let led = client
+                .rows(
+                    h,
+                    "SELECT node_id, replicas, leaderships FROM system.nodes ORDER BY node_id",
+                    "eventual",
+                )
+                .await;
             report.say(format!(
-                "  host {h}: not quiesced {}; moves under way {}",
+                "  host {h}: not quiesced {}; moves under way {}; replicas and leaderships {}",
                 awake.map_or_else(|e| e, |r| serde_json::Value::from(r).to_string()),
-                moves.map_or_else(|e| e, |r| serde_json::Value::from(r).to_string())
+                moves.map_or_else(|e| e, |r| serde_json::Value::from(r).to_string()),
+                led.map_or_else(|e| e, |r| serde_json::Value::from(r).to_string())
             ));
         }
     }

@@ -29,7 +29,7 @@ pub struct NodeConfig {
     pub join: Vec<String>,
     /// How long a new node keeps trying its seeds before it exits with an error.
     pub join_timeout_ms: u64,
-    /// Voters of the metadata group (group 0); further nodes are learners.
+    /// Voters of the metadata group (group 0), kept odd; further nodes are learners.
     pub max_voters: usize,
     /// A vshard group with no write or strong read for this long stops its Raft heartbeats
     /// (its followers stop campaigning; SWIM watches the leader). 0 = never.
@@ -66,11 +66,11 @@ pub struct NodeConfig {
     /// How often a node samples its load and asks every peer for theirs (and measures clock
     /// offsets), milliseconds.
     pub report_interval_ms: u64,
-    /// Replicas of every vshard. Nodes that join while fewer nodes hold vshards hold a
-    /// replica of each; further nodes hold none (yet).
+    /// Replicas of every vshard (fewer while the cluster has fewer usable nodes); the
+    /// control plane places them and spreads them over the nodes.
     pub replication_factor: usize,
-    /// A vshard host that SWIM has reported down (DEAD) for this long hands its replicas
-    /// to an alive node that holds none, restoring `replication_factor`. 0 = never.
+    /// A node SWIM has reported down (DEAD) for this long has its replicas moved to other
+    /// nodes, restoring `replication_factor`. 0 = never.
     pub dead_replica_timeout_ms: u64,
     /// Largest inter-node message (checked before allocating).
     pub rpc_max_message_bytes: usize,
