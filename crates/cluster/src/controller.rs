@@ -14,6 +14,7 @@
 //! | `reports` | every node | samples this node's load; `Hello` to every peer (clock offsets, loads) |
 //! | `introduce` | every node | SWIM announcements to registered nodes it does not see |
 //! | `disk_shed` | every node | a full disk hands this node's leaderships away |
+//! | `unstick_transfers` | every node | a leadership transfer whose target died is asked of another voter |
 //! | `closed_ts`, `quiesce` | every node | closed timestamps out; idle groups quiesced |
 //! | `replica_gc` | every node | deletes removed replicas' files after `replica_gc_grace_ms` |
 //! | `meta_health` | every node | confirms group 0 answers (a read index); readiness uses it |
@@ -193,6 +194,7 @@ impl Controller {
                 introduce
             ),
             duty!("disk_shed", Duration::from_secs(1), false, disk_shed),
+            duty!("unstick_transfers", Duration::from_secs(1), false, unstick),
             duty!("closed_ts", control, false, closed_ts),
             duty!("replica_gc", Duration::from_secs(10), false, replica_gc),
             duty!("meta_health", Duration::from_secs(1), false, meta_health),
@@ -743,6 +745,14 @@ impl Inner {
                     },
                     "retiring a superseded node",
                 ),
+                PlacementStep::CancelMove { id, why } => (
+                    ClusterOp::UpdateMove {
+                        id,
+                        update: MoveUpdate::Cancel { why },
+                        now_ms: now_ms(),
+                    },
+                    "cancelling a move whose target is gone",
+                ),
             };
             if let Some(r) = self.propose(op, what).await {
                 match (&step, r) {
@@ -928,6 +938,11 @@ impl Inner {
                     .await;
             }
         }
+    }
+
+    /// Leadership transfers stuck on a target that died meanwhile are asked again.
+    async fn unstick(self: Arc<Self>) {
+        self.registry().unstick_transfers(|n| self.alive(n)).await;
     }
 
     async fn closed_ts(self: Arc<Self>) {

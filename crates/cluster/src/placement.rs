@@ -12,8 +12,9 @@
 //!    (one fewer if that is even and short of the factor: never two replicas on the way to
 //!    three): the missing replicas are added in one change, so the vshard's leader
 //!    promotes them together.
-//! 4. **Balance**, unless paused (`rebalance_paused`) or some node's CPU is above
-//!    `rebalance_cpu_threshold`: while the most loaded usable node holds at least two
+//! 4. **Balance**, unless paused (`rebalance_paused`), some node's CPU is above
+//!    `rebalance_cpu_threshold`, or fewer usable nodes than `replication_factor` exist (a
+//!    forming cluster grows instead): while the most loaded usable node holds at least two
 //!    replicas more than the least loaded one, move one from the first to the second. Nodes
 //!    are ranked by (replica count, bytes, write rate); the vshard moved is the cheapest the
 //!    target lacks (fewest bytes). The spread of at least two is the hysteresis: a balanced
@@ -82,7 +83,16 @@ pub enum PlacementStep {
         node: u64,
         why: String,
     },
+    /// A move whose target is gone (superseded, retired, leaving, or down for
+    /// `MOVE_TARGET_DOWN`) is given up, so its vshard can be planned again.
+    CancelMove {
+        id: u64,
+        why: String,
+    },
 }
+
+/// A move's target down this long is given up on (before the swap).
+pub const MOVE_TARGET_DOWN: Duration = Duration::from_secs(30);
 
 /// Moves and growth the planner must not do now, with the reason (for the log).
 struct Budget {
@@ -103,7 +113,23 @@ pub fn plan(view: &ClusterView, cfg: &PlacementConfig) -> Vec<PlacementStep> {
             vec![PlacementStep::InitPlacement { replicas }]
         };
     }
-    let active: Vec<_> = view.moves.iter().filter(|m| m.state.active()).collect();
+    let mut out = vec![];
+    // Moves to a target that is gone are given up first; their vshards are free again.
+    let mut cancelled = BTreeSet::new();
+    for m in view.moves.iter().filter(|m| m.state.active()) {
+        if m.state == shoal_consensus::MoveState::Swapping {
+            continue;
+        }
+        if let Some(why) = target_gone(view, m.to) {
+            cancelled.insert(m.id);
+            out.push(PlacementStep::CancelMove { id: m.id, why });
+        }
+    }
+    let active: Vec<_> = view
+        .moves
+        .iter()
+        .filter(|m| m.state.active() && !cancelled.contains(&m.id))
+        .collect();
     let mut budget = Budget {
         moves_left: cfg.max_moves.saturating_sub(active.len()),
         inbound: active.iter().map(|m| m.to).collect(),
@@ -112,11 +138,10 @@ pub fn plan(view: &ClusterView, cfg: &PlacementConfig) -> Vec<PlacementStep> {
     // Replica counts as they will be once the moves under way finish.
     let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
     for v in 0..view.vshards {
-        for n in projected(view, v) {
+        for n in projected(view, v, &cancelled) {
             *counts.entry(n).or_default() += 1;
         }
     }
-    let mut out = vec![];
     repair(view, cfg, &mut budget, &mut counts, &mut out);
     grow(view, cfg, &mut budget, &mut counts, &mut out);
     retire(view, &mut out);
@@ -131,10 +156,32 @@ pub fn plan(view: &ClusterView, cfg: &PlacementConfig) -> Vec<PlacementStep> {
     out
 }
 
-/// Vshard `v`'s replicas once its move under way (if any) finishes.
-fn projected(view: &ClusterView, v: u32) -> Vec<u64> {
+/// Why a move's target can no longer take its replica, if it cannot.
+fn target_gone(view: &ClusterView, to: u64) -> Option<String> {
+    let Some(n) = view.nodes.get(&to) else {
+        return Some(format!("node {to} is not registered"));
+    };
+    if matches!(
+        n.state,
+        NodeState::Decommissioned | NodeState::Decommissioning
+    ) {
+        return Some(format!("target node {to} is {}", n.state.as_str()));
+    }
+    if let Some(s) = view.successor(to) {
+        return Some(format!(
+            "target node {to} is gone (node {s} registered at its address)"
+        ));
+    }
+    n.down_for
+        .filter(|d| *d >= MOVE_TARGET_DOWN)
+        .map(|d| format!("target node {to} down for {} s", d.as_secs()))
+}
+
+/// Vshard `v`'s replicas once its move under way (if any, and not being cancelled)
+/// finishes.
+fn projected(view: &ClusterView, v: u32, cancelled: &BTreeSet<u64>) -> Vec<u64> {
     let mut r = view.replicas[v as usize].clone();
-    if let Some(m) = view.active_move(v) {
+    if let Some(m) = view.active_move(v).filter(|m| !cancelled.contains(&m.id)) {
         r.retain(|n| *n != m.from);
         if !r.contains(&m.to) {
             r.push(m.to);
@@ -332,7 +379,9 @@ fn retire(view: &ClusterView, out: &mut Vec<PlacementStep>) {
         };
         let holds = (0..view.vshards).any(|v| {
             view.replicas[v as usize].contains(&n.id)
-                || view.active_move(v).is_some_and(|m| m.from == n.id)
+                || view
+                    .active_move(v)
+                    .is_some_and(|m| m.from == n.id || m.to == n.id)
         });
         if !holds {
             out.push(PlacementStep::Retire {
@@ -359,7 +408,10 @@ fn balance(
         .copied()
         .filter(|n| usable_target(view, cfg, *n))
         .collect();
-    if usable.len() < 2 {
+    // Fewer usable nodes than the replication factor: the cluster is forming (or short of
+    // nodes), and every vshard is about to grow onto the next node anyway; moving single
+    // replicas around now would only be undone.
+    if usable.len() < 2 || usable.len() < cfg.replication_factor {
         return;
     }
     let cooling = |v: u32| {
@@ -476,7 +528,9 @@ mod tests {
                     view.replicas[*vshard as usize].extend(add);
                     view.replicas[*vshard as usize].sort_unstable();
                 }
-                PlacementStep::InitPlacement { .. } | PlacementStep::Retire { .. } => {}
+                PlacementStep::InitPlacement { .. }
+                | PlacementStep::Retire { .. }
+                | PlacementStep::CancelMove { .. } => {}
             }
         }
     }
@@ -695,6 +749,57 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(plan(&v, &cfg()), vec![]);
+    }
+
+    #[test]
+    fn a_move_to_a_gone_target_is_cancelled_and_its_vshard_freed() {
+        let mut v = cluster(4, 2);
+        let record = |id, to, state| MoveRecord {
+            id,
+            vshard: id as u32,
+            from: 1,
+            to,
+            state,
+            reason: String::new(),
+            attempts: 0,
+            last_error: String::new(),
+            bytes_total: 0,
+            bytes_copied: 0,
+            started_ms: 0,
+            updated_ms: 0,
+        };
+        v.moves = vec![
+            record(0, 4, MoveState::CatchingUp),
+            record(1, 5, MoveState::Pending),
+            record(2, 5, MoveState::Swapping),
+        ];
+        // Node 4 down for long, node 5 fine.
+        let n4 = v.nodes.get_mut(&4).unwrap();
+        n4.alive = false;
+        n4.down_for = Some(Duration::from_secs(40));
+        let steps = plan(&v, &cfg());
+        assert!(
+            matches!(&steps[0], PlacementStep::CancelMove { id: 0, why } if why.contains("down for 40 s")),
+            "{steps:?}"
+        );
+        assert!(
+            steps
+                .iter()
+                .all(|s| !matches!(s, PlacementStep::CancelMove { id: 1 | 2, .. })),
+            "a live target's move stays; a swapping move is never cancelled: {steps:?}"
+        );
+        // Its vshard is free again: with node 1 gone for good too, it is repaired at once
+        // (to a usable node) in the same plan.
+        let n1 = v.nodes.get_mut(&1).unwrap();
+        n1.alive = false;
+        n1.down_for = Some(Duration::from_secs(400));
+        let steps = plan(&v, &cfg());
+        assert!(
+            steps.iter().any(
+                |s| matches!(s, PlacementStep::StartMove { vshard: 0, from: 1, to, .. } if *to != 4)
+            ),
+            "{steps:?}"
+        );
     }
 
     #[test]

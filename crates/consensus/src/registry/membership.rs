@@ -191,6 +191,9 @@ impl Registry {
             }
             MembershipChange::TransferLeader(to) => {
                 tracing::info!(group, to, "handing leadership over");
+                self.transfers
+                    .lock()
+                    .insert(group, (to, std::time::Instant::now()));
                 raft.trigger()
                     .transfer_leader(to)
                     .await
@@ -200,6 +203,56 @@ impl Registry {
                     })
             }
         }
+    }
+
+    /// Transfers this node asked for that did not happen: while a transfer is pending,
+    /// openraft's leader sends no heartbeats and takes no writes, and a target that died
+    /// meanwhile never takes over. After `TRANSFER_STUCK` the transfer is asked again of a
+    /// caught-up voter that is alive (the first choice if it still is), which replaces the
+    /// pending one. Returns how many were re-asked.
+    pub async fn unstick_transfers(&self, alive: impl Fn(u64) -> bool) -> usize {
+        let stuck: Vec<(u32, u64)> = {
+            let mut t = self.transfers.lock();
+            let me = self.cfg.node_id;
+            let mut stuck = vec![];
+            t.retain(|group, (to, at)| {
+                let leads = self
+                    .group_state(*group)
+                    .is_some_and(|g| g.leader == Some(me));
+                if !leads {
+                    return false;
+                }
+                if at.elapsed() >= TRANSFER_STUCK {
+                    stuck.push((*group, *to));
+                }
+                true
+            });
+            stuck
+        };
+        let mut n = 0;
+        for (group, to) in stuck {
+            let Some(g) = self.group_state(group) else {
+                continue;
+            };
+            let next = handoff_target(&g, Some(to).filter(|t| alive(*t)), &alive, |_| 0);
+            let Some(next) = next else {
+                continue;
+            };
+            tracing::warn!(
+                group,
+                stuck_on = to,
+                next,
+                "a leadership transfer did not happen; asking again"
+            );
+            if self
+                .change_membership(group, MembershipChange::TransferLeader(next))
+                .await
+                .is_ok()
+            {
+                n += 1;
+            }
+        }
+        n
     }
 
     /// A node's RPC address from group 0's registry (what Raft membership records).

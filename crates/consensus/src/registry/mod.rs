@@ -170,6 +170,9 @@ const CLOSED_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a write keeps looking for its vshard's leader (elections, forwarding).
 const FORWARD_DEADLINE: Duration = Duration::from_secs(10);
 
+/// A leadership transfer not done after this long is asked again (of a live target).
+const TRANSFER_STUCK: Duration = Duration::from_secs(3);
+
 /// How long a group-0 proposal may take, forwarding and commit included.
 const META_PROPOSE_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -271,6 +274,10 @@ pub struct Registry {
     /// The closed timestamp last sent to each (peer, vshard), so unchanged ones are not
     /// sent again.
     closed_sent: parking_lot::Mutex<BTreeMap<(u64, u32), i64>>,
+    /// Leadership transfers asked of groups this node leads: group → (target, when).
+    /// openraft's leader stops heartbeats and writes until the target takes over; a target
+    /// that died meanwhile never does (see [`Registry::unstick_transfers`]).
+    transfers: parking_lot::Mutex<BTreeMap<u32, (u64, std::time::Instant)>>,
 }
 
 /// The intent log's group id in the node's WAL (Raft groups are 0 and the vshards' 1..).
@@ -443,6 +450,7 @@ impl Registry {
             alive: std::sync::OnceLock::new(),
             clock_ok: std::sync::OnceLock::new(),
             closed_sent: Default::default(),
+            transfers: Default::default(),
         });
         // WAL records of groups not opened (closed for good, or deleted) pin nothing: a
         // group opened again later starts with a reset.
