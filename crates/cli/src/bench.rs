@@ -24,6 +24,10 @@ enum BenchCommand {
     Ingest(IngestArgs),
     /// Run the benchmark queries Q1–Q5 and report warm latencies.
     Query(QueryArgs),
+    /// Load one node, join more, and time until the replicas are balanced.
+    ScaleOut(crate::bench_cluster::ScaleOutArgs),
+    /// Move one large vshard replica; compare with a plain file copy; write latencies.
+    Move(crate::bench_cluster::MoveArgs),
 }
 
 #[derive(Args, Debug)]
@@ -85,6 +89,8 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     match args.what {
         BenchCommand::Ingest(a) => ingest(a).await,
         BenchCommand::Query(a) => query(a).await,
+        BenchCommand::ScaleOut(a) => crate::bench_cluster::scale_out(a).await,
+        BenchCommand::Move(a) => crate::bench_cluster::move_one(a).await,
     }
 }
 
@@ -136,7 +142,7 @@ pub(crate) fn generate(rows: u64, symbols: u32, seed: u64) -> Vec<String> {
         .collect()
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

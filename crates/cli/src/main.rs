@@ -2,6 +2,7 @@
 //! loads and queries one and prints numbers; `shoal demo` runs a local cluster.
 
 mod bench;
+mod bench_cluster;
 mod client;
 mod demo;
 mod memory;

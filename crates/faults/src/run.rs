@@ -442,6 +442,10 @@ async fn client_loop(
     }
 }
 
+/// A node's view of a group's leadership that went backwards: (node, group, (term,
+/// leader) before, after).
+type Backwards = (u64, u64, (u64, u64), (u64, u64));
+
 /// What the nodes reported of each group's leadership over the run.
 ///
 /// Shoal runs openraft's `leader_id_adv` mode (docs/architecture.md, "Decisions"): a
@@ -455,8 +459,8 @@ struct LeaderLog {
     seen: BTreeMap<(u64, u64), BTreeSet<u64>>,
     /// The last (term, leader) each node reported for each group, by (node id, group).
     last: BTreeMap<(u64, u64), (u64, u64)>,
-    /// Views that went backwards: (node, group, before, after).
-    backwards: Vec<(u64, u64, (u64, u64), (u64, u64))>,
+    /// Views that went backwards.
+    backwards: Vec<Backwards>,
     samples: u64,
 }
 

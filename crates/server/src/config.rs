@@ -337,9 +337,8 @@ impl NodeConfig {
         }
         self.sql_file_dir()
             .map_err(|e| format!("sql_file_dir: {e}"))?;
-        if !(self.rebalance_cpu_threshold > 0.0 && self.rebalance_cpu_threshold <= 1.0)
-            || !(self.rebalance_max_disk_fraction > 0.0 && self.rebalance_max_disk_fraction <= 1.0)
-        {
+        let fraction = |x: f64| x > 0.0 && x <= 1.0;
+        if !fraction(self.rebalance_cpu_threshold) || !fraction(self.rebalance_max_disk_fraction) {
             return Err(
                 "rebalance_cpu_threshold and rebalance_max_disk_fraction must be in (0, 1]".into(),
             );

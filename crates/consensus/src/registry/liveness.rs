@@ -167,7 +167,7 @@ impl Registry {
             if !caught_up || committed != last {
                 continue;
             }
-            let group = group_of_vshard(v as u32);
+            let group = group_of_vshard(v);
             let header: bytes::Bytes = serde_json::to_vec(&(me, m.current_term, last))
                 .unwrap_or_default()
                 .into();

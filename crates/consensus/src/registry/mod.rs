@@ -783,9 +783,9 @@ impl Registry {
         out.push(status_of(0, None, &m, ShardStats::default()));
         for (&v, s) in self.shards().iter() {
             let m = s.raft.metrics().borrow_watched().clone();
-            let mut st = status_of(v as u32 + 1, Some(v as u32), &m, s.store.stats());
+            let mut st = status_of(v + 1, Some(v), &m, s.store.stats());
             st.quiesced = s.quiet() != QUIET_NONE;
-            st.closed_ts = self.closed_ts(v as u32);
+            st.closed_ts = self.closed_ts(v);
             st.closed_reads = s.closed_reads.load(std::sync::atomic::Ordering::Relaxed);
             out.push(st);
         }

@@ -99,10 +99,7 @@ impl Registry {
             };
             for (peer, _) in m.membership_config.membership().nodes() {
                 if *peer != me {
-                    per_peer
-                        .entry(*peer)
-                        .or_default()
-                        .push((v as u32, ts, index));
+                    per_peer.entry(*peer).or_default().push((v, ts, index));
                 }
             }
         }
