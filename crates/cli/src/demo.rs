@@ -36,6 +36,8 @@ pub(crate) fn node_config(dir: PathBuf, join: Vec<String>) -> NodeConfig {
         rpc_addr: "127.0.0.1:0".into(),
         gossip_addr: "127.0.0.1:0".into(),
         join,
+        // The whole demo stops at once: no load balancer to wait for.
+        drain_wait_unready_ms: 0,
         ..NodeConfig::default()
     }
 }

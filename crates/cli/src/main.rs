@@ -1,11 +1,13 @@
 //! The `shoal` binary: `shoal start` runs a node; `shoal sql` talks to one; `shoal bench`
-//! loads and queries one and prints numbers; `shoal demo` runs a local cluster.
+//! loads and queries one and prints numbers; `shoal demo` runs a local cluster; `shoal node`
+//! lists, drains and undrains nodes.
 
 mod bench;
 mod bench_cluster;
 mod client;
 mod demo;
 mod memory;
+mod node;
 mod start;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +39,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Benchmark a running node: `bench ingest` (line protocol) or `bench query` (Q1–Q5).
     Bench(bench::BenchArgs),
+    /// Node admin: `ls`, `status`, `drain`, `undrain` (through any node's admin API).
+    Node(node::NodeArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -58,6 +62,7 @@ fn main() -> std::process::ExitCode {
         Command::Sql(args) => runtime.block_on(client::run(args)),
         Command::Bench(args) => runtime.block_on(bench::run(args)),
         Command::Demo(args) => runtime.block_on(demo::run(args)),
+        Command::Node(args) => runtime.block_on(node::run(args)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

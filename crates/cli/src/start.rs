@@ -134,6 +134,18 @@ pub struct StartArgs {
     /// On shutdown, wait this long for in-flight work, ms [default: 30000]
     #[arg(long, env = "SHOAL_DRAIN_TIMEOUT_MS")]
     drain_timeout_ms: Option<u64>,
+    /// Drain: keep serving this long after /health/ready turns 503, ms [default: 5000]
+    #[arg(long, env = "SHOAL_DRAIN_WAIT_UNREADY_MS")]
+    drain_wait_unready_ms: Option<u64>,
+    /// Drain: longest time to hand leaderships to peers, ms [default: 10000]
+    #[arg(long, env = "SHOAL_DRAIN_TRANSFER_TIMEOUT_MS")]
+    drain_transfer_timeout_ms: Option<u64>,
+    /// Admin API bearer token (prefer --admin-token-file) [default: none: loopback only]
+    #[arg(long, env = "SHOAL_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<shoal_server::config::Secret>,
+    /// File holding the admin API bearer token [default: none]
+    #[arg(long, env = "SHOAL_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<String>,
     /// How often the flush policy runs, ms [default: 500]
     #[arg(long, env = "SHOAL_FLUSH_CHECK_INTERVAL_MS")]
     flush_check_interval_ms: Option<u64>,
@@ -279,6 +291,10 @@ pub fn resolve(args: &StartArgs) -> Result<NodeConfig, String> {
         sql_file_dir,
         startup_timeout_ms,
         drain_timeout_ms,
+        drain_wait_unready_ms,
+        drain_transfer_timeout_ms,
+        admin_token,
+        admin_token_file,
         raft_heartbeat_ms,
         raft_election_min_ms,
         raft_election_max_ms,

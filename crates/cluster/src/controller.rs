@@ -13,7 +13,7 @@
 //! | `leader_balance` | group 0's leader | spreads vshard leaderships (`leaders::plan_transfers`) |
 //! | `reports` | every node | samples this node's load; `Hello` to every peer (clock offsets, loads) |
 //! | `introduce` | every node | SWIM announcements to registered nodes it does not see |
-//! | `disk_shed` | every node | a full disk hands this node's leaderships away |
+//! | `shed` | every node | a draining or leaving node (or one whose disk is full) hands its leaderships away |
 //! | `unstick_transfers` | every node | a leadership transfer whose target died is asked of another voter |
 //! | `closed_ts`, `quiesce` | every node | closed timestamps out; idle groups quiesced |
 //! | `replica_gc` | every node | deletes removed replicas' files after `replica_gc_grace_ms` |
@@ -99,6 +99,11 @@ struct Inner {
     /// Leader transfers asked for in the last few seconds (vshard → target, when): they
     /// count at their target until the reports show them.
     pending_transfers: Mutex<BTreeMap<u32, (u64, std::time::Instant)>>,
+    /// Set by this node's drain: it leads nothing (whatever group 0 says of its state).
+    draining: AtomicBool,
+    /// A restart ends a drain: whether `register` has checked this node's state once since
+    /// the process started.
+    undrain_checked: AtomicBool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -166,6 +171,8 @@ impl Controller {
                 meta_ok_ms: AtomicU64::new(0),
                 moves: Default::default(),
                 pending_transfers: Default::default(),
+                draining: AtomicBool::new(false),
+                undrain_checked: AtomicBool::new(false),
             }),
         }
     }
@@ -193,7 +200,7 @@ impl Controller {
                 false,
                 introduce
             ),
-            duty!("disk_shed", Duration::from_secs(1), false, disk_shed),
+            duty!("shed", Duration::from_secs(1), false, shed),
             duty!("unstick_transfers", Duration::from_secs(1), false, unstick),
             duty!("closed_ts", control, false, closed_ts),
             duty!("replica_gc", Duration::from_secs(10), false, replica_gc),
@@ -283,6 +290,48 @@ impl Controller {
         (b > 0).then_some(b)
     }
 
+    /// Marks this node draining (it hands every leadership away and takes none back) or
+    /// not. Group 0's record of its state is the caller's to propose.
+    pub fn set_draining(&self, on: bool) {
+        self.inner.draining.store(on, Ordering::Release);
+        if !on {
+            self.inner.undrain_checked.store(true, Ordering::Release);
+        }
+    }
+
+    pub fn draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Acquire)
+    }
+
+    /// Hands every leadership held here (group 0 and vshards) to caught-up peers that may
+    /// lead, asking again until none is left or `limit` passes; answers the groups still
+    /// led (empty when all went).
+    pub async fn hand_off_leaderships(&self, limit: Duration) -> Vec<u32> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let led = self.inner.shed_leaderships(true, "draining").await;
+            if led.is_empty() || Instant::now() >= deadline {
+                return led;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Proposes a node lifecycle change to group 0 (DRAINING ↔ ACTIVE); answers group 0's
+    /// refusal as an error.
+    pub async fn set_node_state(&self, id: u64, state: NodeState) -> Result<(), String> {
+        match self
+            .inner
+            .registry()
+            .propose_meta(Command::Cluster(ClusterOp::SetState { id, state }))
+            .await
+        {
+            Ok(Response::Rejected(why)) => Err(why),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// How long ago group 0's leader last confirmed a read index to this node.
     pub fn meta_confirmed_ago(&self) -> Option<Duration> {
         match self.inner.meta_ok_ms.load(Ordering::Acquire) {
@@ -349,6 +398,27 @@ impl Inner {
         }
         let me = self.me();
         let entry = self.registry().catalog().read().nodes.get(&me).cloned();
+        if !self.undrain_checked.load(Ordering::Acquire) {
+            if let Some(n) = entry.as_ref().filter(|n| n.state == NodeState::Draining) {
+                if !self.draining.load(Ordering::Acquire)
+                    && self
+                        .propose(
+                            ClusterOp::SetState {
+                                id: n.id,
+                                state: NodeState::Active,
+                            },
+                            "ending a drain on restart",
+                        )
+                        .await
+                        .is_some()
+                {
+                    tracing::info!("restarted after a drain: ACTIVE again");
+                    self.undrain_checked.store(true, Ordering::Release);
+                }
+            } else if entry.is_some() {
+                self.undrain_checked.store(true, Ordering::Release);
+            }
+        }
         let op = match &entry {
             None => ClusterOp::AddNode {
                 id: me,
@@ -914,30 +984,66 @@ impl Inner {
         }
     }
 
-    /// A node whose disk dropped below `min_free_disk_bytes` cannot append, so every vshard
-    /// it leads would stall: it hands each to a follower holding every entry.
-    async fn disk_shed(self: Arc<Self>) {
-        let reg = self.registry();
-        if reg.check_disk().is_ok() {
-            return;
+    /// Whether this node must lead nothing: it is draining (here, or DRAINING or
+    /// DECOMMISSIONING in group 0).
+    fn sheds(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+            || self
+                .registry()
+                .catalog()
+                .read()
+                .nodes
+                .get(&self.me())
+                .is_some_and(|n| crate::leaders::sheds_leaderships(n.state))
+    }
+
+    /// A draining or leaving node hands every leadership away (group 0's too); a node whose
+    /// disk dropped below `min_free_disk_bytes` cannot append, so it hands its vshards to
+    /// followers holding every entry.
+    async fn shed(self: Arc<Self>) {
+        if self.sheds() {
+            self.shed_leaderships(true, "draining").await;
+        } else if self.registry().check_disk().is_err() {
+            self.shed_leaderships(false, "disk full").await;
         }
+    }
+
+    /// Asks each group led here (vshards, and group 0 if `group0`) to hand leadership to a
+    /// caught-up voter that may lead (alive, ACTIVE), skipping groups with a transfer
+    /// already pending. Answers the groups still led here.
+    async fn shed_leaderships(&self, group0: bool, why: &str) -> Vec<u32> {
+        let reg = self.registry();
         let counts = self.leaderships();
-        for (v, g) in reg.vshard_states() {
-            if !g.leads() {
+        let may_lead = |n: u64| {
+            self.alive(n)
+                && reg
+                    .catalog()
+                    .read()
+                    .nodes
+                    .get(&n)
+                    .is_some_and(|e| e.state == NodeState::Active)
+        };
+        let mut groups: Vec<GroupState> = reg.vshard_states().into_values().collect();
+        if group0 {
+            groups.extend(reg.group_state(0));
+        }
+        let mut led = vec![];
+        for g in groups.into_iter().filter(|g| g.leads()) {
+            led.push(g.group);
+            if reg.transfer_pending(g.group) {
                 continue;
             }
-            if let Some(to) = handoff_target(
-                &g,
-                None,
-                |n| self.alive(n),
-                |n| counts.get(&n).copied().unwrap_or(0),
-            ) {
-                tracing::warn!(vshard = v, to, "disk full: handing vshard leadership away");
-                let _ = reg
-                    .change_membership(g.group, MembershipChange::TransferLeader(to))
-                    .await;
-            }
+            let Some(to) =
+                handoff_target(&g, None, may_lead, |n| counts.get(&n).copied().unwrap_or(0))
+            else {
+                continue;
+            };
+            tracing::info!(group = g.group, to, why, "handing leadership away");
+            let _ = reg
+                .change_membership(g.group, MembershipChange::TransferLeader(to))
+                .await;
         }
+        led
     }
 
     /// Leadership transfers stuck on a target that died meanwhile are asked again.

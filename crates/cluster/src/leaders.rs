@@ -7,7 +7,9 @@
 //! fewest). Each node hands away at most one leadership per round and each vshard moves at
 //! most once, so counts settle within one of each other without oscillating; vshards with a
 //! move under way are left alone (their membership is changing). The current leader carries
-//! a transfer out only if the target holds every entry (`handoff_target`).
+//! a transfer out only if the target holds every entry (`handoff_target`). A node that is
+//! DRAINING or DECOMMISSIONING leads nothing: its leaderships go first, to the replica
+//! leading fewest, and none comes back to it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -20,6 +22,11 @@ pub struct Transfer {
     pub vshard: u32,
     pub from: u64,
     pub to: u64,
+}
+
+/// Whether a node in this state hands its leaderships away (and takes none).
+pub fn sheds_leaderships(state: NodeState) -> bool {
+    matches!(state, NodeState::Draining | NodeState::Decommissioning)
 }
 
 /// Each vshard's leader as reported, except where `pending` (transfers asked for a moment
@@ -62,6 +69,38 @@ pub fn plan_transfers(
     let mut out = vec![];
     let mut done_src: BTreeSet<u64> = BTreeSet::new();
     let mut done_v: BTreeSet<u32> = BTreeSet::new();
+    // Leaderships on a node that is draining or leaving go first, whatever the counts.
+    for v in 0..view.vshards {
+        if out.len() >= max {
+            return out;
+        }
+        let Some(src) = leaders[v as usize] else {
+            continue;
+        };
+        if !view
+            .nodes
+            .get(&src)
+            .is_some_and(|n| sheds_leaderships(n.state))
+            || view.active_move(v).is_some()
+        {
+            continue;
+        }
+        let to = view.replicas[v as usize]
+            .iter()
+            .copied()
+            .filter(|n| *n != src && usable(*n))
+            .min_by_key(|n| (counts.get(n).copied().unwrap_or(0), *n));
+        if let Some(to) = to {
+            *counts.entry(src).or_default() -= 1;
+            *counts.entry(to).or_default() += 1;
+            done_v.insert(v);
+            out.push(Transfer {
+                vshard: v,
+                from: src,
+                to,
+            });
+        }
+    }
     while out.len() < max {
         let Some(src) = counts
             .iter()
@@ -217,5 +256,30 @@ mod tests {
             Some(&1),
             "the pending transfer counts"
         );
+    }
+
+    #[test]
+    fn a_draining_node_hands_every_leadership_away_and_gets_none_back() {
+        let mut v = view(3, 16, |vs| 1 + u64::from(vs) % 3);
+        v.nodes.get_mut(&2).expect("node 2").state = NodeState::Draining;
+        for _ in 0..10 {
+            let ts = plan_transfers(&v, &BTreeMap::new(), 16);
+            assert!(
+                ts.iter().all(|t| t.to != 2),
+                "nothing goes to the drained node: {ts:?}"
+            );
+            apply(&mut v, &ts);
+        }
+        let c = leader_counts(&v, &leaders(&v, &BTreeMap::new()));
+        assert_eq!(c.get(&2), Some(&0), "{c:?}");
+        assert!(c[&1].abs_diff(c[&3]) <= 1, "the rest stay balanced: {c:?}");
+        // Undrained, it gets its share back.
+        v.nodes.get_mut(&2).expect("node 2").state = NodeState::Active;
+        for _ in 0..20 {
+            let ts = plan_transfers(&v, &BTreeMap::new(), 16);
+            apply(&mut v, &ts);
+        }
+        let c = leader_counts(&v, &leaders(&v, &BTreeMap::new()));
+        assert!(c[&2] >= 4, "{c:?}");
     }
 }

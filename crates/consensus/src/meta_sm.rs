@@ -211,6 +211,9 @@ impl Catalog {
                     .nodes
                     .get_mut(id)
                     .ok_or_else(|| format!("node {id} is not registered"))?;
+                if n.state == NodeState::Decommissioned && *state != NodeState::Decommissioned {
+                    return Err(format!("node {id} was decommissioned; that is final"));
+                }
                 n.state = *state;
                 Ok(*id)
             }

@@ -16,6 +16,9 @@ pub enum Outcome {
     Info(String),
 }
 
+/// The admin token every node of a run is started with.
+pub const ADMIN_TOKEN: &str = "shoal-faults-admin";
+
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
@@ -32,6 +35,24 @@ impl Client {
             .build()
             .expect("reqwest client");
         Client { http, urls }
+    }
+
+    /// `POST /admin/v1/<path>` on host `h`; the JSON answer on 2xx.
+    pub async fn admin(&self, h: usize, path: &str) -> Result<serde_json::Value, String> {
+        let r = self
+            .http
+            .post(format!("{}/admin/v1/{path}", self.urls[h - 1]))
+            .bearer_auth(ADMIN_TOKEN)
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = r.status();
+        let text = r.text().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(format!("{status} {text}"));
+        }
+        serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))
     }
 
     /// Line protocol to host `h` (1-based) with an idempotency key.

@@ -178,6 +178,10 @@ impl Host {
         }
         let child = cmd
             .env("SHOAL_LOG", "info,openraft=warn")
+            // The harness reaches the admin API from outside the node's namespace.
+            .env("SHOAL_ADMIN_TOKEN", crate::client::ADMIN_TOKEN)
+            // A drain waits this long unready; the harness's clients do not poll readiness.
+            .env("SHOAL_DRAIN_WAIT_UNREADY_MS", "1000")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))

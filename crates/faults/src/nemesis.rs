@@ -61,6 +61,9 @@ pub enum Fault {
     /// One replica of a random vshard moved by hand (`ALTER VSHARD … MOVE REPLICA`) to a
     /// node that holds none of it; the move runs on through the faults that follow.
     Move,
+    /// A random node drained through another node's admin API (unready, leading nothing,
+    /// still up); undrained at heal.
+    Drain,
 }
 
 impl Fault {
@@ -84,6 +87,7 @@ impl Fault {
             "rolling-restart",
             "clock-skew",
             "move",
+            "drain",
         ]
     }
 
@@ -116,6 +120,7 @@ impl Fault {
             "wipe" => Fault::Wipe,
             "clock-skew" => Fault::ClockSkew,
             "move" => Fault::Move,
+            "drain" => Fault::Drain,
             _ => return None,
         })
     }

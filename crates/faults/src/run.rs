@@ -269,7 +269,7 @@ async fn run_in_hub(
         )
         .await;
         tokio::time::sleep(step.hold).await;
-        heal(undo, &mut hosts, &net, &rec, &timeline)?;
+        heal(undo, &mut hosts, &net, &client, &rec, &timeline).await?;
         heals.push(rec.elapsed_ns());
         crashed(&mut hosts, &mut report);
         tokio::time::sleep(step.quiet).await;
@@ -568,6 +568,8 @@ struct Undo {
     paused: Vec<usize>,
     filled: Vec<usize>,
     skewed: Vec<usize>,
+    /// Drained (node id, host): undrained at heal.
+    drained: Vec<(u64, usize)>,
     /// Stopped (releasing what they hold) after the network rules are gone.
     delayers: Vec<crate::netem::Delayer>,
 }
@@ -771,6 +773,24 @@ async fn apply(
                 )),
             }
         }
+        Fault::Drain => {
+            // Through another node: the admin API passes it on.
+            let via = all.iter().copied().find(|h| *h != random).unwrap_or(random);
+            let id = hosts[random - 1].node_id;
+            match client.admin(via, &format!("nodes/{id}/drain")).await {
+                Ok(v) => {
+                    undo.drained.push((id, random));
+                    Ok(format!(
+                        "drain host {random} (node {id}) through host {via}: handed off in {} ms, still leading {}",
+                        v["handoff_ms"], v["still_leading"]
+                    ))
+                }
+                // Refused or cut off by an earlier fault: not a harness error.
+                Err(e) => Ok(format!(
+                    "drain host {random} through host {via} failed: {e}"
+                )),
+            }
+        }
         Fault::DiskFull => {
             let r = hosts[random - 1].fill_disk();
             undo.filled.push(random);
@@ -800,10 +820,11 @@ async fn apply(
     undo
 }
 
-fn heal(
+async fn heal(
     undo: Undo,
     hosts: &mut [Host],
     net: &Net,
+    client: &Client,
     rec: &Recorder,
     timeline: &Timeline,
 ) -> Result<(), String> {
@@ -823,6 +844,28 @@ fn heal(
     for x in undo.filled {
         hosts[x - 1].free_disk();
         timeline.note(rec, format!("disk space back on host {x}"));
+    }
+    for (id, x) in undo.drained {
+        // A host restarted meanwhile is ACTIVE again already; one cut off is retried.
+        let mut last = String::new();
+        for _ in 0..10 {
+            match client.admin(x, &format!("nodes/{id}/undrain")).await {
+                Ok(_) => {
+                    last.clear();
+                    break;
+                }
+                Err(e) => last = e,
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        timeline.note(
+            rec,
+            if last.is_empty() {
+                format!("undrain host {x}")
+            } else {
+                format!("undrain host {x} failed: {last}")
+            },
+        );
     }
     for x in undo.skewed {
         let h = &mut hosts[x - 1];

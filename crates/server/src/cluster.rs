@@ -131,6 +131,8 @@ impl PeerHandler for Shared {
             meta_leader: view.leader.unwrap_or(0),
             meta_term: view.term,
             wall_ns: shoal_common::time::now_nanos(),
+            protocol: shoal_transport::version::announced(),
+            release: shoal_transport::version::RELEASE.to_string(),
             load: self
                 .controller
                 .get()
@@ -144,6 +146,10 @@ impl PeerHandler for Shared {
     }
 
     async fn join(&self, _caller: Caller, req: JoinRequest) -> Result<JoinReply, Status> {
+        if let Some(why) = shoal_transport::version::refuse(req.protocol, &req.release) {
+            tracing::warn!(rpc = %req.rpc_addr, error = %why, "refused a join");
+            return Err(Status::failed_precondition(why));
+        }
         let registry = self.registry()?;
         let addrs = NodeAddrs {
             rpc: req.rpc_addr,
@@ -178,6 +184,8 @@ impl PeerHandler for Shared {
                     node_id: id,
                     vshards: self.vshards,
                     hosts_vshards: false,
+                    protocol: shoal_transport::version::announced(),
+                    release: shoal_transport::version::RELEASE.to_string(),
                 })
             }
             Response::Rejected(m) => Err(Status::failed_precondition(m)),
@@ -361,6 +369,8 @@ pub async fn join(
                 gossip_addr: addrs.gossip.clone(),
                 http_addr: addrs.http.clone(),
                 pg_addr: addrs.pg.clone(),
+                protocol: shoal_transport::version::announced(),
+                release: shoal_transport::version::RELEASE.to_string(),
             };
             let r = match peers.client_for_addr(seed) {
                 Ok(mut c) => c
@@ -371,8 +381,17 @@ pub async fn join(
             };
             match r {
                 Ok(reply) => {
+                    if let Some(why) =
+                        shoal_transport::version::refuse(reply.protocol, &reply.release)
+                    {
+                        return Err(format!("seed {seed}: {why}"));
+                    }
                     tracing::info!(seed = %seed, node_id = reply.node_id, cluster_id = %reply.cluster_id, "joined the cluster");
                     return Ok(reply);
+                }
+                // A release the cluster does not speak is final: no retry makes it fit.
+                Err(e) if e.starts_with(shoal_transport::version::MISMATCH) => {
+                    return Err(format!("seed {seed} refused this node: {e}"));
                 }
                 Err(e) => {
                     tracing::warn!(seed = %seed, attempt, error = %e, "seed not usable; trying the next");
@@ -411,7 +430,11 @@ pub async fn check_seeds(peers: &Peers, seeds: &[String], cluster_id: &str) -> R
                     h.cluster_id
                 ))
             }
-            Ok(_) => {}
+            Ok(h) => {
+                if let Some(why) = shoal_transport::version::refuse(h.protocol, &h.release) {
+                    return Err(format!("seed {seed}: {why}"));
+                }
+            }
             Err(s) if s.message().starts_with(CLUSTER_MISMATCH) => {
                 return Err(format!(
                     "this node's data belongs to cluster {cluster_id}, but seed {seed} refused it: {}",

@@ -157,6 +157,19 @@ pub struct NodeConfig {
     pub startup_timeout_ms: u64,
     /// On shutdown: how long to wait for in-flight requests and the final flush.
     pub drain_timeout_ms: u64,
+    /// A drain (SIGTERM, `POST /health/drain`, `shoal node drain`) first makes `/health/ready`
+    /// answer 503 and keeps serving this long, so load balancers and clients that poll readiness
+    /// stop sending here before connections are refused. Skipped when no other node is registered.
+    pub drain_wait_unready_ms: u64,
+    /// A drain hands every leadership held here (group 0 and vshards) to caught-up peers for at
+    /// most this long; groups still led after it are left to elect when the node leaves.
+    pub drain_transfer_timeout_ms: u64,
+    /// The bearer token the admin API (`/admin/v1/...`) and `POST /health/drain` require
+    /// (`Authorization: Bearer <token>`). Empty with no `admin_token_file`: they answer only to
+    /// loopback clients. Never logged.
+    pub admin_token: Secret,
+    /// A file holding the admin token (surrounding whitespace ignored); wins over `admin_token`.
+    pub admin_token_file: String,
     /// Raft heartbeat interval.
     pub raft_heartbeat_ms: u64,
     /// The largest clock offset between nodes that bounded-staleness reads allow for; a
@@ -240,6 +253,10 @@ impl Default for NodeConfig {
             sql_file_dir: String::new(),
             startup_timeout_ms: 120_000,
             drain_timeout_ms: 30_000,
+            drain_wait_unready_ms: 5_000,
+            drain_transfer_timeout_ms: 10_000,
+            admin_token: Secret::default(),
+            admin_token_file: String::new(),
             raft_heartbeat_ms: 200,
             raft_election_min_ms: 600,
             raft_election_max_ms: 1200,
@@ -248,7 +265,61 @@ impl Default for NodeConfig {
     }
 }
 
+/// A value that must never reach a log line: `Debug` and `Display` print `<redacted>`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Secret, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
+/// The longest admin token accepted, bytes.
+pub const ADMIN_TOKEN_MAX_BYTES: usize = 4096;
+
 impl NodeConfig {
+    /// The admin token from `admin_token_file` (wins) or `admin_token`; `None` when neither
+    /// is set (the admin API then answers loopback clients only).
+    pub fn admin_token(&self) -> Result<Option<Secret>, String> {
+        let token = if self.admin_token_file.is_empty() {
+            self.admin_token.0.trim().to_string()
+        } else {
+            let f = &self.admin_token_file;
+            let meta = std::fs::metadata(f).map_err(|e| format!("admin_token_file {f}: {e}"))?;
+            if meta.len() > ADMIN_TOKEN_MAX_BYTES as u64 {
+                return Err(format!(
+                    "admin_token_file {f}: larger than {ADMIN_TOKEN_MAX_BYTES} bytes"
+                ));
+            }
+            std::fs::read_to_string(f)
+                .map_err(|e| format!("admin_token_file {f}: {e}"))?
+                .trim()
+                .to_string()
+        };
+        if token.len() > ADMIN_TOKEN_MAX_BYTES {
+            return Err(format!(
+                "admin_token: longer than {ADMIN_TOKEN_MAX_BYTES} bytes"
+            ));
+        }
+        if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("the admin token may not contain whitespace or control characters".into());
+        }
+        Ok((!token.is_empty()).then_some(Secret(token)))
+    }
+
     /// Parses a TOML config file's text.
     pub fn from_toml(text: &str) -> Result<NodeConfig, String> {
         toml::from_str(text).map_err(|e| e.to_string())
@@ -297,6 +368,7 @@ impl NodeConfig {
             );
         }
         self.part_compression()?;
+        self.admin_token()?;
         let method = crate::pgauth::AuthMethod::parse(&self.pg_auth)?;
         let users = crate::pgauth::parse_users(&self.pg_users)?;
         if method != crate::pgauth::AuthMethod::Trust && users.is_empty() {

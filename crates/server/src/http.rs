@@ -7,7 +7,9 @@
 //! | `POST /write` | InfluxDB v1 line protocol (`?db=`, `?precision=n|u|ms|s|m|h`) |
 //! | `POST /api/v2/write` | InfluxDB v2 line protocol (`?bucket=`, `?precision=ns|us|ms|s`) |
 //! | `GET /health/live` | 200 while the process runs |
-//! | `GET /health/ready` | 200 once recovery finished and the node serves, else 503 |
+//! | `GET /health/ready` | 200 once recovery finished and the node serves, else 503 (also while draining) |
+//!
+//! The admin routes (`/admin/v1/...`, `POST /health/drain`) are in [`crate::admin`].
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -107,12 +109,8 @@ async fn ready(State(st): State<Arc<AppState>>) -> Response {
 fn admit(
     st: &AppState,
 ) -> Result<(Arc<QueryEngine>, tokio::sync::OwnedSemaphorePermit), QueryError> {
-    if st.draining.load(Ordering::Acquire) {
-        return Err(QueryError::new(
-            ErrorKind::Unavailable,
-            "the node is shutting down",
-        ));
-    }
+    // A draining node still serves whatever reaches it (it stops accepting connections
+    // only once clients had `drain_wait_unready_ms` to go elsewhere).
     let engine = st.engine.get().cloned().ok_or_else(|| {
         QueryError::new(
             ErrorKind::Unavailable,

@@ -6,12 +6,14 @@
 //! ready. Shutdown: ready → 503, stop accepting, finish in-flight requests (up to
 //! `drain_timeout_ms`), flush every vshard, stop the groups.
 
+pub mod admin;
 pub mod cluster;
 pub mod config;
 pub mod datadir;
 pub mod format;
 pub mod http;
 pub mod ingest;
+pub mod lifecycle;
 pub mod pg;
 pub mod pgauth;
 pub mod pgconn;
@@ -91,8 +93,18 @@ fn readiness(
             Some(l) => format!("catching up group 0 from leader {l}"),
         });
     }
-    if !registry.catalog().read().nodes.contains_key(&me) {
-        return Err("registering this node in group 0".into());
+    match registry.catalog().read().nodes.get(&me).map(|n| n.state) {
+        None => return Err("registering this node in group 0".into()),
+        Some(shoal_consensus::NodeState::Draining) => {
+            return Err("draining (group 0 records this node DRAINING; `shoal node undrain` or a restart ends it)".into())
+        }
+        Some(shoal_consensus::NodeState::Decommissioning) => {
+            return Err("being decommissioned".into())
+        }
+        Some(shoal_consensus::NodeState::Decommissioned) => {
+            return Err("decommissioned".into())
+        }
+        Some(_) => {}
     }
     match controller.meta_confirmed_ago() {
         Some(ago) if ago <= READY_META_CONFIRMED_WITHIN => {}
@@ -285,6 +297,23 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
         permits: Arc::new(Semaphore::new(cfg.http_max_concurrent_requests.max(1))),
         readiness: OnceLock::new(),
     });
+    let lifecycle = Arc::new(lifecycle::Lifecycle::new(
+        dir.identity.node_id,
+        lifecycle::DrainConfig {
+            wait_unready: Duration::from_millis(cfg.drain_wait_unready_ms),
+            transfer_timeout: Duration::from_millis(cfg.drain_transfer_timeout_ms),
+        },
+        state.clone(),
+    ));
+    let admin = Arc::new(admin::AdminState::new(
+        match cfg.admin_token()? {
+            Some(t) => admin::AdminAuth::Token(t),
+            None => admin::AdminAuth::LoopbackOnly,
+        },
+        dir.identity.node_id,
+        state.clone(),
+        lifecycle.clone(),
+    ));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (ready_tx, ready_rx) = oneshot::channel();
     let cluster_id = dir.identity.cluster_id.clone();
@@ -343,6 +372,8 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
     let fronts = Fronts {
         http: listener,
         http_state: state,
+        admin,
+        lifecycle,
         pg: pg_listener,
         pg_state: pg,
         policy: shoal_query::EnginePolicy {
@@ -395,6 +426,8 @@ struct Net {
 struct Fronts {
     http: tokio::net::TcpListener,
     http_state: Arc<AppState>,
+    admin: Arc<admin::AdminState>,
+    lifecycle: Arc<lifecycle::Lifecycle>,
     pg: tokio::net::TcpListener,
     pg_state: Arc<pg::PgState>,
     /// Where SQL may write server files, catalog bounds.
@@ -412,6 +445,8 @@ async fn run(
     let Fronts {
         http: listener,
         http_state: state,
+        admin,
+        lifecycle,
         pg: pg_listener,
         pg_state: pg,
         policy,
@@ -419,13 +454,16 @@ async fn run(
     let http_addr = listener.local_addr().map_err(|e| e.to_string())?;
     let pg_addr = pg_listener.local_addr().map_err(|e| e.to_string())?;
     let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
-    let app = http::router(state.clone());
+    let app = http::router(state.clone()).merge(admin::router(admin.clone()));
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop_rx.await;
-            })
-            .await
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = http_stop_rx.await;
+        })
+        .await
     });
 
     let (pg_stop_tx, pg_stop_rx) = oneshot::channel::<()>();
@@ -467,9 +505,13 @@ async fn run(
         // A suspected or dead leader: its groups here campaign as soon as its lease ends.
         let registry = registry.clone();
         membership.subscribe(move |e| {
+            // A LEFT node drained first, so it leads little or nothing; what it still
+            // led elects at once rather than after an election timeout.
             if matches!(
                 e.new,
-                shoal_membership::MemberState::Suspect | shoal_membership::MemberState::Dead
+                shoal_membership::MemberState::Suspect
+                    | shoal_membership::MemberState::Dead
+                    | shoal_membership::MemberState::Left
             ) {
                 registry.on_member_down(e.node);
             }
@@ -570,6 +612,8 @@ async fn run(
             readiness(&registry, &controller, &membership, me)
         }));
     }
+    lifecycle.set_parts(registry.clone(), controller.clone());
+    let _ = admin.registry.set(registry.clone());
     let maintenance = controller.spawn();
     let flusher = registry.spawn_flusher();
     tracing::info!(
@@ -579,12 +623,20 @@ async fn run(
     let _ = ready_tx.send(Ok(()));
 
     let _ = stop_rx.await;
-    tracing::info!("shutting down: draining requests");
-    state.draining.store(true, Ordering::Release);
+    // The phased drain (see `lifecycle`): unready and still serving, then no new
+    // connections, then every leadership to a peer, then in-flight requests finish.
+    let stopping = std::time::Instant::now();
+    tracing::info!("shutting down: draining");
+    let mut report = lifecycle::DrainReport::default();
+    if !lifecycle.draining() {
+        lifecycle.begin(&mut report).await;
+    }
     let _ = http_stop_tx.send(());
     let _ = pg_stop_tx.send(());
     let _ = pg_server.await;
+    lifecycle.hand_off(&mut report).await;
     let drain = Duration::from_millis(cfg.drain_timeout_ms);
+    let t = std::time::Instant::now();
     match tokio::time::timeout(drain, server).await {
         Ok(_) => {}
         Err(_) => tracing::warn!(
@@ -592,6 +644,14 @@ async fn run(
             "in-flight requests did not finish in time; cutting them"
         ),
     }
+    tracing::info!(
+        unready_wait_ms = report.unready_wait_ms,
+        handoff_ms = report.handoff_ms,
+        requests_ms = t.elapsed().as_millis() as u64,
+        still_leading = report.still_leading.len(),
+        "drained"
+    );
+    state.draining.store(true, Ordering::Release);
     // Inter-node requests in flight (a peer's query, a forwarded write) finish first.
     rpc.shutdown().await;
     membership.leave(Duration::from_secs(1)).await;
@@ -600,6 +660,9 @@ async fn run(
     flusher.abort();
     registry.shutdown(drain).await;
     drop(dir);
-    tracing::info!("stopped");
+    tracing::info!(
+        elapsed_ms = stopping.elapsed().as_millis() as u64,
+        "stopped"
+    );
     Ok(())
 }

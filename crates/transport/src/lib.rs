@@ -14,6 +14,7 @@
 pub mod peers;
 pub mod rpc;
 pub mod server;
+pub mod version;
 
 pub use peers::{BreakerState, ClusterTransport, Peers, PeersConfig};
 pub use rpc::{Caller, PeerClient, PeerHandler};

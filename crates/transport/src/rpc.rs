@@ -59,6 +59,12 @@ pub struct HelloReply {
     /// older nodes or before the first sample).
     #[prost(bytes = "bytes", tag = "10")]
     pub load: Bytes,
+    /// The protocol version the answering node speaks (`version`; 0 from older nodes).
+    #[prost(uint32, tag = "11")]
+    pub protocol: u32,
+    /// Its release.
+    #[prost(string, tag = "12")]
+    pub release: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -74,6 +80,11 @@ pub struct JoinRequest {
     pub http_addr: String,
     #[prost(string, tag = "5")]
     pub pg_addr: String,
+    /// The protocol version the joining node speaks (`version`; 0 from older nodes).
+    #[prost(uint32, tag = "6")]
+    pub protocol: u32,
+    #[prost(string, tag = "7")]
+    pub release: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -87,6 +98,11 @@ pub struct JoinReply {
     /// Whether the new node holds vshard replicas.
     #[prost(bool, tag = "4")]
     pub hosts_vshards: bool,
+    /// The protocol version the answering node speaks (0 from older nodes).
+    #[prost(uint32, tag = "5")]
+    pub protocol: u32,
+    #[prost(string, tag = "6")]
+    pub release: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -255,6 +255,18 @@ impl Registry {
         n
     }
 
+    /// Whether a leadership transfer of `group` asked here is still pending (asked less
+    /// than `TRANSFER_STUCK` ago and this node still leads).
+    pub fn transfer_pending(&self, group: u32) -> bool {
+        self.transfers
+            .lock()
+            .get(&group)
+            .is_some_and(|(_, at)| at.elapsed() < TRANSFER_STUCK)
+            && self
+                .group_state(group)
+                .is_some_and(|g| g.leader == Some(self.cfg.node_id))
+    }
+
     /// A node's RPC address from group 0's registry (what Raft membership records).
     fn rpc_addr_of(&self, node: u64) -> String {
         self.catalog

@@ -1,0 +1,181 @@
+//! `shoal node`: the node admin commands, a client of the admin API (`/admin/v1/...`) of
+//! any node of the cluster.
+
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+#[derive(Args, Debug)]
+pub struct NodeArgs {
+    /// Any node's HTTP address.
+    #[arg(
+        long,
+        env = "SHOAL_HTTP_ADDR",
+        default_value = "127.0.0.1:7480",
+        global = true
+    )]
+    host: String,
+    /// The admin token (`admin_token` on the nodes); better from the environment.
+    #[arg(long, env = "SHOAL_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Print the admin API's JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: NodeCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeCommand {
+    /// Every node: id, addresses, lifecycle, SWIM state, replicas, leaderships, disk, version, uptime.
+    Ls,
+    /// One node's state.
+    Status { id: u64 },
+    /// Drains a node and keeps it up: unready, leading nothing, until `undrain` or a restart.
+    Drain { id: u64 },
+    /// Ends a node's drain.
+    Undrain { id: u64 },
+}
+
+/// Longest an admin request may take (a drain waits `drain_wait_unready_ms`, then hands
+/// leaderships off).
+const REQUEST_TIMEOUT_SECS: u64 = 180;
+
+/// The columns `shoal node ls` shows, from `system.nodes`.
+const LS_COLUMNS: &[&str] = &[
+    "node_id",
+    "http_addr",
+    "lifecycle",
+    "state",
+    "replicas",
+    "leaderships",
+    "data_bytes",
+    "disk_free_bytes",
+    "version",
+    "uptime_s",
+];
+
+pub async fn run(args: NodeArgs) -> Result<(), String> {
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(REQUEST_TIMEOUT_SECS))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let base = format!("http://{}", args.host.trim_start_matches("http://"));
+    let (method, path) = match &args.command {
+        NodeCommand::Ls => (reqwest::Method::GET, "/admin/v1/nodes".to_string()),
+        NodeCommand::Status { id } => (reqwest::Method::GET, format!("/admin/v1/nodes/{id}")),
+        NodeCommand::Drain { id } => (reqwest::Method::POST, format!("/admin/v1/nodes/{id}/drain")),
+        NodeCommand::Undrain { id } => (
+            reqwest::Method::POST,
+            format!("/admin/v1/nodes/{id}/undrain"),
+        ),
+    };
+    let mut req = http.request(method, format!("{base}{path}"));
+    if let Some(t) = &args.token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach {base}: {e}"))?;
+    let status = resp.status();
+    let text = resp.text().await.map_err(|e| e.to_string())?;
+    let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    if !status.is_success() {
+        let msg = v
+            .get("error")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string());
+        return Err(format!("{} ({}): {msg}", path, status.as_u16()));
+    }
+    if args.json {
+        println!("{v}");
+        return Ok(());
+    }
+    match args.command {
+        NodeCommand::Ls => {
+            let rows = v
+                .get("nodes")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            print!("{}", table(&rows));
+        }
+        NodeCommand::Status { .. } => {
+            if let Some(o) = v.as_object() {
+                let w = o.keys().map(String::len).max().unwrap_or(0);
+                for (k, x) in o {
+                    println!("{k:<w$}  {}", cell(x));
+                }
+            }
+        }
+        NodeCommand::Drain { id } => {
+            let left = v
+                .get("still_leading")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            println!(
+                "node {id} drained: unready for {} ms, leaderships handed off in {} ms{}",
+                v.get("unready_wait_ms")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0),
+                v.get("handoff_ms").and_then(Value::as_u64).unwrap_or(0),
+                if left == 0 {
+                    String::new()
+                } else {
+                    format!("; {left} groups found no peer to lead them")
+                }
+            );
+        }
+        NodeCommand::Undrain { id } => println!("node {id} undrained"),
+    }
+    Ok(())
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        x => x.to_string(),
+    }
+}
+
+/// `system.nodes` rows (JSON objects) as an aligned table of [`LS_COLUMNS`].
+fn table(rows: &[Value]) -> String {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            LS_COLUMNS
+                .iter()
+                .map(|c| r.get(*c).map(cell).unwrap_or_default())
+                .collect()
+        })
+        .collect();
+    let widths: Vec<usize> = LS_COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            cells
+                .iter()
+                .map(|r| r[i].len())
+                .chain([c.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |r: Vec<String>| {
+        r.iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+            + "\n"
+    };
+    let mut out = line(LS_COLUMNS.iter().map(|c| c.to_string()).collect());
+    for r in cells {
+        out += &line(r);
+    }
+    out
+}

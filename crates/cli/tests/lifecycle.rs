@@ -1,0 +1,619 @@
+//! Node lifecycle with real processes: drain and undrain, a SIGTERM drain that hands every
+//! leadership away before the process exits, a rolling restart under load that fails no
+//! request, and the admin API's token.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::{eventually, eventually_in, rows, Node};
+
+/// Clients poll readiness this often (the figure).
+const POLL: Duration = Duration::from_millis(500);
+
+/// Flags every node of these tests gets: a drain waits 2 s unready (four polls), and
+/// reports come often so `system.nodes` follows quickly.
+const FLAGS: &[&str] = &[
+    "--drain-wait-unready-ms",
+    "2000",
+    "--report-interval-ms",
+    "500",
+];
+
+/// Runs `shoal node …` against `host`; (exit success, stdout, stderr).
+async fn shoal_node(host: &str, args: &[&str], token: Option<&str>) -> (bool, String, String) {
+    let mut cmd = std::process::Command::new(support::BIN);
+    cmd.arg("node").args(args).arg("--host").arg(host);
+    cmd.env_remove("SHOAL_ADMIN_TOKEN");
+    if let Some(t) = token {
+        cmd.env("SHOAL_ADMIN_TOKEN", t);
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run shoal node"))
+        .await
+        .expect("join");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Groups `n` leads by its own account: vshards (system.replicas) plus group 0.
+async fn leads(n: &Node) -> Option<usize> {
+    let v = rows(
+        n,
+        "SELECT count(*) FROM system.replicas WHERE role = 'leader'",
+    )
+    .await?;
+    let g0 = rows(
+        n,
+        &format!(
+            "SELECT count(*) FROM system.nodes WHERE node_id = {} AND group0_role = 'leader'",
+            n.node_id
+        ),
+    )
+    .await?;
+    Some((v[0][0].as_i64()? + g0[0][0].as_i64()?) as usize)
+}
+
+/// A log without its colour codes.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+async fn ready(http: &reqwest::Client, n: &Node) -> u16 {
+    http.get(n.url("/health/ready"))
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}
+
+/// A drain keeps the node up: unready, DRAINING, leading nothing, still answering what
+/// reaches it; `undrain` makes it ready and lead again. Asked through another node (the
+/// admin API passes it on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_and_undrain_keep_the_node_up() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dirs: Vec<_> = (1..=3).map(|i| tmp.path().join(format!("n{i}"))).collect();
+    let ns =
+        support::cluster_with(&dirs.iter().map(|d| d.as_path()).collect::<Vec<_>>(), FLAGS).await;
+    let all: Vec<&Node> = ns.iter().collect();
+    let (status, body) = ns[0].write("d,sym=a v=1i 1\n").await;
+    assert_eq!(status, 204, "{body}");
+    support::all_replicated(&ns[0]).await;
+    // Drain the node that leads group 0's most likely choice: node 1 (the bootstrap).
+    let target = &ns[0];
+    eventually("node 1 leads something", || async {
+        (leads(target).await? > 0).then_some(())
+    })
+    .await;
+    let (ok, out, err) =
+        shoal_node(&ns[1].addr, &["drain", &target.node_id.to_string()], None).await;
+    assert!(ok, "drain failed: {out}{err}");
+    assert!(out.contains("drained"), "{out}");
+    let http = reqwest::Client::new();
+    assert_eq!(ready(&http, target).await, 503, "a drained node is unready");
+    let text = http
+        .get(target.url("/health/ready"))
+        .send()
+        .await
+        .expect("ready")
+        .text()
+        .await
+        .expect("text");
+    assert!(text.contains("draining"), "{text}");
+    eventually_in("the drained node leads nothing", &all, || async {
+        (leads(target).await? == 0).then_some(())
+    })
+    .await;
+    let (ok, out, _) = shoal_node(&ns[2].addr, &["ls"], None).await;
+    assert!(ok && out.contains("DRAINING"), "{out}");
+    // It still serves what reaches it (forwarding to the leaders).
+    let (status, body) = target.write("d,sym=b v=2i 2\n").await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(target.count("SELECT count(*) FROM d").await, 2);
+    // Nothing comes back to it while it drains (leader balancing skips it).
+    let since = Instant::now();
+    while since.elapsed() < Duration::from_secs(3) {
+        assert_eq!(
+            leads(target).await,
+            Some(0),
+            "a drained node took a leadership back"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (ok, out, err) =
+        shoal_node(&ns[2].addr, &["undrain", &target.node_id.to_string()], None).await;
+    assert!(ok, "undrain failed: {out}{err}");
+    eventually("ready again", || async {
+        (ready(&http, target).await == 200).then_some(())
+    })
+    .await;
+    eventually_in("it leads again once undrained", &all, || async {
+        (leads(target).await? > 0).then_some(())
+    })
+    .await;
+    let (ok, out, _) =
+        shoal_node(&ns[0].addr, &["status", &target.node_id.to_string()], None).await;
+    assert!(ok && out.contains("ACTIVE"), "{out}");
+}
+
+/// SIGTERM drains before exiting: the process exits 0 having handed every leadership to the
+/// survivors, so writes on the survivors never wait for an election. Prints how long the
+/// survivors' writes stalled at most, against a kill -9 of the same node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_every_leadership_away_before_exit() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dirs: Vec<_> = (1..=3).map(|i| tmp.path().join(format!("n{i}"))).collect();
+    let mut ns =
+        support::cluster_with(&dirs.iter().map(|d| d.as_path()).collect::<Vec<_>>(), FLAGS).await;
+    let (status, body) = ns[0].write("t,sym=a v=1i 1\n").await;
+    assert_eq!(status, 204, "{body}");
+    support::all_replicated(&ns[0]).await;
+    let victim = 0;
+    eventually("node 1 leads vshards", || async {
+        (leads(&ns[victim]).await? > 1).then_some(())
+    })
+    .await;
+    let survivors: Vec<String> = ns[1..].iter().map(|n| n.url("")).collect();
+
+    // Writes through the survivors, every 16 symbols (so every vshard), timing each.
+    let stall = |label: &'static str, survivors: Vec<String>| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let worst = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let (s, w, f) = (stop.clone(), worst.clone(), failed.clone());
+        let task = tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut i = 0u64;
+            while !s.load(Ordering::SeqCst) {
+                let body: String = (0..16)
+                    .map(|k| format!("t,sym=s{k} v={i}i {}\n", 1_000 + i * 16 + k))
+                    .collect();
+                let t = Instant::now();
+                let r = http
+                    .post(format!("{}/write?db=x", survivors[(i % 2) as usize]))
+                    .body(body)
+                    .send()
+                    .await;
+                if !r.is_ok_and(|r| r.status() == 204) {
+                    f.fetch_add(1, Ordering::SeqCst);
+                }
+                w.fetch_max(t.elapsed().as_millis() as u64, Ordering::SeqCst);
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            eprintln!("{label}: {i} writes");
+        });
+        (stop, worst, failed, task)
+    };
+
+    let (stop, worst, failed, task) = stall("drain", survivors.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = Instant::now();
+    ns[victim].terminate();
+    let status = ns[victim].wait_exit().await;
+    let drain_ms = t.elapsed().as_millis();
+    assert!(status.success(), "SIGTERM exit: {status}");
+    // Every vshard has a leader among the survivors at once.
+    for n in &ns[1..] {
+        eventually("every vshard led by a survivor", || async {
+            let r = rows(
+                n,
+                &format!(
+                    "SELECT count(*) FROM system.shards WHERE leader IS NULL OR leader = {}",
+                    ns[victim].node_id
+                ),
+            )
+            .await?;
+            (r[0][0].as_i64()? == 0).then_some(())
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::SeqCst);
+    task.await.expect("writer");
+    let drained_worst = worst.load(Ordering::SeqCst);
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "writes failed during a drain"
+    );
+    let log = strip_ansi(&ns[victim].stderr_text());
+    let line = log
+        .lines()
+        .find(|l| l.contains(" drained "))
+        .unwrap_or_else(|| panic!("no drain line in the log:\n{log}"));
+    assert!(
+        line.contains("still_leading=0"),
+        "the drain left leaderships behind: {line}"
+    );
+
+    // The same node killed with -9, for comparison.
+    ns[victim].spawn();
+    ns[victim].wait_ready().await;
+    eventually("node 1 leads vshards again", || async {
+        (leads(&ns[victim]).await? > 1).then_some(())
+    })
+    .await;
+    let (stop, worst, _failed, task) = stall("kill -9", survivors);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ns[victim].kill9();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stop.store(true, Ordering::SeqCst);
+    task.await.expect("writer");
+    eprintln!(
+        "SIGTERM drain: exit after {drain_ms} ms, survivors' slowest write {drained_worst} ms; kill -9: slowest write {} ms",
+        worst.load(Ordering::SeqCst)
+    );
+}
+
+/// Counts of a client run.
+#[derive(Default)]
+struct Counts {
+    writes_ok: AtomicU64,
+    writes_failed: AtomicU64,
+    reads_ok: AtomicU64,
+    reads_failed: AtomicU64,
+    /// Strong reads that missed a write acknowledged before they started.
+    stale_reads: AtomicU64,
+}
+
+/// The figure: every node of a 3-node cluster restarted in turn (SIGTERM, start
+/// again) under steady writes and strong reads from clients that poll `/health/ready`
+/// every 500 ms and send each request, without retrying, to a node that last answered
+/// 200. No request fails; every acknowledged row is there exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_fails_no_request() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dirs: Vec<_> = (1..=3).map(|i| tmp.path().join(format!("n{i}"))).collect();
+    let mut ns =
+        support::cluster_with(&dirs.iter().map(|d| d.as_path()).collect::<Vec<_>>(), FLAGS).await;
+    let (status, body) = ns[0].write("roll,w=0 id=-1i 1\n").await;
+    assert_eq!(status, 204, "{body}");
+    support::all_replicated(&ns[0]).await;
+    let all: Vec<&Node> = ns.iter().collect();
+    eventually_in("every node leads something", &all, || async {
+        for n in &ns {
+            if leads(n).await? == 0 {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+
+    // Each node's URL and whether it last answered 200 to /health/ready.
+    let urls = Arc::new(Mutex::new(ns.iter().map(|n| n.url("")).collect::<Vec<_>>()));
+    let healthy = Arc::new(Mutex::new(vec![true; ns.len()]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts = Arc::new(Counts::default());
+    let acked = Arc::new(Mutex::new(BTreeSet::<u64>::new()));
+    let mut tasks = vec![];
+    for i in 0..ns.len() {
+        let (urls, healthy, stop) = (urls.clone(), healthy.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .expect("client");
+            while !stop.load(Ordering::SeqCst) {
+                let url = urls.lock().expect("urls")[i].clone();
+                let ok = http
+                    .get(format!("{url}/health/ready"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200);
+                healthy.lock().expect("healthy")[i] = ok;
+                tokio::time::sleep(POLL).await;
+            }
+        }));
+    }
+    // A healthy node, in turn.
+    let pick = |turn: &mut usize, urls: &Mutex<Vec<String>>, healthy: &Mutex<Vec<bool>>| {
+        let h = healthy.lock().expect("healthy").clone();
+        let u = urls.lock().expect("urls").clone();
+        for _ in 0..h.len() {
+            *turn += 1;
+            if h[*turn % h.len()] {
+                return Some(u[*turn % h.len()].clone());
+            }
+        }
+        None
+    };
+    for w in 0..2u64 {
+        let (urls, healthy, stop, counts, acked) = (
+            urls.clone(),
+            healthy.clone(),
+            stop.clone(),
+            counts.clone(),
+            acked.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client");
+            let mut turn = w as usize;
+            let mut id = w;
+            while !stop.load(Ordering::SeqCst) {
+                let Some(url) = pick(&mut turn, &urls, &healthy) else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let body = format!("roll,w={w},k=k{} id={id}i {}\n", id % 16, 1_000 + id);
+                let r = http
+                    .post(format!("{url}/write?db=x"))
+                    .body(body)
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status() == 204 => {
+                        counts.writes_ok.fetch_add(1, Ordering::SeqCst);
+                        acked.lock().expect("acked").insert(id);
+                    }
+                    Ok(r) => {
+                        let s = r.status();
+                        eprintln!(
+                            "write {id} to {url} failed: {s} {}",
+                            r.text().await.unwrap_or_default()
+                        );
+                        counts.writes_failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) => {
+                        eprintln!("write {id} to {url} failed: {e}");
+                        counts.writes_failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                id += 2;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }));
+    }
+    {
+        let (urls, healthy, stop, counts, acked) = (
+            urls.clone(),
+            healthy.clone(),
+            stop.clone(),
+            counts.clone(),
+            acked.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client");
+            let mut turn = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                let Some(url) = pick(&mut turn, &urls, &healthy) else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let before = acked.lock().expect("acked").len() as i64;
+                let r = http
+                    .post(format!("{url}/v1/sql?read_consistency=strong"))
+                    .body("SELECT count(*) FROM roll WHERE id >= 0")
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status() == 200 => {
+                        counts.reads_ok.fetch_add(1, Ordering::SeqCst);
+                        let v: serde_json::Value = r.json().await.unwrap_or_default();
+                        if v["rows"][0][0].as_i64().unwrap_or(-1) < before {
+                            eprintln!("stale strong read from {url}: {v} < {before}");
+                            counts.stale_reads.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    Ok(r) => {
+                        let s = r.status();
+                        eprintln!(
+                            "read from {url} failed: {s} {}",
+                            r.text().await.unwrap_or_default()
+                        );
+                        counts.reads_failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) => {
+                        eprintln!("read from {url} failed: {e}");
+                        counts.reads_failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut figures = vec![];
+    for i in 0..ns.len() {
+        let t = Instant::now();
+        ns[i].terminate();
+        let status = ns[i].wait_exit().await;
+        assert!(status.success(), "node {} exit: {status}", ns[i].node_id);
+        let drain_ms = t.elapsed().as_millis();
+        let t = Instant::now();
+        ns[i].spawn();
+        urls.lock().expect("urls")[i] = ns[i].url("");
+        ns[i].wait_ready().await;
+        let restart_ms = t.elapsed().as_millis();
+        // Settled before the next one: the restarted node leads again.
+        let all: Vec<&Node> = ns.iter().collect();
+        eventually_in("the restarted node leads again", &all, || async {
+            (leads(&ns[i]).await? > 0).then_some(())
+        })
+        .await;
+        let settle_ms = t.elapsed().as_millis();
+        figures.push((ns[i].node_id, drain_ms, restart_ms, settle_ms));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for t in tasks {
+        t.await.expect("client task");
+    }
+    for (id, drain, restart, settle) in &figures {
+        eprintln!(
+            "node {id}: SIGTERM to exit {drain} ms, start to ready {restart} ms, start to leading again {settle} ms"
+        );
+    }
+    let c = &counts;
+    let (wo, wf, ro, rf, st) = (
+        c.writes_ok.load(Ordering::SeqCst),
+        c.writes_failed.load(Ordering::SeqCst),
+        c.reads_ok.load(Ordering::SeqCst),
+        c.reads_failed.load(Ordering::SeqCst),
+        c.stale_reads.load(Ordering::SeqCst),
+    );
+    eprintln!("rolling restart: writes {wo} ok / {wf} failed; strong reads {ro} ok / {rf} failed / {st} stale");
+    assert!(
+        wo > 100 && ro > 20,
+        "the clients hardly ran: {wo} writes, {ro} reads"
+    );
+    assert_eq!(
+        (wf, rf, st),
+        (0, 0, 0),
+        "requests failed during a rolling restart"
+    );
+    let acked = acked.lock().expect("acked").clone();
+    let n = acked.len() as u64;
+    eventually("every acknowledged row once", || async {
+        let r = rows(
+            &ns[0],
+            "SELECT count(*), count(DISTINCT id) FROM roll WHERE id >= 0",
+        )
+        .await?;
+        (r[0][0].as_u64()? == n && r[0][1].as_u64()? == n).then_some(())
+    })
+    .await;
+}
+
+/// The admin API with a token: 401 without it, 403 with another, 200 with it; the CLI
+/// takes it from SHOAL_ADMIN_TOKEN; it never reaches the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_needs_the_token_and_never_logs_it() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let token = "tok-7f3a9c1e5b2d4a68";
+    let file = tmp.path().join("token");
+    std::fs::write(&file, format!("{token}\n")).expect("token file");
+    let node = Node::start(
+        &tmp.path().join("n1"),
+        &[
+            "--admin-token-file",
+            file.to_str().expect("utf8"),
+            "--log",
+            "debug",
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    for (method, path) in [
+        (reqwest::Method::GET, "/admin/v1/nodes"),
+        (reqwest::Method::GET, "/admin/v1/nodes/1"),
+        (reqwest::Method::POST, "/admin/v1/nodes/1/undrain"),
+        (reqwest::Method::POST, "/health/drain"),
+    ] {
+        let none = http
+            .request(method.clone(), node.url(path))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(none.status(), 401, "{path} without a token");
+        assert_eq!(
+            none.headers()
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap_or("")),
+            Some("Bearer")
+        );
+        let wrong = http
+            .request(method.clone(), node.url(path))
+            .bearer_auth("tok-7f3a9c1e5b2d4a69")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(wrong.status(), 403, "{path} with a wrong token");
+    }
+    let ok = http
+        .get(node.url("/admin/v1/nodes"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(ok.status(), 200);
+    let v: serde_json::Value = ok.json().await.expect("json");
+    assert_eq!(v["nodes"][0]["node_id"], 1, "{v}");
+    assert_eq!(v["nodes"][0]["lifecycle"], "ACTIVE", "{v}");
+    let (ok, out, err) = shoal_node(&node.addr, &["ls"], None).await;
+    assert!(!ok && err.contains("401"), "no token: {out}{err}");
+    let (ok, out, err) = shoal_node(&node.addr, &["ls"], Some(token)).await;
+    assert!(ok && out.contains("ACTIVE"), "{out}{err}");
+    // A single node drains at once (no peers to wait for) and undrains.
+    let (ok, out, err) = shoal_node(&node.addr, &["drain", "1"], Some(token)).await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(ready(&http, &node).await, 503);
+    let (ok, out, err) = shoal_node(&node.addr, &["undrain", "1"], Some(token)).await;
+    assert!(ok, "{out}{err}");
+    eventually("ready after undrain", || async {
+        (ready(&http, &node).await == 200).then_some(())
+    })
+    .await;
+    let log = node.stderr_text();
+    assert!(log.contains("admin request refused"), "refusals are logged");
+    assert!(!log.contains(token), "the token reached the log");
+}
+
+/// A node announcing a protocol the cluster does not speak is refused at join, at once,
+/// with a message naming both versions; the cluster keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_of_another_protocol_version_is_refused_naming_both() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let first = Node::spawn_pinned(&tmp.path().join("n1"), &[]);
+    first.wait_ready().await;
+    let out = {
+        let mut cmd = std::process::Command::new(support::BIN);
+        cmd.args(["start", "--data-dir"])
+            .arg(tmp.path().join("n2"))
+            .args([
+                "--http-addr",
+                "127.0.0.1:0",
+                "--pg-addr",
+                "127.0.0.1:0",
+                "--rpc-addr",
+                "127.0.0.1:0",
+                "--gossip-addr",
+                "127.0.0.1:0",
+                "--join",
+                &first.rpc_addr,
+            ])
+            .env("SHOAL_TEST_PROTOCOL_VERSION", "2");
+        tokio::task::spawn_blocking(move || cmd.output().expect("run"))
+            .await
+            .expect("join")
+    };
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a mismatched node started: {err}");
+    assert!(
+        err.contains("protocol version mismatch")
+            && err.contains("protocol 2")
+            && err.contains("protocol 1"),
+        "{err}"
+    );
+    assert_eq!(
+        first.count("SELECT count(*) FROM system.nodes").await,
+        1,
+        "not registered"
+    );
+}

@@ -1,0 +1,349 @@
+//! The admin API on the HTTP port, and who may use it.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /admin/v1/nodes` | every node: addresses, lifecycle, SWIM state, replicas, leaderships, disk, version, uptime (`system.nodes`) |
+//! | `GET /admin/v1/nodes/{id}` | one node |
+//! | `POST /admin/v1/nodes/{id}/drain` | drains node `id` and keeps it up (answers the [`DrainReport`]) |
+//! | `POST /admin/v1/nodes/{id}/undrain` | ends node `id`'s drain |
+//! | `POST /health/drain` | drains this node (the same as `/admin/v1/nodes/<this node>/drain`) |
+//!
+//! With `admin_token` (or `admin_token_file`) set, every one of them needs
+//! `Authorization: Bearer <token>`: 401 without it, 403 with another (compared in constant
+//! time). With no token they answer only clients on loopback. A request for another node
+//! is passed on to that node's HTTP address with the caller's `Authorization` header.
+//!
+//! [`DrainReport`]: crate::lifecycle::DrainReport
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::json;
+use shoal_consensus::Registry;
+use subtle::ConstantTimeEq;
+
+use crate::config::Secret;
+use crate::http::AppState;
+use crate::lifecycle::Lifecycle;
+
+/// How long a request passed on to another node may take (a drain waits
+/// `drain_wait_unready_ms` and then hands leaderships off).
+const PROXY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Who may call the admin API.
+#[derive(Clone, Debug)]
+pub enum AdminAuth {
+    /// Callers must present this bearer token.
+    Token(Secret),
+    /// No token configured: loopback callers only.
+    LoopbackOnly,
+}
+
+/// Whether a caller from `peer` presenting `authorization` may use the admin API; the
+/// refusal is the status and the message to answer. Pure.
+pub fn authorize(
+    auth: &AdminAuth,
+    authorization: Option<&str>,
+    peer: IpAddr,
+) -> Result<(), (StatusCode, &'static str)> {
+    match auth {
+        AdminAuth::LoopbackOnly if peer.is_loopback() => Ok(()),
+        AdminAuth::LoopbackOnly => Err((
+            StatusCode::FORBIDDEN,
+            "the admin API answers only loopback clients while no admin_token is configured; set admin_token_file on every node to use it over the network",
+        )),
+        AdminAuth::Token(want) => {
+            let Some(got) = authorization
+                .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            else {
+                return Err((
+                    StatusCode::UNAUTHORIZED,
+                    "the admin API needs an Authorization: Bearer <admin_token> header",
+                ));
+            };
+            if bool::from(got.trim().as_bytes().ct_eq(want.0.as_bytes())) {
+                Ok(())
+            } else {
+                Err((StatusCode::FORBIDDEN, "wrong admin token"))
+            }
+        }
+    }
+}
+
+/// What the admin routes need.
+pub struct AdminState {
+    pub auth: AdminAuth,
+    pub node_id: u64,
+    pub http: Arc<AppState>,
+    pub lifecycle: Arc<Lifecycle>,
+    pub registry: OnceLock<Arc<Registry>>,
+    client: reqwest::Client,
+}
+
+impl AdminState {
+    pub fn new(
+        auth: AdminAuth,
+        node_id: u64,
+        http: Arc<AppState>,
+        lifecycle: Arc<Lifecycle>,
+    ) -> AdminState {
+        AdminState {
+            auth,
+            node_id,
+            http,
+            lifecycle,
+            registry: OnceLock::new(),
+            client: reqwest::Client::builder()
+                .timeout(PROXY_TIMEOUT)
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+}
+
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/health/drain", post(drain_here))
+        .route("/admin/v1/nodes", get(list_nodes))
+        .route("/admin/v1/nodes/{id}", get(one_node))
+        .route("/admin/v1/nodes/{id}/drain", post(drain_node))
+        .route("/admin/v1/nodes/{id}/undrain", post(undrain_node))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    let mut r = (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({"error": message.into()}).to_string(),
+    )
+        .into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    r
+}
+
+fn json_ok(v: serde_json::Value) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+/// The refusal to answer, if the caller may not use the admin API.
+fn refused(st: &AdminState, headers: &HeaderMap, peer: SocketAddr) -> Option<Response> {
+    let authz = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    authorize(&st.auth, authz, peer.ip())
+        .map_err(|(s, m)| {
+            tracing::info!(peer = %peer, status = s.as_u16(), "admin request refused");
+            error(s, m)
+        })
+        .err()
+}
+
+async fn drain_here(
+    State(st): State<Arc<AdminState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = refused(&st, &headers, peer) {
+        return r;
+    }
+    drain_local(&st).await
+}
+
+async fn drain_local(st: &AdminState) -> Response {
+    tracing::info!("drain asked through the admin API");
+    let report = st.lifecycle.drain().await;
+    json_ok(serde_json::to_value(report).unwrap_or_default())
+}
+
+/// `system.nodes` as JSON objects, optionally for one node.
+async fn nodes_json(st: &AdminState, id: Option<u64>) -> Result<Vec<serde_json::Value>, Response> {
+    let engine = st.http.engine.get().cloned().ok_or_else(|| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the node is still recovering; retry shortly",
+        )
+    })?;
+    let sql = match id {
+        Some(id) => format!("SELECT * FROM system.nodes WHERE node_id = {id}"),
+        None => "SELECT * FROM system.nodes ORDER BY node_id".to_string(),
+    };
+    let out = engine
+        .execute(&sql, &shoal_query::QueryOptions::default())
+        .await
+        .map_err(|e| error(crate::http::status_of(e.kind), e.message))?;
+    let shoal_query::QueryOutput::Rows { schema, batches } = out else {
+        return Ok(vec![]);
+    };
+    let bytes = crate::format::to_jsonl(&schema, &batches)
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    Ok(bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| serde_json::from_slice(l).ok())
+        .collect())
+}
+
+async fn list_nodes(
+    State(st): State<Arc<AdminState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = refused(&st, &headers, peer) {
+        return r;
+    }
+    match nodes_json(&st, None).await {
+        Ok(rows) => json_ok(json!({"nodes": rows})),
+        Err(r) => r,
+    }
+}
+
+async fn one_node(
+    State(st): State<Arc<AdminState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = refused(&st, &headers, peer) {
+        return r;
+    }
+    match nodes_json(&st, Some(id)).await {
+        Ok(rows) if rows.is_empty() => error(
+            StatusCode::NOT_FOUND,
+            format!("node {id} is not registered"),
+        ),
+        Ok(mut rows) => json_ok(rows.remove(0)),
+        Err(r) => r,
+    }
+}
+
+async fn drain_node(
+    State(st): State<Arc<AdminState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = refused(&st, &headers, peer) {
+        return r;
+    }
+    if id == st.node_id {
+        return drain_local(&st).await;
+    }
+    pass_on(&st, id, "drain", &headers).await
+}
+
+async fn undrain_node(
+    State(st): State<Arc<AdminState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<u64>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = refused(&st, &headers, peer) {
+        return r;
+    }
+    if id != st.node_id {
+        return pass_on(&st, id, "undrain", &headers).await;
+    }
+    match st.lifecycle.undrain().await {
+        Ok(()) => json_ok(json!({"node_id": id, "undrained": true})),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+/// Passes `POST /admin/v1/nodes/{id}/{action}` on to node `id`.
+async fn pass_on(st: &AdminState, id: u64, action: &str, headers: &HeaderMap) -> Response {
+    let Some(registry) = st.registry.get() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the node is still recovering; retry shortly",
+        );
+    };
+    let Some(addr) = registry
+        .catalog()
+        .read()
+        .nodes
+        .get(&id)
+        .map(|n| n.addrs.http.clone())
+    else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("node {id} is not registered"),
+        );
+    };
+    let mut req = st.client.request(
+        Method::POST,
+        format!("http://{addr}/admin/v1/nodes/{id}/{action}"),
+    );
+    if let Some(a) = headers.get(header::AUTHORIZATION) {
+        req = req.header(header::AUTHORIZATION, a.clone());
+    }
+    match req.send().await {
+        Ok(r) => {
+            let status = r.status();
+            let body = r.bytes().await.unwrap_or_default();
+            (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+        Err(e) => error(
+            StatusCode::BAD_GATEWAY,
+            format!("node {id} at {addr} did not answer: {e}"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_required_once_configured_and_compared_exactly() {
+        let auth = AdminAuth::Token(Secret("s3cret".into()));
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let far: IpAddr = "10.1.2.3".parse().unwrap();
+        assert_eq!(
+            authorize(&auth, None, lo).unwrap_err().0,
+            401,
+            "loopback needs it too"
+        );
+        assert_eq!(
+            authorize(&auth, Some("Basic czNjcmV0"), far).unwrap_err().0,
+            401
+        );
+        assert_eq!(
+            authorize(&auth, Some("Bearer s3cre"), far).unwrap_err().0,
+            403
+        );
+        assert_eq!(
+            authorize(&auth, Some("Bearer s3cret2"), far).unwrap_err().0,
+            403
+        );
+        assert_eq!(authorize(&auth, Some("Bearer "), far).unwrap_err().0, 403);
+        assert!(authorize(&auth, Some("Bearer s3cret"), far).is_ok());
+    }
+
+    #[test]
+    fn without_a_token_only_loopback_callers_are_let_in_and_told_why_not() {
+        let auth = AdminAuth::LoopbackOnly;
+        assert!(authorize(&auth, None, "127.0.0.1".parse().unwrap()).is_ok());
+        assert!(authorize(&auth, None, "::1".parse().unwrap()).is_ok());
+        let (status, why) =
+            authorize(&auth, Some("Bearer x"), "192.168.1.5".parse().unwrap()).unwrap_err();
+        assert_eq!(status, 403);
+        assert!(why.contains("admin_token"), "{why}");
+    }
+}
