@@ -287,25 +287,12 @@ async fn no_reachable_seed_is_a_clear_nonzero_exit() {
     let tmp = tempfile::tempdir().expect("tmp");
     let (a, b) = (support::free_port(), support::free_port());
     let seeds = format!("127.0.0.1:{a},127.0.0.1:{b}");
-    let out = std::process::Command::new(BIN)
-        .args(["start", "--data-dir"])
-        .arg(tmp.path().join("x"))
-        .args([
-            "--http-addr",
-            "127.0.0.1:0",
-            "--pg-addr",
-            "127.0.0.1:0",
-            "--rpc-addr",
-            "127.0.0.1:0",
-            "--gossip-addr",
-            "127.0.0.1:0",
-            "--join-timeout-ms",
-            "1500",
-            "--join",
-            &seeds,
-        ])
-        .output()
-        .expect("run");
+    let out = support::start_command(
+        &tmp.path().join("x"),
+        &["--join-timeout-ms", "1500", "--join", &seeds],
+    )
+    .output()
+    .expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("could not join"), "{err}");
@@ -328,21 +315,7 @@ async fn a_node_of_another_cluster_is_refused() {
     assert!(theirs.stop().success());
     let (_, v) = ours.sql("SELECT 1").await;
     assert!(v["rows"].is_array());
-    let out = std::process::Command::new(BIN)
-        .args(["start", "--data-dir"])
-        .arg(&theirs_dir)
-        .args([
-            "--http-addr",
-            "127.0.0.1:0",
-            "--pg-addr",
-            "127.0.0.1:0",
-            "--rpc-addr",
-            "127.0.0.1:0",
-            "--gossip-addr",
-            "127.0.0.1:0",
-            "--join",
-            &ours.rpc_addr,
-        ])
+    let out = support::start_command(&theirs_dir, &["--join", &ours.rpc_addr])
         .output()
         .expect("run");
     assert!(!out.status.success(), "joining another cluster must fail");

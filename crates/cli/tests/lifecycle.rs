@@ -264,6 +264,26 @@ async fn sigterm_hands_every_leadership_away_before_exit() {
     );
 }
 
+/// Counts a client's request: `Some(response)` when it answered `ok`, else logs the failure
+/// and counts it in `failed`.
+async fn tally(
+    r: reqwest::Result<reqwest::Response>,
+    ok: u16,
+    what: &str,
+    failed: &AtomicU64,
+) -> Option<reqwest::Response> {
+    match r {
+        Ok(r) if r.status() == ok => return Some(r),
+        Ok(r) => {
+            let s = r.status();
+            eprintln!("{what} failed: {s} {}", r.text().await.unwrap_or_default());
+        }
+        Err(e) => eprintln!("{what} failed: {e}"),
+    }
+    failed.fetch_add(1, Ordering::SeqCst);
+    None
+}
+
 /// Counts of a client run.
 #[derive(Default)]
 struct Counts {
@@ -363,23 +383,10 @@ async fn a_rolling_restart_fails_no_request() {
                     .body(body)
                     .send()
                     .await;
-                match r {
-                    Ok(r) if r.status() == 204 => {
-                        counts.writes_ok.fetch_add(1, Ordering::SeqCst);
-                        acked.lock().expect("acked").insert(id);
-                    }
-                    Ok(r) => {
-                        let s = r.status();
-                        eprintln!(
-                            "write {id} to {url} failed: {s} {}",
-                            r.text().await.unwrap_or_default()
-                        );
-                        counts.writes_failed.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Err(e) => {
-                        eprintln!("write {id} to {url} failed: {e}");
-                        counts.writes_failed.fetch_add(1, Ordering::SeqCst);
-                    }
+                let what = format!("write {id} to {url}");
+                if tally(r, 204, &what, &counts.writes_failed).await.is_some() {
+                    counts.writes_ok.fetch_add(1, Ordering::SeqCst);
+                    acked.lock().expect("acked").insert(id);
                 }
                 id += 2;
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -411,26 +418,13 @@ async fn a_rolling_restart_fails_no_request() {
                     .body("SELECT count(*) FROM roll WHERE id >= 0")
                     .send()
                     .await;
-                match r {
-                    Ok(r) if r.status() == 200 => {
-                        counts.reads_ok.fetch_add(1, Ordering::SeqCst);
-                        let v: serde_json::Value = r.json().await.unwrap_or_default();
-                        if v["rows"][0][0].as_i64().unwrap_or(-1) < before {
-                            eprintln!("stale strong read from {url}: {v} < {before}");
-                            counts.stale_reads.fetch_add(1, Ordering::SeqCst);
-                        }
-                    }
-                    Ok(r) => {
-                        let s = r.status();
-                        eprintln!(
-                            "read from {url} failed: {s} {}",
-                            r.text().await.unwrap_or_default()
-                        );
-                        counts.reads_failed.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Err(e) => {
-                        eprintln!("read from {url} failed: {e}");
-                        counts.reads_failed.fetch_add(1, Ordering::SeqCst);
+                let what = format!("strong read from {url}");
+                if let Some(r) = tally(r, 200, &what, &counts.reads_failed).await {
+                    counts.reads_ok.fetch_add(1, Ordering::SeqCst);
+                    let v: serde_json::Value = r.json().await.unwrap_or_default();
+                    if v["rows"][0][0].as_i64().unwrap_or(-1) < before {
+                        eprintln!("stale strong read from {url}: {v} < {before}");
+                        counts.stale_reads.fetch_add(1, Ordering::SeqCst);
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -583,22 +577,8 @@ async fn a_node_of_another_protocol_version_is_refused_naming_both() {
     let first = Node::spawn_pinned(&tmp.path().join("n1"), &[]);
     first.wait_ready().await;
     let out = {
-        let mut cmd = std::process::Command::new(support::BIN);
-        cmd.args(["start", "--data-dir"])
-            .arg(tmp.path().join("n2"))
-            .args([
-                "--http-addr",
-                "127.0.0.1:0",
-                "--pg-addr",
-                "127.0.0.1:0",
-                "--rpc-addr",
-                "127.0.0.1:0",
-                "--gossip-addr",
-                "127.0.0.1:0",
-                "--join",
-                &first.rpc_addr,
-            ])
-            .env("SHOAL_TEST_PROTOCOL_VERSION", "2");
+        let mut cmd = support::start_command(&tmp.path().join("n2"), &["--join", &first.rpc_addr]);
+        cmd.env("SHOAL_TEST_PROTOCOL_VERSION", "2");
         tokio::task::spawn_blocking(move || cmd.output().expect("run"))
             .await
             .expect("join")

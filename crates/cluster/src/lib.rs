@@ -8,6 +8,7 @@
 //! | [`placement::plan`] | group 0's leader | record placement, repair, grow, rebalance (moves) |
 //! | [`membership::plan`] | each group's leader | learners, voter changes, move progress |
 //! | [`leaders::plan_transfers`] | group 0's leader | which vshard leaderships to hand over |
+//! | [`decommission::check`] | before a decommission starts | whether it could finish, and every reason not |
 //!
 //! Effects are thin: the controller runs named duties on their own intervals and turns
 //! steps into group-0 proposals, Raft membership changes and transfer requests.
@@ -16,6 +17,7 @@
 //! and `transport`; never on query or server.
 
 pub mod controller;
+pub mod decommission;
 pub mod leaders;
 pub mod membership;
 pub mod placement;

@@ -112,8 +112,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/health/drain", post(drain_here))
         .route("/admin/v1/nodes", get(list_nodes))
         .route("/admin/v1/nodes/{id}", get(one_node))
-        .route("/admin/v1/nodes/{id}/drain", post(drain_node))
-        .route("/admin/v1/nodes/{id}/undrain", post(undrain_node))
+        .route("/admin/v1/nodes/{id}/{action}", post(node_action))
         .with_state(state)
 }
 
@@ -233,32 +232,27 @@ async fn one_node(
     }
 }
 
-async fn drain_node(
+/// `POST /admin/v1/nodes/{id}/{action}`: `drain` or `undrain`, here or passed on.
+async fn node_action(
     State(st): State<Arc<AdminState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(id): Path<u64>,
+    Path((id, action)): Path<(u64, String)>,
     headers: HeaderMap,
 ) -> Response {
     if let Some(r) = refused(&st, &headers, peer) {
         return r;
     }
-    if id == st.node_id {
-        return drain_local(&st).await;
-    }
-    pass_on(&st, id, "drain", &headers).await
-}
-
-async fn undrain_node(
-    State(st): State<Arc<AdminState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(id): Path<u64>,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(r) = refused(&st, &headers, peer) {
-        return r;
+    if !matches!(action.as_str(), "drain" | "undrain") {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no node action {action:?}: use drain or undrain"),
+        );
     }
     if id != st.node_id {
-        return pass_on(&st, id, "undrain", &headers).await;
+        return pass_on(&st, id, &action, &headers).await;
+    }
+    if action == "drain" {
+        return drain_local(&st).await;
     }
     match st.lifecycle.undrain().await {
         Ok(()) => json_ok(json!({"node_id": id, "undrained": true})),

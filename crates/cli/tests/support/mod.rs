@@ -149,6 +149,9 @@ impl Node {
             .arg("--gossip-addr")
             .arg(&self.binds.1)
             .args(&self.extra)
+            // Every test node shares the build machine's disk, often fuller than the 92.5 %
+            // past which no replica is placed: only a really full disk stops placement here.
+            .env("SHOAL_REBALANCE_MAX_DISK_FRACTION", "0.995")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("SHOAL_LOG", "info,openraft=warn")
             .env_remove("RUST_LOG")
@@ -313,6 +316,24 @@ impl Node {
         let status = r.status().as_u16();
         (status, r.text().await.unwrap_or_default())
     }
+}
+
+/// `shoal start` on `data_dir` with every port on loopback picked by the kernel, plus
+/// `extra` flags: for tests that only watch a start fail (or a one-off process).
+pub fn start_command(data_dir: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["start", "--data-dir"]).arg(data_dir).args([
+        "--http-addr",
+        "127.0.0.1:0",
+        "--pg-addr",
+        "127.0.0.1:0",
+        "--rpc-addr",
+        "127.0.0.1:0",
+        "--gossip-addr",
+        "127.0.0.1:0",
+    ]);
+    cmd.args(extra);
+    cmd
 }
 
 impl Drop for Node {
