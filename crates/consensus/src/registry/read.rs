@@ -213,7 +213,14 @@ impl Registry {
                         .await;
                     continue;
                 }
-                Err(e) => return Err(e),
+                // This replica leads but could not confirm it with a quorum (just restarted
+                // as leader, a lapsed lease, a partition): like a write, wait and ask again
+                // until the deadline rather than fail a read a new term will serve.
+                Err(e) => {
+                    last = Some(e);
+                    tokio::time::sleep(backoff(attempt)).await;
+                    continue;
+                }
             };
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             return raft
