@@ -170,56 +170,21 @@ pub fn replicas_left(view: &ClusterView, leaving: &[u64]) -> BTreeMap<u64, usize
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::view::{NodeLoad, NodeView, VshardLoad};
 
     const GIB: u64 = 1 << 30;
 
     /// `n` ACTIVE alive nodes, `vshards` vshards on three consecutive nodes each, each
     /// replica 1 GiB, each disk 100 GiB with `free` GiB free.
     fn view(n: u64, vshards: u32, free: u64) -> ClusterView {
-        let replicas: Vec<Vec<u64>> = (0..vshards)
-            .map(|v| {
-                let mut r: Vec<u64> = (0..3).map(|k| 1 + (u64::from(v) + k) % n).collect();
-                r.sort_unstable();
-                r.dedup();
-                r
-            })
-            .collect();
-        let nodes = (1..=n)
-            .map(|id| {
-                let vs = (0..vshards)
-                    .filter(|v| replicas[*v as usize].contains(&id))
-                    .map(|v| VshardLoad {
-                        vshard: v,
-                        bytes: GIB,
-                        ..Default::default()
-                    })
-                    .collect();
-                (
-                    id,
-                    NodeView {
-                        id,
-                        state: NodeState::Active,
-                        rpc_addr: format!("10.0.0.{id}:7400"),
-                        alive: true,
-                        down_for: None,
-                        load: Some(NodeLoad {
-                            disk_total_bytes: 100 * GIB,
-                            disk_free_bytes: free * GIB,
-                            vshards: vs,
-                            ..Default::default()
-                        }),
-                    },
-                )
-            })
-            .collect();
-        ClusterView {
-            vshards,
-            nodes,
-            placement_recorded: true,
-            replicas,
-            ..Default::default()
+        let mut v = crate::view::testing::striped(n, vshards);
+        for l in v.nodes.values_mut().filter_map(|x| x.load.as_mut()) {
+            l.disk_total_bytes = 100 * GIB;
+            l.disk_free_bytes = free * GIB;
+            for x in &mut l.vshards {
+                x.bytes = GIB;
+            }
         }
+        v
     }
 
     #[test]

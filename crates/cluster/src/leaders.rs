@@ -143,50 +143,17 @@ pub fn plan_transfers(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::view::{NodeLoad, NodeView, VshardLoad};
 
     /// `vshards` vshards on nodes 1..=n (three consecutive replicas each), led as `lead`.
     fn view(n: u64, vshards: u32, lead: impl Fn(u32) -> u64) -> ClusterView {
-        let replicas: Vec<Vec<u64>> = (0..vshards)
-            .map(|v| {
-                let mut r: Vec<u64> = (0..3).map(|k| 1 + (u64::from(v) + k) % n).collect();
-                r.sort_unstable();
-                r
-            })
-            .collect();
-        let nodes = (1..=n)
-            .map(|id| {
-                let vs = (0..vshards)
-                    .filter(|v| replicas[*v as usize].contains(&id))
-                    .map(|v| VshardLoad {
-                        vshard: v,
-                        leader_term: (lead(v) == id).then_some(5),
-                        ..Default::default()
-                    })
-                    .collect();
-                (
-                    id,
-                    NodeView {
-                        id,
-                        state: NodeState::Active,
-                        rpc_addr: String::new(),
-                        alive: true,
-                        down_for: None,
-                        load: Some(NodeLoad {
-                            vshards: vs,
-                            ..Default::default()
-                        }),
-                    },
-                )
-            })
-            .collect();
-        ClusterView {
-            vshards,
-            nodes,
-            placement_recorded: true,
-            replicas,
-            ..Default::default()
+        let mut v = crate::view::testing::striped(n, vshards);
+        for node in v.nodes.values_mut() {
+            let id = node.id;
+            for x in node.load.iter_mut().flat_map(|l| l.vshards.iter_mut()) {
+                x.leader_term = (lead(x.vshard) == id).then_some(5);
+            }
         }
+        v
     }
 
     /// Applies transfers to the reported leaders.

@@ -479,17 +479,7 @@ mod tests {
     use shoal_consensus::{MoveRecord, MoveState};
 
     fn node(id: u64) -> (u64, NodeView) {
-        (
-            id,
-            NodeView {
-                id,
-                state: NodeState::Active,
-                rpc_addr: format!("10.0.0.{id}:7400"),
-                alive: true,
-                down_for: None,
-                load: None,
-            },
-        )
+        (id, crate::view::testing::active_node(id))
     }
 
     /// `vshards` vshards on nodes 1..=3, and `extra` more nodes holding nothing.

@@ -175,3 +175,60 @@ impl ClusterView {
             .map(|(_, id)| id)
     }
 }
+
+/// Views for the planners' tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// An ACTIVE, alive node at `10.0.0.<id>:7400` with no report.
+    pub fn active_node(id: u64) -> NodeView {
+        NodeView {
+            id,
+            state: NodeState::Active,
+            rpc_addr: format!("10.0.0.{id}:7400"),
+            alive: true,
+            down_for: None,
+            load: None,
+        }
+    }
+
+    /// `vshards` vshards over nodes 1..=n, each on three consecutive nodes; every node
+    /// ACTIVE, alive and reporting each vshard it holds (no bytes, no leadership).
+    pub fn striped(n: u64, vshards: u32) -> ClusterView {
+        let replicas: Vec<Vec<u64>> = (0..vshards)
+            .map(|v| {
+                let mut r: Vec<u64> = (0..3).map(|k| 1 + (u64::from(v) + k) % n).collect();
+                r.sort_unstable();
+                r.dedup();
+                r
+            })
+            .collect();
+        let nodes = (1..=n)
+            .map(|id| {
+                let vshards = (0..vshards)
+                    .filter(|v| replicas[*v as usize].contains(&id))
+                    .map(|vshard| VshardLoad {
+                        vshard,
+                        ..Default::default()
+                    })
+                    .collect();
+                let node = NodeView {
+                    load: Some(NodeLoad {
+                        vshards,
+                        ..Default::default()
+                    }),
+                    ..active_node(id)
+                };
+                (id, node)
+            })
+            .collect();
+        ClusterView {
+            vshards,
+            nodes,
+            placement_recorded: true,
+            replicas,
+            ..Default::default()
+        }
+    }
+}
