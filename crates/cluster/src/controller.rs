@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use parking_lot::{Mutex, RwLock};
 use shoal_consensus::registry::{handoff_target, GroupState, MembershipChange};
 use shoal_consensus::{
@@ -155,6 +156,19 @@ macro_rules! duty {
     };
 }
 
+/// The longest one run of a duty may take before it is cancelled: every step it awaits is
+/// bounded well below this (a membership change 5 s, a group-0 proposal 10 s, a read
+/// barrier 2 s), so hitting it means a hang, which must not stop the duty for good.
+const DUTY_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(not a string)".into())
+}
+
 fn now_ms() -> u64 {
     (shoal_common::time::now_nanos() / 1_000_000) as u64
 }
@@ -248,9 +262,24 @@ impl Controller {
                     let name = d.name;
                     tokio::spawn(async move {
                         let started = Instant::now();
-                        fut.await;
+                        // A duty that panicked or hung would otherwise never run again
+                        // (its `running` flag stays set): contain both, loudly.
+                        let run = std::panic::AssertUnwindSafe(fut).catch_unwind();
+                        match tokio::time::timeout(DUTY_TIMEOUT, run).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(panic)) => tracing::error!(
+                                duty = name,
+                                panic = panic_text(&panic),
+                                "a control-plane duty panicked; it runs again at its next turn"
+                            ),
+                            Err(_) => tracing::error!(
+                                duty = name,
+                                limit_s = DUTY_TIMEOUT.as_secs(),
+                                "a control-plane duty hung and was cancelled (DUTY_TIMEOUT)"
+                            ),
+                        }
                         if started.elapsed() > Duration::from_secs(10) {
-                            tracing::debug!(
+                            tracing::warn!(
                                 duty = name,
                                 ms = started.elapsed().as_millis() as u64,
                                 "slow control-plane duty"

@@ -142,8 +142,8 @@ pub fn group0_target(
     }
 }
 
-/// The next steps for group `g` (only its leader plans; nothing while a joint change is
-/// under way). `alive` says whether SWIM sees a node alive, `leaderships` how many groups
+/// The next steps for group `g` (only its leader plans; a joint config is first finished,
+/// once committed). `alive` says whether SWIM sees a node alive, `leaderships` how many groups
 /// a node leads (for choosing whom to hand leadership to).
 pub fn plan(
     g: &GroupState,
@@ -151,8 +151,17 @@ pub fn plan(
     alive: impl Fn(u64) -> bool,
     leaderships: impl Fn(u64) -> usize,
 ) -> Vec<Step> {
-    if !g.leads() || g.joint {
+    if !g.leads() {
         return vec![];
+    }
+    if g.joint {
+        // A joint config whose second step nobody will propose (see `LeaveJoint`); one
+        // not yet committed may still be finished by the change under way.
+        return if g.membership_index <= g.committed {
+            vec![Step::Change(MembershipChange::LeaveJoint)]
+        } else {
+            vec![]
+        };
     }
     let members = g.members();
     let missing: Vec<u64> = t
@@ -342,13 +351,21 @@ mod tests {
             steps(&g, &target(&[1, 2, 3], &[5])),
             change(MembershipChange::RemoveLearners(set(&[4])))
         );
-        // Only the leader plans, and never during a joint change.
+        // Only the leader plans. A joint change not yet committed is left to finish; a
+        // committed one is finished here (nothing else would propose its second step).
         let mut follower = group(&[1, 2, 3], &[], &[]);
         follower.leader = Some(2);
         assert_eq!(steps(&follower, &target(&[1, 2, 4], &[])), vec![]);
         let mut joint = group(&[1, 2, 3], &[], &[]);
         joint.joint = true;
+        joint.membership_index = 90;
+        joint.committed = 89;
         assert_eq!(steps(&joint, &target(&[1, 2, 4], &[])), vec![]);
+        joint.committed = 90;
+        assert_eq!(
+            steps(&joint, &target(&[1, 2, 4], &[])),
+            change(MembershipChange::LeaveJoint)
+        );
     }
 
     #[test]

@@ -401,13 +401,21 @@ pub async fn dump(nodes: &[&Node]) {
             .await;
         let log = n.stderr_text();
         let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        // Errors anywhere in the log (a panicked or hung duty, a joint config left behind)
+        // are what a tail misses.
+        let errors: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("ERROR") || l.contains("panicked") || l.contains("joint"))
+            .take(20)
+            .collect();
         eprintln!(
-            "--- node {} ({}):\nmoves {}\nshards {}\nreplicas {}\nlog tail:\n{}",
+            "--- node {} ({}):\nmoves {}\nshards {}\nreplicas {}\nerrors:\n{}\nlog tail:\n{}",
             n.node_id,
             n.addr,
             moves.1,
             shards.1,
             local.1,
+            errors.join("\n"),
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
     }

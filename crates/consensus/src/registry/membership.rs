@@ -69,6 +69,11 @@ pub enum MembershipChange {
     RemoveLearners(BTreeSet<u64>),
     /// Hand leadership to this voter.
     TransferLeader(u64),
+    /// Finish a joint configuration left behind: its second step (to the new voters alone)
+    /// is never proposed when the change that began it was cut off after its first step
+    /// (the leader changed, or the change timed out), and openraft does not finish it
+    /// itself, so a group would stay joint (and its planner idle) for good.
+    LeaveJoint,
 }
 
 /// Whom the leader of `g` should hand leadership to: a voter other than itself that is
@@ -188,6 +193,18 @@ impl Registry {
                 let change =
                     raft.change_membership(openraft::ChangeMembers::RemoveNodes(learners), false);
                 membership_change(group, "removing learners", change).await
+            }
+            MembershipChange::LeaveJoint => {
+                let m = raft.metrics().borrow_watched().clone();
+                let configs = m.membership_config.membership().get_joint_config().clone();
+                tracing::warn!(group, ?configs, "finishing a joint membership left behind");
+                // An empty change applies to the joint's last config: openraft bridges
+                // [old, new] to new, a uniform config, in one entry.
+                let change = raft.change_membership(
+                    openraft::ChangeMembers::AddVoterIds(BTreeSet::new()),
+                    false,
+                );
+                membership_change(group, "finishing a joint membership", change).await
             }
             MembershipChange::TransferLeader(to) => {
                 tracing::info!(group, to, "handing leadership over");
