@@ -440,6 +440,15 @@ impl SystemSchema {
                 "learners",
                 strs(groups.iter().map(|g| Some(list(&g.learners))).collect()),
             ),
+            (
+                "joint_from",
+                strs(
+                    groups
+                        .iter()
+                        .map(|g| g.joint_from.as_deref().map(list))
+                        .collect(),
+                ),
+            ),
             ("term", u64s(groups.iter().map(|g| Some(g.term)).collect())),
             (
                 "role",

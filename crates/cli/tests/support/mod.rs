@@ -397,7 +397,7 @@ pub async fn dump(nodes: &[&Node]) {
             .sql("SELECT vshard, replicas, leader, moving FROM system.shards ORDER BY vshard")
             .await;
         let local = n
-            .sql("SELECT vshard, role, leader, voters, learners, followers FROM system.replicas ORDER BY vshard")
+            .sql("SELECT vshard, role, leader, voters, joint_from, learners, followers FROM system.replicas ORDER BY vshard")
             .await;
         let log = n.stderr_text();
         let tail: Vec<&str> = log.lines().rev().take(40).collect();

@@ -237,6 +237,9 @@ pub struct GroupStatus {
     /// Voters, as this replica's Raft membership says.
     pub replicas: Vec<u64>,
     pub learners: Vec<u64>,
+    /// While the membership is joint: the old voters (a change is under way, or was left
+    /// behind; see `MembershipChange::LeaveJoint`).
+    pub joint_from: Option<Vec<u64>>,
     pub stats: ShardStats,
     /// Idle and quiesced (no heartbeats; followers not campaigning).
     pub quiesced: bool,
@@ -825,6 +828,10 @@ fn status_of(
         purged_index: m.purged.as_ref().map(|l| l.index),
         replicas: m.membership_config.membership().voter_ids().collect(),
         learners: m.membership_config.membership().learner_ids().collect(),
+        joint_from: {
+            let configs = m.membership_config.membership().get_joint_config();
+            (configs.len() > 1).then(|| configs[0].iter().copied().collect())
+        },
         stats,
         quiesced: false,
         closed_ts: None,
