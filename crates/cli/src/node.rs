@@ -34,7 +34,21 @@ enum NodeCommand {
     Drain { id: u64 },
     /// Ends a node's drain.
     Undrain { id: u64 },
+    /// Moves every replica off these nodes and retires them for good (refused, with every
+    /// reason, if it could not finish). A node that is down can be decommissioned too.
+    Decommission {
+        #[arg(required = true)]
+        ids: Vec<u64>,
+        /// Wait until every one is DECOMMISSIONED, printing progress.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Cancels a decommission still in progress (the node is ACTIVE again).
+    Recommission { id: u64 },
 }
+
+/// How often `decommission --wait` looks at the progress.
+const WAIT_POLL_MS: u64 = 2_000;
 
 /// Longest an admin request may take (a drain waits `drain_wait_unready_ms`, then hands
 /// leaderships off).
@@ -59,35 +73,34 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
         .timeout(std::time::Duration::from_secs(REQUEST_TIMEOUT_SECS))
         .build()
         .map_err(|e| e.to_string())?;
-    let base = format!("http://{}", args.host.trim_start_matches("http://"));
-    let (method, path) = match &args.command {
-        NodeCommand::Ls => (reqwest::Method::GET, "/admin/v1/nodes".to_string()),
-        NodeCommand::Status { id } => (reqwest::Method::GET, format!("/admin/v1/nodes/{id}")),
-        NodeCommand::Drain { id } => (reqwest::Method::POST, format!("/admin/v1/nodes/{id}/drain")),
-        NodeCommand::Undrain { id } => (
-            reqwest::Method::POST,
-            format!("/admin/v1/nodes/{id}/undrain"),
-        ),
+    let api = Api {
+        http,
+        base: format!("http://{}", args.host.trim_start_matches("http://")),
+        token: args.token.clone(),
     };
-    let mut req = http.request(method, format!("{base}{path}"));
-    if let Some(t) = &args.token {
-        req = req.bearer_auth(t);
-    }
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| format!("cannot reach {base}: {e}"))?;
-    let status = resp.status();
-    let text = resp.text().await.map_err(|e| e.to_string())?;
-    let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    if !status.is_success() {
-        let msg = v
-            .get("error")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .unwrap_or_else(|| v.to_string());
-        return Err(format!("{} ({}): {msg}", path, status.as_u16()));
-    }
+    let get = reqwest::Method::GET;
+    let post = reqwest::Method::POST;
+    let v = match &args.command {
+        NodeCommand::Ls => api.call(get, "/admin/v1/nodes".into(), None).await?,
+        NodeCommand::Status { id } => api.call(get, format!("/admin/v1/nodes/{id}"), None).await?,
+        NodeCommand::Drain { id } => {
+            api.call(post, format!("/admin/v1/nodes/{id}/drain"), None)
+                .await?
+        }
+        NodeCommand::Undrain { id } => {
+            api.call(post, format!("/admin/v1/nodes/{id}/undrain"), None)
+                .await?
+        }
+        NodeCommand::Decommission { ids, .. } => {
+            let body = serde_json::json!({ "nodes": ids });
+            api.call(post, "/admin/v1/decommission".into(), Some(body))
+                .await?
+        }
+        NodeCommand::Recommission { id } => {
+            api.call(post, format!("/admin/v1/nodes/{id}/recommission"), None)
+                .await?
+        }
+    };
     if args.json {
         println!("{v}");
         return Ok(());
@@ -128,6 +141,99 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
             );
         }
         NodeCommand::Undrain { id } => println!("node {id} undrained"),
+        NodeCommand::Recommission { id } => {
+            println!("node {id} recommissioned: ACTIVE again")
+        }
+        NodeCommand::Decommission { ids, wait } => {
+            let list: Vec<String> = ids.iter().map(u64::to_string).collect();
+            println!("decommissioning node(s) {}", list.join(", "));
+            if wait {
+                wait_decommissioned(&api, &ids).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The admin API of one node.
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Api {
+    /// One request; a non-2xx answer is an error carrying the API's message.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: String,
+        body: Option<Value>,
+    ) -> Result<Value, String> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach {}: {e}", self.base))?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| e.to_string())?;
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if !status.is_success() {
+            let msg = v
+                .get("error")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string());
+            return Err(format!("{path} ({}): {msg}", status.as_u16()));
+        }
+        Ok(v)
+    }
+}
+
+/// Polls each node until it is DECOMMISSIONED, printing its progress when it changes.
+async fn wait_decommissioned(api: &Api, ids: &[u64]) -> Result<(), String> {
+    let mut last: std::collections::BTreeMap<u64, String> = Default::default();
+    let mut left: Vec<u64> = ids.to_vec();
+    while !left.is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(WAIT_POLL_MS)).await;
+        let mut still = vec![];
+        for id in left {
+            let v = match api
+                .call(reqwest::Method::GET, format!("/admin/v1/nodes/{id}"), None)
+                .await
+            {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("node {id}: {e}; retrying");
+                    still.push(id);
+                    continue;
+                }
+            };
+            let state = v.get("lifecycle").and_then(Value::as_str).unwrap_or("");
+            match state {
+                "DECOMMISSIONED" => println!("node {id}: DECOMMISSIONED"),
+                "DECOMMISSIONING" => {
+                    let p = v.get("decommission").map(cell).unwrap_or_default();
+                    if last.get(&id) != Some(&p) {
+                        println!("node {id}: {p}");
+                        last.insert(id, p);
+                    }
+                    still.push(id);
+                }
+                other => {
+                    return Err(format!(
+                        "node {id} is {other}: its decommission was cancelled"
+                    ))
+                }
+            }
+        }
+        left = still;
     }
     Ok(())
 }

@@ -73,6 +73,9 @@ pub struct StartArgs {
     /// No-progress time before a move step counts as failed, ms [default: 60000]
     #[arg(long, env = "SHOAL_MOVE_STALL_TIMEOUT_MS")]
     move_stall_timeout_ms: Option<u64>,
+    /// No-progress time before a decommission is reported stalled, ms [default: 120000]
+    #[arg(long, env = "SHOAL_DECOMMISSION_STALL_MS")]
+    decommission_stall_ms: Option<u64>,
     /// Keep a removed replica's files this long, ms [default: 60000]
     #[arg(long, env = "SHOAL_REPLICA_GC_GRACE_MS")]
     replica_gc_grace_ms: Option<u64>,
@@ -250,6 +253,7 @@ pub fn resolve(args: &StartArgs) -> Result<NodeConfig, String> {
         rebalance_vshard_cooldown_ms,
         snapshot_max_bytes_per_sec,
         move_stall_timeout_ms,
+        decommission_stall_ms,
         replica_gc_grace_ms,
         control_interval_ms,
         report_interval_ms,

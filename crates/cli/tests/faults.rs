@@ -110,7 +110,8 @@ fn faults_wiped_disk() {
 
 /// Replica moves in the middle of other faults, on four nodes (so every vshard has a node
 /// without a replica to move to, and rebalancing runs too): moves by hand, kills, a
-/// partition and an isolated leader, while every invariant holds — no acknowledged write
+/// decommission (and the host's replacement by a new node), a partition and an isolated
+/// leader, while every invariant holds — no acknowledged write
 /// lost, linearizable registers, every node holding exactly what group 0 places on it.
 #[test]
 fn faults_replica_moves() {
@@ -124,10 +125,17 @@ fn faults_replica_moves() {
     scenario(
         "moves",
         seed,
-        ["move", "kill", "move", "halves", "move", "isolate-leader"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+        [
+            "move",
+            "kill",
+            "decommission",
+            "move",
+            "halves",
+            "isolate-leader",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
         env_or("SHOAL_FAULTS_MOVE_TIME", 45),
         4,
     );

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use support::load::{every_row_once_everywhere, Writer};
 use support::{eventually, eventually_in, rows, Node};
 
 /// Clients poll readiness this often (the issue's figure).
@@ -516,6 +517,9 @@ async fn the_admin_api_needs_the_token_and_never_logs_it() {
         (reqwest::Method::GET, "/admin/v1/nodes"),
         (reqwest::Method::GET, "/admin/v1/nodes/1"),
         (reqwest::Method::POST, "/admin/v1/nodes/1/undrain"),
+        (reqwest::Method::POST, "/admin/v1/nodes/1/decommission"),
+        (reqwest::Method::POST, "/admin/v1/nodes/1/recommission"),
+        (reqwest::Method::POST, "/admin/v1/decommission"),
         (reqwest::Method::POST, "/health/drain"),
     ] {
         let none = http
@@ -594,4 +598,230 @@ async fn a_node_of_another_protocol_version_is_refused_naming_both() {
         1,
         "not registered"
     );
+}
+
+/// `process` exits by itself within `limit`; its exit status.
+async fn exits_within(n: &mut Node, limit: Duration) -> std::process::ExitStatus {
+    tokio::time::timeout(limit, n.wait_exit())
+        .await
+        .unwrap_or_else(|_| panic!("node {} did not exit within {limit:?}", n.node_id))
+}
+
+/// Decommission of one node of four while a writer runs, through the CLI with `--wait`:
+/// the leaving node's replicas move to the others, it is DECOMMISSIONED and its process
+/// exits saying so; every vshard is back at three replicas without it; every acknowledged
+/// row is there exactly once, on every replica; restarted, the node is refused for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decommission_of_one_of_four_nodes_under_writes() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dirs: Vec<_> = (1..=4).map(|i| tmp.path().join(format!("n{i}"))).collect();
+    let mut ns =
+        support::cluster_with(&dirs.iter().map(|d| d.as_path()).collect::<Vec<_>>(), FLAGS).await;
+    let all: Vec<&Node> = ns.iter().collect();
+    support::within(
+        "four nodes balanced",
+        Duration::from_secs(240),
+        &all,
+        || async { support::balanced(&ns[0], 3).await },
+    )
+    .await;
+    let leaving = ns[1].node_id;
+    eventually("node 2 leads something", || async {
+        (leads(&ns[1]).await? > 0).then_some(())
+    })
+    .await;
+    let urls = Arc::new(Mutex::new(vec![
+        ns[0].url(""),
+        ns[2].url(""),
+        ns[3].url(""),
+    ]));
+    let writer = Writer::start(urls);
+    let started = Instant::now();
+    let host = ns[2].addr.clone();
+    let cli = tokio::time::timeout(
+        Duration::from_secs(300),
+        shoal_node(
+            &host,
+            &["decommission", &leaving.to_string(), "--wait"],
+            None,
+        ),
+    )
+    .await;
+    let (ok, out, err) = cli.expect("`decommission --wait` did not finish in 300 s");
+    assert!(ok, "decommission failed: {out}{err}");
+    assert!(
+        out.contains(&format!("node {leaving}: DECOMMISSIONED")),
+        "{out}"
+    );
+    assert!(
+        out.contains("replica(s) left"),
+        "progress is printed: {out}"
+    );
+    let took = started.elapsed();
+    let status = exits_within(&mut ns[1], Duration::from_secs(60)).await;
+    assert!(
+        !status.success(),
+        "a decommissioned node exits with an error"
+    );
+    let log = strip_ansi(&ns[1].stderr_text());
+    assert!(log.contains("was decommissioned"), "{log}");
+    let rest: Vec<&Node> = [&ns[0], &ns[2], &ns[3]].into_iter().collect();
+    support::within(
+        "every vshard at three replicas, none on the leaving node",
+        Duration::from_secs(120),
+        &rest,
+        || async {
+            let p = support::placement(&ns[0]).await?;
+            (p.iter().all(|r| r.len() == 3 && !r.contains(&leaving))
+                && support::active_moves(&ns[0]).await? == 0)
+                .then_some(())
+        },
+    )
+    .await;
+    let written = writer.finish().await;
+    println!(
+        "decommission of node {leaving} of 4 under writes: DECOMMISSIONED after {took:?}, {written} rows written"
+    );
+    every_row_once_everywhere(&rest, "scale", written).await;
+    let (ok, out, _) = shoal_node(&ns[0].addr, &["ls"], None).await;
+    assert!(ok && out.contains("DECOMMISSIONED"), "{out}");
+    for n in &rest {
+        assert!(!n.stderr_text().contains("panicked"), "{}", n.stderr_text());
+    }
+    // Restarted on its old data directory: refused for good, and it says so.
+    ns[1].spawn();
+    let status = exits_within(&mut ns[1], Duration::from_secs(60)).await;
+    assert!(!status.success());
+    assert!(strip_ansi(&ns[1].stderr_text()).contains("was decommissioned"));
+}
+
+/// A decommission that could not finish is refused before it starts, naming every reason:
+/// three nodes at RF 3. With a fourth node it can, even with the leaving node down (its
+/// replicas are rebuilt from the survivors); the node, restarted afterwards, is told by its
+/// peers that it is decommissioned and exits. Recommission refuses what it cannot cancel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decommission_refusals_and_a_down_node() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dirs: Vec<_> = (1..=4).map(|i| tmp.path().join(format!("n{i}"))).collect();
+    let mut ns = support::cluster_with(
+        &dirs[..3].iter().map(|d| d.as_path()).collect::<Vec<_>>(),
+        FLAGS,
+    )
+    .await;
+    let (status, body) = ns[0].write("r,sym=a v=1i 1\n").await;
+    assert_eq!(status, 204, "{body}");
+    support::all_replicated(&ns[0]).await;
+    let http = reqwest::Client::new();
+    let post = |path: String, body: Option<serde_json::Value>| {
+        let http = http.clone();
+        async move {
+            let mut r = http.post(path);
+            if let Some(b) = body {
+                r = r.json(&b);
+            }
+            let r = r.send().await.expect("send");
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.expect("json"))
+        }
+    };
+    let (status, v) = post(ns[0].url("/admin/v1/nodes/3/decommission"), None).await;
+    assert_eq!(status, 409, "{v}");
+    let blockers = v["blockers"].as_array().expect("blockers");
+    assert!(
+        blockers[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("only 2 live ACTIVE")),
+        "{v}"
+    );
+    assert_eq!(
+        blockers.iter().filter(|b| b["vshard"].is_u64()).count(),
+        16,
+        "every vshard is named: {v}"
+    );
+    let (ok, out, err) = shoal_node(&ns[1].addr, &["decommission", "3"], None).await;
+    assert!(
+        !ok && err.contains("409") && err.contains("vshard 0:"),
+        "{out}{err}"
+    );
+    let (status, v) = post(
+        ns[0].url("/admin/v1/decommission"),
+        Some(serde_json::json!({"nodes": [9]})),
+    )
+    .await;
+    assert_eq!(status, 409, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("node 9 is not registered")),
+        "{v}"
+    );
+    let (status, v) = post(
+        ns[0].url("/admin/v1/decommission"),
+        Some(serde_json::json!({"nodes": "3"})),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    let (status, v) = post(ns[0].url("/admin/v1/nodes/3/recommission"), None).await;
+    assert_eq!(status, 409, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not DECOMMISSIONING")),
+        "{v}"
+    );
+    let (_, v) = ns[2]
+        .sql("SELECT lifecycle FROM system.nodes WHERE node_id = 3")
+        .await;
+    assert_eq!(v["rows"][0][0], "ACTIVE", "a refusal changes nothing: {v}");
+
+    // A fourth node; node 3 dies; decommissioning it rebuilds its replicas elsewhere.
+    let mut flags = vec!["--join", ns[0].rpc_addr.as_str()];
+    flags.extend_from_slice(FLAGS);
+    let fourth = Node::spawn_pinned(&dirs[3], &flags);
+    fourth.wait_ready().await;
+    ns.push(fourth);
+    eventually("node 4 ACTIVE", || async {
+        support::nodes(&ns[0])
+            .await
+            .iter()
+            .any(|r| r.0 == 4 && r.1 == "ACTIVE")
+            .then_some(())
+    })
+    .await;
+    ns[2].kill9();
+    let (status, v) = post(ns[0].url("/admin/v1/nodes/3/decommission"), None).await;
+    assert_eq!(status, 200, "a down node can be decommissioned: {v}");
+    let (status, v) = post(ns[1].url("/admin/v1/nodes/3/decommission"), None).await;
+    assert_eq!(status, 200, "asking again is harmless: {v}");
+    let live: Vec<&Node> = [&ns[0], &ns[1], &ns[3]].into_iter().collect();
+    support::within(
+        "node 3 DECOMMISSIONED, its replicas on 1, 2 and 4",
+        Duration::from_secs(240),
+        &live,
+        || async {
+            let n = support::nodes(&ns[0]).await;
+            let p = support::placement(&ns[0]).await?;
+            (n.iter().any(|r| r.0 == 3 && r.1 == "DECOMMISSIONED")
+                && p.iter().all(|r| r == &vec![1, 2, 4]))
+            .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(ns[3].count("SELECT count(*) FROM r").await, 1);
+    let (status, v) = post(ns[0].url("/admin/v1/nodes/3/recommission"), None).await;
+    assert_eq!(status, 409, "{v}");
+    assert!(
+        v["error"].as_str().is_some_and(|e| e.contains("final")),
+        "{v}"
+    );
+    // Node 3 comes back on its old directory: removed from group 0 while down, it never
+    // applied its DECOMMISSIONED, so its peers tell it; it exits saying so.
+    ns[2].spawn();
+    let status = exits_within(&mut ns[2], Duration::from_secs(90)).await;
+    assert!(!status.success());
+    let log = strip_ansi(&ns[2].stderr_text());
+    assert!(log.contains("was decommissioned"), "{log}");
+    // The cluster kept serving.
+    let (status, body) = ns[1].write("r,sym=b v=2i 2\n").await;
+    assert_eq!(status, 204, "{body}");
 }

@@ -68,6 +68,18 @@ pub struct ControllerConfig {
     /// A move whose target makes no progress for this long counts a failed attempt
     /// (`move_stall_timeout_ms`).
     pub move_stall_timeout: Duration,
+    /// A decommission with no progress this long is reported stalled
+    /// (`decommission_stall_ms`).
+    pub decommission_stall: Duration,
+}
+
+/// Why a decommission did not start.
+#[derive(Debug)]
+pub enum DecommissionError {
+    /// The safety check found it could not finish; every reason.
+    Refused(Vec<crate::decommission::Blocker>),
+    /// Group 0 could not be read or written now; retry.
+    Unavailable(String),
 }
 
 /// What the controller acts through.
@@ -91,6 +103,9 @@ struct Inner {
     reports: Reports,
     /// Since when SWIM has reported each node down, as seen here.
     down_since: Mutex<BTreeMap<u64, Instant>>,
+    /// When a stalled decommission was last logged, by leaving node (once per
+    /// `decommission_stall`).
+    stall_logged: Mutex<BTreeMap<u64, Instant>>,
     wake: tokio::sync::Notify,
     /// Unix ms of the last successful read index from group 0's leader.
     meta_ok_ms: AtomicU64,
@@ -102,6 +117,8 @@ struct Inner {
     pending_transfers: Mutex<BTreeMap<u32, (u64, std::time::Instant)>>,
     /// Set by this node's drain: it leads nothing (whatever group 0 says of its state).
     draining: AtomicBool,
+    /// A peer said group 0 records this node DECOMMISSIONED (see `decommissioned`).
+    refused: AtomicBool,
     /// A restart ends a drain: whether `register` has checked this node's state once since
     /// the process started.
     undrain_checked: AtomicBool,
@@ -181,11 +198,13 @@ impl Controller {
                 parts,
                 reports: Reports::default(),
                 down_since: Default::default(),
+                stall_logged: Default::default(),
                 wake: tokio::sync::Notify::new(),
                 meta_ok_ms: AtomicU64::new(0),
                 moves: Default::default(),
                 pending_transfers: Default::default(),
                 draining: AtomicBool::new(false),
+                refused: AtomicBool::new(false),
                 undrain_checked: AtomicBool::new(false),
             }),
         }
@@ -346,13 +365,111 @@ impl Controller {
         }
     }
 
+    /// Starts decommissioning `ids` (idempotent for nodes already leaving): the safety
+    /// check first, on a view of group 0 confirmed current, counting every node already
+    /// leaving as gone too; refused with every blocker, or each marked DECOMMISSIONING.
+    /// The rest is the control plane's: the leaving nodes hand their leaderships away,
+    /// placement moves their replicas off, and each is DECOMMISSIONED once it holds none.
+    pub async fn decommission(&self, ids: &[u64]) -> Result<(), DecommissionError> {
+        let inner = &self.inner;
+        inner
+            .registry()
+            .meta_barrier(Duration::from_secs(5))
+            .await
+            .map_err(|e| {
+                DecommissionError::Unavailable(format!("group 0 could not confirm its state: {e}"))
+            })?;
+        let view = inner.view();
+        let state = |id: u64| view.nodes.get(&id).map(|n| n.state);
+        let fresh: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|id| state(*id) != Some(NodeState::Decommissioning))
+            .collect();
+        let leaving: Vec<u64> = view
+            .nodes
+            .values()
+            .filter(|n| n.state == NodeState::Decommissioning)
+            .map(|n| n.id)
+            .chain(fresh.iter().copied())
+            .collect();
+        let blockers = crate::decommission::check(&view, &leaving, &inner.cfg.placement);
+        if !blockers.is_empty() {
+            return Err(DecommissionError::Refused(blockers));
+        }
+        for id in fresh {
+            self.set_node_state(id, NodeState::Decommissioning)
+                .await
+                .map_err(DecommissionError::Unavailable)?;
+            tracing::info!(node = id, "decommission started: DECOMMISSIONING");
+        }
+        inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// Cancels node `id`'s decommission while it is still in progress (ACTIVE again; what
+    /// already moved off stays moved until balancing brings replicas back).
+    pub async fn recommission(&self, id: u64) -> Result<(), String> {
+        let reg = self.inner.registry();
+        reg.meta_barrier(Duration::from_secs(5))
+            .await
+            .map_err(|e| format!("group 0 could not confirm its state: {e}"))?;
+        let state = reg.catalog().read().nodes.get(&id).map(|n| n.state);
+        match state {
+            None => Err(format!("node {id} is not registered")),
+            Some(NodeState::Decommissioning) => {
+                self.set_node_state(id, NodeState::Active).await?;
+                tracing::info!(node = id, "decommission cancelled: ACTIVE again");
+                Ok(())
+            }
+            Some(NodeState::Decommissioned) => Err(format!(
+                "node {id} is already DECOMMISSIONED, which is final: wipe its data directory and join it as a new node"
+            )),
+            Some(s) => Err(format!(
+                "node {id} is {}, not DECOMMISSIONING: there is nothing to cancel",
+                s.as_str()
+            )),
+        }
+    }
+
+    /// Whether this node is DECOMMISSIONED: group 0 as applied here says so, or a peer
+    /// did (a node that was down when it was decommissioned never applies that entry: it
+    /// is no longer a member of group 0).
+    pub fn decommissioned(&self) -> bool {
+        self.inner.refused.load(Ordering::Acquire)
+            || self
+                .inner
+                .registry()
+                .catalog()
+                .read()
+                .nodes
+                .get(&self.inner.me())
+                .is_some_and(|n| n.state == NodeState::Decommissioned)
+    }
+
+    /// How node `node`'s decommission is going, as this node sees the cluster (`None`
+    /// unless it is DECOMMISSIONING).
+    pub fn decommission_progress(&self, node: u64) -> Option<crate::decommission::Progress> {
+        let i = &self.inner;
+        crate::decommission::progress(
+            &i.view(),
+            node,
+            i.cfg.decommission_stall.as_millis() as u64,
+            &i.cfg.placement,
+        )
+    }
+
     /// Proposes a node lifecycle change to group 0 (DRAINING ↔ ACTIVE); answers group 0's
     /// refusal as an error.
     pub async fn set_node_state(&self, id: u64, state: NodeState) -> Result<(), String> {
         match self
             .inner
             .registry()
-            .propose_meta(Command::Cluster(ClusterOp::SetState { id, state }))
+            .propose_meta(Command::Cluster(ClusterOp::SetState {
+                id,
+                state,
+                now_ms: now_ms(),
+            }))
             .await
         {
             Ok(Response::Rejected(why)) => Err(why),
@@ -435,6 +552,7 @@ impl Inner {
                             ClusterOp::SetState {
                                 id: n.id,
                                 state: NodeState::Active,
+                                now_ms: now_ms(),
                             },
                             "ending a drain on restart",
                         )
@@ -583,6 +701,7 @@ impl Inner {
                     ClusterOp::SetState {
                         id: n.id,
                         state: NodeState::Active,
+                        now_ms: now_ms(),
                     },
                     "activating a caught-up node",
                 )
@@ -810,6 +929,7 @@ impl Inner {
         }
         self.update_down_since();
         let view = self.view();
+        self.log_stalled_decommissions(&view);
         for step in crate::placement::plan(&view, &self.cfg.placement) {
             let (op, what) = match step.clone() {
                 PlacementStep::InitPlacement { replicas } => (
@@ -841,8 +961,9 @@ impl Inner {
                     ClusterOp::SetState {
                         id: node,
                         state: NodeState::Decommissioned,
+                        now_ms: now_ms(),
                     },
-                    "retiring a superseded node",
+                    "retiring a node that holds nothing any more",
                 ),
                 PlacementStep::CancelMove { id, why } => (
                     ClusterOp::UpdateMove {
@@ -869,6 +990,34 @@ impl Inner {
                     _ => tracing::info!(step = ?step, "placement changed"),
                 }
             }
+        }
+    }
+
+    /// On group 0's leader: a decommission without progress for `decommission_stall` is
+    /// logged (again every `decommission_stall` while it stays stalled), naming each
+    /// vshard still on the leaving node and why it is not moving.
+    fn log_stalled_decommissions(&self, view: &ClusterView) {
+        let stall = self.cfg.decommission_stall;
+        let mut logged = self.stall_logged.lock();
+        logged.retain(|n, _| {
+            view.nodes
+                .get(n)
+                .is_some_and(|x| x.state == NodeState::Decommissioning)
+        });
+        for n in view.nodes.values() {
+            let Some(p) = crate::decommission::progress(
+                view,
+                n.id,
+                stall.as_millis() as u64,
+                &self.cfg.placement,
+            ) else {
+                continue;
+            };
+            if p.stalled_ms.is_none() || logged.get(&n.id).is_some_and(|t| t.elapsed() < stall) {
+                continue;
+            }
+            logged.insert(n.id, Instant::now());
+            tracing::warn!(node = n.id, progress = %p, "decommission stalled");
         }
     }
 
@@ -971,6 +1120,9 @@ impl Inner {
             }
             if let Ok(load) = serde_json::from_slice(&h.load) {
                 self.reports.record(id, load);
+            }
+            if h.caller_decommissioned && !self.refused.swap(true, Ordering::AcqRel) {
+                tracing::error!(by = id, "the cluster says this node is decommissioned");
             }
         }
         for n in nodes

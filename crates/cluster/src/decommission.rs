@@ -66,6 +66,19 @@ fn vshard_bytes(view: &ClusterView, v: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// "; node N's disk is P % full" when a node reports its disk over 90 % full (the likely
+/// reason a move to it makes no progress), else nothing.
+fn disk_note(view: &ClusterView, n: u64) -> String {
+    match view.nodes.get(&n).and_then(|x| x.load.as_ref()) {
+        Some(l) if l.disk_used_fraction() > 0.9 => format!(
+            "; node {n}'s disk is {:.1} % full ({} bytes free)",
+            l.disk_used_fraction() * 100.0,
+            l.disk_free_bytes
+        ),
+        _ => String::new(),
+    }
+}
+
 /// Every reason decommissioning `leaving` would not finish; empty when it can start.
 pub fn check(view: &ClusterView, leaving: &[u64], cfg: &PlacementConfig) -> Vec<Blocker> {
     let mut out = vec![];
@@ -167,6 +180,167 @@ pub fn replicas_left(view: &ClusterView, leaving: &[u64]) -> BTreeMap<u64, usize
         .collect()
 }
 
+/// How a DECOMMISSIONING node's decommission is going (`system.nodes.decommission`,
+/// `shoal node status`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Progress {
+    pub node: u64,
+    /// Replicas group 0 still places on it.
+    pub replicas_left: usize,
+    /// Their bytes, as the replicas report them.
+    pub bytes_left: u64,
+    /// Moves off it under way.
+    pub moves_in_flight: usize,
+    /// Moves off it finished since it started leaving.
+    pub moved: usize,
+    pub elapsed_ms: u64,
+    /// At the pace so far (`None` before the first replica moved).
+    pub estimate_ms: Option<u64>,
+    /// No replica moved, and no move off it made progress, for `stall_ms`.
+    pub stalled_ms: Option<u64>,
+    /// While stalled: each vshard still on it and why it is not moving.
+    pub stuck: Vec<Blocker>,
+}
+
+impl std::fmt::Display for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} replica(s) left ({} bytes), {} moving, {} moved, elapsed {} s",
+            self.replicas_left,
+            self.bytes_left,
+            self.moves_in_flight,
+            self.moved,
+            self.elapsed_ms / 1000
+        )?;
+        if let Some(e) = self.estimate_ms {
+            write!(f, ", about {} s left", e / 1000)?;
+        }
+        if let Some(s) = self.stalled_ms {
+            write!(f, "; decommission stalled for {} s: ", s / 1000)?;
+            // Vshards stuck for the same reason are named together.
+            let mut groups: Vec<(Vec<u32>, &str)> = vec![];
+            for b in &self.stuck {
+                match (groups.last_mut(), b.vshard) {
+                    (Some((vs, r)), Some(v)) if *r == b.reason && !vs.is_empty() => vs.push(v),
+                    _ => groups.push((b.vshard.into_iter().collect(), &b.reason)),
+                }
+            }
+            let parts: Vec<String> = groups
+                .iter()
+                .map(|(vs, r)| match vs.len() {
+                    0 => r.to_string(),
+                    1 => format!("vshard {}: {r}", vs[0]),
+                    _ => format!(
+                        "vshards {}: {r}",
+                        vs.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+                    ),
+                })
+                .collect();
+            f.write_str(&parts.join("; "))?;
+        }
+        Ok(())
+    }
+}
+
+/// The progress of `node`'s decommission (`None` unless it is DECOMMISSIONING). Progress
+/// is a move off it finishing or reporting (a snapshot's bytes, a step); a failed attempt
+/// is not. Stalled after `stall_ms` without any, with each remaining vshard's reason:
+/// its move's state and last error, or why no move can start (the safety check's
+/// reasons), or that it waits for a move slot.
+pub fn progress(
+    view: &ClusterView,
+    node: u64,
+    stall_ms: u64,
+    cfg: &PlacementConfig,
+) -> Option<Progress> {
+    let n = view.nodes.get(&node)?;
+    if n.state != NodeState::Decommissioning {
+        return None;
+    }
+    let since = n.state_since_ms;
+    let on: Vec<u32> = (0..view.vshards)
+        .filter(|v| view.replicas[*v as usize].contains(&node))
+        .collect();
+    let off: Vec<_> = view
+        .moves
+        .iter()
+        .filter(|m| m.from == node && m.started_ms >= since)
+        .collect();
+    let moved = off
+        .iter()
+        .filter(|m| m.state == shoal_consensus::MoveState::Completed)
+        .count();
+    let in_flight = off.iter().filter(|m| m.state.active()).count();
+    let last = off
+        .iter()
+        .filter(|m| m.state == shoal_consensus::MoveState::Completed || m.attempts == 0)
+        .map(|m| m.updated_ms)
+        .chain([since])
+        .max()
+        .unwrap_or(since);
+    let elapsed_ms = view.now_ms.saturating_sub(since);
+    let quiet = view.now_ms.saturating_sub(last);
+    let stalled = (!on.is_empty() && quiet >= stall_ms && since > 0).then_some(quiet);
+    let stuck = if stalled.is_some() {
+        let why = check(view, &[node], cfg);
+        on.iter()
+            .map(|v| match view.active_move(*v) {
+                Some(m) if m.from == node => blocker(
+                    Some(*v),
+                    format!(
+                        "move {} to node {} is {} after {} failed attempt(s){}{}",
+                        m.id,
+                        m.to,
+                        m.state.as_str(),
+                        m.attempts,
+                        if m.last_error.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (last error: {})", m.last_error)
+                        },
+                        disk_note(view, m.to)
+                    ),
+                ),
+                _ => why
+                    .iter()
+                    .find(|b| b.vshard == Some(*v))
+                    .or_else(|| why.iter().find(|b| b.vshard.is_none()))
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        blocker(
+                            Some(*v),
+                            "no move started yet (the planner starts at most rebalance_max_moves at a time, every rebalance_interval_ms)"
+                                .into(),
+                        )
+                    }),
+            })
+            .collect()
+    } else {
+        vec![]
+    };
+    Some(Progress {
+        node,
+        replicas_left: on.len(),
+        bytes_left: on.iter().map(|v| vshard_bytes(view, *v)).sum(),
+        moves_in_flight: in_flight,
+        moved,
+        elapsed_ms,
+        estimate_ms: (moved > 0 && elapsed_ms > 0)
+            .then(|| elapsed_ms / moved as u64 * on.len() as u64),
+        stalled_ms: stalled,
+        stuck: stuck
+            .into_iter()
+            .map(|mut b| {
+                if b.vshard.is_none() {
+                    b.reason = format!("(all) {}", b.reason);
+                }
+                b
+            })
+            .collect(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,6 +424,84 @@ mod tests {
         assert_eq!(b.len(), 2, "{b:?}");
         assert!(b[0].reason.contains("node 3 is already decommissioned"));
         assert!(b[1].reason.contains("node 9 is not registered"));
+    }
+
+    #[test]
+    fn progress_counts_estimates_and_names_what_is_stuck() {
+        use shoal_consensus::{MoveRecord, MoveState};
+        let cfg = PlacementConfig::default();
+        let mut v = view(4, 8, 50);
+        assert_eq!(progress(&v, 1, 60_000, &cfg), None, "not leaving");
+        let n1 = v.nodes.get_mut(&1).unwrap();
+        n1.state = NodeState::Decommissioning;
+        n1.state_since_ms = 1_000;
+        v.now_ms = 31_000;
+        let mv = |id, vshard, state, attempts, updated_ms| MoveRecord {
+            id,
+            vshard,
+            from: 1,
+            to: 4,
+            state,
+            reason: "t".into(),
+            attempts,
+            last_error: if attempts > 0 {
+                "boom".into()
+            } else {
+                String::new()
+            },
+            bytes_total: 0,
+            bytes_copied: 0,
+            started_ms: 2_000,
+            updated_ms,
+        };
+        // Vshard 0 moved off at 11 s; vshard 2's move is catching up.
+        v.replicas[0] = vec![2, 3, 4];
+        v.moves = vec![
+            mv(1, 0, MoveState::Completed, 0, 11_000),
+            mv(2, 2, MoveState::CatchingUp, 0, 30_000),
+        ];
+        let p = progress(&v, 1, 60_000, &cfg).unwrap();
+        assert_eq!(
+            (p.replicas_left, p.moves_in_flight, p.moved, p.elapsed_ms),
+            (5, 1, 1, 30_000)
+        );
+        assert_eq!(p.bytes_left, 5 * GIB);
+        assert_eq!(p.estimate_ms, Some(150_000), "30 s per replica, 5 left");
+        assert_eq!(p.stalled_ms, None);
+        // 90 s on, vshard 2's move failed twice since: stalled, each vshard named.
+        v.now_ms = 121_000;
+        v.moves[1] = mv(2, 2, MoveState::CatchingUp, 2, 100_000);
+        let p = progress(&v, 1, 60_000, &cfg).unwrap();
+        assert_eq!(p.stalled_ms, Some(110_000), "the last progress was at 11 s");
+        assert_eq!(p.stuck.len(), 5);
+        assert!(
+            p.stuck[0].to_string().starts_with("vshard 2: move 2 to node 4 is CATCHING_UP after 2 failed attempt(s) (last error: boom)"),
+            "{}",
+            p.stuck[0]
+        );
+        assert!(
+            p.stuck[1].reason.contains("no move started yet"),
+            "{}",
+            p.stuck[1]
+        );
+        assert!(
+            p.to_string().contains("decommission stalled for 110 s"),
+            "{p}"
+        );
+        assert!(
+            p.to_string()
+                .contains("vshards 3, 4, 6, 7: no move started yet"),
+            "the same reason is said once: {p}"
+        );
+        // A target with a nearly full disk is named as the likely reason.
+        let l = v.nodes.get_mut(&4).unwrap().load.as_mut().unwrap();
+        l.disk_free_bytes = GIB;
+        let p = progress(&v, 1, 60_000, &cfg).unwrap();
+        assert!(
+            p.stuck[0].reason.contains("node 4's disk is 99.0 % full"),
+            "{}",
+            p.stuck[0]
+        );
     }
 
     #[test]

@@ -91,10 +91,12 @@ pub fn group0_target(
     dead_timeout: Duration,
     may_remove: bool,
 ) -> Target {
+    // A DECOMMISSIONED node stays a member while it is alive: it learns it is
+    // decommissioned (and exits) by applying that entry, which it must still be sent.
     let current = |n: &u64| {
         nodes
             .get(n)
-            .is_some_and(|e| e.state != NodeState::Decommissioned)
+            .is_some_and(|e| e.state != NodeState::Decommissioned || e.alive)
     };
     let wanted: BTreeSet<u64> = nodes.keys().copied().filter(current).collect();
     let usable = |n: u64| {
@@ -479,6 +481,7 @@ mod tests {
                 alive,
                 down_for: down_s.map(Duration::from_secs),
                 load: None,
+                state_since_ms: 0,
             },
         )
     }
@@ -506,14 +509,18 @@ mod tests {
         nodes.extend([node(3, NodeState::Joining, true, None)]);
         let g = group(&[1], &[2, 3], &[2, 3]);
         assert_eq!(group0_target(&g, &nodes, 5, t, true).voters, set(&[1]));
-        // Voter 3 dead for long, learner 4 caught up: swapped; decommissioned 2 dropped.
+        // Voter 3 dead for long, learner 4 caught up: swapped; decommissioned 2 dropped
+        // once it is gone (its process exits when it applies its DECOMMISSIONED).
         let mut nodes = active(&[1, 4]);
         nodes.extend([
             node(3, NodeState::Active, false, Some(120)),
-            node(2, NodeState::Decommissioned, true, None),
+            node(2, NodeState::Decommissioned, false, Some(1)),
         ]);
         let g = group(&[1, 2, 3], &[4], &[2, 4]);
         let tg = group0_target(&g, &nodes, 5, t, true);
         assert_eq!((tg.voters, tg.learners), (set(&[1, 4]), set(&[3])));
+        nodes.extend([node(2, NodeState::Decommissioned, true, None)]);
+        let tg = group0_target(&g, &nodes, 5, t, true);
+        assert!(tg.voters.contains(&2), "still alive: still sent the log");
     }
 }

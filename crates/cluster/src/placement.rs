@@ -369,13 +369,22 @@ fn grow(
     }
 }
 
+/// Retires (DECOMMISSIONED) a node that holds nothing any more and is leaving: superseded
+/// by a new identity at its address, or being decommissioned.
 fn retire(view: &ClusterView, out: &mut Vec<PlacementStep>) {
     for n in view.nodes.values() {
         if n.state == NodeState::Decommissioned {
             continue;
         }
-        let Some(s) = view.successor(n.id) else {
-            continue;
+        let why = match view.successor(n.id) {
+            Some(s) => format!(
+                "node {s} registered at its address {} (a new identity: its data is gone)",
+                n.rpc_addr
+            ),
+            None if n.state == NodeState::Decommissioning => {
+                "its decommission finished: every replica moved off".to_string()
+            }
+            None => continue,
         };
         let holds = (0..view.vshards).any(|v| {
             view.replicas[v as usize].contains(&n.id)
@@ -384,13 +393,7 @@ fn retire(view: &ClusterView, out: &mut Vec<PlacementStep>) {
                     .is_some_and(|m| m.from == n.id || m.to == n.id)
         });
         if !holds {
-            out.push(PlacementStep::Retire {
-                node: n.id,
-                why: format!(
-                    "node {s} registered at its address {} (a new identity: its data is gone)",
-                    n.rpc_addr
-                ),
-            });
+            out.push(PlacementStep::Retire { node: n.id, why });
         }
     }
 }
@@ -654,6 +657,39 @@ mod tests {
             },
         );
         assert_eq!(two.len(), 2, "{two:?}");
+    }
+
+    #[test]
+    fn a_decommissioning_node_is_emptied_then_retired_even_when_down() {
+        // 8 vshards on 1,2,3; node 4 spare. Node 2 leaves (and is down: its replicas are
+        // rebuilt from the others, and a down leaving node is no reason to wait).
+        let mut v = cluster(8, 1);
+        let n2 = v.nodes.get_mut(&2).expect("n2");
+        n2.state = NodeState::Decommissioning;
+        n2.alive = false;
+        n2.down_for = Some(Duration::from_secs(600));
+        let steps = plan(&v, &cfg());
+        assert_eq!(steps.len(), 8, "{steps:?}");
+        assert!(steps
+            .iter()
+            .all(|s| matches!(s, PlacementStep::StartMove { from: 2, to: 4, .. })));
+        assert!(!steps
+            .iter()
+            .any(|s| matches!(s, PlacementStep::Retire { .. })));
+        apply(&mut v, &steps);
+        let steps = plan(&v, &cfg());
+        assert!(
+            steps.iter().any(|s| matches!(
+                s,
+                PlacementStep::Retire { node: 2, why } if why.contains("decommission finished")
+            )),
+            "{steps:?}"
+        );
+        // Nothing else moves onto or off the retiring node.
+        assert!(!steps.iter().any(|s| matches!(
+            s,
+            PlacementStep::StartMove { from: 2, .. } | PlacementStep::StartMove { to: 2, .. }
+        )));
     }
 
     #[test]

@@ -61,6 +61,8 @@ pub struct NodeView {
     pub down_for: Option<Duration>,
     /// Its latest report, if a recent one arrived.
     pub load: Option<NodeLoad>,
+    /// When its lifecycle state last changed (unix ms; 0: not recorded).
+    pub state_since_ms: u64,
 }
 
 /// The cluster as the group-0 leader sees it.
@@ -102,6 +104,7 @@ impl ClusterView {
                         alive,
                         down_for,
                         load: load(n.id),
+                        state_since_ms: n.state_since_ms,
                     },
                 )
             })
@@ -190,6 +193,7 @@ pub(crate) mod testing {
             alive: true,
             down_for: None,
             load: None,
+            state_since_ms: 0,
         }
     }
 

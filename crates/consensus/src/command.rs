@@ -84,6 +84,10 @@ pub enum ClusterOp {
     SetState {
         id: u64,
         state: NodeState,
+        /// When it was asked (unix ms; 0 from older nodes): recorded as the node's
+        /// `state_since_ms` when its state changes (a decommission's elapsed time).
+        #[serde(default)]
+        now_ms: u64,
     },
     /// `old` gives up its vshard replicas to `new` (see `placement`); with `retire`, `old`
     /// is also DECOMMISSIONED (its identity is gone for good). Refused unless `new` is a
@@ -95,15 +99,9 @@ pub enum ClusterOp {
     },
     /// Records the placement of every vshard `0..vshards` not placed yet as `replicas`
     /// (a new cluster, or a catalog from before per-vshard placement).
-    InitPlacement {
-        vshards: u32,
-        replicas: Vec<u64>,
-    },
+    InitPlacement { vshards: u32, replicas: Vec<u64> },
     /// Adds replicas to a vshard (growing it towards the replication factor).
-    AddReplicas {
-        vshard: u32,
-        add: Vec<u64>,
-    },
+    AddReplicas { vshard: u32, add: Vec<u64> },
     /// Starts moving a replica of `vshard` from `from` to `to`; answers the move's id.
     StartMove {
         vshard: u32,
@@ -119,10 +117,7 @@ pub enum ClusterOp {
         now_ms: u64,
     },
     /// Sets a cluster setting (`SET CLUSTER SETTING name = value`).
-    SetSetting {
-        name: String,
-        value: String,
-    },
+    SetSetting { name: String, value: String },
 }
 
 /// One catalog change.

@@ -47,6 +47,9 @@ pub struct NodeEntry {
     /// `replication_factor` nodes do).
     #[serde(default)]
     pub hosts_vshards: bool,
+    /// When `state` last changed (unix ms; 0: not recorded).
+    #[serde(default)]
+    pub state_since_ms: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -187,6 +190,7 @@ impl Catalog {
                         token: *token,
                         hosts_vshards: *hosts_vshards
                             && max_hosts.is_none_or(|m| self.vshard_hosts().len() < m as usize),
+                        state_since_ms: 0,
                     },
                 );
                 Ok(id)
@@ -206,13 +210,16 @@ impl Catalog {
                 }
                 Ok(*id)
             }
-            ClusterOp::SetState { id, state } => {
+            ClusterOp::SetState { id, state, now_ms } => {
                 let n = self
                     .nodes
                     .get_mut(id)
                     .ok_or_else(|| format!("node {id} is not registered"))?;
                 if n.state == NodeState::Decommissioned && *state != NodeState::Decommissioned {
                     return Err(format!("node {id} was decommissioned; that is final"));
+                }
+                if n.state != *state {
+                    n.state_since_ms = *now_ms;
                 }
                 n.state = *state;
                 Ok(*id)

@@ -36,6 +36,8 @@ pub struct Host {
     pub skew_ms: Option<i64>,
     /// Its data directory was wiped during this run (see the wipe nemesis).
     pub wiped: bool,
+    /// Being decommissioned: its process exits by itself once DECOMMISSIONED (not a crash).
+    pub leaving: bool,
 }
 
 impl Host {
@@ -55,6 +57,7 @@ impl Host {
             mounted: false,
             skew_ms: None,
             wiped: false,
+            leaving: false,
         }
     }
 

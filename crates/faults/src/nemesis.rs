@@ -64,6 +64,11 @@ pub enum Fault {
     /// A random node drained through another node's admin API (unready, leading nothing,
     /// still up); undrained at heal.
     Drain,
+    /// A random node decommissioned through another node's admin API (its replicas move
+    /// off, it is DECOMMISSIONED and exits), then replaced at heal: its data directory
+    /// wiped and the host joined again as a new node, so the cluster keeps its size. One
+    /// that does not finish in time is recommissioned.
+    Decommission,
 }
 
 impl Fault {
@@ -88,6 +93,7 @@ impl Fault {
             "clock-skew",
             "move",
             "drain",
+            "decommission",
         ]
     }
 
@@ -121,6 +127,7 @@ impl Fault {
             "clock-skew" => Fault::ClockSkew,
             "move" => Fault::Move,
             "drain" => Fault::Drain,
+            "decommission" => Fault::Decommission,
             _ => return None,
         })
     }

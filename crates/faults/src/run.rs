@@ -363,7 +363,7 @@ async fn wait_ready(client: &Client, h: &mut Host) -> Result<(), String> {
 
 /// A node that exited without being told to is a finding.
 fn crashed(hosts: &mut [Host], report: &mut Report) {
-    for h in hosts.iter_mut() {
+    for h in hosts.iter_mut().filter(|h| !h.leaving) {
         if let Some(st) = h.exited() {
             report.violation(format!(
                 "node {} (host {}) exited on its own: {st}; see {}",
@@ -570,6 +570,8 @@ struct Undo {
     skewed: Vec<usize>,
     /// Drained (node id, host): undrained at heal.
     drained: Vec<(u64, usize)>,
+    /// Being decommissioned (node id, host): replaced at heal once DECOMMISSIONED.
+    decommissioned: Vec<(u64, usize)>,
     /// Stopped (releasing what they hold) after the network rules are gone.
     delayers: Vec<crate::netem::Delayer>,
 }
@@ -791,6 +793,29 @@ async fn apply(
                 )),
             }
         }
+        Fault::Decommission => {
+            // Never a host a wipe hit (its replacement replicas may still be rebuilding).
+            let random = all
+                .iter()
+                .copied()
+                .find(|h| !hosts[h - 1].wiped)
+                .unwrap_or(random);
+            let via = all.iter().copied().find(|h| *h != random).unwrap_or(random);
+            let id = hosts[random - 1].node_id;
+            match client.admin(via, &format!("nodes/{id}/decommission")).await {
+                Ok(_) => {
+                    hosts[random - 1].leaving = true;
+                    undo.decommissioned.push((id, random));
+                    Ok(format!(
+                        "decommission host {random} (node {id}) through host {via}"
+                    ))
+                }
+                // Refused (it could not finish now) or cut off: not a harness error.
+                Err(e) => Ok(format!(
+                    "decommission of host {random} (node {id}) through host {via} not started: {e}"
+                )),
+            }
+        }
         Fault::DiskFull => {
             let r = hosts[random - 1].fill_disk();
             undo.filled.push(random);
@@ -818,6 +843,95 @@ async fn apply(
         Err(e) => timeline.note(rec, format!("fault {fault:?} could not be applied: {e}")),
     }
     undo
+}
+
+/// How long heal waits for a decommission to finish before cancelling it.
+const DECOMMISSION_WAIT: Duration = Duration::from_secs(180);
+
+/// Waits (bounded) for host `x` (node `id`) to finish its decommission and exit, then
+/// replaces it: data directory wiped, joined again as a new node. One that does not finish
+/// in time is recommissioned (and noted, with its progress).
+async fn replace_decommissioned(
+    id: u64,
+    x: usize,
+    hosts: &mut [Host],
+    client: &Client,
+    rec: &Recorder,
+    timeline: &Timeline,
+) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    let via = (1..=hosts.len()).find(|h| *h != x).unwrap_or(x);
+    let mut decommissioned = false;
+    while started.elapsed() < DECOMMISSION_WAIT {
+        let h = &mut hosts[x - 1];
+        // It exits by itself once it applies its DECOMMISSIONED; one that is not running
+        // (it was down already) is asked about.
+        if h.exited().is_some() {
+            decommissioned = true;
+            break;
+        }
+        if !h.running() {
+            let state = client
+                .rows(
+                    via,
+                    &format!("SELECT lifecycle FROM system.nodes WHERE node_id = {id}"),
+                    "eventual",
+                )
+                .await
+                .ok()
+                .and_then(|r| r.first().and_then(|r| r[0].as_str().map(str::to_string)));
+            if state.as_deref() == Some("DECOMMISSIONED") {
+                decommissioned = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let h = &mut hosts[x - 1];
+    h.leaving = false;
+    if !decommissioned {
+        let r = client.admin(via, &format!("nodes/{id}/recommission")).await;
+        let progress = client
+            .rows(
+                via,
+                &format!("SELECT decommission FROM system.nodes WHERE node_id = {id}"),
+                "eventual",
+            )
+            .await
+            .ok()
+            .and_then(|r| r.first().map(|r| r[0].to_string()))
+            .unwrap_or_default();
+        timeline.note(
+            rec,
+            format!(
+                "decommission of host {x} (node {id}) did not finish in {} s ({progress}); recommission: {}",
+                DECOMMISSION_WAIT.as_secs(),
+                match r {
+                    Ok(_) => "done".to_string(),
+                    Err(e) => e,
+                }
+            ),
+        );
+        return Ok(());
+    }
+    h.kill9();
+    let seeds = hosts
+        .iter()
+        .filter(|o| o.index != x)
+        .map(Host::rpc_addr)
+        .collect::<Vec<_>>()
+        .join(",");
+    let h = &mut hosts[x - 1];
+    h.wipe(seeds)?;
+    h.start()?;
+    timeline.note(
+        rec,
+        format!(
+            "host {x} (node {id}) DECOMMISSIONED after {} ms; replaced: wiped and joined again as a new node",
+            started.elapsed().as_millis()
+        ),
+    );
+    Ok(())
 }
 
 async fn heal(
@@ -866,6 +980,9 @@ async fn heal(
                 format!("undrain host {x} failed: {last}")
             },
         );
+    }
+    for (id, x) in undo.decommissioned {
+        replace_decommissioned(id, x, hosts, client, rec, timeline).await?;
     }
     for x in undo.skewed {
         let h = &mut hosts[x - 1];

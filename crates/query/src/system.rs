@@ -50,6 +50,11 @@ pub trait ClusterReports: Send + Sync + fmt::Debug {
     fn vshard_bytes(&self, v: u32) -> Option<u64>;
     /// A node's latest report, if recent.
     fn node(&self, node: u64) -> Option<NodeReport>;
+    /// How a DECOMMISSIONING node's decommission is going, in words (replicas and bytes
+    /// left, moves in flight, elapsed, estimate, a stall and its reasons).
+    fn decommission(&self, _node: u64) -> Option<String> {
+        None
+    }
 }
 
 /// A node's report as `system.nodes` shows it.
@@ -139,6 +144,7 @@ impl SystemSchema {
                 state: shoal_consensus::NodeState::Joining,
                 token: 0,
                 hosts_vshards: false,
+                state_since_ms: 0,
             });
             rows.sort_by_key(|n| n.id);
         }
@@ -284,6 +290,31 @@ impl SystemSchema {
                             report(n.id)
                                 .filter(|r| r.started_ms > 0)
                                 .map(|r| now_ms().saturating_sub(r.started_ms) / 1000)
+                        })
+                        .collect(),
+                ),
+            ),
+            // When `lifecycle` last changed (NULL: not recorded).
+            (
+                "lifecycle_since",
+                Arc::new(
+                    datafusion::arrow::array::TimestampMillisecondArray::from(
+                        rows.iter()
+                            .map(|n| (n.state_since_ms > 0).then_some(n.state_since_ms as i64))
+                            .collect::<Vec<_>>(),
+                    )
+                    .with_timezone("UTC"),
+                ) as ArrayRef,
+            ),
+            (
+                "decommission",
+                strs(
+                    rows.iter()
+                        .map(|n| {
+                            self.node
+                                .reports
+                                .as_ref()
+                                .and_then(|r| r.decommission(n.id))
                         })
                         .collect(),
                 ),

@@ -6,12 +6,16 @@
 //! | `GET /admin/v1/nodes/{id}` | one node |
 //! | `POST /admin/v1/nodes/{id}/drain` | drains node `id` and keeps it up (answers the [`DrainReport`]) |
 //! | `POST /admin/v1/nodes/{id}/undrain` | ends node `id`'s drain |
+//! | `POST /admin/v1/nodes/{id}/decommission` | starts decommissioning node `id` (it may be down); 409 with every blocker if it could not finish |
+//! | `POST /admin/v1/nodes/{id}/recommission` | cancels node `id`'s decommission while in progress |
+//! | `POST /admin/v1/decommission` | `{"nodes": [4, 5]}`: decommissions several nodes at once, checked together |
 //! | `POST /health/drain` | drains this node (the same as `/admin/v1/nodes/<this node>/drain`) |
 //!
 //! With `admin_token` (or `admin_token_file`) set, every one of them needs
 //! `Authorization: Bearer <token>`: 401 without it, 403 with another (compared in constant
-//! time). With no token they answer only clients on loopback. A request for another node
-//! is passed on to that node's HTTP address with the caller's `Authorization` header.
+//! time). With no token they answer only clients on loopback. A drain or undrain of another
+//! node is passed on to that node's HTTP address with the caller's `Authorization` header;
+//! a decommission is group 0's business and is answered by whichever node is asked.
 //!
 //! [`DrainReport`]: crate::lifecycle::DrainReport
 
@@ -31,6 +35,7 @@ use subtle::ConstantTimeEq;
 use crate::config::Secret;
 use crate::http::AppState;
 use crate::lifecycle::Lifecycle;
+use shoal_cluster::controller::{Controller, DecommissionError};
 
 /// How long a request passed on to another node may take (a drain waits
 /// `drain_wait_unready_ms` and then hands leaderships off).
@@ -83,6 +88,7 @@ pub struct AdminState {
     pub http: Arc<AppState>,
     pub lifecycle: Arc<Lifecycle>,
     pub registry: OnceLock<Arc<Registry>>,
+    pub controller: OnceLock<Arc<Controller>>,
     client: reqwest::Client,
 }
 
@@ -99,6 +105,7 @@ impl AdminState {
             http,
             lifecycle,
             registry: OnceLock::new(),
+            controller: OnceLock::new(),
             client: reqwest::Client::builder()
                 .timeout(PROXY_TIMEOUT)
                 .build()
@@ -113,6 +120,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/admin/v1/nodes", get(list_nodes))
         .route("/admin/v1/nodes/{id}", get(one_node))
         .route("/admin/v1/nodes/{id}/{action}", post(node_action))
+        .route("/admin/v1/decommission", post(decommission_many))
         .with_state(state)
 }
 
@@ -242,11 +250,18 @@ async fn node_action(
     if let Some(r) = refused(&st, &headers, peer) {
         return r;
     }
-    if !matches!(action.as_str(), "drain" | "undrain") {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no node action {action:?}: use drain or undrain"),
-        );
+    match action.as_str() {
+        "drain" | "undrain" => {}
+        "decommission" => return decommission(&st, &[id]).await,
+        "recommission" => return recommission(&st, id).await,
+        _ => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no node action {action:?}: use drain, undrain, decommission or recommission"
+                ),
+            )
+        }
     }
     if id != st.node_id {
         return pass_on(&st, id, &action, &headers).await;
@@ -257,6 +272,91 @@ async fn node_action(
     match st.lifecycle.undrain().await {
         Ok(()) => json_ok(json!({"node_id": id, "undrained": true})),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+/// The body of `POST /admin/v1/decommission`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecommissionBody {
+    nodes: Vec<u64>,
+}
+
+/// Most nodes one request may decommission.
+const DECOMMISSION_MAX_NODES: usize = 64;
+
+async fn decommission_many(
+    State(st): State<Arc<AdminState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(r) = refused(&st, &headers, peer) {
+        return r;
+    }
+    let b: DecommissionBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"nodes\": [<node id>, …]}}: {e}"),
+            )
+        }
+    };
+    if b.nodes.is_empty() || b.nodes.len() > DECOMMISSION_MAX_NODES {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("name 1 to {DECOMMISSION_MAX_NODES} nodes"),
+        );
+    }
+    decommission(&st, &b.nodes).await
+}
+
+fn recovering() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the node is still recovering; retry shortly",
+    )
+}
+
+/// Starts decommissioning `ids` (see [`Controller::decommission`]): 200, or 409 naming
+/// every blocker, or 503 when group 0 cannot be reached.
+async fn decommission(st: &AdminState, ids: &[u64]) -> Response {
+    let Some(c) = st.controller.get() else {
+        return recovering();
+    };
+    tracing::info!(nodes = ?ids, "decommission asked through the admin API");
+    match c.decommission(ids).await {
+        Ok(()) => json_ok(json!({"decommissioning": ids})),
+        Err(DecommissionError::Refused(blockers)) => {
+            let all: Vec<String> = blockers.iter().map(|b| b.to_string()).collect();
+            let body = json!({
+                "error": format!("refused: the decommission could not finish: {}", all.join("; ")),
+                "blockers": blockers
+                    .iter()
+                    .map(|b| json!({"vshard": b.vshard, "reason": b.reason}))
+                    .collect::<Vec<_>>(),
+            });
+            (
+                StatusCode::CONFLICT,
+                [(header::CONTENT_TYPE, "application/json")],
+                body.to_string(),
+            )
+                .into_response()
+        }
+        Err(DecommissionError::Unavailable(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+async fn recommission(st: &AdminState, id: u64) -> Response {
+    let Some(c) = st.controller.get() else {
+        return recovering();
+    };
+    match c.recommission(id).await {
+        Ok(()) => json_ok(json!({"node_id": id, "recommissioned": true})),
+        Err(e) if e.contains("not registered") => error(StatusCode::NOT_FOUND, e),
+        Err(e) if e.contains("could not confirm") => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e) => error(StatusCode::CONFLICT, e),
     }
 }
 

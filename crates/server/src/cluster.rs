@@ -109,19 +109,33 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Whether group 0 (as applied here) records node `id` DECOMMISSIONED.
+    fn decommissioned(&self, id: u64) -> bool {
+        self.registry.get().is_some_and(|r| {
+            r.catalog()
+                .read()
+                .nodes
+                .get(&id)
+                .is_some_and(|n| n.state == shoal_consensus::NodeState::Decommissioned)
+        })
+    }
+}
+
 #[async_trait::async_trait]
 impl PeerHandler for Shared {
     fn cluster_id(&self) -> String {
         self.cluster_id.clone()
     }
 
-    async fn hello(&self, _caller: Caller) -> Result<HelloReply, Status> {
+    async fn hello(&self, caller: Caller) -> Result<HelloReply, Status> {
         let view = self
             .registry
             .get()
             .map(|r| r.meta_view())
             .unwrap_or_default();
         Ok(HelloReply {
+            caller_decommissioned: self.decommissioned(caller.node_id),
             cluster_id: self.cluster_id.clone(),
             node_id: self.node_id,
             vshards: self.vshards,
@@ -220,6 +234,14 @@ impl PeerHandler for Shared {
             return Err(Status::failed_precondition(format!(
                 "{WRONG_NODE}: this is node {}, not node {} (that identity is gone from this address)",
                 self.node_id, req.to_node
+            )));
+        }
+        if self.decommissioned(caller.node_id) {
+            // A decommissioned node that restarted (or never heard): no vote or append
+            // of its may disturb the groups it left.
+            return Err(Status::permission_denied(format!(
+                "node {} is decommissioned: the cluster refuses it for good",
+                caller.node_id
             )));
         }
         let registry = self.registry()?;
@@ -478,5 +500,9 @@ impl shoal_query::system::ClusterReports for Reports {
             version: l.version.clone(),
             started_ms: l.started_ms,
         })
+    }
+
+    fn decommission(&self, node: u64) -> Option<String> {
+        self.0.decommission_progress(node).map(|p| p.to_string())
     }
 }

@@ -57,6 +57,8 @@ pub struct NodeConfig {
     /// A move whose target makes no progress catching up for this long counts a failed attempt
     /// (three fail the move; the planner may choose again), milliseconds.
     pub move_stall_timeout_ms: u64,
+    /// A decommission with no replica moved off the leaving node (and no move off it making\nprogress) for this long is reported stalled: logged on group 0's leader and shown in\n`system.nodes.decommission`, naming each stuck vshard and why, milliseconds.
+    pub decommission_stall_ms: u64,
     /// A replica no longer placed on this node is closed at once; its files are deleted this
     /// long after (milliseconds).
     pub replica_gc_grace_ms: u64,
@@ -212,6 +214,7 @@ impl Default for NodeConfig {
             rebalance_vshard_cooldown_ms: 30_000,
             snapshot_max_bytes_per_sec: 32 * MIB,
             move_stall_timeout_ms: 60_000,
+            decommission_stall_ms: 120_000,
             replica_gc_grace_ms: 60_000,
             control_interval_ms: 250,
             report_interval_ms: 2_000,

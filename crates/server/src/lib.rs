@@ -162,6 +162,7 @@ fn controller_config(
         quiesce_after: ms(cfg.quiesce_after_ms),
         replica_gc_grace: ms(cfg.replica_gc_grace_ms),
         move_stall_timeout: ms(cfg.move_stall_timeout_ms),
+        decommission_stall: ms(cfg.decommission_stall_ms),
     }
 }
 
@@ -614,6 +615,7 @@ async fn run(
     }
     lifecycle.set_parts(registry.clone(), controller.clone());
     let _ = admin.registry.set(registry.clone());
+    let _ = admin.controller.set(controller.clone());
     let maintenance = controller.spawn();
     let flusher = registry.spawn_flusher();
     tracing::info!(
@@ -622,7 +624,27 @@ async fn run(
     );
     let _ = ready_tx.send(Ok(()));
 
-    let _ = stop_rx.await;
+    // Until asked to stop, or until group 0 records this node DECOMMISSIONED: its identity
+    // is then refused for good, so the process drains and exits saying so.
+    let decommissioned = {
+        let controller = controller.clone();
+        async move {
+            while !controller.decommissioned() {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    let fate = tokio::select! {
+        _ = stop_rx => None,
+        _ = decommissioned => Some(format!(
+            "node {} was decommissioned: the cluster refuses this identity for good; wipe the data directory ({}) to join this host again as a new node",
+            dir.identity.node_id,
+            cfg.data_dir.display()
+        )),
+    };
+    if let Some(why) = &fate {
+        tracing::error!("{why}; exiting");
+    }
     // The phased drain (see `lifecycle`): unready and still serving, then no new
     // connections, then every leadership to a peer, then in-flight requests finish.
     let stopping = std::time::Instant::now();
@@ -664,5 +686,8 @@ async fn run(
         elapsed_ms = stopping.elapsed().as_millis() as u64,
         "stopped"
     );
-    Ok(())
+    match fate {
+        Some(why) => Err(why),
+        None => Ok(()),
+    }
 }

@@ -65,6 +65,10 @@ pub struct HelloReply {
     /// Its release.
     #[prost(string, tag = "12")]
     pub release: String,
+    /// Group 0 records the calling node DECOMMISSIONED: its identity is refused for good
+    /// (how a decommissioned node that was down, and so missed that entry, learns it).
+    #[prost(bool, tag = "13")]
+    pub caller_decommissioned: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod load;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_shoal");
 
 /// How long a node may take to start or recover in a test.
@@ -285,16 +287,21 @@ impl Node {
     }
 
     pub async fn sql(&self, sql: &str) -> (u16, serde_json::Value) {
+        self.try_sql(sql).await.expect("sql request")
+    }
+
+    /// [`Node::sql`], `None` when the node does not answer (it exited).
+    pub async fn try_sql(&self, sql: &str) -> Option<(u16, serde_json::Value)> {
         let r = reqwest::Client::new()
             .post(self.url("/v1/sql"))
             .body(sql.to_string())
             .send()
             .await
-            .expect("sql request");
+            .ok()?;
         let status = r.status().as_u16();
-        let text = r.text().await.expect("body");
+        let text = r.text().await.ok()?;
         let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
-        (status, v)
+        Some((status, v))
     }
 
     /// The single integer a `SELECT count(*) …` returns.
@@ -365,12 +372,21 @@ where
 /// Like [`eventually`], but on a timeout prints what every node of `nodes` says of the
 /// placement (moves, replicas, its log's tail) before failing, so a stuck control plane can
 /// be read from the test output.
-pub async fn eventually_in<T, F, Fut>(what: &str, nodes: &[&Node], mut f: F) -> T
+pub async fn eventually_in<T, F, Fut>(what: &str, nodes: &[&Node], f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + DEADLINE;
+    within(what, DEADLINE, nodes, f).await
+}
+
+/// [`eventually_in`] with its own deadline (moving dozens of replicas takes minutes).
+pub async fn within<T, F, Fut>(what: &str, limit: Duration, nodes: &[&Node], mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
     loop {
         if let Some(v) = f().await {
             return v;
@@ -379,7 +395,7 @@ where
             dump(nodes).await;
             panic!("timed out waiting for {what}");
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -390,15 +406,15 @@ pub async fn dump(nodes: &[&Node]) {
         if n.child.is_none() {
             continue;
         }
-        let moves = n
-            .sql("SELECT move_id, vshard, from_node, to_node, state, attempts, last_error FROM system.moves ORDER BY move_id")
-            .await;
-        let shards = n
-            .sql("SELECT vshard, replicas, leader, moving FROM system.shards ORDER BY vshard")
-            .await;
-        let local = n
-            .sql("SELECT vshard, role, leader, voters, joint_from, learners, followers FROM system.replicas ORDER BY vshard")
-            .await;
+        let q = |sql: &'static str| async move {
+            n.try_sql(sql)
+                .await
+                .map_or_else(|| "(no answer)".to_string(), |(_, v)| v.to_string())
+        };
+        let moves = q("SELECT move_id, vshard, from_node, to_node, state, attempts, last_error FROM system.moves ORDER BY move_id").await;
+        let shards =
+            q("SELECT vshard, replicas, leader, moving FROM system.shards ORDER BY vshard").await;
+        let local = q("SELECT vshard, role, leader, voters, joint_from, learners, followers FROM system.replicas ORDER BY vshard").await;
         let log = n.stderr_text();
         let tail: Vec<&str> = log.lines().rev().take(40).collect();
         // Errors anywhere in the log (a panicked or hung duty, a joint config left behind)
@@ -412,9 +428,9 @@ pub async fn dump(nodes: &[&Node]) {
             "--- node {} ({}):\nmoves {}\nshards {}\nreplicas {}\nerrors:\n{}\nlog tail:\n{}",
             n.node_id,
             n.addr,
-            moves.1,
-            shards.1,
-            local.1,
+            moves,
+            shards,
+            local,
             errors.join("\n"),
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
