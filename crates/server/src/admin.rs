@@ -121,7 +121,34 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/admin/v1/nodes/{id}", get(one_node))
         .route("/admin/v1/nodes/{id}/{action}", post(node_action))
         .route("/admin/v1/decommission", post(decommission_many))
+        // Every route above answers only callers `authorize` lets in; a route added here
+        // is covered without remembering to check.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_admin,
+        ))
         .with_state(state)
+}
+
+/// Refuses (401/403, logged with the caller's address) a caller the admin API does not
+/// let in; passes the others on.
+async fn require_admin(
+    State(st): State<Arc<AdminState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let authz = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match authorize(&st.auth, authz, peer.ip()) {
+        Ok(()) => next.run(req).await,
+        Err((s, m)) => {
+            tracing::info!(peer = %peer, status = s.as_u16(), "admin request refused");
+            error(s, m)
+        }
+    }
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -149,27 +176,7 @@ fn json_ok(v: serde_json::Value) -> Response {
         .into_response()
 }
 
-/// The refusal to answer, if the caller may not use the admin API.
-fn refused(st: &AdminState, headers: &HeaderMap, peer: SocketAddr) -> Option<Response> {
-    let authz = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    authorize(&st.auth, authz, peer.ip())
-        .map_err(|(s, m)| {
-            tracing::info!(peer = %peer, status = s.as_u16(), "admin request refused");
-            error(s, m)
-        })
-        .err()
-}
-
-async fn drain_here(
-    State(st): State<Arc<AdminState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(r) = refused(&st, &headers, peer) {
-        return r;
-    }
+async fn drain_here(State(st): State<Arc<AdminState>>) -> Response {
     drain_local(&st).await
 }
 
@@ -181,12 +188,7 @@ async fn drain_local(st: &AdminState) -> Response {
 
 /// `system.nodes` as JSON objects, optionally for one node.
 async fn nodes_json(st: &AdminState, id: Option<u64>) -> Result<Vec<serde_json::Value>, Response> {
-    let engine = st.http.engine.get().cloned().ok_or_else(|| {
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the node is still recovering; retry shortly",
-        )
-    })?;
+    let engine = st.http.engine.get().cloned().ok_or_else(recovering)?;
     let sql = match id {
         Some(id) => format!("SELECT * FROM system.nodes WHERE node_id = {id}"),
         None => "SELECT * FROM system.nodes ORDER BY node_id".to_string(),
@@ -207,29 +209,14 @@ async fn nodes_json(st: &AdminState, id: Option<u64>) -> Result<Vec<serde_json::
         .collect())
 }
 
-async fn list_nodes(
-    State(st): State<Arc<AdminState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(r) = refused(&st, &headers, peer) {
-        return r;
-    }
+async fn list_nodes(State(st): State<Arc<AdminState>>) -> Response {
     match nodes_json(&st, None).await {
         Ok(rows) => json_ok(json!({"nodes": rows})),
         Err(r) => r,
     }
 }
 
-async fn one_node(
-    State(st): State<Arc<AdminState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(id): Path<u64>,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(r) = refused(&st, &headers, peer) {
-        return r;
-    }
+async fn one_node(State(st): State<Arc<AdminState>>, Path(id): Path<u64>) -> Response {
     match nodes_json(&st, Some(id)).await {
         Ok(rows) if rows.is_empty() => error(
             StatusCode::NOT_FOUND,
@@ -243,13 +230,9 @@ async fn one_node(
 /// `POST /admin/v1/nodes/{id}/{action}`: `drain` or `undrain`, here or passed on.
 async fn node_action(
     State(st): State<Arc<AdminState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((id, action)): Path<(u64, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(r) = refused(&st, &headers, peer) {
-        return r;
-    }
     match action.as_str() {
         "drain" | "undrain" => {}
         "decommission" => return decommission(&st, &[id]).await,
@@ -285,15 +268,7 @@ struct DecommissionBody {
 /// Most nodes one request may decommission.
 const DECOMMISSION_MAX_NODES: usize = 64;
 
-async fn decommission_many(
-    State(st): State<Arc<AdminState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    if let Some(r) = refused(&st, &headers, peer) {
-        return r;
-    }
+async fn decommission_many(State(st): State<Arc<AdminState>>, body: axum::body::Bytes) -> Response {
     let b: DecommissionBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => {
@@ -363,10 +338,7 @@ async fn recommission(st: &AdminState, id: u64) -> Response {
 /// Passes `POST /admin/v1/nodes/{id}/{action}` on to node `id`.
 async fn pass_on(st: &AdminState, id: u64, action: &str, headers: &HeaderMap) -> Response {
     let Some(registry) = st.registry.get() else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the node is still recovering; retry shortly",
-        );
+        return recovering();
     };
     let Some(addr) = registry
         .catalog()
