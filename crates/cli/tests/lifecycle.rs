@@ -825,3 +825,84 @@ async fn decommission_refusals_and_a_down_node() {
     let (status, body) = ns[1].write("r,sym=b v=2i 2\n").await;
     assert_eq!(status, 204, "{body}");
 }
+
+/// A decommission is a record in group 0: kill -9 of the leaving node and of group 0's
+/// leader in the middle of it (both restarted) does not stop it; it finishes, and the
+/// leaving node exits saying it was decommissioned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decommission_survives_kill9_of_the_leaving_node_and_group0_leader() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dirs: Vec<_> = (1..=4).map(|i| tmp.path().join(format!("n{i}"))).collect();
+    let mut ns =
+        support::cluster_with(&dirs.iter().map(|d| d.as_path()).collect::<Vec<_>>(), FLAGS).await;
+    {
+        let all: Vec<&Node> = ns.iter().collect();
+        support::within(
+            "four nodes balanced",
+            Duration::from_secs(240),
+            &all,
+            || async { support::balanced(&ns[0], 3).await },
+        )
+        .await;
+    }
+    let body: String = (0..200)
+        .map(|i| format!("k,sym=s{} id={i}i {}\n", i % 20, 1_000 + i))
+        .collect();
+    assert_eq!(ns[0].write(&body).await.0, 204);
+    // Group 0's leader, and another node to decommission.
+    let g0 = support::nodes(&ns[0])
+        .await
+        .iter()
+        .find(|r| r.3 == "leader")
+        .map(|r| r.0)
+        .expect("group 0 leader");
+    let leaving = (1..=4u64).find(|n| *n != g0 && *n != 1).expect("a node");
+    let (li, gi) = ((leaving - 1) as usize, (g0 - 1) as usize);
+    let via = (0..4).find(|i| *i != li && *i != gi).expect("a third node");
+    let r = reqwest::Client::new()
+        .post(ns[via].url(&format!("/admin/v1/nodes/{leaving}/decommission")))
+        .send()
+        .await
+        .expect("decommission");
+    assert_eq!(r.status(), 200);
+    // Once the first replica moved off, both die at once and come back.
+    eventually("a replica moved off the leaving node", || async {
+        let r = rows(
+            &ns[via],
+            &format!("SELECT count(*) FROM system.moves WHERE from_node = {leaving} AND state = 'COMPLETED'"),
+        )
+        .await?;
+        (r[0][0].as_i64()? >= 1).then_some(())
+    })
+    .await;
+    ns[li].kill9();
+    ns[gi].kill9();
+    ns[gi].spawn();
+    ns[li].spawn();
+    let rest: Vec<&Node> = (0..4).filter(|i| *i != li).map(|i| &ns[i]).collect();
+    support::within(
+        "the decommission finished after the kills",
+        Duration::from_secs(240),
+        &rest,
+        || async {
+            let n = support::nodes(&ns[via]).await;
+            let p = support::placement(&ns[via]).await?;
+            (n.iter().any(|r| r.0 == leaving && r.1 == "DECOMMISSIONED")
+                && p.iter().all(|r| r.len() == 3 && !r.contains(&leaving)))
+            .then_some(())
+        },
+    )
+    .await;
+    let status = exits_within(&mut ns[li], Duration::from_secs(90)).await;
+    assert!(!status.success());
+    assert!(strip_ansi(&ns[li].stderr_text()).contains("was decommissioned"));
+    ns[gi].wait_ready().await;
+    let rest: Vec<&Node> = (0..4).filter(|i| *i != li).map(|i| &ns[i]).collect();
+    for n in &rest {
+        eventually("every row through every remaining node", || async {
+            let r = rows(n, "SELECT count(*), count(DISTINCT id) FROM k").await?;
+            (r[0][0].as_i64()? == 200 && r[0][1].as_i64()? == 200).then_some(())
+        })
+        .await;
+    }
+}
