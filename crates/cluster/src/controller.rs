@@ -119,9 +119,6 @@ struct Inner {
     draining: AtomicBool,
     /// A peer said group 0 records this node DECOMMISSIONED (see `decommissioned`).
     refused: AtomicBool,
-    /// A restart ends a drain: whether `register` has checked this node's state once since
-    /// the process started.
-    undrain_checked: AtomicBool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -205,7 +202,6 @@ impl Controller {
                 pending_transfers: Default::default(),
                 draining: AtomicBool::new(false),
                 refused: AtomicBool::new(false),
-                undrain_checked: AtomicBool::new(false),
             }),
         }
     }
@@ -342,9 +338,6 @@ impl Controller {
     /// not. Group 0's record of its state is the caller's to propose.
     pub fn set_draining(&self, on: bool) {
         self.inner.draining.store(on, Ordering::Release);
-        if !on {
-            self.inner.undrain_checked.store(true, Ordering::Release);
-        }
     }
 
     pub fn draining(&self) -> bool {
@@ -544,26 +537,28 @@ impl Inner {
         }
         let me = self.me();
         let entry = self.registry().catalog().read().nodes.get(&me).cloned();
-        if !self.undrain_checked.load(Ordering::Acquire) {
-            if let Some(n) = entry.as_ref().filter(|n| n.state == NodeState::Draining) {
-                if !self.draining.load(Ordering::Acquire)
-                    && self
-                        .propose(
-                            ClusterOp::SetState {
-                                id: n.id,
-                                state: NodeState::Active,
-                                now_ms: now_ms(),
-                            },
-                            "ending a drain on restart",
-                        )
-                        .await
-                        .is_some()
-                {
-                    tracing::info!("restarted after a drain: ACTIVE again");
-                    self.undrain_checked.store(true, Ordering::Release);
-                }
-            } else if entry.is_some() {
-                self.undrain_checked.store(true, Ordering::Release);
+        // Group 0 says DRAINING only while this process drains (a drain is always asked
+        // of the draining process itself, which sets its flag before recording it). So
+        // DRAINING with the flag down is a drain of an earlier life of this node — a
+        // restart ends a drain — and is undone. Checked every round, not once after start:
+        // the earlier life's DRAINING may commit after this process started (seen in the
+        // soak, seed 20261208: a SIGTERM drain's record committed after the restart had
+        // already looked, and the node stayed DRAINING and unready for good).
+        if let Some(n) = entry.as_ref().filter(|n| n.state == NodeState::Draining) {
+            if !self.draining.load(Ordering::Acquire)
+                && self
+                    .propose(
+                        ClusterOp::SetState {
+                            id: n.id,
+                            state: NodeState::Active,
+                            now_ms: now_ms(),
+                        },
+                        "ending a drain of an earlier life of this node",
+                    )
+                    .await
+                    .is_some()
+            {
+                tracing::info!("restarted after a drain: ACTIVE again");
             }
         }
         let op = match &entry {
