@@ -126,11 +126,7 @@ async fn a_decommission_onto_a_full_disk_stalls_visibly_then_finishes() {
     fourth.wait_ready().await;
     ns.push(fourth);
     support::eventually("node 4 ACTIVE", || async {
-        support::nodes(&ns[0])
-            .await
-            .iter()
-            .any(|r| r.0 == 4 && r.1 == "ACTIVE")
-            .then_some(())
+        support::has_lifecycle(&ns[0], 4, "ACTIVE").await
     })
     .await;
     assert_eq!(ns[0].write("s,sym=a v=1i 1\n").await.0, 204);
@@ -181,13 +177,7 @@ async fn a_decommission_onto_a_full_disk_stalls_visibly_then_finishes() {
         "node 3 DECOMMISSIONED once space is back",
         std::time::Duration::from_secs(240),
         &all,
-        || async {
-            support::nodes(&ns[0])
-                .await
-                .iter()
-                .any(|r| r.0 == 3 && r.1 == "DECOMMISSIONED")
-                .then_some(())
-        },
+        || async { support::has_lifecycle(&ns[0], 3, "DECOMMISSIONED").await },
     )
     .await;
     let p = support::placement(&ns[0]).await.expect("placement");

@@ -616,15 +616,8 @@ async fn decommission_of_one_of_four_nodes_under_writes() {
     let tmp = tempfile::tempdir().expect("tmp");
     let dirs: Vec<_> = (1..=4).map(|i| tmp.path().join(format!("n{i}"))).collect();
     let mut ns =
-        support::cluster_with(&dirs.iter().map(|d| d.as_path()).collect::<Vec<_>>(), FLAGS).await;
-    let all: Vec<&Node> = ns.iter().collect();
-    support::within(
-        "four nodes balanced",
-        Duration::from_secs(240),
-        &all,
-        || async { support::balanced(&ns[0], 3).await },
-    )
-    .await;
+        support::balanced_cluster(&dirs.iter().map(|d| d.as_path()).collect::<Vec<_>>(), FLAGS)
+            .await;
     let leaving = ns[1].node_id;
     eventually("node 2 leads something", || async {
         (leads(&ns[1]).await? > 0).then_some(())
@@ -781,11 +774,7 @@ async fn decommission_refusals_and_a_down_node() {
     fourth.wait_ready().await;
     ns.push(fourth);
     eventually("node 4 ACTIVE", || async {
-        support::nodes(&ns[0])
-            .await
-            .iter()
-            .any(|r| r.0 == 4 && r.1 == "ACTIVE")
-            .then_some(())
+        support::has_lifecycle(&ns[0], 4, "ACTIVE").await
     })
     .await;
     ns[2].kill9();
@@ -834,17 +823,8 @@ async fn a_decommission_survives_kill9_of_the_leaving_node_and_group0_leader() {
     let tmp = tempfile::tempdir().expect("tmp");
     let dirs: Vec<_> = (1..=4).map(|i| tmp.path().join(format!("n{i}"))).collect();
     let mut ns =
-        support::cluster_with(&dirs.iter().map(|d| d.as_path()).collect::<Vec<_>>(), FLAGS).await;
-    {
-        let all: Vec<&Node> = ns.iter().collect();
-        support::within(
-            "four nodes balanced",
-            Duration::from_secs(240),
-            &all,
-            || async { support::balanced(&ns[0], 3).await },
-        )
-        .await;
-    }
+        support::balanced_cluster(&dirs.iter().map(|d| d.as_path()).collect::<Vec<_>>(), FLAGS)
+            .await;
     let body: String = (0..200)
         .map(|i| format!("k,sym=s{} id={i}i {}\n", i % 20, 1_000 + i))
         .collect();

@@ -536,6 +536,29 @@ pub async fn all_replicated(n: &Node) {
     .await;
 }
 
+/// `Some` once `n` sees node `id` in lifecycle state `state` (`ACTIVE`, `DECOMMISSIONED`, …).
+pub async fn has_lifecycle(n: &Node, id: u64, state: &str) -> Option<()> {
+    nodes(n)
+        .await
+        .iter()
+        .any(|r| r.0 == id && r.1 == state)
+        .then_some(())
+}
+
+/// [`cluster_with`], then waits (up to 240 s) until its replicas are balanced at RF 3.
+pub async fn balanced_cluster(dirs: &[&std::path::Path], extra: &[&str]) -> Vec<Node> {
+    let ns = cluster_with(dirs, extra).await;
+    let all: Vec<&Node> = ns.iter().collect();
+    within(
+        "the cluster balanced",
+        Duration::from_secs(240),
+        &all,
+        || async { balanced(&ns[0], 3).await },
+    )
+    .await;
+    ns
+}
+
 /// Starts a first node and `more` nodes joining it; waits until every node is ready and
 /// sees every node ACTIVE and ALIVE.
 pub async fn cluster(dirs: &[&std::path::Path]) -> Vec<Node> {
