@@ -113,6 +113,11 @@ impl Rng {
 
 /// Generates `rows` ticks as line-protocol lines, in time order.
 pub(crate) fn generate(rows: u64, symbols: u32, seed: u64) -> Vec<String> {
+    ticks(rows, symbols, seed).collect()
+}
+
+/// [`generate`]'s lines, one at a time (for loads larger than memory should hold).
+pub(crate) fn ticks(rows: u64, symbols: u32, seed: u64) -> impl Iterator<Item = String> {
     const START_NS: i64 = 1_704_153_600_000_000_000; // 2024-01-02T00:00:00Z
     const SPAN_NS: i64 = 86_400_000_000_000;
     let mut rng = Rng(seed);
@@ -125,21 +130,19 @@ pub(crate) fn generate(rows: u64, symbols: u32, seed: u64) -> Vec<String> {
     let total = cdf[symbols - 1];
     let mut price: Vec<f64> = (0..symbols).map(|_| 10.0 + rng.unit() * 490.0).collect();
     let step = (SPAN_NS / rows.max(1) as i64).max(1);
-    (0..rows)
-        .map(|i| {
-            let x = rng.unit() * total;
-            let s = cdf.partition_point(|&c| c < x).min(symbols - 1);
-            price[s] = (price[s] * (1.0 + (rng.unit() - 0.5) * 0.0008)).max(0.01);
-            let size = 1 + (rng.next() % 1000) * (1 + rng.next() % 100);
-            let side = if rng.next() & 1 == 0 { "B" } else { "S" };
-            let ts = START_NS + i as i64 * step + (rng.next() % step as u64) as i64 / 2;
-            format!(
-                "trades,side={side},symbol=SYM{:04} price={:.2},size={size}i {ts}",
-                s + 1,
-                price[s]
-            )
-        })
-        .collect()
+    (0..rows).map(move |i| {
+        let x = rng.unit() * total;
+        let s = cdf.partition_point(|&c| c < x).min(symbols - 1);
+        price[s] = (price[s] * (1.0 + (rng.unit() - 0.5) * 0.0008)).max(0.01);
+        let size = 1 + (rng.next() % 1000) * (1 + rng.next() % 100);
+        let side = if rng.next() & 1 == 0 { "B" } else { "S" };
+        let ts = START_NS + i as i64 * step + (rng.next() % step as u64) as i64 / 2;
+        format!(
+            "trades,side={side},symbol=SYM{:04} price={:.2},size={size}i {ts}",
+            s + 1,
+            price[s]
+        )
+    })
 }
 
 pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde_json::json;
 
-use crate::bench::{generate, percentile};
+use crate::bench::percentile;
 
 #[derive(Args, Debug)]
 pub struct ScaleOutArgs {
@@ -137,15 +137,22 @@ impl Cluster {
         Ok(())
     }
 
-    /// Writes the generated ticks through node 0, two writers of 5,000-line requests.
+    /// Writes the generated ticks through node 0, two writers of 5,000-line requests,
+    /// generating each request as it goes (a load may be larger than memory should hold).
     async fn load(&self, rows: u64) -> Result<f64, String> {
-        let lines = generate(rows, 500, 42);
+        let mut lines = crate::bench::ticks(rows, 500, 42);
         let url = format!("http://{}/write?db=b", self.nodes[0].http_addr);
         let started = Instant::now();
-        let bodies: Vec<String> = lines.chunks(5_000).map(|c| c.join("\n")).collect();
-        drop(lines);
-        for pair in bodies.chunks(2) {
-            let sends = pair
+        let (mut sent, mut reported) = (0u64, 0u64);
+        loop {
+            let bodies: Vec<String> = (0..2)
+                .map(|_| lines.by_ref().take(5_000).collect::<Vec<_>>().join("\n"))
+                .filter(|b| !b.is_empty())
+                .collect();
+            if bodies.is_empty() {
+                break;
+            }
+            let sends = bodies
                 .iter()
                 .map(|b| self.http.post(&url).body(b.clone()).send());
             for r in futures::future::join_all(sends).await {
@@ -153,6 +160,14 @@ impl Cluster {
                 if r.status() != 204 {
                     return Err(format!("load: {}", r.text().await.unwrap_or_default()));
                 }
+            }
+            sent = (sent + 10_000).min(rows);
+            if sent - reported >= (rows / 10).max(1) {
+                reported = sent;
+                eprintln!(
+                    "loaded {sent} of {rows} rows in {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
             }
         }
         Ok(started.elapsed().as_secs_f64())
@@ -281,6 +296,31 @@ pub async fn move_one(a: MoveArgs) -> Result<(), String> {
     let c = Cluster::start(4, 1, a.rate, "move").await?;
     let load_s = c.load(a.rows).await?;
     c.flushed().await?;
+    // Followers that fell behind during the load may still be installing a snapshot; the
+    // copy below reads one replica's files, so wait until every replica holds the same rows.
+    c.until("every replica of vshard 0 caught up", || async {
+        let mut rows = vec![];
+        for i in 0..c.nodes.len() {
+            match c
+                .sql(
+                    i,
+                    "SELECT CAST(parquet_rows AS BIGINT), CAST(hot_rows AS BIGINT) \
+                     FROM system.replicas WHERE vshard = 0",
+                )
+                .await
+            {
+                Ok(r) => rows.extend(
+                    r.as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|x| (x[0].as_i64(), x[1].as_i64())),
+                ),
+                Err(_) => return false,
+            }
+        }
+        rows.len() >= 3 && rows.iter().all(|r| *r == rows[0] && r.1 == Some(0))
+    })
+    .await?;
     let r = c
         .sql(0, "SELECT replicas FROM system.shards WHERE vshard = 0")
         .await?;

@@ -200,6 +200,9 @@ pub struct GroupNetworkFactory {
 pub struct SnapshotSends {
     /// (group, target) → (bytes sent, bytes in all).
     progress: parking_lot::Mutex<std::collections::BTreeMap<(u32, u64), (u64, u64)>>,
+    /// (group, target) → the last log index of the snapshot being sent: the log after it
+    /// is what the target needs next (see `flush::purge_upto`).
+    sending: parking_lot::Mutex<std::collections::BTreeMap<(u32, u64), u64>>,
     limit: RateLimit,
 }
 
@@ -207,6 +210,7 @@ impl SnapshotSends {
     pub fn new(max_bytes_per_sec: u64) -> SnapshotSends {
         SnapshotSends {
             progress: Default::default(),
+            sending: Default::default(),
             limit: RateLimit::new(max_bytes_per_sec),
         }
     }
@@ -218,6 +222,27 @@ impl SnapshotSends {
             .iter()
             .map(|(&(g, t), &(sent, total))| (g, t, sent, total))
             .collect()
+    }
+
+    /// (target, snapshot index) of every snapshot of `group` being sent.
+    pub fn sending(&self, group: u32) -> Vec<(u64, u64)> {
+        self.sending
+            .lock()
+            .range((group, 0)..=(group, u64::MAX))
+            .map(|(&(_, t), &i)| (t, i))
+            .collect()
+    }
+}
+
+/// Forgets a snapshot send when it ends, however it ends.
+struct SendingGuard<'a> {
+    sends: &'a SnapshotSends,
+    key: (u32, u64),
+}
+
+impl Drop for SendingGuard<'_> {
+    fn drop(&mut self) {
+        self.sends.sending.lock().remove(&self.key);
     }
 }
 
@@ -465,6 +490,13 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         tokio::pin!(cancel);
+        let key = (self.group, self.target);
+        let index = snapshot.meta.last_log_id.map_or(0, |l| l.index);
+        self.snapshots.sending.lock().insert(key, index);
+        let _sending = SendingGuard {
+            sends: &self.snapshots,
+            key,
+        };
         let transfer = match &snapshot.snapshot.dir {
             Some(dir) => {
                 // A vshard snapshot: the Parquet parts its manifest names, sent in chunks

@@ -455,32 +455,48 @@ impl ShardStore {
         st.tables.retain(|id, _| live(*id));
     }
 
-    /// Replaces this replica's whole content with a snapshot held in `src_dir` (another
-    /// replica's shard directory, or a received snapshot's staging directory).
-    pub fn install_from(&self, src_dir: &Path, manifest: &Manifest) -> Result<()> {
+    /// Replaces this replica's whole content with a snapshot staged in `src_dir` (the
+    /// files a leader shipped, named as in its `manifest`), taking the files out of it.
+    ///
+    /// Crash-safe: every file gets a name of its own on this replica (the sender's name
+    /// plus an install tag), so no part the current manifest names is touched before the
+    /// new manifest is stored; a crash before that leaves the old content whole, with the
+    /// moved files as orphans that the next open removes. Returns the manifest as
+    /// installed (with the local names).
+    pub fn install_from(&self, src_dir: &Path, manifest: &Manifest) -> Result<Manifest> {
         let _flush = self.flush_lock.lock();
-        for parts in manifest.tables.values() {
-            for p in parts {
+        let tag = shoal_common::time::now_nanos().max(0) as u64;
+        let mut installed = manifest.clone();
+        let mut dirs = HashSet::new();
+        for parts in installed.tables.values_mut() {
+            for p in parts.iter_mut() {
                 let src = src_dir.join(&p.file);
-                let dst = self.dir.join(&p.file);
+                let local = installed_name(&p.file, tag);
+                let dst = self.dir.join(&local);
                 if let Some(parent) = dst.parent() {
                     fs::create_dir_all(parent)
                         .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+                    dirs.insert(parent.to_path_buf());
                 }
-                if src != dst {
-                    fs::copy(&src, &dst)
-                        .map_err(|e| Error::io(format!("copying {}", src.display()), e))?;
-                    File::open(&dst)
-                        .and_then(|f| f.sync_all())
-                        .map_err(|e| Error::io(format!("syncing {}", dst.display()), e))?;
+                if dst.exists() {
+                    return Err(Error::io(
+                        format!("installing {}", dst.display()),
+                        std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+                    ));
                 }
+                fs::rename(&src, &dst)
+                    .map_err(|e| Error::io(format!("moving {} into place", src.display()), e))?;
+                p.file = local;
             }
         }
-        manifest.store(&self.dir)?;
-        remove_orphans(&self.dir, manifest)?;
+        for d in &dirs {
+            sync_dir(d)?;
+        }
+        installed.store(&self.dir)?;
+        remove_orphans(&self.dir, &installed)?;
         let mut st = self.state.write();
         st.tables.clear();
-        for (id, parts) in &manifest.tables {
+        for (id, parts) in &installed.tables {
             st.tables.insert(
                 *id,
                 TableData {
@@ -489,13 +505,24 @@ impl ShardStore {
                 },
             );
         }
-        st.manifest = manifest.clone();
+        st.manifest = installed.clone();
         st.oldest_hot = None;
         drop(st);
-        // Parts kept their names but may hold other rows now.
+        // Cached part metadata is keyed by name; start afresh.
         self.part_meta.reset();
-        Ok(())
+        Ok(installed)
     }
+}
+
+/// The name an installed part gets on this replica: the sender's name with `-i<tag>`
+/// (replacing an earlier install's tag, so names do not grow install after install).
+fn installed_name(file: &str, tag: u64) -> String {
+    let stem = file.strip_suffix(".parquet").unwrap_or(file);
+    let stem = match stem.rsplit_once("-i") {
+        Some((head, t)) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => head,
+        _ => stem,
+    };
+    format!("{stem}-i{tag}.parquet")
 }
 
 impl FlushJob {
@@ -1371,6 +1398,76 @@ mod tests {
         drop(store);
         let (_store, _) = ShardStore::open(dir.path(), StoreConfig::default()).expect("reopen");
         assert!(!orphan.exists());
+    }
+
+    /// A snapshot from another replica names the same files this one has (both count part
+    /// ids from zero) with other rows in them: installing moves the shipped files in under
+    /// names of their own, so the parts the current manifest names are never overwritten.
+    #[test]
+    fn an_installed_snapshot_never_overwrites_a_named_part() {
+        let flushed = |rows: RecordBatch| {
+            let dir = tempfile::tempdir().expect("tmp");
+            let (store, _) = ShardStore::open(dir.path(), StoreConfig::default()).expect("open");
+            store.insert(1, rows).expect("insert");
+            let m = store
+                .begin_flush()
+                .expect("flush")
+                .commit(&store, serde_json::json!({"at": 1}))
+                .expect("commit");
+            (dir, store, m)
+        };
+        let (mine, store, m_mine) = flushed(batch(&[1], &["A"], &[1.0]));
+        let (theirs, _other, m_theirs) = flushed(batch(&[1, 2], &["B", "C"], &[2.0, 3.0]));
+        let name = &m_theirs.tables[&1][0].file;
+        assert_eq!(
+            name, &m_mine.tables[&1][0].file,
+            "the same name on both replicas"
+        );
+        let before = fs::read(mine.path().join(name)).expect("mine");
+
+        // Staged as the network would stage it: the shipped files under the sender's names.
+        let staged = tempfile::tempdir().expect("staging");
+        fs::create_dir_all(staged.path().join("t1")).expect("mkdir");
+        fs::copy(theirs.path().join(name), staged.path().join(name)).expect("stage");
+        // A crash after the files were moved in, before the manifest was stored: the old
+        // rows, whole.
+        let moved_in = mine.path().join(installed_name(name, 1));
+        fs::copy(staged.path().join(name), &moved_in).expect("moved in");
+        drop(store);
+        let (store, _) = ShardStore::open(mine.path(), StoreConfig::default()).expect("reopen");
+        assert_eq!(rows(&store.scan_snapshot(1)), (0, 1));
+        assert_eq!(fs::read(mine.path().join(name)).expect("mine"), before);
+        assert!(!moved_in.exists(), "the orphan is removed");
+
+        let installed = store
+            .install_from(staged.path(), &m_theirs)
+            .expect("install");
+        let local = &installed.tables[&1][0].file;
+        assert_ne!(local, name);
+        assert!(!staged.path().join(name).exists(), "moved, not copied");
+        assert_eq!(rows(&store.scan_snapshot(1)), (0, 2));
+        assert!(
+            !mine.path().join(name).exists(),
+            "the replaced part is removed"
+        );
+        drop(store);
+        let (store, state) = ShardStore::open(mine.path(), StoreConfig::default()).expect("reopen");
+        assert_eq!(state, Some(serde_json::json!({"at": 1})));
+        assert_eq!(rows(&store.scan_snapshot(1)), (0, 2));
+        assert_ne!(
+            fs::read(mine.path().join(local)).expect("installed"),
+            before
+        );
+
+        assert_eq!(installed_name("t1/d0-p0.parquet", 7), "t1/d0-p0-i7.parquet");
+        assert_eq!(
+            installed_name("t1/d0-p0-i7.parquet", 9),
+            "t1/d0-p0-i9.parquet"
+        );
+        assert_eq!(
+            installed_name("t1/d0-p0-ix.parquet", 9),
+            "t1/d0-p0-ix-i9.parquet"
+        );
     }
 
     #[test]

@@ -63,12 +63,16 @@ impl Registry {
         let wake_after = s.quiet() != QUIET_NONE
             && !matches!(&inbound, Inbound::Append(a) if a.entries.is_empty() && a.vote.leader_id().node_id == s.quiet());
         let staged = match &inbound {
-            Inbound::Snapshot(_, _, Some(t)) => Some(self.staging(group, t)?),
+            Inbound::Snapshot(_, snap, Some(t)) => {
+                let dir = self.staging(group, t)?;
+                staged_whole(&dir, &snap.snapshot.meta)?;
+                Some(Installing::new(self, dir))
+            }
             _ => None,
         };
         let inbound = match (inbound, &staged) {
-            (Inbound::Snapshot(vote, mut snap, _), Some(dir)) => {
-                snap.snapshot.dir = Some(dir.clone());
+            (Inbound::Snapshot(vote, mut snap, _), Some(staged)) => {
+                snap.snapshot.dir = Some(staged.dir.clone());
                 Inbound::Snapshot(vote, snap, None)
             }
             (other, _) => other,
@@ -77,9 +81,7 @@ impl Registry {
         if wake_after {
             s.wake();
         }
-        if let Some(dir) = staged {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        drop(staged);
         r
     }
 
@@ -99,7 +101,7 @@ impl Registry {
             .data_dir
             .join("groups")
             .join(format!("g{group}"))
-            .join("incoming")
+            .join(INCOMING_DIR)
             .join(transfer))
     }
 
@@ -119,7 +121,11 @@ impl Registry {
                 h.file
             )));
         }
-        let path = self.staging(msg.group, &h.transfer)?.join(rel);
+        let staging = self.staging(msg.group, &h.transfer)?;
+        if !staging.exists() {
+            self.remove_abandoned_transfers(&staging);
+        }
+        let path = staging.join(rel);
         let io = |e: std::io::Error| Error::Internal(format!("staging {}: {e}", path.display()));
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(io)?;
@@ -137,6 +143,102 @@ impl Registry {
         f.sync_data().map_err(io)?;
         Ok(bytes::Bytes::from_static(b"null"))
     }
+}
+
+impl Registry {
+    /// Removes the staging areas of `starting`'s group that no transfer will finish: the
+    /// earlier transfers of the same sender (a sender ships one snapshot per group and
+    /// target at a time, so a new one means it gave the old one up: a timeout, a lost
+    /// leadership, a newer snapshot), and any other idle for
+    /// [`SNAPSHOT_STAGING_ABANDONED_MS`]. Never one being installed.
+    fn remove_abandoned_transfers(&self, starting: &Path) {
+        let (Some(incoming), Some(name)) = (starting.parent(), starting.file_name()) else {
+            return;
+        };
+        let sender = name.to_string_lossy();
+        let sender = sender.split('-').next().unwrap_or_default().to_string();
+        let Ok(entries) = std::fs::read_dir(incoming) else {
+            return;
+        };
+        let installing = self.installing.lock().clone();
+        for e in entries.flatten() {
+            let path = e.path();
+            if installing.contains(&path) {
+                continue;
+            }
+            let same_sender = e
+                .file_name()
+                .to_string_lossy()
+                .split('-')
+                .next()
+                .is_some_and(|s| s == sender);
+            let idle_ms = newest_mtime(&path)
+                .and_then(|t| t.elapsed().ok())
+                .map_or(u128::MAX, |d| d.as_millis());
+            if same_sender || idle_ms >= u128::from(SNAPSHOT_STAGING_ABANDONED_MS) {
+                tracing::info!(dir = %path.display(), "removing an abandoned snapshot transfer");
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        }
+    }
+}
+
+/// How long a staged snapshot transfer from a sender that has not started another may sit
+/// unwritten before it counts as abandoned (chunks of a live transfer arrive within
+/// `SNAPSHOT_RPC_TIMEOUT_MS` of each other).
+pub const SNAPSHOT_STAGING_ABANDONED_MS: u64 = 10 * 60 * 1000;
+
+/// The latest modification time of anything under `path`.
+fn newest_mtime(path: &Path) -> Option<std::time::SystemTime> {
+    let own = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let Ok(rd) = std::fs::read_dir(path) else {
+        return own;
+    };
+    rd.flatten()
+        .filter_map(|e| newest_mtime(&e.path()))
+        .chain(own)
+        .max()
+}
+
+/// A staging area being installed: kept from cleanup meanwhile, removed afterwards (what
+/// the install did not take is of no further use).
+struct Installing<'a> {
+    registry: &'a Registry,
+    dir: PathBuf,
+}
+
+impl<'a> Installing<'a> {
+    fn new(registry: &'a Registry, dir: PathBuf) -> Installing<'a> {
+        registry.installing.lock().insert(dir.clone());
+        Installing { registry, dir }
+    }
+}
+
+impl Drop for Installing<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        self.registry.installing.lock().remove(&self.dir);
+    }
+}
+
+/// Refuses a snapshot whose staged files are not all there at their full size (a transfer
+/// cut short, or one whose staging area was removed), so the sender starts again instead
+/// of the state machine failing half-way through an install.
+fn staged_whole(dir: &Path, manifest: &[u8]) -> Result<(), Error> {
+    let manifest: shoal_storage::manifest::Manifest = serde_json::from_slice(manifest)
+        .map_err(|e| Error::Rejected(format!("bad snapshot manifest: {e}")))?;
+    for p in manifest.tables.values().flatten() {
+        let len = std::fs::metadata(dir.join(&p.file)).map(|m| m.len()).ok();
+        if len != Some(p.bytes) {
+            return Err(Error::Rejected(format!(
+                "snapshot transfer {} is incomplete: {} has {len:?} of {} bytes",
+                dir.display(),
+                p.file,
+                p.bytes
+            )));
+        }
+    }
+    Ok(())
 }
 
 pub(super) async fn handle_inbound<SM>(

@@ -281,6 +281,8 @@ pub struct Registry {
     /// openraft's leader stops heartbeats and writes until the target takes over; a target
     /// that died meanwhile never does (see [`Registry::unstick_transfers`]).
     transfers: parking_lot::Mutex<BTreeMap<u32, (u64, std::time::Instant)>>,
+    /// Snapshot staging areas being installed (see `inbound::remove_abandoned_transfers`).
+    installing: parking_lot::Mutex<std::collections::HashSet<PathBuf>>,
 }
 
 /// The intent log's group id in the node's WAL (Raft groups are 0 and the vshards' 1..).
@@ -312,9 +314,12 @@ fn raft_config(
         // acknowledged writes (the 5-node soak saw it). As a follower it learns the commit
         // index from the next leader before it serves anything.
         enable_leader_restore: Some(false),
-        // A flush makes the log below it redundant on this replica.
-        max_in_snapshot_log_to_keep: 0,
+        // Group 0: a snapshot makes the log below it redundant. Vshards purge by
+        // `flush::purge_upto` instead (openraft's own purge would be after every flush,
+        // which sends a follower a few seconds behind a whole snapshot).
+        max_in_snapshot_log_to_keep: if group == 0 { 0 } else { u64::MAX },
         purge_batch_size: 1,
+        install_snapshot_timeout: SNAPSHOT_RPC_TIMEOUT_MS,
         ..Default::default()
     };
     c.validate()
@@ -334,6 +339,8 @@ async fn open_shard(
 ) -> Result<ShardGroup, Error> {
     let group = group_of_vshard(v);
     let dir = group_dir(cfg, v);
+    // No snapshot transfer outlives the process that received it: its sender gave up.
+    let _ = std::fs::remove_dir_all(dir.join(INCOMING_DIR));
     let (store, raft_state) = ShardStore::open(&dir.join("data"), cfg.store.clone())?;
     let sm = ShardStateMachine::new(store.clone(), raft_state, catalog.clone())
         .map_err(|e| Error::Internal(format!("vshard {v} state: {e}")))?;
@@ -370,6 +377,14 @@ fn group_dir(cfg: &GroupsConfig, v: u32) -> PathBuf {
         .join("groups")
         .join(format!("g{}", group_of_vshard(v)))
 }
+
+/// Under a group's directory: the staging areas of snapshot transfers being received.
+pub(crate) const INCOMING_DIR: &str = "incoming";
+
+/// How long one snapshot RPC (a chunk, or the final install) may take before the sender
+/// gives the transfer up and starts again. openraft's 200 ms default is shorter than one
+/// fsynced 4 MiB chunk on a busy disk, which made large transfers restart for ever.
+pub const SNAPSHOT_RPC_TIMEOUT_MS: u64 = 10_000;
 
 /// Marks a replica closed for good (see the module documentation).
 const REMOVED_FILE: &str = "REMOVED";
@@ -454,6 +469,7 @@ impl Registry {
             clock_ok: std::sync::OnceLock::new(),
             closed_sent: Default::default(),
             transfers: Default::default(),
+            installing: Default::default(),
         });
         // WAL records of groups not opened (closed for good, or deleted) pin nothing: a
         // group opened again later starts with a reset.
@@ -910,6 +926,11 @@ mod config_tests {
         };
         for policy in [SnapshotPolicy::Never, SnapshotPolicy::LogsSinceLast(10)] {
             let c = raft_config(&cfg, 1, policy).expect("config");
+            assert_eq!(
+                c.max_in_snapshot_log_to_keep,
+                u64::MAX,
+                "vshards purge by hand"
+            );
             assert_eq!(c.enable_leader_restore, Some(false));
             assert_eq!(c.enable_pre_vote, Some(true));
         }
