@@ -203,24 +203,38 @@ pub struct SnapshotSends {
     /// (group, target) → the last log index of the snapshot being sent: the log after it
     /// is what the target needs next (see `flush::purge_upto`).
     sending: parking_lot::Mutex<std::collections::BTreeMap<(u32, u64), u64>>,
+    /// (group, target) → (bytes, when) of the last transfer whose files all went over.
+    finished: parking_lot::Mutex<std::collections::BTreeMap<(u32, u64), (u64, std::time::Instant)>>,
     limit: RateLimit,
 }
+
+/// How long [`SnapshotSends::progress`] still shows a transfer whose files all went over.
+pub const SNAPSHOT_FINISHED_SHOWN: Duration = Duration::from_secs(10);
 
 impl SnapshotSends {
     pub fn new(max_bytes_per_sec: u64) -> SnapshotSends {
         SnapshotSends {
             progress: Default::default(),
             sending: Default::default(),
+            finished: Default::default(),
             limit: RateLimit::new(max_bytes_per_sec),
         }
     }
 
-    /// (group, target, bytes sent, bytes in all) of every transfer under way.
+    /// (group, target, bytes sent, bytes in all) of every transfer under way, and of those
+    /// that finished within [`SNAPSHOT_FINISHED_SHOWN`] (as all sent).
     pub fn progress(&self) -> Vec<(u32, u64, u64, u64)> {
-        self.progress
-            .lock()
+        let mut finished = self.finished.lock();
+        finished.retain(|_, (_, at)| at.elapsed() < SNAPSHOT_FINISHED_SHOWN);
+        let progress = self.progress.lock();
+        let done = finished
+            .iter()
+            .filter(|(k, _)| !progress.contains_key(k))
+            .map(|(&(g, t), &(bytes, _))| (g, t, bytes, bytes));
+        progress
             .iter()
             .map(|(&(g, t), &(sent, total))| (g, t, sent, total))
+            .chain(done)
             .collect()
     }
 
@@ -363,7 +377,7 @@ impl GroupNetwork {
         manifest: &[u8],
         transfer: &str,
         option: &RPCOption,
-    ) -> Result<(), RPCError<TypeConfig>> {
+    ) -> Result<u64, RPCError<TypeConfig>> {
         use tokio::io::AsyncReadExt;
         let net = |e: &dyn std::fmt::Display| RPCError::Network(NetworkError::from_string(e));
         let manifest: shoal_storage::manifest::Manifest =
@@ -420,7 +434,7 @@ impl GroupNetwork {
                 }
             }
         }
-        Ok(())
+        Ok(sent)
     }
 }
 
@@ -511,12 +525,18 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
                     r = self.ship_files(dir, &snapshot.snapshot.meta, &t, &option) => r,
                     closed = &mut cancel => return Err(StreamingError::Closed(closed)),
                 };
-                shipped.map_err(|e| match e {
+                let bytes = shipped.map_err(|e| match e {
                     RPCError::Timeout(t) => StreamingError::Timeout(t),
                     RPCError::Unreachable(u) => StreamingError::Unreachable(u),
                     RPCError::Network(n) => StreamingError::Network(n),
                     other => StreamingError::Network(NetworkError::from_string(other)),
                 })?;
+                // Shown for a while after it ends, so that a transfer shorter than the
+                // controller's look at it is still recorded in `system.moves`.
+                self.snapshots
+                    .finished
+                    .lock()
+                    .insert(key, (bytes, std::time::Instant::now()));
                 Some(t)
             }
             None => None,

@@ -119,7 +119,8 @@ pub struct NodeConfig {
     pub wal_segment_bytes: u64,
     /// Recent WAL entries kept in memory, for the whole node.
     pub wal_cache_bytes: u64,
-    /// Once the WAL is larger on disk, the group holding its oldest segment is flushed.
+    /// Once the WAL is larger on disk, the group holding its oldest segment is flushed,
+    /// and vshard leaders stop keeping log entries for lagging followers.
     pub wal_max_bytes: u64,
     /// fsync the Raft log before acknowledging (only turn off for throwaway benchmarks).
     pub wal_fsync: bool,
