@@ -248,15 +248,16 @@ impl SnapshotSends {
     }
 }
 
-/// Forgets a snapshot send when it ends, however it ends.
-struct SendingGuard<'a> {
-    sends: &'a SnapshotSends,
+/// Removes a transfer's entry from one of [`SnapshotSends`]' maps when the transfer ends,
+/// however it ends.
+struct Forget<'a, V> {
+    map: &'a parking_lot::Mutex<std::collections::BTreeMap<(u32, u64), V>>,
     key: (u32, u64),
 }
 
-impl Drop for SendingGuard<'_> {
+impl<V> Drop for Forget<'_, V> {
     fn drop(&mut self) {
-        self.sends.sending.lock().remove(&self.key);
+        self.map.lock().remove(&self.key);
     }
 }
 
@@ -391,8 +392,8 @@ impl GroupNetwork {
         let key = (self.group, self.target);
         let mut sent = 0u64;
         self.snapshots.progress.lock().insert(key, (0, total));
-        let _done = ProgressGuard {
-            sends: &self.snapshots,
+        let _done = Forget {
+            map: &self.snapshots.progress,
             key,
         };
         let mut buf = vec![0u8; SNAPSHOT_CHUNK_BYTES];
@@ -435,18 +436,6 @@ impl GroupNetwork {
             }
         }
         Ok(sent)
-    }
-}
-
-/// Forgets a transfer's progress when it ends, however it ends.
-struct ProgressGuard<'a> {
-    sends: &'a SnapshotSends,
-    key: (u32, u64),
-}
-
-impl Drop for ProgressGuard<'_> {
-    fn drop(&mut self) {
-        self.sends.progress.lock().remove(&self.key);
     }
 }
 
@@ -507,8 +496,8 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
         let key = (self.group, self.target);
         let index = snapshot.meta.last_log_id.map_or(0, |l| l.index);
         self.snapshots.sending.lock().insert(key, index);
-        let _sending = SendingGuard {
-            sends: &self.snapshots,
+        let _sending = Forget {
+            map: &self.snapshots.sending,
             key,
         };
         let transfer = match &snapshot.snapshot.dir {
