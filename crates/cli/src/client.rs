@@ -12,6 +12,15 @@ pub struct SqlArgs {
     /// Output format: table (default), json, csv, jsonl.
     #[arg(long, default_value = "table")]
     format: String,
+    /// An API token (`CREATE TOKEN FOR user`), sent as `Authorization: Bearer`.
+    #[arg(long, env = "SHOAL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A user name, with `--password` (HTTP Basic).
+    #[arg(long, env = "SHOAL_USER")]
+    user: Option<String>,
+    /// The user's password (better from the environment: SHOAL_PASSWORD).
+    #[arg(long, env = "SHOAL_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
     /// The SQL to run; omit for an interactive shell.
     sql: Option<String>,
 }
@@ -23,6 +32,8 @@ struct Client {
     http: reqwest::Client,
     url: String,
     format: String,
+    token: Option<String>,
+    user: Option<(String, Option<String>)>,
 }
 
 impl Client {
@@ -32,10 +43,16 @@ impl Client {
         } else {
             self.format.as_str()
         };
-        let resp = self
+        let mut req = self
             .http
             .post(format!("{}?format={wire}", self.url))
-            .body(sql.to_string())
+            .body(sql.to_string());
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        } else if let Some((u, p)) = &self.user {
+            req = req.basic_auth(u, p.as_ref());
+        }
+        let resp = req
             .send()
             .await
             .map_err(|e| format!("cannot reach {}: {e}", self.url))?;
@@ -145,6 +162,8 @@ pub async fn run(args: SqlArgs) -> Result<(), String> {
         http,
         url: format!("{base}/v1/sql"),
         format: args.format.clone(),
+        token: args.token.clone(),
+        user: args.user.clone().map(|u| (u, args.password.clone())),
     };
     if let Some(sql) = args.sql {
         let out = client.run(&sql).await?;

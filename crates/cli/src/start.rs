@@ -189,12 +189,21 @@ pub struct StartArgs {
     /// Time to authenticate a Postgres connection, ms [default: 10000]
     #[arg(long, env = "SHOAL_PG_AUTH_TIMEOUT_MS")]
     pg_auth_timeout_ms: Option<u64>,
-    /// Postgres authentication: trust, scram-sha-256 or md5 [default: trust]
+    /// Client authentication: trust (once users exist) or scram-sha-256 (always) [default: trust]
     #[arg(long, env = "SHOAL_PG_AUTH")]
     pg_auth: Option<String>,
-    /// Postgres users, comma separated name:password pairs (for scram-sha-256/md5)
+    /// Deprecated: users created as admins at start, comma separated name:password pairs
     #[arg(long, env = "SHOAL_PG_USERS", value_delimiter = ',')]
     pg_users: Option<Vec<String>>,
+    /// Name of the first admin user [default: admin]
+    #[arg(long, env = "SHOAL_INIT_ADMIN_USER")]
+    init_admin_user: Option<String>,
+    /// Password of the first admin, created if the cluster has no users (prefer the file)
+    #[arg(long, env = "SHOAL_INIT_ADMIN_PASSWORD", hide_env_values = true)]
+    init_admin_password: Option<shoal_server::config::Secret>,
+    /// File holding the first admin's password [default: none]
+    #[arg(long, env = "SHOAL_INIT_ADMIN_PASSWORD_FILE")]
+    init_admin_password_file: Option<String>,
     /// Directory SQL COPY … TO may write under; empty = none [default: ""]
     #[arg(long, env = "SHOAL_SQL_FILE_DIR")]
     sql_file_dir: Option<String>,
@@ -292,6 +301,9 @@ pub fn resolve(args: &StartArgs) -> Result<NodeConfig, String> {
         pg_auth_timeout_ms,
         pg_auth,
         pg_users,
+        init_admin_user,
+        init_admin_password,
+        init_admin_password_file,
         sql_file_dir,
         startup_timeout_ms,
         drain_timeout_ms,

@@ -118,6 +118,8 @@ pub enum ClusterOp {
     },
     /// Sets a cluster setting (`SET CLUSTER SETTING name = value`).
     SetSetting { name: String, value: String },
+    /// Changes the users, roles or tokens (see `users`).
+    User(crate::users::UserOp),
 }
 
 /// One catalog change.

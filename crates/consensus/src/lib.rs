@@ -18,6 +18,7 @@ pub mod registry;
 pub mod shard_sm;
 pub mod topology;
 pub mod transport;
+pub mod users;
 
 pub use command::{ClusterOp, Command, DdlOp, NodeAddrs, NodeState, Response};
 pub use meta_sm::{Catalog, CatalogHandle, NodeEntry, TableEntry};

@@ -70,6 +70,9 @@ pub struct Catalog {
     pub next_move_id: u64,
     #[serde(default)]
     pub settings: crate::topology::ClusterSettings,
+    /// Users, roles and tokens (see `users`); none: clients are not asked who they are.
+    #[serde(default)]
+    pub users: crate::users::Users,
 }
 
 /// Shared read access to the latest applied catalog. Readers clone the inner `Arc`.
@@ -280,6 +283,7 @@ impl Catalog {
             } => self.start_move(*vshard, *from, *to, reason, *now_ms),
             ClusterOp::UpdateMove { id, update, now_ms } => self.update_move(*id, update, *now_ms),
             ClusterOp::SetSetting { name, value } => self.settings.set(name, value).map(|_| 0),
+            ClusterOp::User(op) => crate::users::apply(&mut self.users, op).map(|_| 0),
         }
     }
 

@@ -103,13 +103,14 @@ const KINDS: &[(ErrorKind, &str)] = &[
     (ErrorKind::TxAborted, "tx_aborted"),
     (ErrorKind::NotSupported, "not_supported"),
     (ErrorKind::Forbidden, "forbidden"),
+    (ErrorKind::Unauthenticated, "unauthenticated"),
     (ErrorKind::Internal, "internal"),
 ];
 
 /// SQLSTATEs a remote error may carry through (anything else falls back to its kind's).
 const SQLSTATES: &[&str] = &[
     "42601", "42703", "22023", "22012", "22003", "22P02", "42883", "42804", "57014", "53100",
-    "54000", "57P03", "0A000", "XX000", "42000", "42P01", "42501",
+    "54000", "57P03", "0A000", "XX000", "42000", "42P01", "42501", "28000",
 ];
 
 /// `[shoal:<kind>:<sqlstate>] message`, and whether the caller may retry elsewhere.

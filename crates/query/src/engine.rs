@@ -258,7 +258,20 @@ impl QueryEngine {
     /// Runs every statement of `sql` in order in a fresh session and returns the last one's
     /// result; the first error stops the request. A transaction block left open at the end
     /// is rolled back.
+    /// Runs `sql` as the node itself (its own queries; callers that let a client in
+    /// already, such as the admin API).
     pub async fn execute(&self, sql: &str, opts: &QueryOptions) -> Result<QueryOutput> {
+        self.execute_as(sql, opts, crate::access::Principal::Node)
+            .await
+    }
+
+    /// Runs `sql` (one or more statements, one session) as `who`.
+    pub async fn execute_as(
+        &self,
+        sql: &str,
+        opts: &QueryOptions,
+        who: crate::access::Principal,
+    ) -> Result<QueryOutput> {
         let statements = split_statements(sql);
         if statements.is_empty() {
             return Err(QueryError::bad_input("empty query"));
@@ -270,6 +283,7 @@ impl QueryEngine {
             ));
         }
         let mut session = Session::new(opts);
+        session.principal = who;
         let mut last = None;
         for stmt in statements {
             last = Some(self.run_statement(&mut session, stmt, &[]).await?);

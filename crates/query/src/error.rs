@@ -25,6 +25,8 @@ pub enum ErrorKind {
     NotSupported,
     /// Valid SQL this client may not run (a server file, a privilege it lacks).
     Forbidden,
+    /// The client has not said who it is, or the user it logged in as is gone.
+    Unauthenticated,
     /// A bug: logged, reported with little detail.
     Internal,
 }
@@ -77,6 +79,7 @@ impl QueryError {
             ErrorKind::TxAborted => "25P02",
             ErrorKind::NotSupported => "0A000",
             ErrorKind::Forbidden => "42501",
+            ErrorKind::Unauthenticated => "28000",
             ErrorKind::Internal => "XX000",
         }
     }

@@ -10,6 +10,7 @@
 //!                                          replica elsewhere (scan + filter + partial aggregate)
 //! ```
 
+pub mod access;
 pub mod ddl;
 pub mod distributed;
 pub mod engine;
@@ -23,6 +24,7 @@ pub mod session;
 pub mod system;
 pub mod write;
 
+pub use access::Principal;
 pub use distributed::{FragmentRunner, RemoteError};
 pub use engine::{EnginePolicy, QueryEngine, QueryOptions, QueryOutput, ReadConsistency};
 pub use error::{ErrorKind, QueryError};

@@ -17,8 +17,10 @@ use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::sql::parser::Statement as DfStatement;
+use shoal_consensus::users::Role;
 use shoal_consensus::{Catalog, DdlOp, Response};
 
+use crate::access::{authorize, Principal, UserStatement};
 use crate::ddl::{ddl_op, ddl_tag};
 use crate::engine::{QueryEngine, QueryOptions, QueryOutput, ReadConsistency};
 use crate::error::{ErrorKind, QueryError, Result};
@@ -47,6 +49,8 @@ pub struct Session {
     tx: Tx,
     /// Statements come from a Postgres client: parse them Postgres-style first.
     pub pg_dialect: bool,
+    /// Who the statements run as (see [`crate::access`]).
+    pub principal: Principal,
 }
 
 /// Settings a session can `SHOW` before anyone set them (what clients probe on connect).
@@ -76,6 +80,7 @@ impl Session {
             settings: BTreeMap::new(),
             tx: Tx::Idle,
             pg_dialect: false,
+            principal: Principal::Anonymous,
         }
     }
 
@@ -378,6 +383,44 @@ fn one_column(name: &str, values: Vec<String>) -> QueryOutput {
     }
 }
 
+fn two_columns(names: (&str, &str), rows: Vec<(String, String)>) -> QueryOutput {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new(names.0, DataType::Utf8, false),
+        Field::new(names.1, DataType::Utf8, false),
+    ]));
+    let (a, b): (Vec<String>, Vec<String>) = rows.into_iter().unzip();
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(a)),
+        Arc::new(StringArray::from(b)),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), cols).expect("two utf8 columns");
+    QueryOutput::Rows {
+        schema,
+        batches: vec![batch],
+    }
+}
+
+/// The role a parsed statement needs and what to call it in a refusal: DDL and `COPY`
+/// need admin, `INSERT` (and other DML) writer, queries reader.
+fn statement_needs(stmt: &DfStatement) -> (Role, &'static str) {
+    use datafusion::sql::sqlparser::ast::Statement as S;
+    match stmt {
+        DfStatement::Statement(s) => match &**s {
+            S::Query(_)
+            | S::Explain { .. }
+            | S::ExplainTable { .. }
+            | S::ShowTables { .. }
+            | S::ShowColumns { .. }
+            | S::ShowVariable { .. } => (Role::Reader, "a query"),
+            S::Insert(_) | S::Update { .. } | S::Delete(_) => (Role::Writer, "writing rows"),
+            _ => (Role::Admin, "DDL"),
+        },
+        DfStatement::Explain(_) => (Role::Reader, "EXPLAIN"),
+        DfStatement::CopyTo(_) => (Role::Admin, "COPY"),
+        _ => (Role::Admin, "DDL"),
+    }
+}
+
 fn command(tag: &str) -> QueryOutput {
     QueryOutput::Command {
         tag: tag.into(),
@@ -414,6 +457,15 @@ impl QueryEngine {
         params: &[Option<String>],
     ) -> Result<QueryOutput> {
         let failed = session.status() == TxStatus::Failed;
+        if let Some(stmt) = crate::access::parse(sql) {
+            if failed {
+                return Err(QueryError::new(
+                    ErrorKind::TxAborted,
+                    "current transaction is aborted, commands ignored until end of transaction block",
+                ));
+            }
+            return self.run_user_statement(session, stmt?).await;
+        }
         let cmd = session_command(sql);
         if failed && !matches!(cmd, Some(SessionCommand::Commit | SessionCommand::Rollback)) {
             return Err(QueryError::new(
@@ -437,6 +489,17 @@ impl QueryEngine {
         cmd: Option<SessionCommand>,
         params: &[Option<String>],
     ) -> Result<QueryOutput> {
+        let need = match &cmd {
+            Some(SessionCommand::Show(_)) => Some((Role::Reader, "SHOW")),
+            Some(SessionCommand::SetCluster { .. }) => Some((Role::Admin, "SET CLUSTER SETTING")),
+            Some(SessionCommand::MoveReplica { .. } | SessionCommand::BadAlterVshard(_)) => {
+                Some((Role::Admin, "ALTER VSHARD"))
+            }
+            _ => None,
+        };
+        if cmd.is_some() {
+            self.authorize(session, need)?;
+        }
         match cmd {
             Some(SessionCommand::Begin) => {
                 if let Tx::Idle = session.tx {
@@ -481,6 +544,8 @@ impl QueryEngine {
         }
         if params.is_empty() {
             if let Some((version, plan)) = self.plans.get(sql, session.pg_dialect) {
+                // Only queries are cached.
+                self.authorize(session, Some((Role::Reader, "a query")))?;
                 self.catalog_barrier(session).await?;
                 // A plan made before the latest DDL is planned again (and replaced) below.
                 if self.registry().catalog().read().schema_version == version {
@@ -491,6 +556,7 @@ impl QueryEngine {
             }
         }
         let stmt = self.parse_one(sql, session.pg_dialect)?;
+        self.authorize(session, Some(statement_needs(&stmt)))?;
         if let DfStatement::Statement(s) = &stmt {
             if let Some(op) = ddl_op(s)? {
                 let tag = ddl_tag(&op);
@@ -516,6 +582,95 @@ impl QueryEngine {
         let opts = session.options();
         let work = self.execute_statement(stmt, (sql, session.pg_dialect), params, &opts);
         with_timeout(&opts, work).await
+    }
+
+    /// Refuses the statement unless the session's principal has the role `need` names
+    /// (`None`: any logged-in user).
+    fn authorize(&self, session: &Session, need: Option<(Role, &str)>) -> Result<()> {
+        let catalog = self.registry().catalog().read().clone();
+        let (role, what) = need.map_or((None, ""), |(r, w)| (Some(r), w));
+        authorize(&catalog, &session.principal, role, what)
+    }
+
+    /// `CREATE USER`, `GRANT`, `CREATE TOKEN FOR`, `SHOW USERS`, …: admin only (but for
+    /// changing one's own password); changes go through group 0.
+    async fn run_user_statement(
+        &self,
+        session: &Session,
+        stmt: UserStatement,
+    ) -> Result<QueryOutput> {
+        self.authorize(
+            session,
+            stmt.needs(&session.principal).map(|r| (r, stmt.tag())),
+        )?;
+        match stmt {
+            UserStatement::ShowUsers => {
+                self.catalog_barrier(session).await?;
+                return Ok(self.show_users());
+            }
+            UserStatement::ShowTokens => {
+                self.catalog_barrier(session).await?;
+                return Ok(self.show_tokens());
+            }
+            _ => {}
+        }
+        let now_ms = (shoal_common::time::now_nanos() / 1_000_000) as u64;
+        let Some((op, token)) = stmt.op(now_ms) else {
+            return Ok(command(stmt.tag()));
+        };
+        let token_id = match &op {
+            shoal_consensus::users::UserOp::CreateToken { id, .. } => id.clone(),
+            _ => String::new(),
+        };
+        let who = session.principal.name().to_string();
+        match self
+            .registry()
+            .propose_meta(shoal_consensus::Command::Cluster(
+                shoal_consensus::ClusterOp::User(op),
+            ))
+            .await?
+        {
+            Response::Rejected(msg) => {
+                let code = if msg.contains("does not exist") {
+                    "42704"
+                } else if msg.contains("already exists") {
+                    "42710"
+                } else {
+                    "55000"
+                };
+                Err(QueryError::bad_input(msg).with_code(code))
+            }
+            _ => {
+                tracing::info!(by = %who, statement = stmt.tag(), "users changed");
+                match token {
+                    Some(token) => Ok(two_columns(("token_id", "token"), vec![(token_id, token)])),
+                    None => Ok(command(stmt.tag())),
+                }
+            }
+        }
+    }
+
+    fn show_users(&self) -> QueryOutput {
+        let catalog = self.registry().catalog().read().clone();
+        let rows = catalog
+            .users
+            .iter()
+            .map(|(name, u)| {
+                let roles: Vec<&str> = u.roles.iter().rev().map(Role::as_str).collect();
+                (name.clone(), roles.join(","))
+            })
+            .collect();
+        two_columns(("user_name", "roles"), rows)
+    }
+
+    fn show_tokens(&self) -> QueryOutput {
+        let catalog = self.registry().catalog().read().clone();
+        let rows = catalog
+            .users
+            .iter()
+            .flat_map(|(name, u)| u.tokens.keys().map(move |id| (id.clone(), name.clone())))
+            .collect();
+        two_columns(("token_id", "user_name"), rows)
     }
 
     /// Whether `stmt` is an `INSERT` into a table this node's catalog has.
@@ -766,6 +921,19 @@ impl QueryEngine {
         session: &Session,
         sql: &str,
     ) -> Result<(Vec<Option<DataType>>, Option<Arc<Schema>>)> {
+        if let Some(stmt) = crate::access::parse(sql) {
+            let names = match stmt? {
+                UserStatement::ShowUsers => ("user_name", "roles"),
+                UserStatement::ShowTokens => ("token_id", "user_name"),
+                UserStatement::CreateToken { .. } => ("token_id", "token"),
+                _ => return Ok((vec![], None)),
+            };
+            let schema = Schema::new(vec![
+                Field::new(names.0, DataType::Utf8, false),
+                Field::new(names.1, DataType::Utf8, false),
+            ]);
+            return Ok((vec![], Some(Arc::new(schema))));
+        }
         if let Some(cmd) = session_command(sql) {
             return Ok(match cmd {
                 SessionCommand::Show(what) => {

@@ -142,6 +142,28 @@ async fn require_admin(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
+    let gate = &st.http.gate;
+    // Once the cluster has users, a caller is an admin user or holds the admin token.
+    let token_ok =
+        matches!(st.auth, AdminAuth::Token(_)) && authorize(&st.auth, authz, peer.ip()).is_ok();
+    if gate.required().unwrap_or(false) && !token_ok {
+        let who = gate.http(authz, req.uri().query(), peer.ip());
+        let checked = who.and_then(|who| {
+            shoal_query::access::authorize(
+                &*gate.catalog()?,
+                &who,
+                Some(shoal_consensus::users::Role::Admin),
+                "the admin API",
+            )
+        });
+        return match checked {
+            Ok(()) => next.run(req).await,
+            Err(e) => {
+                tracing::info!(peer = %peer, "admin request refused: {}", e.message);
+                error(crate::http::status_of(e.kind), e.message)
+            }
+        };
+    }
     match authorize(&st.auth, authz, peer.ip()) {
         Ok(()) => next.run(req).await,
         Err((s, m)) => {

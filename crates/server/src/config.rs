@@ -148,10 +148,24 @@ pub struct NodeConfig {
     /// Time a Postgres connection has from accept to an authenticated session (Postgres:
     /// authentication_timeout, milliseconds); past it the connection is closed.
     pub pg_auth_timeout_ms: u64,
-    /// Postgres-protocol authentication: `trust`, `scram-sha-256` or `md5`.
+    /// Authentication of Postgres and HTTP clients: `trust` (the default) asks clients who
+    /// they are once the cluster has a user (`CREATE USER`, `init_admin_password`) and lets
+    /// everyone in before; `scram-sha-256` asks always, even before the first user exists.
+    /// Postgres clients authenticate with SCRAM-SHA-256; `md5` is no longer accepted.
     pub pg_auth: String,
-    /// Users for `scram-sha-256`/`md5`, each `name:password`.
+    /// Deprecated: users as `name:password` in plain text. At start-up each one missing
+    /// from the cluster is created as an admin (stored as a SCRAM verifier, like every
+    /// user); then remove them from the file and manage users with SQL.
     pub pg_users: Vec<String>,
+    /// The name of the admin user `init_admin_password` creates.
+    pub init_admin_user: String,
+    /// Creates the cluster's first user, an admin named `init_admin_user`, with this
+    /// password, if the cluster has no users yet (otherwise it is ignored). Prefer
+    /// `init_admin_password_file` or the `SHOAL_INIT_ADMIN_PASSWORD` environment variable.
+    /// Never logged.
+    pub init_admin_password: Secret,
+    /// A file holding `init_admin_password` (surrounding whitespace ignored); wins.
+    pub init_admin_password_file: String,
     /// A directory SQL may write files under (`COPY (SELECT …) TO 'out.csv'`, relative
     /// paths taken relative to it). Empty (the default): SQL touches no server files at all.
     /// `CREATE EXTERNAL TABLE` is always refused.
@@ -254,6 +268,9 @@ impl Default for NodeConfig {
             pg_auth_timeout_ms: 10_000,
             pg_auth: "trust".into(),
             pg_users: vec![],
+            init_admin_user: "admin".into(),
+            init_admin_password: Secret::default(),
+            init_admin_password_file: String::new(),
             sql_file_dir: String::new(),
             startup_timeout_ms: 120_000,
             drain_timeout_ms: 30_000,
@@ -294,34 +311,55 @@ impl std::str::FromStr for Secret {
 /// The longest admin token accepted, bytes.
 pub const ADMIN_TOKEN_MAX_BYTES: usize = 4096;
 
+/// A secret from `file` (wins; surrounding whitespace ignored) or `inline`, at most
+/// [`ADMIN_TOKEN_MAX_BYTES`]; empty when neither is set.
+fn read_secret(inline: &Secret, file: &str, name: &str) -> Result<String, String> {
+    let value = if file.is_empty() {
+        inline.0.trim().to_string()
+    } else {
+        let meta = std::fs::metadata(file).map_err(|e| format!("{name}_file {file}: {e}"))?;
+        if meta.len() > ADMIN_TOKEN_MAX_BYTES as u64 {
+            return Err(format!(
+                "{name}_file {file}: larger than {ADMIN_TOKEN_MAX_BYTES} bytes"
+            ));
+        }
+        std::fs::read_to_string(file)
+            .map_err(|e| format!("{name}_file {file}: {e}"))?
+            .trim()
+            .to_string()
+    };
+    if value.len() > ADMIN_TOKEN_MAX_BYTES {
+        return Err(format!("{name}: longer than {ADMIN_TOKEN_MAX_BYTES} bytes"));
+    }
+    Ok(value)
+}
+
 impl NodeConfig {
     /// The admin token from `admin_token_file` (wins) or `admin_token`; `None` when neither
     /// is set (the admin API then answers loopback clients only).
     pub fn admin_token(&self) -> Result<Option<Secret>, String> {
-        let token = if self.admin_token_file.is_empty() {
-            self.admin_token.0.trim().to_string()
-        } else {
-            let f = &self.admin_token_file;
-            let meta = std::fs::metadata(f).map_err(|e| format!("admin_token_file {f}: {e}"))?;
-            if meta.len() > ADMIN_TOKEN_MAX_BYTES as u64 {
-                return Err(format!(
-                    "admin_token_file {f}: larger than {ADMIN_TOKEN_MAX_BYTES} bytes"
-                ));
-            }
-            std::fs::read_to_string(f)
-                .map_err(|e| format!("admin_token_file {f}: {e}"))?
-                .trim()
-                .to_string()
-        };
-        if token.len() > ADMIN_TOKEN_MAX_BYTES {
-            return Err(format!(
-                "admin_token: longer than {ADMIN_TOKEN_MAX_BYTES} bytes"
-            ));
-        }
+        let token = read_secret(&self.admin_token, &self.admin_token_file, "admin_token")?;
         if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err("the admin token may not contain whitespace or control characters".into());
         }
         Ok((!token.is_empty()).then_some(Secret(token)))
+    }
+
+    /// The first admin's password from `init_admin_password_file` (wins) or
+    /// `init_admin_password`; `None` when neither is set.
+    pub fn init_admin_password(&self) -> Result<Option<Secret>, String> {
+        let pw = read_secret(
+            &self.init_admin_password,
+            &self.init_admin_password_file,
+            "init_admin_password",
+        )?;
+        if !pw.is_empty() {
+            shoal_consensus::users::check_password(&pw)
+                .map_err(|e| format!("init_admin_password: {e}"))?;
+            shoal_consensus::users::check_name(&self.init_admin_user)
+                .map_err(|e| format!("init_admin_user: {e}"))?;
+        }
+        Ok((!pw.is_empty()).then_some(Secret(pw)))
     }
 
     /// Parses a TOML config file's text.
@@ -373,14 +411,9 @@ impl NodeConfig {
         }
         self.part_compression()?;
         self.admin_token()?;
-        let method = crate::pgauth::AuthMethod::parse(&self.pg_auth)?;
-        let users = crate::pgauth::parse_users(&self.pg_users)?;
-        if method != crate::pgauth::AuthMethod::Trust && users.is_empty() {
-            return Err(format!(
-                "pg_auth = {:?} needs at least one pg_users entry (name:password)",
-                self.pg_auth
-            ));
-        }
+        self.init_admin_password()?;
+        crate::pgauth::AuthMethod::parse(&self.pg_auth)?;
+        crate::pgauth::parse_users(&self.pg_users)?;
         if self.max_voters == 0 || self.max_voters > 9 {
             return Err(format!(
                 "max_voters must be between 1 and 9, not {}",

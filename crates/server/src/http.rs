@@ -17,14 +17,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde_json::json;
 use shoal_lineproto::Precision;
-use shoal_query::{ErrorKind, QueryEngine, QueryError, QueryOptions, QueryOutput, ReadConsistency};
+use shoal_query::{
+    ErrorKind, Principal, QueryEngine, QueryError, QueryOptions, QueryOutput, ReadConsistency,
+};
 use tokio::sync::Semaphore;
 
 use crate::format::{self, Format};
@@ -38,6 +42,8 @@ pub struct AppState {
     pub permits: Arc<Semaphore>,
     /// Cluster readiness (group 0 caught up, node registered); `Err` says what is missing.
     pub readiness: OnceLock<Arc<dyn Fn() -> Result<(), String> + Send + Sync>>,
+    /// Who a request comes from (see [`crate::gate`]).
+    pub gate: Arc<crate::gate::Gate>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -48,11 +54,56 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", get(index))
         .route("/health/live", get(|| async { (StatusCode::OK, "ok\n") }))
         .route("/health/ready", get(ready))
-        .route("/v1/sql", post(sql))
-        .route("/write", post(write_v1))
-        .route("/api/v2/write", post(write_v2))
+        .merge(
+            Router::new()
+                .route("/v1/sql", post(sql))
+                .route("/write", post(write_v1))
+                .route("/api/v2/write", post(write_v2))
+                // Every route above knows who calls it; one added here is covered too.
+                .route_layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    authenticate,
+                )),
+        )
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+/// Resolves the caller's [`Principal`] (a request extension for the handler), or answers
+/// 401 (with `WWW-Authenticate`) / 429 for a caller over its failed-login budget.
+async fn authenticate(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let blocked = st.gate.is_blocked(peer.ip());
+    match st.gate.http(authorization, req.uri().query(), peer.ip()) {
+        Ok(who) => {
+            req.extensions_mut().insert(who);
+            next.run(req).await
+        }
+        Err(e) => {
+            let mut r = error_response(&e);
+            if blocked {
+                *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+                r.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    header::HeaderValue::from(crate::gate::AUTH_FAILURE_WINDOW_MS / 1000),
+                );
+            } else if r.status() == StatusCode::UNAUTHORIZED {
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Basic realm=\"shoal\", charset=\"UTF-8\""),
+                );
+            }
+            r
+        }
+    }
 }
 
 /// The HTTP status for each kind of error.
@@ -63,6 +114,7 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         | ErrorKind::TxAborted
         | ErrorKind::NotSupported => StatusCode::BAD_REQUEST,
         ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+        ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
         ErrorKind::Timeout => StatusCode::REQUEST_TIMEOUT,
         ErrorKind::AlreadyExists => StatusCode::CONFLICT,
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -128,6 +180,7 @@ fn admit(
 
 async fn sql(
     State(st): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
@@ -159,7 +212,7 @@ async fn sql(
         } else {
             text.to_string()
         };
-        let out = engine.execute(&sql_text, &opts).await?;
+        let out = engine.execute_as(&sql_text, &opts, who).await?;
         Ok::<_, QueryError>((format, out))
     }
     .await;
@@ -237,12 +290,19 @@ fn request_key(headers: &HeaderMap, q: &HashMap<String, String>, body: &[u8]) ->
 
 async fn write_common(
     st: &AppState,
+    who: &Principal,
     q: &HashMap<String, String>,
     headers: &HeaderMap,
     body: Bytes,
     default_precision: Precision,
 ) -> Result<(), QueryError> {
     let (engine, _permit) = admit(st)?;
+    shoal_query::access::authorize(
+        &*st.gate.catalog()?,
+        who,
+        Some(shoal_consensus::users::Role::Writer),
+        "writing rows",
+    )?;
     let precision = match q.get("precision") {
         None => default_precision,
         Some(p) => Precision::parse(p).ok_or_else(|| {
@@ -262,6 +322,8 @@ fn v2_error(e: &QueryError) -> Response {
     let status = status_of(e.kind);
     let code = match status {
         StatusCode::BAD_REQUEST => "invalid",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
         StatusCode::PAYLOAD_TOO_LARGE => "request too large",
         StatusCode::SERVICE_UNAVAILABLE => "unavailable",
         _ => "internal error",
@@ -272,12 +334,13 @@ fn v2_error(e: &QueryError) -> Response {
 
 async fn write_with(
     st: &AppState,
+    who: &Principal,
     q: &HashMap<String, String>,
     headers: &HeaderMap,
     body: Bytes,
     on_error: fn(&QueryError) -> Response,
 ) -> Response {
-    match write_common(st, q, headers, body, Precision::Nanoseconds).await {
+    match write_common(st, who, q, headers, body, Precision::Nanoseconds).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => on_error(&e),
     }
@@ -285,20 +348,22 @@ async fn write_with(
 
 async fn write_v1(
     State(st): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    write_with(&st, &q, &headers, body, error_response).await
+    write_with(&st, &who, &q, &headers, body, error_response).await
 }
 
 async fn write_v2(
     State(st): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    write_with(&st, &q, &headers, body, v2_error).await
+    write_with(&st, &who, &q, &headers, body, v2_error).await
 }
 
 #[cfg(test)]
@@ -314,12 +379,19 @@ mod tests {
             max_body_bytes: 1024 * 1024,
             permits: Arc::new(Semaphore::new(4)),
             readiness: OnceLock::new(),
+            gate: crate::gate::Gate::new(false),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let server = tokio::spawn(async move { axum::serve(listener, router(state)).await });
+        let server = tokio::spawn(async move {
+            axum::serve(
+                listener,
+                router(state).into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+        });
         let http = reqwest::Client::new();
         let get = |p: &str| http.get(format!("http://{addr}{p}")).send();
         assert_eq!(get("/health/live").await.expect("live").status(), 200);

@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod config;
 pub mod datadir;
 pub mod format;
+pub mod gate;
 pub mod http;
 pub mod ingest;
 pub mod lifecycle;
@@ -282,11 +283,13 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
         auth_timeout: Duration::from_millis(cfg.pg_auth_timeout_ms),
         max_message_bytes: usize::try_from(cfg.max_body_bytes).unwrap_or(usize::MAX),
     });
+    let auth_method = pgauth::AuthMethod::parse(&cfg.pg_auth)?;
+    let gate = gate::Gate::new(auth_method == pgauth::AuthMethod::ScramSha256);
     let pg = Arc::new(pg::PgState {
         engine: Arc::new(OnceLock::new()),
         startup: Arc::new(pgauth::ShoalStartup::new(
-            pgauth::AuthMethod::parse(&cfg.pg_auth)?,
-            pgauth::parse_users(&cfg.pg_users)?,
+            auth_method,
+            gate.clone(),
             admission.sessions(),
         )),
         admission,
@@ -297,6 +300,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
         max_body_bytes: cfg.max_body_bytes,
         permits: Arc::new(Semaphore::new(cfg.http_max_concurrent_requests.max(1))),
         readiness: OnceLock::new(),
+        gate: gate.clone(),
     });
     let lifecycle = Arc::new(lifecycle::Lifecycle::new(
         dir.identity.node_id,
@@ -502,6 +506,7 @@ async fn run(
         }
     };
     let _ = catalog_addrs.set(registry.catalog());
+    state.gate.set_catalog(registry.catalog());
     {
         // A suspected or dead leader: its groups here campaign as soon as its lease ends.
         let registry = registry.clone();
@@ -598,6 +603,14 @@ async fn run(
     let _ = shared.engine.set(engine.clone());
     let _ = pg.engine.set(engine.clone());
     let _ = state.engine.set(engine);
+    let users_seeded = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::spawn(seed_users(
+        registry.clone(),
+        pgauth::parse_users(&cfg.pg_users)?,
+        cfg.init_admin_password()?
+            .map(|pw| (cfg.init_admin_user.clone(), pw)),
+        users_seeded.clone(),
+    ));
     let _ = shared.controller.set(controller.clone());
     {
         // Membership changes wake the duties that follow them (placement, membership).
@@ -610,7 +623,11 @@ async fn run(
         let membership = membership.clone();
         let me = dir.identity.node_id;
         let _ = state.readiness.set(Arc::new(move || {
-            readiness(&registry, &controller, &membership, me)
+            readiness(&registry, &controller, &membership, me)?;
+            if !users_seeded.load(std::sync::atomic::Ordering::Acquire) {
+                return Err("storing the users the configuration names in group 0".into());
+            }
+            Ok(())
         }));
     }
     lifecycle.set_parts(registry.clone(), controller.clone());
@@ -690,4 +707,68 @@ async fn run(
         Some(why) => Err(why),
         None => Ok(()),
     }
+}
+
+/// How long start-up keeps trying to store the users the config names.
+const SEED_USERS_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Stores the users the config names in group 0: the first admin (`init_admin_password`,
+/// only while the cluster has no users) and the deprecated `pg_users` (each one missing, as
+/// an admin). Retried until group 0 commits them or [`SEED_USERS_DEADLINE`] passes.
+async fn seed_users(
+    registry: Arc<Registry>,
+    pg_users: Vec<(String, String)>,
+    init_admin: Option<(String, config::Secret)>,
+    seeded: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use shoal_consensus::users::{make_verifier, Role, UserOp};
+    let admin = || std::iter::once(Role::Admin).collect();
+    let mut ops = vec![];
+    if let Some((name, pw)) = init_admin {
+        ops.push(UserOp::Bootstrap {
+            name,
+            verifier: make_verifier(&pw.0),
+        });
+    }
+    if !pg_users.is_empty() {
+        tracing::warn!(
+            users = pg_users.len(),
+            "pg_users is deprecated: its users are stored in the cluster as admins (SCRAM verifiers); remove pg_users and its plain-text passwords from the configuration"
+        );
+    }
+    for (name, pw) in pg_users {
+        ops.push(UserOp::Create {
+            name,
+            verifier: make_verifier(&pw),
+            roles: admin(),
+            if_not_exists: true,
+        });
+    }
+    if ops.is_empty() {
+        seeded.store(true, std::sync::atomic::Ordering::Release);
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + SEED_USERS_DEADLINE;
+    for op in ops {
+        loop {
+            let cmd =
+                shoal_consensus::Command::Cluster(shoal_consensus::ClusterOp::User(op.clone()));
+            match registry.propose_meta(cmd).await {
+                Ok(shoal_consensus::Response::Rejected(why)) => {
+                    tracing::error!(why, "a user from the configuration was refused");
+                    break;
+                }
+                Ok(_) => break,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "storing the configured users; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "could not store the configured users");
+                    return;
+                }
+            }
+        }
+    }
+    seeded.store(true, std::sync::atomic::Ordering::Release);
 }

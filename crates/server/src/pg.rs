@@ -33,7 +33,9 @@ use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 use shoal_query::engine::MAX_STATEMENTS_PER_REQUEST;
-use shoal_query::{split_statements, ErrorKind, QueryEngine, QueryError, QueryOutput, Session};
+use shoal_query::{
+    split_statements, ErrorKind, Principal, QueryEngine, QueryError, QueryOutput, Session,
+};
 use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 
@@ -76,7 +78,7 @@ pub async fn serve(
         });
         let handlers = Handlers {
             conn: handler,
-            startup: state.startup.clone(),
+            startup: state.startup.connection(),
         };
         tokio::spawn(serve_connection(
             sock,
@@ -89,7 +91,7 @@ pub async fn serve(
 
 struct Handlers {
     conn: Arc<ConnHandler>,
-    startup: Arc<ShoalStartup>,
+    startup: Arc<crate::pgauth::ConnStartup>,
 }
 
 impl crate::pgconn::Handlers for Handlers {
@@ -296,12 +298,14 @@ fn response(out: QueryOutput, format: &Format) -> PgWireResult<Response> {
 impl ConnHandler {
     async fn run(
         &self,
+        who: Option<Arc<Principal>>,
         sql: &str,
         params: &[Option<String>],
         format: &Format,
     ) -> PgWireResult<Response> {
         let engine = engine_of(&self.engine)?;
         let mut session = self.session.lock().await;
+        session.principal = who.map(|p| (*p).clone()).unwrap_or_default();
         let out = engine
             .run_statement(&mut session, sql, params)
             .await
@@ -312,7 +316,7 @@ impl ConnHandler {
 
 #[async_trait]
 impl SimpleQueryHandler for ConnHandler {
-    async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore,
@@ -331,7 +335,15 @@ impl SimpleQueryHandler for ConnHandler {
         }
         let mut out = Vec::with_capacity(statements.len());
         for sql in statements {
-            match self.run(sql, &[], &Format::UnifiedText).await {
+            match self
+                .run(
+                    client.session_extensions().get::<Principal>(),
+                    sql,
+                    &[],
+                    &Format::UnifiedText,
+                )
+                .await
+            {
                 Ok(r) => out.push(r),
                 Err(e) => {
                     // Earlier statements keep their results; the rest of the string is skipped.
@@ -462,7 +474,7 @@ impl ExtendedQueryHandler for ConnHandler {
 
     async fn do_query<C>(
         &self,
-        _client: &mut C,
+        client: &mut C,
         portal: &Portal<ShoalStatement>,
         _max_rows: usize,
     ) -> PgWireResult<Response>
@@ -474,6 +486,7 @@ impl ExtendedQueryHandler for ConnHandler {
     {
         let params = decode_params(portal)?;
         self.run(
+            client.session_extensions().get::<Principal>(),
             &portal.statement.statement.sql,
             &params,
             &portal.result_column_format,

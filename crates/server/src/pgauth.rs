@@ -1,21 +1,19 @@
-//! Postgres-protocol authentication, chosen by `pg_auth`:
-//! - `trust` (default): any user name is accepted, no password;
-//! - `scram-sha-256`: the users of `pg_users` (`name:password`), SCRAM-SHA-256 (4096
-//!   iterations, a per-user random salt made at start-up);
-//! - `md5`: the same users with Postgres' MD5 challenge (a fresh salt per connection).
+//! Postgres-protocol authentication against the users group 0 holds (see [`crate::gate`]):
+//! SCRAM-SHA-256 with the stored verifier once the cluster has a user (or always, with
+//! `pg_auth = "scram-sha-256"`); until then `trust`: any user name, no password. The choice
+//! is made per connection, when it is accepted.
 //!
 //! A wrong password or unknown user gets FATAL 28P01 and the connection is closed; the
-//! failure is logged with the user name and peer, never the password.
+//! failure is logged with the user name and peer, never the password, and counted against
+//! the peer's address (after too many, its logins are refused with 28000 for a while).
 
-use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::Sink;
-use pgwire::api::auth::md5pass::{hash_md5_password, Md5PasswordAuth};
 use pgwire::api::auth::mechanism::{AuthMechanism, AuthMechanismFactory, AuthState};
-use pgwire::api::auth::sasl::scram::{gen_salted_password, ScramAuth};
+use pgwire::api::auth::sasl::scram::{ScramAuth, ScramSecret};
 use pgwire::api::auth::sasl::SaslMechanisms;
 use pgwire::api::auth::{
     AuthDriver, AuthOutcome, AuthSource, DefaultServerParameterProvider, LoginInfo, Password,
@@ -25,16 +23,17 @@ use pgwire::api::ClientInfo;
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::startup::PasswordMessageFamily;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use shoal_query::Principal;
 
-/// SCRAM iterations (Postgres' default).
-const SCRAM_ITERATIONS: usize = 4096;
+use crate::gate::Gate;
 
-/// How Postgres clients prove who they are.
+/// How Postgres clients prove who they are (`pg_auth`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthMethod {
+    /// SCRAM once the cluster has users, trust before.
     Trust,
+    /// SCRAM always.
     ScramSha256,
-    Md5,
 }
 
 impl AuthMethod {
@@ -42,17 +41,18 @@ impl AuthMethod {
         match s.to_ascii_lowercase().as_str() {
             "trust" => Ok(AuthMethod::Trust),
             "scram-sha-256" => Ok(AuthMethod::ScramSha256),
-            "md5" => Ok(AuthMethod::Md5),
+            "md5" => Err("pg_auth \"md5\" is no longer supported: passwords are kept only as SCRAM-SHA-256 verifiers; use \"scram-sha-256\" (every Postgres client since 10 speaks it)".into()),
             other => Err(format!(
-                "pg_auth {other:?}: use \"trust\", \"scram-sha-256\" or \"md5\""
+                "pg_auth {other:?}: use \"trust\" (authentication once users exist) or \"scram-sha-256\" (always)"
             )),
         }
     }
 }
 
-/// Parses `pg_users` entries (`name:password`).
-pub fn parse_users(entries: &[String]) -> Result<HashMap<String, String>, String> {
-    let mut users = HashMap::new();
+/// Parses `pg_users` entries (`name:password`), the users a config file may still name:
+/// they are created in group 0 as admins at start-up (see `lib.rs`).
+pub fn parse_users(entries: &[String]) -> Result<Vec<(String, String)>, String> {
+    let mut users = vec![];
     for e in entries {
         let Some((name, password)) = e.split_once(':') else {
             return Err(format!(
@@ -63,56 +63,51 @@ pub fn parse_users(entries: &[String]) -> Result<HashMap<String, String>, String
         if name.is_empty() || password.is_empty() {
             return Err("pg_users entries need a non-empty name and password".into());
         }
-        users.insert(name.to_string(), password.to_string());
+        shoal_consensus::users::check_name(name)?;
+        users.push((name.to_string(), password.to_string()));
     }
     Ok(users)
 }
 
-fn random_bytes<const N: usize>() -> [u8; N] {
-    use std::hash::{BuildHasher, Hasher};
-    let mut out = [0u8; N];
-    for chunk in out.chunks_mut(8) {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0),
-        );
-        let v = h.finish().to_le_bytes();
-        chunk.copy_from_slice(&v[..chunk.len()]);
-    }
-    out
-}
-
-/// The configured users: SCRAM salted passwords are computed once, at start-up.
+/// The verifiers of group 0's users, for pgwire's SCRAM.
 #[derive(Debug)]
-struct Users {
-    method: AuthMethod,
-    plain: HashMap<String, String>,
-    scram: HashMap<String, (Vec<u8>, Vec<u8>)>,
-}
+struct Verifiers(Arc<Gate>);
 
 #[async_trait]
-impl AuthSource for Users {
+impl AuthSource for Verifiers {
     async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
+        Err(PgWireError::InvalidPassword(
+            login.user().unwrap_or_default().to_string(),
+        ))
+    }
+
+    async fn get_scram_secret(&self, login: &LoginInfo) -> PgWireResult<(ScramSecret, Option<()>)> {
         let user = login.user().unwrap_or_default();
-        let reject = || {
-            tracing::warn!(user, host = %login.host(), "pg authentication failed: unknown user");
-            PgWireError::InvalidPassword(user.to_string())
+        let catalog = self.0.catalog().map_err(|e| {
+            PgWireError::UserError(Box::new(ErrorInfo::new(
+                "FATAL".into(),
+                "57P03".into(),
+                e.message,
+            )))
+        })?;
+        // An unknown user goes through the exchange with a verifier nobody can match, so
+        // the answer does not say whether the user exists.
+        let verifier = match catalog.users.get(user) {
+            Some(u) => u.verifier.clone(),
+            None => shoal_consensus::users::make_verifier(&shoal_consensus::users::make_token().1),
         };
-        match self.method {
-            AuthMethod::ScramSha256 => {
-                let (salt, salted) = self.scram.get(user).ok_or_else(reject)?;
-                Ok(Password::new(Some(salt.clone()), salted.clone()))
-            }
-            _ => {
-                let pw = self.plain.get(user).ok_or_else(reject)?;
-                let salt = random_bytes::<4>().to_vec();
-                let hashed = hash_md5_password(user, pw, &salt);
-                Ok(Password::new(Some(salt), hashed.into_bytes()))
-            }
-        }
+        let k = verifier
+            .keys()
+            .ok_or_else(|| PgWireError::InvalidPassword(user.to_string()))?;
+        Ok((
+            ScramSecret::Verifier {
+                salt: k.salt,
+                iterations: k.iterations as usize,
+                stored_key: k.stored_key,
+                server_key: k.server_key,
+            },
+            None,
+        ))
     }
 }
 
@@ -145,11 +140,10 @@ impl AuthMechanismFactory for TrustFactory {
     }
 }
 
-/// The startup handler every connection shares.
+/// What every connection's startup shares.
 pub struct ShoalStartup {
-    driver: AuthDriver<DefaultServerParameterProvider>,
-    mechanism: Box<dyn AuthMechanismFactory>,
     method: AuthMethod,
+    gate: Arc<Gate>,
     /// Session slots (`pg_max_connections`): one is taken when authentication succeeds,
     /// before the client is told so, and held by the connection until it closes.
     sessions: Arc<tokio::sync::Semaphore>,
@@ -161,53 +155,63 @@ pub struct SessionSlot(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
 impl ShoalStartup {
     pub fn new(
         method: AuthMethod,
-        users: HashMap<String, String>,
+        gate: Arc<Gate>,
         sessions: Arc<tokio::sync::Semaphore>,
     ) -> ShoalStartup {
-        let mut params = DefaultServerParameterProvider::default();
-        params.server_version = "16.6 (Shoal)".into();
-        let driver = AuthDriver::new(params);
-        let source = |scram| {
-            Arc::new(Users {
-                method,
-                scram,
-                plain: users.clone(),
-            })
-        };
-        let mechanism: Box<dyn AuthMechanismFactory> = match method {
-            AuthMethod::Trust => Box::new(TrustFactory),
-            AuthMethod::Md5 => Box::new(Md5PasswordAuth::new(source(HashMap::new()))),
-            AuthMethod::ScramSha256 => {
-                let scram = users
-                    .iter()
-                    .map(|(u, p)| {
-                        let salt = random_bytes::<16>().to_vec();
-                        let salted = gen_salted_password(p, &salt, SCRAM_ITERATIONS);
-                        (u.clone(), (salt, salted))
-                    })
-                    .collect();
-                let mut auth = ScramAuth::new(source(scram));
-                auth.set_iterations(SCRAM_ITERATIONS);
-                Box::new(SaslMechanisms::new(vec![Arc::new(auth)]))
-            }
-        };
         ShoalStartup {
-            driver,
-            mechanism,
             method,
+            gate,
             sessions,
         }
     }
 
-    /// Whether clients authenticate with SCRAM (their first password message is a
-    /// SASLInitialResponse; see `pgframe`).
-    pub fn is_scram(&self) -> bool {
-        self.method == AuthMethod::ScramSha256
+    /// The startup handler of a connection accepted now: SCRAM if the cluster has users
+    /// (or may have: group 0 is not open yet) or `pg_auth` asks for it, else trust.
+    pub fn connection(self: &Arc<Self>) -> Arc<ConnStartup> {
+        let scram = self.method == AuthMethod::ScramSha256 || self.gate.required().unwrap_or(true);
+        let mut params = DefaultServerParameterProvider::default();
+        params.server_version = "16.6 (Shoal)".into();
+        let mechanism: Box<dyn AuthMechanismFactory> = if scram {
+            let auth = ScramAuth::new(Arc::new(Verifiers(self.gate.clone())));
+            Box::new(SaslMechanisms::new(vec![Arc::new(auth)]))
+        } else {
+            Box::new(TrustFactory)
+        };
+        Arc::new(ConnStartup {
+            shared: self.clone(),
+            driver: AuthDriver::new(params),
+            mechanism,
+            scram,
+        })
     }
 }
 
+/// One connection's startup handler.
+pub struct ConnStartup {
+    shared: Arc<ShoalStartup>,
+    driver: AuthDriver<DefaultServerParameterProvider>,
+    mechanism: Box<dyn AuthMechanismFactory>,
+    scram: bool,
+}
+
+impl ConnStartup {
+    /// Whether the client authenticates with SCRAM (its first password message is a
+    /// SASLInitialResponse; see `pgframe`).
+    pub fn is_scram(&self) -> bool {
+        self.scram
+    }
+}
+
+fn fatal(code: &str, message: String) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "FATAL".into(),
+        code.into(),
+        message,
+    )))
+}
+
 #[async_trait]
-impl StartupHandler for ShoalStartup {
+impl StartupHandler for ConnStartup {
     async fn on_startup<C>(
         &self,
         client: &mut C,
@@ -220,6 +224,10 @@ impl StartupHandler for ShoalStartup {
     {
         let outcome = match message {
             PgWireFrontendMessage::Startup(ref startup) => {
+                self.shared
+                    .gate
+                    .admit(client.socket_addr().ip())
+                    .map_err(|e| fatal("28000", e.message))?;
                 pgwire::api::auth::protocol_negotiation(client, startup).await?;
                 pgwire::api::auth::save_startup_parameters_to_metadata(client, startup);
                 self.driver
@@ -230,7 +238,13 @@ impl StartupHandler for ShoalStartup {
                 match self.driver.advance_authentication(client, m).await {
                     Ok(o) => o,
                     Err(e) => {
-                        tracing::warn!(peer = %client.socket_addr(), user = client.metadata().get("user").map(String::as_str).unwrap_or(""), "pg authentication failed");
+                        let user = client.metadata().get("user").cloned().unwrap_or_default();
+                        self.shared.gate.failed(
+                            client.socket_addr().ip(),
+                            &user,
+                            "postgres",
+                            "wrong password or unknown user",
+                        );
                         return Err(e);
                     }
                 }
@@ -240,7 +254,7 @@ impl StartupHandler for ShoalStartup {
         if let AuthOutcome::Authenticated { final_message, .. } = outcome {
             // The slot is taken before AuthenticationOk/ReadyForQuery go out, so a client
             // past the limit gets 53300 instead of a session that dies at once.
-            let Ok(permit) = self.sessions.clone().try_acquire_owned() else {
+            let Ok(permit) = self.shared.sessions.clone().try_acquire_owned() else {
                 tracing::warn!(peer = %client.socket_addr(), "pg connection refused: pg_max_connections reached");
                 return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
                     "FATAL".into(),
@@ -251,6 +265,10 @@ impl StartupHandler for ShoalStartup {
             client
                 .session_extensions()
                 .get_or_insert_with(|| SessionSlot(permit));
+            if self.scram {
+                let user = client.metadata().get("user").cloned().unwrap_or_default();
+                client.session_extensions().insert(Principal::User(user));
+            }
             self.driver
                 .complete_authentication(client, final_message)
                 .await?;

@@ -591,3 +591,60 @@ pub async fn cluster_with(dirs: &[&std::path::Path], extra: &[&str]) -> Vec<Node
     }
     nodes_v
 }
+
+/// A virtualenv with psycopg 3, asyncpg and influxdb-client, made on first use under the user's cache dir
+/// (`SHOAL_TEST_VENV` overrides); `None`, with the reason printed, when it cannot be made.
+pub fn python_venv() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("SHOAL_TEST_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+            std::path::PathBuf::from(home).join(".cache/shoal-pyvenv")
+        });
+    let python = dir.join("bin/python");
+    let ready = |py: &std::path::Path| {
+        Command::new(py)
+            .args(["-c", "import psycopg, asyncpg, influxdb_client"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    if ready(&python) {
+        return Some(python);
+    }
+    let steps: [(&str, Vec<std::ffi::OsString>); 2] = [
+        (
+            "python3",
+            vec!["-m".into(), "venv".into(), dir.clone().into()],
+        ),
+        (
+            python.to_str()?,
+            vec![
+                "-m".into(),
+                "pip".into(),
+                "install".into(),
+                "-q".into(),
+                "psycopg[binary]>=3.1".into(),
+                "asyncpg".into(),
+                "influxdb-client".into(),
+            ],
+        ),
+    ];
+    for (prog, args) in steps {
+        match Command::new(prog).args(&args).output() {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => {
+                println!(
+                    "SKIP (python clients): {prog} {args:?} failed: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                return None;
+            }
+            Err(e) => {
+                println!("SKIP (python clients): cannot run {prog}: {e}");
+                return None;
+            }
+        }
+    }
+    ready(&python).then_some(python)
+}
