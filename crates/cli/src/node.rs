@@ -50,6 +50,10 @@ enum NodeCommand {
 /// How often `decommission --wait` looks at the progress.
 const WAIT_POLL_MS: u64 = 2_000;
 
+/// `decommission --wait` gives up after the node it asks has not answered for this long
+/// (the decommission itself goes on in the cluster).
+const WAIT_UNREACHABLE_MS: u64 = 60_000;
+
 /// Longest an admin request may take (a drain waits `drain_wait_unready_ms`, then hands
 /// leaderships off).
 const REQUEST_TIMEOUT_SECS: u64 = 180;
@@ -200,6 +204,7 @@ impl Api {
 async fn wait_decommissioned(api: &Api, ids: &[u64]) -> Result<(), String> {
     let mut last: std::collections::BTreeMap<u64, String> = Default::default();
     let mut left: Vec<u64> = ids.to_vec();
+    let mut answered = std::time::Instant::now();
     while !left.is_empty() {
         tokio::time::sleep(std::time::Duration::from_millis(WAIT_POLL_MS)).await;
         let mut still = vec![];
@@ -208,11 +213,20 @@ async fn wait_decommissioned(api: &Api, ids: &[u64]) -> Result<(), String> {
                 .call(reqwest::Method::GET, format!("/admin/v1/nodes/{id}"), None)
                 .await
             {
-                Ok(v) => v,
-                Err(e) => {
+                Ok(v) => {
+                    answered = std::time::Instant::now();
+                    v
+                }
+                Err(e) if answered.elapsed().as_millis() < u128::from(WAIT_UNREACHABLE_MS) => {
                     eprintln!("node {id}: {e}; retrying");
                     still.push(id);
                     continue;
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "no answer for {} s ({e}); the decommission goes on in the cluster: follow it with `shoal node ls` through another node",
+                        WAIT_UNREACHABLE_MS / 1000
+                    ))
                 }
             };
             let state = v.get("lifecycle").and_then(Value::as_str).unwrap_or("");

@@ -186,6 +186,16 @@ async fn users_roles_and_tokens() {
     assert_eq!((s, v["rows"][0][0].as_i64()), (200, Some(6)), "{v}");
     let (s, body) = post(&node, "/write?db=d", &rita, &line(99)).await;
     assert_eq!(s, 403, "{body}");
+    // EXPLAIN needs what its statement needs: EXPLAIN ANALYZE runs it.
+    let (s, v) = sql_as(&node, &rita, "EXPLAIN SELECT count(*) FROM t").await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = sql_as(
+        &node,
+        &rita,
+        "EXPLAIN ANALYZE INSERT INTO t VALUES (now(), 'e', 3.0)",
+    )
+    .await;
+    assert_eq!(s, 403, "{v}");
     let (s, body) = post(&node, "/api/v2/write?bucket=b", &rita, &line(99)).await;
     assert!(s == 403 && body.contains("forbidden"), "{s} {body}");
 

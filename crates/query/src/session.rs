@@ -401,22 +401,27 @@ fn two_columns(names: (&str, &str), rows: Vec<(String, String)>) -> QueryOutput 
 }
 
 /// The role a parsed statement needs and what to call it in a refusal: DDL and `COPY`
-/// need admin, `INSERT` (and other DML) writer, queries reader.
+/// need admin, `INSERT` (and other DML) writer, queries reader. `EXPLAIN` needs what its
+/// statement needs (`EXPLAIN ANALYZE` runs it).
 fn statement_needs(stmt: &DfStatement) -> (Role, &'static str) {
-    use datafusion::sql::sqlparser::ast::Statement as S;
     match stmt {
-        DfStatement::Statement(s) => match &**s {
-            S::Query(_)
-            | S::Explain { .. }
-            | S::ExplainTable { .. }
-            | S::ShowTables { .. }
-            | S::ShowColumns { .. }
-            | S::ShowVariable { .. } => (Role::Reader, "a query"),
-            S::Insert(_) | S::Update { .. } | S::Delete(_) => (Role::Writer, "writing rows"),
-            _ => (Role::Admin, "DDL"),
-        },
-        DfStatement::Explain(_) => (Role::Reader, "EXPLAIN"),
+        DfStatement::Statement(s) => sql_needs(s),
+        DfStatement::Explain(e) => statement_needs(&e.statement),
         DfStatement::CopyTo(_) => (Role::Admin, "COPY"),
+        _ => (Role::Admin, "DDL"),
+    }
+}
+
+fn sql_needs(s: &datafusion::sql::sqlparser::ast::Statement) -> (Role, &'static str) {
+    use datafusion::sql::sqlparser::ast::Statement as S;
+    match s {
+        S::Explain { statement, .. } => sql_needs(statement),
+        S::Query(_)
+        | S::ExplainTable { .. }
+        | S::ShowTables { .. }
+        | S::ShowColumns { .. }
+        | S::ShowVariable { .. } => (Role::Reader, "a query"),
+        S::Insert(_) | S::Update { .. } | S::Delete(_) => (Role::Writer, "writing rows"),
         _ => (Role::Admin, "DDL"),
     }
 }
