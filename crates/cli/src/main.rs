@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_cluster;
+mod cert;
 mod client;
 mod demo;
 mod memory;
@@ -41,6 +42,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Node admin: `ls`, `status`, `drain`, `undrain` (through any node's admin API).
     Node(node::NodeArgs),
+    /// Certificates: `create-ca`, `create-node <hosts…>`, `create-client <user>`, `ls`.
+    Cert(cert::CertArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -63,6 +66,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(args) => runtime.block_on(bench::run(args)),
         Command::Demo(args) => runtime.block_on(demo::run(args)),
         Command::Node(args) => runtime.block_on(node::run(args)),
+        Command::Cert(args) => cert::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

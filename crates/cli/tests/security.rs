@@ -313,3 +313,88 @@ async fn catalog_growth_is_bounded_and_all_or_nothing() {
     assert!(text.contains("max_columns_per_table"), "{text}");
     assert_eq!(node.count("SELECT count(*) FROM system.tables").await, 50);
 }
+
+/// `shoal cert` makes a CA, a node certificate and a client certificate that OpenSSL
+/// verifies against that CA (and not against another CA), with the node's names as
+/// subject alternative names and private keys only their owner can read.
+#[test]
+fn cert_commands_make_a_chain_openssl_verifies() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+    if Command::new("openssl").arg("version").output().is_err() {
+        println!("SKIP cert_commands_make_a_chain_openssl_verifies: no openssl binary");
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    let shoal = |dir: &std::path::Path, args: &[&str]| {
+        let out = Command::new(support::BIN)
+            .arg("cert")
+            .args(args)
+            .arg("--certs-dir")
+            .arg(dir)
+            .output()
+            .expect("run shoal cert");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    for d in [&a, &b] {
+        let (ok, out) = shoal(d, &["create-ca"]);
+        assert!(ok, "{out}");
+    }
+    let (ok, out) = shoal(
+        &a,
+        &["create-node", "node1.example", "127.0.0.1", "localhost"],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = shoal(&a, &["create-client", "ada"]);
+    assert!(ok, "{out}");
+    // A second CA in the same place is refused: it would orphan every certificate.
+    let (ok, out) = shoal(&a, &["create-ca"]);
+    assert!(!ok && out.contains("not overwriting"), "{out}");
+    for key in ["ca.key", "node.key", "client.ada.key"] {
+        let mode = std::fs::metadata(a.join(key))
+            .expect(key)
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{key} is readable by others: {mode:o}");
+    }
+    let verify = |ca: &std::path::Path, cert: &std::path::Path| {
+        Command::new("openssl")
+            .args(["verify", "-CAfile"])
+            .arg(ca)
+            .arg(cert)
+            .output()
+            .expect("openssl verify")
+            .status
+            .success()
+    };
+    assert!(verify(&a.join("ca.crt"), &a.join("node.crt")));
+    assert!(verify(&a.join("ca.crt"), &a.join("client.ada.crt")));
+    assert!(
+        !verify(&b.join("ca.crt"), &a.join("node.crt")),
+        "another CA must not verify it"
+    );
+    let text = Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(a.join("node.crt"))
+        .output()
+        .expect("openssl x509");
+    let text = String::from_utf8_lossy(&text.stdout);
+    for want in [
+        "DNS:node1.example",
+        "IP Address:127.0.0.1",
+        "TLS Web Server Authentication",
+        "TLS Web Client Authentication",
+    ] {
+        assert!(text.contains(want), "{want} missing from\n{text}");
+    }
+    let (ok, out) = shoal(&a, &["ls"]);
+    assert!(
+        ok && out.contains("node.crt") && out.contains("client.ada.crt"),
+        "{out}"
+    );
+}

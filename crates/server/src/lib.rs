@@ -7,6 +7,7 @@
 //! `drain_timeout_ms`), flush every vshard, stop the groups.
 
 pub mod admin;
+pub mod certs;
 pub mod cluster;
 pub mod config;
 pub mod datadir;
