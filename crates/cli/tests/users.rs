@@ -272,6 +272,15 @@ async fn the_first_user_turns_authentication_on() {
     let dir = tempfile::tempdir().expect("tmp");
     let node = Node::start(dir.path(), &[]).await;
     let anon = Auth::None;
+    // Before there are users, credentials are ignored: InfluxDB clients always send a
+    // token, often a made-up one.
+    let made_up = Auth::Header("Token my-token".into());
+    let (s, body) = post(&node, "/api/v2/write?bucket=b", &made_up, "m v=1 1").await;
+    assert_eq!(s, 204, "{body}");
+    assert_eq!(
+        sql_as(&node, &Auth::Basic("x", "y"), "SELECT 1").await.0,
+        200
+    );
     let (s, v) = sql_as(
         &node,
         &anon,
