@@ -378,20 +378,6 @@ print("ok")
     );
 }
 
-async fn try_connect(
-    node: &Node,
-    user: &str,
-    password: &str,
-) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (host, port) = node.pg_addr.rsplit_once(':').expect("host:port");
-    let conf = format!("host={host} port={port} user={user} password={password} dbname=shoal");
-    let (client, conn) = tokio_postgres::connect(&conf, NoTls).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_authentication() {
     // pg_users (deprecated) become admins in group 0; passwords are SCRAM verifiers.
@@ -406,10 +392,12 @@ async fn password_authentication() {
         ],
     )
     .await;
-    let c = try_connect(&node, "alice", "s3cret").await.expect("alice");
+    let c = support::pg_connect(&node, "alice", "s3cret")
+        .await
+        .expect("alice");
     assert_eq!(c.query("SELECT 1", &[]).await.expect("query").len(), 1);
     for (user, pw) in [("alice", "wrong"), ("mallory", "s3cret")] {
-        let Err(e) = try_connect(&node, user, pw).await else {
+        let Err(e) = support::pg_connect(&node, user, pw).await else {
             panic!("{user}: a wrong password was accepted");
         };
         assert_eq!(code(&e), "28P01", "{user}: {e:?}");
@@ -440,7 +428,7 @@ async fn connection_limit_refuses_the_excess_with_53300() {
     let node = Node::start(dir.path(), &["--pg-max-connections", "2"]).await;
     let a = connect(&node).await;
     let b = connect(&node).await;
-    let Err(e) = try_connect(&node, "shoal", "").await else {
+    let Err(e) = support::pg_connect(&node, "shoal", "").await else {
         panic!("a third connection was accepted past pg_max_connections = 2");
     };
     assert_eq!(code(&e), "53300", "{e:?}");
@@ -455,7 +443,7 @@ async fn connection_limit_refuses_the_excess_with_53300() {
     // The freed slot is reusable once the server sees the close.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        match try_connect(&node, "shoal", "").await {
+        match support::pg_connect(&node, "shoal", "").await {
             Ok(c) => {
                 assert_eq!(c.query("SELECT 1", &[]).await.expect("served").len(), 1);
                 break;

@@ -7,7 +7,6 @@ mod support;
 use std::process::Command;
 
 use support::Node;
-use tokio_postgres::NoTls;
 
 enum Auth<'a> {
     None,
@@ -15,18 +14,17 @@ enum Auth<'a> {
     Header(String),
 }
 
-async fn sql_as(node: &Node, auth: &Auth<'_>, sql: &str) -> (u16, serde_json::Value) {
-    let mut r = reqwest::Client::new()
-        .post(node.url("/v1/sql"))
-        .body(sql.to_string());
-    r = match auth {
+/// `r` with the credentials `auth` names.
+fn authed(r: reqwest::RequestBuilder, auth: &Auth<'_>) -> reqwest::RequestBuilder {
+    match auth {
         Auth::None => r,
         Auth::Basic(u, p) => r.basic_auth(u, Some(p)),
         Auth::Header(h) => r.header("authorization", h),
-    };
-    let r = r.send().await.expect("sql request");
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap_or_default();
+    }
+}
+
+async fn sql_as(node: &Node, auth: &Auth<'_>, sql: &str) -> (u16, serde_json::Value) {
+    let (status, text) = post(node, "/v1/sql", auth, sql).await;
     (
         status,
         serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
@@ -34,32 +32,15 @@ async fn sql_as(node: &Node, auth: &Auth<'_>, sql: &str) -> (u16, serde_json::Va
 }
 
 async fn post(node: &Node, path: &str, auth: &Auth<'_>, body: &str) -> (u16, String) {
-    let mut r = reqwest::Client::new()
+    let r = reqwest::Client::new()
         .post(node.url(path))
         .body(body.to_string());
-    r = match auth {
-        Auth::None => r,
-        Auth::Basic(u, p) => r.basic_auth(u, Some(p)),
-        Auth::Header(h) => r.header("authorization", h),
-    };
-    let r = r.send().await.expect("request");
+    let r = authed(r, auth).send().await.expect("request");
     let status = r.status().as_u16();
     (status, r.text().await.unwrap_or_default())
 }
 
-async fn pg(
-    node: &Node,
-    user: &str,
-    password: &str,
-) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (host, port) = node.pg_addr.rsplit_once(':').expect("host:port");
-    let conf = format!("host={host} port={port} user={user} password={password} dbname=shoal");
-    let (client, conn) = tokio_postgres::connect(&conf, NoTls).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
-}
+use support::pg_connect as pg;
 
 fn sqlstate(e: &tokio_postgres::Error) -> String {
     e.code()
@@ -231,13 +212,12 @@ async fn users_roles_and_tokens() {
     let nodes = |auth: Auth<'static>| {
         let url = node.url("/admin/v1/nodes");
         async move {
-            let mut r = reqwest::Client::new().get(url);
-            r = match auth {
-                Auth::None => r,
-                Auth::Basic(u, p) => r.basic_auth(u, Some(p)),
-                Auth::Header(h) => r.header("authorization", h),
-            };
-            r.send().await.expect("admin request").status().as_u16()
+            authed(reqwest::Client::new().get(url), &auth)
+                .send()
+                .await
+                .expect("admin request")
+                .status()
+                .as_u16()
         }
     };
     assert_eq!(nodes(Auth::Basic("admin", ADMIN_PW)).await, 200);

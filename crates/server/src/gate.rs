@@ -274,12 +274,10 @@ pub fn credentials(
     }
     let mut user = None;
     let mut password = None;
-    for pair in query.unwrap_or("").split('&') {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = percent_decode(v);
-        match k {
-            "u" => user = Some(v),
-            "p" => password = Some(v),
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match &*k {
+            "u" => user = Some(v.into_owned()),
+            "p" => password = Some(v.into_owned()),
             _ => {}
         }
     }
@@ -288,28 +286,6 @@ pub fn credentials(
         (None, Some(p)) => Credentials::Token(p),
         _ => Credentials::None,
     })
-}
-
-fn percent_decode(s: &str) -> String {
-    let hexval = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => match (hexval(b[i + 1]), hexval(b[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h * 16 + l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -376,6 +352,6 @@ mod tests {
         assert!(credentials(Some("Basic !!!"), None).is_err());
         assert!(credentials(Some("Digest x"), None).is_err());
         assert!(credentials(Some("Bearer "), None).is_err());
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(c(None, Some("p=%zz%4")), Credentials::Token("%zz%4".into()));
     }
 }

@@ -648,3 +648,18 @@ pub fn python_venv() -> Option<std::path::PathBuf> {
     }
     ready(&python).then_some(python)
 }
+
+/// A Postgres connection to `node` as `user` (its connection task runs in the background).
+pub async fn pg_connect(
+    node: &Node,
+    user: &str,
+    password: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (host, port) = node.pg_addr.rsplit_once(':').expect("host:port");
+    let conf = format!("host={host} port={port} user={user} password={password} dbname=shoal");
+    let (client, conn) = tokio_postgres::connect(&conf, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
