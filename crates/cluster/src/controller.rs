@@ -106,6 +106,8 @@ struct Inner {
     /// When a stalled decommission was last logged, by leaving node (once per
     /// `decommission_stall`).
     stall_logged: Mutex<BTreeMap<u64, Instant>>,
+    /// When [`Controller::log_short_for_disk`] last warned.
+    short_for_disk_logged: Mutex<Option<Instant>>,
     wake: tokio::sync::Notify,
     /// Unix ms of the last successful read index from group 0's leader.
     meta_ok_ms: AtomicU64,
@@ -175,6 +177,9 @@ macro_rules! duty {
 /// barrier 2 s), so hitting it means a hang, which must not stop the duty for good.
 const DUTY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How often, at most, the leader warns that full disks keep vshards under-replicated.
+const SHORT_FOR_DISK_LOG_EVERY: Duration = Duration::from_secs(60);
+
 fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic
         .downcast_ref::<&str>()
@@ -196,6 +201,7 @@ impl Controller {
                 reports: Reports::default(),
                 down_since: Default::default(),
                 stall_logged: Default::default(),
+                short_for_disk_logged: Default::default(),
                 wake: tokio::sync::Notify::new(),
                 meta_ok_ms: AtomicU64::new(0),
                 moves: Default::default(),
@@ -925,6 +931,7 @@ impl Inner {
         self.update_down_since();
         let view = self.view();
         self.log_stalled_decommissions(&view);
+        self.log_short_for_disk(&view);
         for step in crate::placement::plan(&view, &self.cfg.placement) {
             let (op, what) = match step.clone() {
                 PlacementStep::InitPlacement { replicas } => (
@@ -991,6 +998,20 @@ impl Inner {
     /// On group 0's leader: a decommission without progress for `decommission_stall` is
     /// logged (again every `decommission_stall` while it stays stalled), naming each
     /// vshard still on the leaving node and why it is not moving.
+    /// WARNs, at most once per [`SHORT_FOR_DISK_LOG_EVERY`], when full disks keep vshards
+    /// below the replication factor (the planner otherwise just places nothing).
+    fn log_short_for_disk(&self, view: &ClusterView) {
+        let Some(why) = crate::placement::short_for_disk(view, &self.cfg.placement) else {
+            return;
+        };
+        let mut last = self.short_for_disk_logged.lock();
+        if last.is_some_and(|t| t.elapsed() < SHORT_FOR_DISK_LOG_EVERY) {
+            return;
+        }
+        *last = Some(Instant::now());
+        tracing::warn!("{why}");
+    }
+
     fn log_stalled_decommissions(&self, view: &ClusterView) {
         let stall = self.cfg.decommission_stall;
         let mut logged = self.stall_logged.lock();

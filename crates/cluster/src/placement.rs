@@ -369,6 +369,45 @@ fn grow(
     }
 }
 
+/// Why some vshard stays below the replication factor because of full disks, if it does:
+/// names the ACTIVE, alive nodes refused as targets only because their disk is fuller than
+/// `max_disk_fraction` (the operator's fix is space there, or a higher fraction). `None`
+/// when every vshard has its replicas or no node is refused for its disk.
+pub fn short_for_disk(view: &ClusterView, cfg: &PlacementConfig) -> Option<String> {
+    let short = (0..view.vshards)
+        .filter(|v| view.replicas[*v as usize].len() < cfg.replication_factor)
+        .count();
+    if short == 0 || !view.placement_recorded {
+        return None;
+    }
+    let full: Vec<String> = view
+        .nodes
+        .values()
+        .filter(|n| n.state == NodeState::Active && n.alive && view.successor(n.id).is_none())
+        .filter_map(|n| {
+            let l = n.load.as_ref()?;
+            (l.disk_used_fraction() > cfg.max_disk_fraction).then(|| {
+                format!(
+                    "node {} ({:.1} % full)",
+                    n.id,
+                    l.disk_used_fraction() * 100.0
+                )
+            })
+        })
+        .collect();
+    if full.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "{short} of {} vshards below replication factor {}; no replica is placed on {}: \
+         disk fuller than rebalance_max_disk_fraction = {}",
+        view.vshards,
+        cfg.replication_factor,
+        full.join(", "),
+        cfg.max_disk_fraction
+    ))
+}
+
 /// Retires (DECOMMISSIONED) a node that holds nothing any more and is leaving: superseded
 /// by a new identity at its address, or being decommissioned.
 fn retire(view: &ClusterView, out: &mut Vec<PlacementStep>) {
@@ -614,6 +653,44 @@ mod tests {
         let steps = plan(&v, &cfg());
         assert_eq!(steps.len(), 1, "one inbound move per node: {steps:?}");
         assert!(matches!(steps[0], PlacementStep::StartMove { to: 5, .. }));
+    }
+
+    #[test]
+    fn full_disks_that_keep_vshards_short_are_named() {
+        // One replica each (a cluster that just formed); nodes 2 and 3 are 96 % full.
+        let mut v = cluster(4, 0);
+        for r in &mut v.replicas {
+            *r = vec![1];
+        }
+        assert_eq!(short_for_disk(&v, &cfg()), None, "short, but no full disk");
+        for n in [2, 3] {
+            v.nodes.get_mut(&n).unwrap().load = Some(NodeLoad {
+                disk_total_bytes: 1000,
+                disk_free_bytes: 40,
+                ..Default::default()
+            });
+        }
+        assert_eq!(plan(&v, &cfg()), vec![], "nowhere to grow");
+        let why = short_for_disk(&v, &cfg()).expect("a reason");
+        assert!(
+            why.contains("4 of 4 vshards below replication factor 3")
+                && why.contains("node 2 (96.0 % full), node 3 (96.0 % full)"),
+            "{why}"
+        );
+        let roomy = PlacementConfig {
+            max_disk_fraction: 0.99,
+            ..cfg()
+        };
+        assert_eq!(short_for_disk(&v, &roomy), None);
+        assert!(
+            !plan(&v, &roomy).is_empty(),
+            "a higher fraction lets it grow"
+        );
+        // Fully replicated: nothing to say even with full disks.
+        for r in &mut v.replicas {
+            *r = vec![1, 2, 3];
+        }
+        assert_eq!(short_for_disk(&v, &cfg()), None);
     }
 
     #[test]
