@@ -21,6 +21,9 @@ pub struct SqlArgs {
     /// The user's password (better from the environment: SHOAL_PASSWORD).
     #[arg(long, env = "SHOAL_PASSWORD", hide_env_values = true)]
     password: Option<String>,
+    /// The cluster CA (`certs/ca.crt`) for a node serving HTTPS; implies https://.
+    #[arg(long, env = "SHOAL_CA_CERT")]
+    ca_cert: Option<String>,
     /// The SQL to run; omit for an interactive shell.
     sql: Option<String>,
 }
@@ -147,17 +150,35 @@ pub fn render(v: &Value) -> String {
     out
 }
 
-pub async fn run(args: SqlArgs) -> Result<(), String> {
-    let http = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(REQUEST_TIMEOUT_SECS))
-        .build()
-        .map_err(|e| e.to_string())?;
-    let host = args.host.trim_end_matches('/');
+/// An HTTP client for a node's API (trusting only `ca_cert` for HTTPS when given), and
+/// the node's base URL: `host` as given if it names a scheme, else https:// with a CA and
+/// http:// without.
+pub fn http_client(
+    host: &str,
+    ca_cert: Option<&str>,
+    timeout_secs: u64,
+) -> Result<(reqwest::Client, String), String> {
+    let mut b = reqwest::Client::builder().timeout(std::time::Duration::from_secs(timeout_secs));
+    if let Some(path) = ca_cert {
+        let pem = std::fs::read(path).map_err(|e| format!("--ca-cert {path}: {e}"))?;
+        let ca =
+            reqwest::Certificate::from_pem(&pem).map_err(|e| format!("--ca-cert {path}: {e}"))?;
+        b = b.tls_built_in_root_certs(false).add_root_certificate(ca);
+    }
+    let http = b.build().map_err(|e| e.to_string())?;
+    let host = host.trim_end_matches('/');
     let base = if host.starts_with("http://") || host.starts_with("https://") {
         host.to_string()
+    } else if ca_cert.is_some() {
+        format!("https://{host}")
     } else {
         format!("http://{host}")
     };
+    Ok((http, base))
+}
+
+pub async fn run(args: SqlArgs) -> Result<(), String> {
+    let (http, base) = http_client(&args.host, args.ca_cert.as_deref(), REQUEST_TIMEOUT_SECS)?;
     let client = Client {
         http,
         url: format!("{base}/v1/sql"),

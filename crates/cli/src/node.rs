@@ -20,6 +20,9 @@ pub struct NodeArgs {
     /// Print the admin API's JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    /// The cluster CA (`certs/ca.crt`) for nodes serving HTTPS; implies https://.
+    #[arg(long, env = "SHOAL_CA_CERT", global = true)]
+    ca_cert: Option<String>,
     #[command(subcommand)]
     command: NodeCommand,
 }
@@ -73,13 +76,11 @@ const LS_COLUMNS: &[&str] = &[
 ];
 
 pub async fn run(args: NodeArgs) -> Result<(), String> {
-    let http = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(REQUEST_TIMEOUT_SECS))
-        .build()
-        .map_err(|e| e.to_string())?;
+    let (http, base) =
+        crate::client::http_client(&args.host, args.ca_cert.as_deref(), REQUEST_TIMEOUT_SECS)?;
     let api = Api {
         http,
-        base: format!("http://{}", args.host.trim_start_matches("http://")),
+        base,
         token: args.token.clone(),
     };
     let get = reqwest::Method::GET;

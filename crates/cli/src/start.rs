@@ -204,6 +204,9 @@ pub struct StartArgs {
     /// File holding the first admin's password [default: none]
     #[arg(long, env = "SHOAL_INIT_ADMIN_PASSWORD_FILE")]
     init_admin_password_file: Option<String>,
+    /// Directory with ca.crt, node.crt, node.key: TLS on every port [default: none]
+    #[arg(long, env = "SHOAL_CERTS_DIR")]
+    certs_dir: Option<String>,
     /// Directory SQL COPY … TO may write under; empty = none [default: ""]
     #[arg(long, env = "SHOAL_SQL_FILE_DIR")]
     sql_file_dir: Option<String>,
@@ -304,6 +307,7 @@ pub fn resolve(args: &StartArgs) -> Result<NodeConfig, String> {
         init_admin_user,
         init_admin_password,
         init_admin_password_file,
+        certs_dir,
         sql_file_dir,
         startup_timeout_ms,
         drain_timeout_ms,
@@ -356,6 +360,7 @@ pub async fn run(args: StartArgs) -> Result<(), String> {
         cfg.data_dir.display()
     );
     tracing::info!(http = %node.http_addr, cluster_id = %node.cluster_id, node_id = node.node_id, "listening; recovering");
+    let _reloader = node.certs().map(reload_on_sighup);
     tokio::select! {
         r = node.ready() => r?,
         _ = shutdown_signal() => return node.shutdown().await,
@@ -365,6 +370,35 @@ pub async fn run(args: StartArgs) -> Result<(), String> {
         r = node.wait() => r,
         _ = shutdown_signal() => node.shutdown().await,
     }
+}
+
+/// Reloads the node's certificates on every SIGHUP (until the returned task is dropped
+/// with the process).
+fn reload_on_sighup(
+    certs: std::sync::Arc<shoal_server::certs::CertWatch>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                tracing::warn!("cannot listen for SIGHUP: certificates reload only on restart");
+                return;
+            };
+            while hup.recv().await.is_some() {
+                match certs.reload() {
+                    Ok(()) => {
+                        tracing::info!(dir = %certs.tls.dir().display(), "SIGHUP: reloaded the TLS certificates")
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: the TLS certificates did not reload; the old ones stay in use")
+                    }
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = certs;
+    })
 }
 
 pub(crate) async fn shutdown_signal() {

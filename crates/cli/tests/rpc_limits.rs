@@ -16,7 +16,7 @@ const DEADLINE: Duration = Duration::from_secs(60);
 /// A client carrying the node's own cluster id (as a peer would).
 async fn client(n: &Node) -> PeerClient {
     let env = Arc::new(parking_lot::RwLock::new(Caller::default()));
-    let ch = channel(&n.rpc_addr, Duration::from_secs(2)).expect("channel");
+    let ch = channel(&n.rpc_addr, Duration::from_secs(2), None).expect("channel");
     let mut c = PeerClient::new(ch, 64 << 20, env.clone());
     let hello = c.hello(Duration::from_secs(5)).await.expect("hello");
     env.write().cluster_id = hello.cluster_id;
@@ -61,7 +61,7 @@ async fn a_connection_flood_is_capped_and_the_node_keeps_serving() {
     // With every slot taken by the flood, a new peer cannot get in.
     let env = Arc::new(parking_lot::RwLock::new(Caller::default()));
     let mut blocked = PeerClient::new(
-        channel(&node.rpc_addr, Duration::from_secs(2)).expect("channel"),
+        channel(&node.rpc_addr, Duration::from_secs(2), None).expect("channel"),
         1 << 20,
         env,
     );
@@ -72,7 +72,7 @@ async fn a_connection_flood_is_capped_and_the_node_keeps_serving() {
     loop {
         let env = Arc::new(parking_lot::RwLock::new(Caller::default()));
         let mut c = PeerClient::new(
-            channel(&node.rpc_addr, Duration::from_secs(2)).expect("channel"),
+            channel(&node.rpc_addr, Duration::from_secs(2), None).expect("channel"),
             1 << 20,
             env,
         );

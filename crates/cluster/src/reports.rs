@@ -27,6 +27,8 @@ pub struct LoadSampler {
     last: Mutex<Option<Previous>>,
     /// The latest sample, served to peers.
     current: RwLock<Arc<NodeLoad>>,
+    /// When the node's certificate expires (unix ms; 0: no TLS), kept by the server.
+    cert_expires_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 struct Previous {
@@ -43,7 +45,14 @@ impl LoadSampler {
             started_ms: (shoal_common::time::now_nanos() / 1_000_000) as u64,
             last: Mutex::new(None),
             current: RwLock::new(Arc::new(NodeLoad::default())),
+            cert_expires_ms: Default::default(),
         }
+    }
+
+    /// Reports the certificate expiry the server keeps in `ms` (see `NodeLoad`).
+    pub fn with_cert_expiry(mut self, ms: Arc<std::sync::atomic::AtomicU64>) -> LoadSampler {
+        self.cert_expires_ms = ms;
+        self
     }
 
     /// The latest sample.
@@ -117,6 +126,9 @@ impl LoadSampler {
             vshards,
             version: self.version.clone(),
             started_ms: self.started_ms,
+            cert_expires_ms: self
+                .cert_expires_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
         });
         *self.current.write() = load.clone();
         load

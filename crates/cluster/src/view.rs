@@ -27,6 +27,9 @@ pub struct NodeLoad {
     pub version: String,
     /// Unix ms when the process started.
     pub started_ms: u64,
+    /// Unix ms when the node's TLS certificate or its CA expires, whichever is sooner
+    /// (0: no TLS).
+    pub cert_expires_ms: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -66,6 +66,8 @@ pub struct NodeReport {
     pub cpu: f64,
     pub version: String,
     pub started_ms: u64,
+    /// Unix ms when its TLS certificate or CA expires, whichever is sooner (0: no TLS).
+    pub cert_expires_ms: u64,
 }
 
 /// Looks up a per-node number; `None` = unknown.
@@ -301,6 +303,23 @@ impl SystemSchema {
                     datafusion::arrow::array::TimestampMillisecondArray::from(
                         rows.iter()
                             .map(|n| (n.state_since_ms > 0).then_some(n.state_since_ms as i64))
+                            .collect::<Vec<_>>(),
+                    )
+                    .with_timezone("UTC"),
+                ) as ArrayRef,
+            ),
+            // When the node's TLS certificate (or its CA, if sooner) expires; NULL
+            // without TLS or before the node reported.
+            (
+                "cert_expires_at",
+                Arc::new(
+                    datafusion::arrow::array::TimestampMillisecondArray::from(
+                        rows.iter()
+                            .map(|n| {
+                                report(n.id)
+                                    .filter(|r| r.cert_expires_ms > 0)
+                                    .map(|r| r.cert_expires_ms as i64)
+                            })
                             .collect::<Vec<_>>(),
                     )
                     .with_timezone("UTC"),

@@ -223,6 +223,81 @@ pub fn list(dir: &Path) -> Result<Vec<CertInfo>, String> {
     Ok(out)
 }
 
+/// How often a node re-checks its certificates' expiry.
+pub const EXPIRY_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// A node's TLS material and when it expires: loaded at start, reloaded on SIGHUP
+/// ([`CertWatch::reload`]), checked daily; a certificate (node or CA) expiring within
+/// [`EXPIRY_WARNING_DAYS`] is a WARN each time. The soonest expiry is reported to the
+/// cluster (`system.nodes.cert_expires_at`).
+pub struct CertWatch {
+    pub tls: std::sync::Arc<shoal_transport::tls::Tls>,
+    /// Unix ms of the soonest expiry of `node.crt` and `ca.crt`.
+    pub expires_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl CertWatch {
+    pub fn load(dir: &Path) -> Result<std::sync::Arc<CertWatch>, String> {
+        let tls = shoal_transport::tls::Tls::load(dir)?;
+        let w = std::sync::Arc::new(CertWatch {
+            tls,
+            expires_ms: Default::default(),
+        });
+        w.check();
+        Ok(w)
+    }
+
+    /// Reads the files again (see `Tls::reload`); the old material stays on any error.
+    pub fn reload(&self) -> Result<(), String> {
+        self.tls.reload()?;
+        self.check();
+        Ok(())
+    }
+
+    /// Notes the soonest expiry and warns when it is near. Returns the days left.
+    pub fn check(&self) -> Option<i64> {
+        let dir = self.tls.dir();
+        let now = OffsetDateTime::now_utc();
+        let mut soonest: Option<CertInfo> = None;
+        for f in [NODE_CERT, CA_CERT] {
+            match inspect(&dir.join(f)) {
+                Ok(c) if soonest.as_ref().is_none_or(|s| c.not_after < s.not_after) => {
+                    soonest = Some(c)
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read a certificate's expiry"),
+            }
+        }
+        let c = soonest?;
+        let ms = (c.not_after.unix_timestamp() * 1000).max(1) as u64;
+        self.expires_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+        let left = c.days_left(now);
+        if left < EXPIRY_WARNING_DAYS {
+            tracing::warn!(
+                file = %c.file.display(),
+                subject = %c.subject,
+                days_left = left,
+                "a TLS certificate expires soon: make a new one (`shoal cert create-node`, or \
+                 `create-ca` and then every node's) and send SIGHUP to load it"
+            );
+        }
+        Some(left)
+    }
+
+    /// Checks the expiry every [`EXPIRY_CHECK_EVERY`] until the node stops.
+    pub fn spawn_daily(self: &std::sync::Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let w = std::sync::Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(EXPIRY_CHECK_EVERY).await;
+                let Some(w) = w.upgrade() else { return };
+                w.check();
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -499,6 +499,7 @@ impl shoal_query::system::ClusterReports for Reports {
             cpu: l.cpu,
             version: l.version.clone(),
             started_ms: l.started_ms,
+            cert_expires_ms: l.cert_expires_ms,
         })
     }
 

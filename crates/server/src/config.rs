@@ -166,6 +166,11 @@ pub struct NodeConfig {
     pub init_admin_password: Secret,
     /// A file holding `init_admin_password` (surrounding whitespace ignored); wins.
     pub init_admin_password_file: String,
+    /// A directory holding `ca.crt`, `node.crt` and `node.key` (`shoal cert`). Set: HTTP is
+    /// HTTPS only, Postgres clients must use TLS (`sslmode=require` or stronger), and
+    /// nodes talk to each other over mutual TLS, refusing any peer whose certificate the
+    /// CA did not sign. Re-read on SIGHUP. Empty (the default): no TLS anywhere.
+    pub certs_dir: String,
     /// A directory SQL may write files under (`COPY (SELECT …) TO 'out.csv'`, relative
     /// paths taken relative to it). Empty (the default): SQL touches no server files at all.
     /// `CREATE EXTERNAL TABLE` is always refused.
@@ -271,6 +276,7 @@ impl Default for NodeConfig {
             init_admin_user: "admin".into(),
             init_admin_password: Secret::default(),
             init_admin_password_file: String::new(),
+            certs_dir: String::new(),
             sql_file_dir: String::new(),
             startup_timeout_ms: 120_000,
             drain_timeout_ms: 30_000,

@@ -366,6 +366,60 @@ async fn write_v2(
     write_with(&st, &who, &q, &headers, body, v2_error).await
 }
 
+/// HTTPS (`certs_dir`): connections whose TLS handshake finished, each handshake in its
+/// own task (see `shoal_transport::tls::accept_tls`). Dropping it stops accepting.
+pub struct TlsListener {
+    rx: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        SocketAddr,
+    )>,
+    local: SocketAddr,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl TlsListener {
+    /// At most `max_handshakes` handshakes run at once; the excess is closed at accept.
+    pub fn new(
+        listener: tokio::net::TcpListener,
+        tls: Arc<shoal_transport::tls::Tls>,
+        max_handshakes: usize,
+    ) -> std::io::Result<TlsListener> {
+        let local = listener.local_addr()?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let config = tls.server_config(false, &[b"http/1.1"]);
+        let rx = shoal_transport::tls::accept_tls(
+            listener,
+            tls,
+            config,
+            max_handshakes,
+            "https",
+            stop.clone(),
+        );
+        Ok(TlsListener { rx, local, stop })
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+    async fn accept(&mut self) -> (Self::Io, SocketAddr) {
+        match self.rx.recv().await {
+            Some(c) => c,
+            // The accept task only ends when this listener is dropped.
+            None => std::future::pending().await,
+        }
+    }
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -47,9 +47,17 @@ pub struct NodeHandle {
     ready_rx: Option<oneshot::Receiver<Result<(), String>>>,
     stop_tx: Option<oneshot::Sender<()>>,
     done: tokio::task::JoinHandle<Result<(), String>>,
+    /// TLS (`certs_dir`), with its daily expiry check.
+    certs: Option<(Arc<certs::CertWatch>, tokio::task::JoinHandle<()>)>,
 }
 
 impl NodeHandle {
+    /// The node's TLS material (`certs_dir`), to reload on SIGHUP ([`certs::CertWatch::reload`]:
+    /// new handshakes use the new certificates, live connections keep theirs).
+    pub fn certs(&self) -> Option<Arc<certs::CertWatch>> {
+        self.certs.as_ref().map(|(w, _)| w.clone())
+    }
+
     /// Waits until recovery finished and the node serves (or failed to).
     pub async fn ready(&mut self) -> Result<(), String> {
         match self.ready_rx.take() {
@@ -73,6 +81,9 @@ impl NodeHandle {
         (&mut self.done).await.map_err(|e| e.to_string())?
     }
 }
+
+/// HTTPS handshakes under way at once; the excess is closed at accept.
+const HTTP_MAX_TLS_HANDSHAKES: usize = 256;
 
 /// Group 0 must have confirmed a read index to this node within this long for it to be
 /// ready (its quorum is reachable from here).
@@ -206,6 +217,14 @@ fn groups_config(cfg: &NodeConfig, dir: &DataDir, rpc_addr: &str) -> GroupsConfi
 /// with seeds has joined); recovery continues in the background (see [`NodeHandle::ready`]).
 pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
     cfg.validate()?;
+    let certs = match cfg.certs_dir.as_str() {
+        "" => None,
+        dir => Some(
+            certs::CertWatch::load(std::path::Path::new(dir))
+                .map_err(|e| format!("certs_dir: {e}"))?,
+        ),
+    };
+    let tls = certs.as_ref().map(|c| c.tls.clone());
     let locked = DataDir::lock(&cfg.data_dir, cfg.vshards)?;
     let listener = tokio::net::TcpListener::bind(&cfg.http_addr)
         .await
@@ -242,6 +261,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
             breaker_open: Duration::from_millis(cfg.breaker_open_ms),
             probe_interval: Duration::from_millis(cfg.prober_interval_ms),
             forward_timeout: Duration::from_secs(10),
+            tls: tls.clone(),
         },
         envelope.clone(),
         resolve,
@@ -292,8 +312,15 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
             auth_method,
             gate.clone(),
             admission.sessions(),
+            tls.clone(),
         )),
         admission,
+        tls: tls.as_ref().map(|t| {
+            Arc::new(pgconn::PgTls {
+                tls: t.clone(),
+                acceptor: tokio_rustls::TlsAcceptor::from(t.server_config(false, &[])),
+            })
+        }),
     });
     let state = Arc::new(AppState {
         engine: OnceLock::new(),
@@ -357,6 +384,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
             max_streams_per_connection: 1024,
             drain_timeout: Duration::from_millis(cfg.drain_timeout_ms),
         },
+        tls.clone(),
     )
     .map_err(|e| format!("rpc server: {e}"))?;
     let membership = Arc::new(shoal_membership::Membership::start(
@@ -377,6 +405,11 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
     let gossip_addr = bound.gossip_addr;
     let fronts = Fronts {
         http: listener,
+        tls: tls.clone(),
+        cert_expiry: certs
+            .as_ref()
+            .map(|c| c.expires_ms.clone())
+            .unwrap_or_default(),
         http_state: state,
         admin,
         lifecycle,
@@ -415,6 +448,10 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
         ready_rx: Some(ready_rx),
         stop_tx: Some(stop_tx),
         done,
+        certs: certs.map(|w| {
+            let daily = w.spawn_daily();
+            (w, daily)
+        }),
     })
 }
 
@@ -431,6 +468,10 @@ struct Net {
 /// The client-facing listeners, bound before recovery.
 struct Fronts {
     http: tokio::net::TcpListener,
+    /// `certs_dir`: HTTPS instead of HTTP.
+    tls: Option<Arc<shoal_transport::tls::Tls>>,
+    /// When the certificates expire (unix ms, 0 without TLS), for the load reports.
+    cert_expiry: Arc<std::sync::atomic::AtomicU64>,
     http_state: Arc<AppState>,
     admin: Arc<admin::AdminState>,
     lifecycle: Arc<lifecycle::Lifecycle>,
@@ -450,6 +491,8 @@ async fn run(
 ) -> Result<(), String> {
     let Fronts {
         http: listener,
+        tls,
+        cert_expiry,
         http_state: state,
         admin,
         lifecycle,
@@ -462,14 +505,28 @@ async fn run(
     let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
     let app = http::router(state.clone()).merge(admin::router(admin.clone()));
     let server = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
+        let stop = async move {
             let _ = http_stop_rx.await;
-        })
-        .await
+        };
+        match tls {
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+            }
+            Some(tls) => {
+                // `tap_io` only for axum's `ConnectInfo<SocketAddr>` (it has that for any
+                // tapped listener, and only for `TcpListener` otherwise).
+                let listener = axum::serve::ListenerExt::tap_io(
+                    http::TlsListener::new(listener, tls, HTTP_MAX_TLS_HANDSHAKES)?,
+                    |_| {},
+                );
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+            }
+        }
     });
 
     let (pg_stop_tx, pg_stop_rx) = oneshot::channel::<()>();
@@ -547,10 +604,13 @@ async fn run(
         }));
     }
     let _ = shared.registry.set(registry.clone());
-    let sampler = Arc::new(shoal_cluster::reports::LoadSampler::new(
-        cfg.data_dir.clone(),
-        env!("CARGO_PKG_VERSION").to_string(),
-    ));
+    let sampler = Arc::new(
+        shoal_cluster::reports::LoadSampler::new(
+            cfg.data_dir.clone(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        )
+        .with_cert_expiry(cert_expiry),
+    );
     let controller = Arc::new(shoal_cluster::controller::Controller::new(
         controller_config(&cfg, &dir, &addrs),
         shoal_cluster::controller::Parts {

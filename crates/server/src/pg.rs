@@ -49,6 +49,8 @@ pub struct PgState {
     pub admission: Arc<Admission>,
     /// Authentication, shared by every connection (see `pgauth`).
     pub startup: Arc<ShoalStartup>,
+    /// TLS (`certs_dir`): required of every client.
+    pub tls: Option<Arc<crate::pgconn::PgTls>>,
 }
 
 /// Accepts connections until `stop` resolves.
@@ -85,6 +87,7 @@ pub async fn serve(
             peer,
             handlers,
             state.admission.clone(),
+            state.tls.clone(),
         ));
     }
 }

@@ -147,6 +147,9 @@ pub struct ShoalStartup {
     /// Session slots (`pg_max_connections`): one is taken when authentication succeeds,
     /// before the client is told so, and held by the connection until it closes.
     sessions: Arc<tokio::sync::Semaphore>,
+    /// TLS (`certs_dir`): every connection is TLS, and SCRAM offers channel binding
+    /// (SCRAM-SHA-256-PLUS, `tls-server-end-point`) with the current node certificate.
+    tls: Option<Arc<shoal_transport::tls::Tls>>,
 }
 
 /// The session slot an authenticated connection holds (in its session extensions).
@@ -157,11 +160,13 @@ impl ShoalStartup {
         method: AuthMethod,
         gate: Arc<Gate>,
         sessions: Arc<tokio::sync::Semaphore>,
+        tls: Option<Arc<shoal_transport::tls::Tls>>,
     ) -> ShoalStartup {
         ShoalStartup {
             method,
             gate,
             sessions,
+            tls,
         }
     }
 
@@ -172,7 +177,12 @@ impl ShoalStartup {
         let mut params = DefaultServerParameterProvider::default();
         params.server_version = "16.6 (Shoal)".into();
         let mechanism: Box<dyn AuthMechanismFactory> = if scram {
-            let auth = ScramAuth::new(Arc::new(Verifiers(self.gate.clone())));
+            let mut auth = ScramAuth::new(Arc::new(Verifiers(self.gate.clone())));
+            if let Some(tls) = &self.tls {
+                if let Err(e) = auth.configure_certificate(&tls.cert_pem()) {
+                    tracing::warn!(error = %e, "pg: no SCRAM channel binding with this certificate");
+                }
+            }
             Box::new(SaslMechanisms::new(vec![Arc::new(auth)]))
         } else {
             Box::new(TrustFactory)

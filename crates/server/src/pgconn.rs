@@ -35,6 +35,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::codec::Framed;
 
 use crate::pgframe::{Checked, MALFORMED};
+use shoal_transport::tls::Stream;
 
 /// The connection limits, from the node's configuration.
 #[derive(Clone, Debug)]
@@ -138,29 +139,69 @@ pub fn fatal_message(code: &str, msg: &str) -> Vec<u8> {
 const SSL_REQUEST: u32 = 80_877_103;
 const GSSENC_REQUEST: u32 = 80_877_104;
 
-/// Answers SSLRequest/GSSENCRequest with 'N' (no encryption here) and returns the first
-/// eight bytes of the startup message that follows.
-async fn negotiate(sock: &mut TcpStream) -> std::io::Result<[u8; 8]> {
+/// Answers SSLRequest (with `tls`: 'S' and the TLS handshake; without: 'N') and
+/// GSSENCRequest ('N'), and returns the connection with the first eight bytes of the
+/// startup message that follows. `None` when the connection is done with: with `tls`, a
+/// client that starts without TLS is refused (FATAL 28000); a client that sends too many
+/// requests gets FATAL 08P01; a failed handshake is counted and logged (`Tls::refused`).
+async fn negotiate(
+    mut sock: TcpStream,
+    peer: SocketAddr,
+    tls: Option<&PgTls>,
+) -> std::io::Result<Option<(Stream, [u8; 8])>> {
     // At most one of each request may come before the startup message.
     for _ in 0..3 {
         let mut head = [0u8; 8];
         sock.read_exact(&mut head).await?;
         let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
         let code = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
-        if len == 8 && (code == SSL_REQUEST || code == GSSENC_REQUEST) {
+        if len == 8 && code == SSL_REQUEST {
+            if let Some(t) = tls {
+                sock.write_all(b"S").await?;
+                let mut s = match t.acceptor.accept(sock).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        t.tls.refused("pg", peer, &e);
+                        return Ok(None);
+                    }
+                };
+                let mut head = [0u8; 8];
+                s.read_exact(&mut head).await?;
+                return Ok(Some((Stream::Tls(Box::new(s)), head)));
+            }
             sock.write_all(b"N").await?;
             continue;
         }
-        return Ok(head);
+        if len == 8 && code == GSSENC_REQUEST {
+            sock.write_all(b"N").await?;
+            continue;
+        }
+        if tls.is_some() {
+            tracing::debug!(%peer, "pg: refused a connection without TLS");
+            let _ = sock
+                .write_all(&fatal_message(
+                    "28000",
+                    "this node requires TLS: connect with sslmode=require, or verify-full \
+                     with the cluster CA (sslrootcert=ca.crt)",
+                ))
+                .await;
+            return Ok(None);
+        }
+        return Ok(Some((Stream::Plain(sock), head)));
     }
-    Err(std::io::Error::new(
-        std::io::ErrorKind::InvalidData,
-        format!("{MALFORMED}: too many encryption requests"),
-    ))
+    let why = format!("{MALFORMED}: too many encryption requests");
+    let _ = sock.write_all(&fatal_message("08P01", &why)).await;
+    Ok(None)
+}
+
+/// TLS for Postgres clients (`certs_dir`).
+pub struct PgTls {
+    pub tls: Arc<shoal_transport::tls::Tls>,
+    pub acceptor: tokio_rustls::TlsAcceptor,
 }
 
 type Socket<H> = Framed<
-    Checked<TcpStream>,
+    Checked<Stream>,
     PgWireMessageServerCodec<
         <<H as Handlers>::Extended as pgwire::api::query::ExtendedQueryHandler>::Statement,
     >,
@@ -176,37 +217,36 @@ pub trait Handlers: PgWireServerHandlers + Send + Sync {
 
 /// Runs one connection to its end.
 pub async fn serve_connection<H: Handlers>(
-    mut sock: TcpStream,
+    sock: TcpStream,
     peer: SocketAddr,
     handlers: H,
     admission: Arc<Admission>,
+    tls: Option<Arc<PgTls>>,
 ) {
     let _ = sock.set_nodelay(true);
     let slot = admission.enter(peer);
     let deadline = tokio::time::Instant::now() + admission.limits.auth_timeout;
-    let head = tokio::select! {
-        h = negotiate(&mut sock) => h,
-        _ = tokio::time::sleep_until(deadline) => return,
-        _ = slot.evict.notified() => return,
-    };
-    let head = match head {
-        Ok(h) => h,
-        Err(e) => {
-            if e.kind() == std::io::ErrorKind::InvalidData {
-                let _ = sock
-                    .write_all(&fatal_message("08P01", &e.to_string()))
-                    .await;
+    let negotiated = tokio::select! {
+        n = negotiate(sock, peer, tls.as_deref()) => n,
+        _ = tokio::time::sleep_until(deadline) => {
+            if let Some(t) = &tls {
+                t.tls.refused("pg", peer, &"no startup within pg_auth_timeout_ms");
             }
             return;
         }
+        _ = slot.evict.notified() => return,
     };
+    let Ok(Some((sock, head))) = negotiated else {
+        return;
+    };
+    let secure = sock.is_tls();
     let checked = Checked::new(
         sock,
         &head,
         handlers.scram(),
         admission.limits.max_message_bytes,
     );
-    let codec = PgWireMessageServerCodec::new(DefaultClient::new(peer, false));
+    let codec = PgWireMessageServerCodec::new(DefaultClient::new(peer, secure));
     let mut socket: Socket<H> = Framed::new(checked, codec);
     socket.set_state(PgWireConnectionState::AwaitingStartup);
 
@@ -259,7 +299,7 @@ pub async fn serve_connection<H: Handlers>(
 }
 
 async fn send_fatal<St>(
-    socket: &mut Framed<Checked<TcpStream>, PgWireMessageServerCodec<St>>,
+    socket: &mut Framed<Checked<Stream>, PgWireMessageServerCodec<St>>,
     code: &str,
     msg: &str,
 ) -> std::io::Result<()> {

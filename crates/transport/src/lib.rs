@@ -14,6 +14,7 @@
 pub mod peers;
 pub mod rpc;
 pub mod server;
+pub mod tls;
 pub mod version;
 
 pub use peers::{BreakerState, ClusterTransport, Peers, PeersConfig};

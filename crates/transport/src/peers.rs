@@ -31,6 +31,8 @@ pub struct PeersConfig {
     pub probe_interval: Duration,
     /// Deadline of a forwarded group-0 command.
     pub forward_timeout: Duration,
+    /// Mutual TLS with every peer (`certs_dir`), or plaintext.
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,7 +124,7 @@ impl Peers {
 
     /// A client for an address that is not (yet) a known node, e.g. a seed.
     pub fn client_for_addr(&self, addr: &str) -> Result<PeerClient, String> {
-        let ch = channel(addr, self.cfg.connect_timeout)?;
+        let ch = channel(addr, self.cfg.connect_timeout, self.cfg.tls.as_ref())?;
         Ok(PeerClient::new(
             ch,
             self.cfg.max_message_bytes,

@@ -572,7 +572,11 @@ impl PeerClient {
 }
 
 /// A lazily connecting channel to `addr` with Shoal's transport settings.
-pub fn channel(addr: &str, connect_timeout: Duration) -> Result<tonic::transport::Channel, String> {
+pub fn channel(
+    addr: &str,
+    connect_timeout: Duration,
+    tls: Option<&Arc<crate::tls::Tls>>,
+) -> Result<tonic::transport::Channel, String> {
     let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
         .connect_timeout(connect_timeout)
@@ -581,5 +585,23 @@ pub fn channel(addr: &str, connect_timeout: Duration) -> Result<tonic::transport
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true)
         .http2_adaptive_window(true);
-    Ok(ep.connect_lazy())
+    let Some(tls) = tls else {
+        return Ok(ep.connect_lazy());
+    };
+    // Mutual TLS: the peer's certificate must be the cluster CA's and name the address
+    // dialled; ours goes the other way. `connect_timeout` bounds connect and handshake.
+    let name = crate::tls::server_name(addr)?;
+    let connector = tokio_rustls::TlsConnector::from(tls.client_config(&[b"h2"]));
+    let addr = addr.to_string();
+    Ok(
+        ep.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+            let (connector, name, addr) = (connector.clone(), name.clone(), addr.clone());
+            async move {
+                let tcp = tokio::net::TcpStream::connect(&addr).await?;
+                let _ = tcp.set_nodelay(true);
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        })),
+    )
 }

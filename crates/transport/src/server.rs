@@ -19,12 +19,13 @@ use std::time::Duration;
 const MAX_PENDING_RESETS: usize = 1024;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::rpc::{PeerHandler, PeerService, ServiceLimits};
+use crate::tls::{Stream, Tls, HANDSHAKE_TIMEOUT};
 
 #[derive(Clone, Debug)]
 pub struct ServerLimits {
@@ -39,7 +40,7 @@ pub struct ServerLimits {
 
 /// A connection that holds a slot of the connection cap and can be cut by a kill switch.
 pub struct LimitedConn {
-    io: TcpStream,
+    io: Stream,
     _permit: OwnedSemaphorePermit,
     kill: CancellationToken,
     killed: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -54,7 +55,7 @@ impl LimitedConn {
 impl Connected for LimitedConn {
     type ConnectInfo = TcpConnectInfo;
     fn connect_info(&self) -> TcpConnectInfo {
-        self.io.connect_info()
+        self.io.tcp().connect_info()
     }
 }
 
@@ -103,49 +104,88 @@ impl AsyncWrite for LimitedConn {
     }
 }
 
-/// Accepts connections while fewer than `max` are open; closes the excess at once.
+/// Accepts connections while fewer than `max` are open (the excess is closed at once);
+/// with `tls`, each connection's mutual-TLS handshake runs in a task of its own (within
+/// [`crate::tls::HANDSHAKE_TIMEOUT`], holding a slot) and only peers whose certificate
+/// the cluster CA signed come out. Stops accepting with `stop`.
 fn limited_incoming(
     listener: TcpListener,
     max: usize,
+    tls: Option<Arc<Tls>>,
+    stop: CancellationToken,
     kill: CancellationToken,
     refused: Arc<AtomicU64>,
 ) -> impl futures::Stream<Item = io::Result<LimitedConn>> {
     let max = max.max(1);
     let slots = Arc::new(Semaphore::new(max));
-    futures::stream::unfold(
-        (listener, slots, kill, refused),
-        move |(listener, slots, kill, refused)| async move {
-            loop {
-                match listener.accept().await {
-                    Ok((io, peer)) => match slots.clone().try_acquire_owned() {
-                        Ok(permit) => {
-                            let _ = io.set_nodelay(true);
-                            let conn = LimitedConn {
-                                io,
-                                _permit: permit,
-                                killed: Box::pin(kill.clone().cancelled_owned()),
-                                kill: kill.clone(),
-                            };
-                            return Some((Ok(conn), (listener, slots, kill, refused)));
-                        }
-                        Err(_) => {
-                            // Log the first refusal and then every 100th, so a flood cannot
-                            // flood the log too.
-                            let n = refused.fetch_add(1, Ordering::Relaxed);
-                            if n % 100 == 0 {
-                                tracing::warn!(%peer, max, refused_total = n + 1, "rpc_max_connections reached; closing new connection");
-                            }
-                            drop(io);
-                        }
-                    },
+    let (tx, rx) = tokio::sync::mpsc::channel::<LimitedConn>(max);
+    let acceptor = tls
+        .as_ref()
+        .map(|t| tokio_rustls::TlsAcceptor::from(t.server_config(true, &[b"h2"])));
+    tokio::spawn(async move {
+        loop {
+            let (io, peer) = tokio::select! {
+                _ = stop.cancelled() => return,
+                a = listener.accept() => match a {
+                    Ok(a) => a,
                     Err(e) => {
                         // EMFILE and friends: back off briefly instead of spinning.
                         tracing::warn!(error = %e, "rpc accept failed");
                         tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                // Log the first refusal and then every 100th, so a flood cannot flood
+                // the log too.
+                let n = refused.fetch_add(1, Ordering::Relaxed);
+                if n.is_multiple_of(100) {
+                    tracing::warn!(%peer, max, refused_total = n + 1, "rpc_max_connections reached; closing new connection");
+                }
+                continue;
+            };
+            let _ = io.set_nodelay(true);
+            let kill = kill.clone();
+            let conn = move |io| LimitedConn {
+                io,
+                _permit: permit,
+                killed: Box::pin(kill.clone().cancelled_owned()),
+                kill,
+            };
+            match (&acceptor, &tls) {
+                (Some(acceptor), Some(tls)) => {
+                    let (acceptor, tls, tx) = (acceptor.clone(), tls.clone(), tx.clone());
+                    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io));
+                    let make = move |s| conn(Stream::Tls(Box::new(s)));
+                    tokio::spawn(async move {
+                        match handshake.await {
+                            Ok(Ok(s)) => {
+                                let _ = tx.send(make(s)).await;
+                            }
+                            Ok(Err(e)) => tls.refused("rpc (mutual TLS)", peer, &e),
+                            Err(_) => tls.refused("rpc (mutual TLS)", peer, &"handshake timed out"),
+                        }
+                    });
+                }
+                _ => {
+                    if tx.send(conn(Stream::Plain(io))).await.is_err() {
+                        return;
                     }
                 }
             }
-        },
+        }
+    });
+    tokio_stream_from(rx)
+}
+
+/// The receiving end of a channel as a stream of `Ok` items.
+fn tokio_stream_from<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = io::Result<T>> {
+    futures::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|x| (Ok(x), rx)) },
     )
 }
 
@@ -166,6 +206,7 @@ impl RpcServer {
         listener: TcpListener,
         handler: Arc<H>,
         limits: ServerLimits,
+        tls: Option<Arc<Tls>>,
     ) -> io::Result<RpcServer> {
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
@@ -176,6 +217,8 @@ impl RpcServer {
         let incoming = limited_incoming(
             listener,
             limits.max_connections,
+            tls,
+            stop.clone(),
             kill.clone(),
             refused.clone(),
         );

@@ -72,7 +72,8 @@ async fn no_acknowledged_message_is_lost_across_a_receiver_restart() {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let mut server = Some(RpcServer::start(listener, recorder.clone(), limits()).expect("server"));
+    let mut server =
+        Some(RpcServer::start(listener, recorder.clone(), limits(), None).expect("server"));
 
     let envelope = Arc::new(RwLock::new(Caller {
         cluster_id: "test-cluster".into(),
@@ -87,6 +88,7 @@ async fn no_acknowledged_message_is_lost_across_a_receiver_restart() {
             breaker_open: Duration::from_millis(100),
             probe_interval: Duration::from_millis(50),
             forward_timeout: Duration::from_secs(2),
+            tls: None,
         },
         envelope,
         move |_| Some(addr.to_string()),
@@ -152,7 +154,8 @@ async fn no_acknowledged_message_is_lost_across_a_receiver_restart() {
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         };
-        server = Some(RpcServer::start(listener, recorder.clone(), limits()).expect("restart"));
+        server =
+            Some(RpcServer::start(listener, recorder.clone(), limits(), None).expect("restart"));
     }
     for s in senders {
         s.await.expect("sender");

@@ -214,11 +214,30 @@ impl Node {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        let scheme = if self.ca().is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.addr, path)
+    }
+
+    /// The cluster CA when the node serves TLS (`--certs-dir D`: `D/ca.crt`).
+    pub fn ca(&self) -> Option<PathBuf> {
+        let i = self.extra.iter().position(|f| f == "--certs-dir")?;
+        Some(Path::new(&self.extra[i + 1]).join("ca.crt"))
+    }
+
+    /// An HTTP client for this node (trusting only its CA when it serves TLS).
+    pub fn http(&self) -> reqwest::Client {
+        let mut b = reqwest::Client::builder();
+        if let Some(ca) = self.ca() {
+            let pem = std::fs::read(&ca).expect("read ca.crt");
+            b = b
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("ca pem"));
+        }
+        b.build().expect("client")
     }
 
     pub async fn wait_ready(&self) {
-        let client = reqwest::Client::new();
+        let client = self.http();
         let deadline = Instant::now() + READY_DEADLINE;
         loop {
             if let Ok(r) = client.get(self.url("/health/ready")).send().await {
@@ -292,7 +311,8 @@ impl Node {
 
     /// [`Node::sql`], `None` when the node does not answer (it exited).
     pub async fn try_sql(&self, sql: &str) -> Option<(u16, serde_json::Value)> {
-        let r = reqwest::Client::new()
+        let r = self
+            .http()
             .post(self.url("/v1/sql"))
             .body(sql.to_string())
             .send()
@@ -314,7 +334,8 @@ impl Node {
     }
 
     pub async fn write(&self, body: &str) -> (u16, String) {
-        let r = reqwest::Client::new()
+        let r = self
+            .http()
             .post(self.url("/write?db=test"))
             .body(body.to_string())
             .send()
