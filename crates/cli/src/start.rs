@@ -207,6 +207,9 @@ pub struct StartArgs {
     /// Directory with ca.crt, node.crt, node.key: TLS on every port [default: none]
     #[arg(long, env = "SHOAL_CERTS_DIR")]
     certs_dir: Option<String>,
+    /// Serve beyond loopback without TLS and authentication (only on trusted networks)
+    #[arg(long, env = "SHOAL_INSECURE")]
+    insecure: bool,
     /// Directory SQL COPY … TO may write under; empty = none [default: ""]
     #[arg(long, env = "SHOAL_SQL_FILE_DIR")]
     sql_file_dir: Option<String>,
@@ -320,6 +323,10 @@ pub fn resolve(args: &StartArgs) -> Result<NodeConfig, String> {
         raft_election_max_ms,
         log
     );
+    // A flag that is present wins; absent, the file's value stays.
+    if args.insecure {
+        cfg.insecure = true;
+    }
     cfg.validate()?;
     Ok(cfg)
 }

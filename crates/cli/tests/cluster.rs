@@ -442,6 +442,7 @@ async fn wildcard_binds_need_and_use_advertise_addresses() {
             "0.0.0.0:0",
             "--gossip-addr",
             "127.0.0.1:0",
+            "--insecure",
         ])
         .output()
         .expect("run");
@@ -459,6 +460,7 @@ async fn wildcard_binds_need_and_use_advertise_addresses() {
         &format!("0.0.0.0:{rp}"),
         &format!("0.0.0.0:{gp}"),
         &[
+            "--insecure",
             "--advertise-rpc-addr",
             &adv_rpc,
             "--advertise-gossip-addr",

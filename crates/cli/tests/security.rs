@@ -398,3 +398,65 @@ fn cert_commands_make_a_chain_openssl_verifies() {
         "{out}"
     );
 }
+
+/// Secure by default: a node listening beyond loopback refuses to start without TLS (and,
+/// bootstrapping, without a first admin), saying what to add; `--insecure` starts it with
+/// a WARN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exposed_nodes_need_tls_and_an_admin_or_insecure() {
+    use std::process::Command;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let start = |data: &str, extra: &[&str]| {
+        let out = Command::new(support::BIN)
+            .args(["start", "--data-dir"])
+            .arg(tmp.path().join(data))
+            .args(["--http-addr", "0.0.0.0:0", "--pg-addr", "127.0.0.1:0"])
+            .args(["--rpc-addr", "127.0.0.1:0", "--gossip-addr", "127.0.0.1:0"])
+            .args(extra)
+            .output()
+            .expect("run shoal start");
+        assert!(!out.status.success(), "started exposed: {extra:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = start("a", &[]);
+    assert!(
+        err.contains("http_addr=0.0.0.0:0")
+            && err.contains("certs_dir")
+            && err.contains("--insecure"),
+        "{err}"
+    );
+    let certs = tmp.path().join("certs");
+    for args in [&["create-ca"][..], &["create-node", "127.0.0.1"][..]] {
+        let ok = Command::new(support::BIN)
+            .arg("cert")
+            .args(args)
+            .arg("--certs-dir")
+            .arg(&certs)
+            .status()
+            .expect("shoal cert")
+            .success();
+        assert!(ok);
+    }
+    let err = start("b", &["--certs-dir", certs.to_str().expect("utf8")]);
+    assert!(err.contains("init_admin_password_file"), "{err}");
+
+    // --insecure: it starts, and says so.
+    let port = support::free_port();
+    let node = Node::spawn_bound(
+        &tmp.path().join("c"),
+        &format!("0.0.0.0:{port}"),
+        "127.0.0.1:0",
+        &[
+            "--insecure",
+            "--advertise-rpc-addr",
+            &format!("127.0.0.1:{port}"),
+        ],
+    );
+    node.wait_ready().await;
+    assert!(
+        node.stderr_text()
+            .contains("--insecure: serving beyond loopback"),
+        "{}",
+        node.stderr_text()
+    );
+}

@@ -172,7 +172,10 @@ impl Host {
             .arg("--rpc-addr")
             .arg(format!("{ip}:{RPC_PORT}"))
             .arg("--gossip-addr")
-            .arg(format!("{ip}:{GOSSIP_PORT}"));
+            .arg(format!("{ip}:{GOSSIP_PORT}"))
+            // Each node has its own address in its own namespace: beyond loopback, so
+            // plaintext and trust need saying (the harness tests consensus, not TLS).
+            .arg("--insecure");
         if let Some(seed) = &self.join {
             cmd.arg("--join").arg(seed);
         }

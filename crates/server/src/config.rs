@@ -171,6 +171,12 @@ pub struct NodeConfig {
     /// nodes talk to each other over mutual TLS, refusing any peer whose certificate the
     /// CA did not sign. Re-read on SIGHUP. Empty (the default): no TLS anywhere.
     pub certs_dir: String,
+    /// Serve on non-loopback addresses without TLS and authentication. Without it a node
+    /// that binds any port to a non-loopback address (0.0.0.0, a LAN address) refuses to
+    /// start unless `certs_dir` is set (and, bootstrapping a new cluster, a first admin
+    /// password is given); with it the node starts and WARNs. Loopback-only nodes (the
+    /// quick start, `shoal demo`) need neither.
+    pub insecure: bool,
     /// A directory SQL may write files under (`COPY (SELECT …) TO 'out.csv'`, relative
     /// paths taken relative to it). Empty (the default): SQL touches no server files at all.
     /// `CREATE EXTERNAL TABLE` is always refused.
@@ -277,6 +283,7 @@ impl Default for NodeConfig {
             init_admin_password: Secret::default(),
             init_admin_password_file: String::new(),
             certs_dir: String::new(),
+            insecure: false,
             sql_file_dir: String::new(),
             startup_timeout_ms: 120_000,
             drain_timeout_ms: 30_000,
@@ -384,6 +391,52 @@ impl NodeConfig {
         })
     }
 
+    /// The ports bound to a non-loopback address, as `key=addr`.
+    pub fn exposed(&self) -> Vec<String> {
+        [
+            ("http_addr", &self.http_addr),
+            ("pg_addr", &self.pg_addr),
+            ("rpc_addr", &self.rpc_addr),
+            ("gossip_addr", &self.gossip_addr),
+        ]
+        .into_iter()
+        .filter(|(_, a)| !is_loopback(a))
+        .map(|(k, a)| format!("{k}={a}"))
+        .collect()
+    }
+
+    /// Secure by default: whether this node may start as configured, and whether it must
+    /// ask every client for credentials even before the cluster has a user. A node
+    /// exposed beyond loopback needs `certs_dir` (and, when `bootstrapping` a new cluster,
+    /// a first admin), unless `insecure`.
+    pub fn security(&self, bootstrapping: bool) -> Result<Security, String> {
+        let exposed = self.exposed();
+        if exposed.is_empty() {
+            return Ok(Security::Loopback);
+        }
+        if self.insecure {
+            return Ok(Security::Insecure { exposed });
+        }
+        let list = exposed.join(", ");
+        if self.certs_dir.is_empty() {
+            return Err(format!(
+                "this node listens beyond loopback ({list}) without TLS: set certs_dir \
+                 (`shoal cert create-ca`, then `shoal cert create-node <its names and \
+                 addresses>`), or start with --insecure to serve in plaintext without \
+                 authentication (only on a network you trust)"
+            ));
+        }
+        let has_admin = self.init_admin_password()?.is_some() || !self.pg_users.is_empty();
+        if bootstrapping && !has_admin {
+            return Err(format!(
+                "this node bootstraps a new cluster listening beyond loopback ({list}): \
+                 give it a first admin with init_admin_password_file (or the \
+                 SHOAL_INIT_ADMIN_PASSWORD environment variable), or start with --insecure"
+            ));
+        }
+        Ok(Security::Secure)
+    }
+
     /// `sql_file_dir` as an absolute path, if set; it must be an existing directory.
     pub fn sql_file_dir(&self) -> Result<Option<PathBuf>, String> {
         if self.sql_file_dir.is_empty() {
@@ -472,9 +525,68 @@ impl NodeConfig {
     }
 }
 
+/// How exposed a node is, and so what it demands (see [`NodeConfig::security`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Security {
+    /// Every port on loopback: TLS optional, trust until the first user.
+    Loopback,
+    /// Exposed with TLS: every client authenticates, even before the first user.
+    Secure,
+    /// Exposed without TLS or authentication, as asked (`insecure`): these ports.
+    Insecure { exposed: Vec<String> },
+}
+
+/// Whether `addr` (`host:port`) binds only loopback: 127.0.0.0/8, ::1 or `localhost`.
+pub fn is_loopback(addr: &str) -> bool {
+    if let Ok(a) = addr.parse::<std::net::SocketAddr>() {
+        return a.ip().is_loopback();
+    }
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.eq_ignore_ascii_case("localhost")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exposed_nodes_need_tls_and_a_first_admin_unless_insecure() {
+        let mut cfg = NodeConfig::default();
+        assert_eq!(
+            cfg.security(true),
+            Ok(Security::Loopback),
+            "defaults are loopback"
+        );
+        cfg.http_addr = "localhost:7480".into();
+        cfg.rpc_addr = "[::1]:7400".into();
+        assert_eq!(cfg.security(true), Ok(Security::Loopback));
+        cfg.pg_addr = "0.0.0.0:5432".into();
+        let e = cfg.security(false).unwrap_err();
+        assert!(
+            e.contains("pg_addr=0.0.0.0:5432") && e.contains("certs_dir"),
+            "{e}"
+        );
+        cfg.certs_dir = "/etc/shoal/certs".into();
+        assert_eq!(
+            cfg.security(false),
+            Ok(Security::Secure),
+            "joining or restarting"
+        );
+        let e = cfg.security(true).unwrap_err();
+        assert!(e.contains("init_admin_password_file"), "{e}");
+        cfg.init_admin_password = Secret("s3cret-pw".into());
+        assert_eq!(cfg.security(true), Ok(Security::Secure));
+        cfg.certs_dir.clear();
+        cfg.insecure = true;
+        assert_eq!(
+            cfg.security(true),
+            Ok(Security::Insecure {
+                exposed: vec!["pg_addr=0.0.0.0:5432".into()]
+            })
+        );
+        assert!(!is_loopback("10.0.0.1:1") && !is_loopback("db.example:1"));
+        assert!(is_loopback("127.0.0.2:1"));
+    }
 
     #[test]
     fn unknown_keys_are_errors() {

@@ -226,6 +226,15 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
     };
     let tls = certs.as_ref().map(|c| c.tls.clone());
     let locked = DataDir::lock(&cfg.data_dir, cfg.vshards)?;
+    let security = cfg.security(locked.existing.is_none() && cfg.join.is_empty())?;
+    if let config::Security::Insecure { exposed } = &security {
+        tracing::warn!(
+            ports = %exposed.join(", "),
+            tls = tls.is_some(),
+            "--insecure: serving beyond loopback without requiring authentication{}",
+            if tls.is_some() { "" } else { " and without TLS" }
+        );
+    }
     let listener = tokio::net::TcpListener::bind(&cfg.http_addr)
         .await
         .map_err(|e| format!("cannot listen on http_addr {}: {e}", cfg.http_addr))?;
@@ -305,7 +314,9 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
         max_message_bytes: usize::try_from(cfg.max_body_bytes).unwrap_or(usize::MAX),
     });
     let auth_method = pgauth::AuthMethod::parse(&cfg.pg_auth)?;
-    let gate = gate::Gate::new(auth_method == pgauth::AuthMethod::ScramSha256);
+    let gate = gate::Gate::new(
+        auth_method == pgauth::AuthMethod::ScramSha256 || security == config::Security::Secure,
+    );
     let pg = Arc::new(pg::PgState {
         engine: Arc::new(OnceLock::new()),
         startup: Arc::new(pgauth::ShoalStartup::new(
