@@ -277,6 +277,26 @@ async fn a_cluster_over_mutual_tls_refuses_another_ca_and_reloads_on_sighup() {
         (st == 200 && v["rows"][0][0].as_i64() == Some(100)).then_some(())
     })
     .await;
+    // Every node holds the cluster's gossip key, owner-only: made by the first, handed
+    // to the others over mutual TLS when they joined.
+    let keys: Vec<String> = dirs
+        .iter()
+        .map(|d| {
+            use std::os::unix::fs::PermissionsExt;
+            let f = d.join("gossip.key");
+            let mode = std::fs::metadata(&f)
+                .expect("gossip.key")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "{} is readable by others", f.display());
+            std::fs::read_to_string(&f).expect("read key")
+        })
+        .collect();
+    assert_eq!(keys[0].trim().len(), 64);
+    assert!(
+        keys.iter().all(|k| *k == keys[0]),
+        "the nodes' gossip keys differ"
+    );
     // Every node reports when its certificate expires (a year from now).
     eventually("every node reported its certificate expiry", || async {
         let (st, v) = ns[0]

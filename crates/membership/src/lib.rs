@@ -10,6 +10,7 @@
 //! ```
 
 pub mod clock;
+pub mod seal;
 pub mod swim;
 
 pub use swim::{MemberEvent, MemberState, Membership, NodeIdentity, SwimConfig};

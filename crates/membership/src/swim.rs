@@ -2,7 +2,9 @@
 //!
 //! foca probes, indirectly probes, suspects and disseminates; this module gives it a clock
 //! (a timer heap), a socket and a cluster-id prefix on every datagram (a packet from
-//! another cluster, or junk, is dropped before foca parses it), and turns foca's state into
+//! another cluster, or junk, is dropped before foca parses it); with the cluster's gossip
+//! key every datagram is also authenticated and replay-checked (`seal`: forgeries and
+//! replays are dropped and counted before foca sees them). It turns foca's state into
 //! Shoal's member states: ALIVE → SUSPECT → DEAD, and LEFT for a graceful leave (a custom
 //! broadcast sent with the leave, since foca reports a leave like a death).
 //!
@@ -29,6 +31,8 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, Instant};
+
+use crate::seal::{Dropped, Opener, Sealer, HEADER_BYTES, MAC_BYTES};
 
 /// A node as SWIM knows it. `generation` grows with every start, so a restarted node
 /// supersedes its previous incarnation.
@@ -92,7 +96,8 @@ pub struct SwimConfig {
     pub probe_interval: Duration,
     pub probe_timeout: Duration,
     pub suspect_timeout: Duration,
-    /// Largest datagram (the 8-byte cluster prefix included).
+    /// Largest datagram (header and MAC included: foca gets this less
+    /// `seal::HEADER_BYTES + seal::MAC_BYTES`).
     pub max_packet_bytes: usize,
 }
 
@@ -102,8 +107,10 @@ impl SwimConfig {
         c.probe_period = self.probe_interval;
         c.probe_rtt = self.probe_timeout;
         c.suspect_to_down_after = self.suspect_timeout;
-        c.max_packet_size = NonZeroUsize::new(self.max_packet_bytes.saturating_sub(8).max(512))
-            .ok_or("max_packet_bytes too small")?;
+        let overhead = crate::seal::HEADER_BYTES + crate::seal::MAC_BYTES;
+        c.max_packet_size =
+            NonZeroUsize::new(self.max_packet_bytes.saturating_sub(overhead).max(512))
+                .ok_or("max_packet_bytes too small")?;
         c.remove_down_after = Some(Duration::from_secs(3600));
         // Announce periodically so nodes separated by a partition find each other again.
         if self.probe_timeout >= self.probe_interval {
@@ -167,6 +174,16 @@ pub struct Membership {
     cmds: mpsc::Sender<Cmd>,
     subscribers: Arc<RwLock<Vec<Subscriber>>>,
     task: tokio::task::JoinHandle<()>,
+    dropped: Arc<DroppedCounts>,
+}
+
+/// Datagrams dropped before foca saw them, by reason.
+#[derive(Default, Debug)]
+pub struct DroppedCounts {
+    /// Wrong MAC: not made with this cluster's gossip key.
+    pub forged: std::sync::atomic::AtomicU64,
+    /// Authentic, but seen before or too old.
+    pub replayed: std::sync::atomic::AtomicU64,
 }
 
 /// The 8-byte prefix of every datagram of `cluster_id`.
@@ -175,10 +192,13 @@ pub fn cluster_tag(cluster_id: &str) -> [u8; 8] {
 }
 
 impl Membership {
+    /// Runs SWIM on `socket`; with `key` (the cluster's gossip key) every datagram is
+    /// authenticated (see `seal`).
     pub fn start(
         me: NodeIdentity,
         cfg: &SwimConfig,
         cluster_id: &str,
+        key: Option<&[u8; crate::seal::KEY_BYTES]>,
         socket: UdpSocket,
     ) -> Result<Membership, String> {
         let foca_cfg = cfg.foca()?;
@@ -186,10 +206,16 @@ impl Membership {
         let (active_tx, active) = watch::channel(false);
         let (cmds, cmd_rx) = mpsc::channel(64);
         let subscribers: Arc<RwLock<Vec<Subscriber>>> = Default::default();
+        let tag = cluster_tag(cluster_id);
+        let dropped = Arc::new(DroppedCounts::default());
         let task = tokio::spawn(run(
             me.clone(),
             foca_cfg,
-            cluster_tag(cluster_id),
+            Seals {
+                sealer: Sealer::new(tag, key, me.node_id, me.generation),
+                opener: Opener::new(tag, key),
+                dropped: dropped.clone(),
+            },
             socket,
             cmd_rx,
             subscribers.clone(),
@@ -203,7 +229,13 @@ impl Membership {
             cmds,
             subscribers,
             task,
+            dropped,
         })
+    }
+
+    /// Datagrams dropped as forged or replayed so far.
+    pub fn dropped(&self) -> &DroppedCounts {
+        &self.dropped
     }
 
     /// Calls `f` on every state transition from now on (on the SWIM task: never block).
@@ -248,11 +280,49 @@ impl Drop for Membership {
     }
 }
 
+/// This node's sealing and opening of datagrams, and what it dropped.
+struct Seals {
+    sealer: Sealer,
+    opener: Opener,
+    dropped: Arc<DroppedCounts>,
+}
+
+impl Seals {
+    /// The payload of a received datagram, or `None` (counted, and logged the first time
+    /// and every 100th, with the sender's address).
+    fn open<'a>(&mut self, pkt: &'a [u8], from: SocketAddr) -> Option<&'a [u8]> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let why = match self.opener.open(pkt) {
+            Ok(p) => return Some(p),
+            Err(Dropped::Junk) => {
+                tracing::trace!(
+                    bytes = pkt.len(),
+                    "swim: dropped a datagram from another cluster or junk"
+                );
+                return None;
+            }
+            Err(d) => d,
+        };
+        let (counter, what) = match why {
+            Dropped::Forged => (
+                &self.dropped.forged,
+                "forged (not made with the cluster's gossip key)",
+            ),
+            _ => (&self.dropped.replayed, "replayed"),
+        };
+        let n = counter.fetch_add(1, Relaxed);
+        if n.is_multiple_of(100) {
+            tracing::warn!(%from, total = n + 1, "swim: dropped a {what} datagram");
+        }
+        None
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run(
     me: NodeIdentity,
     cfg: foca::Config,
-    tag: [u8; 8],
+    mut seals: Seals,
     sock: UdpSocket,
     mut cmds: mpsc::Receiver<Cmd>,
     subscribers: Arc<RwLock<Vec<Subscriber>>>,
@@ -265,7 +335,7 @@ async fn run(
         Foca::with_custom_broadcast(me, cfg, rand::make_rng(), PostcardCodec, leaves.clone());
     let mut rt = AccumulatingRuntime::new();
     let mut timers = Timers::new();
-    let mut buf = vec![0u8; max + 8];
+    let mut buf = vec![0u8; max + HEADER_BYTES + MAC_BYTES];
     let mut known = View::new();
     // foca starts its probe cycle on the first join; kick the periodic timers now.
     if let Err(e) = foca.gossip(&mut rt) {
@@ -278,12 +348,9 @@ async fn run(
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             r = sock.recv_from(&mut buf) => {
-                let Ok((n, _from)) = r else { continue };
-                if n < 8 || buf[..8] != tag {
-                    tracing::trace!(bytes = n, "swim: dropped a datagram from another cluster or junk");
-                    continue;
-                }
-                if let Err(e) = foca.handle_data(&buf[8..n], &mut rt) {
+                let Ok((n, from)) = r else { continue };
+                let Some(payload) = seals.open(&buf[..n], from) else { continue };
+                if let Err(e) = foca.handle_data(payload, &mut rt) {
                     tracing::trace!(error = %e, "swim: dropped packet");
                 }
             }
@@ -308,7 +375,7 @@ async fn run(
                         let _ = foca.add_broadcast(&msg);
                     }
                     let _ = foca.leave_cluster(&mut rt);
-                    flush(&sock, &tag, &mut rt, &mut timers).await;
+                    flush(&sock, &mut seals.sealer, &mut rt, &mut timers).await;
                     // Give the datagrams a moment to leave before the socket closes.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     let _ = done.send(());
@@ -317,7 +384,7 @@ async fn run(
                 None => return,
             },
         }
-        flush(&sock, &tag, &mut rt, &mut timers).await;
+        flush(&sock, &mut seals.sealer, &mut rt, &mut timers).await;
         while let Some(n) = rt.to_notify() {
             match n {
                 OwnedNotification::Active => {
@@ -343,15 +410,12 @@ async fn run(
 
 async fn flush(
     sock: &UdpSocket,
-    tag: &[u8; 8],
+    sealer: &mut Sealer,
     rt: &mut AccumulatingRuntime<NodeIdentity>,
     timers: &mut Timers,
 ) {
     while let Some((to, data)) = rt.to_send() {
-        let mut pkt = Vec::with_capacity(8 + data.len());
-        pkt.extend_from_slice(tag);
-        pkt.extend_from_slice(&data);
-        let _ = sock.send_to(&pkt, to.gossip_addr).await;
+        let _ = sock.send_to(&sealer.seal(&data), to.gossip_addr).await;
     }
     let now = Instant::now();
     while let Some((after, t)) = rt.to_schedule() {
@@ -416,14 +480,24 @@ mod tests {
         }
     }
 
+    const KEY: [u8; crate::seal::KEY_BYTES] = [42; crate::seal::KEY_BYTES];
+
     async fn node(id: u64, cluster: &str) -> Membership {
+        keyed(id, cluster, Some(&KEY)).await
+    }
+
+    async fn keyed(
+        id: u64,
+        cluster: &str,
+        key: Option<&[u8; crate::seal::KEY_BYTES]>,
+    ) -> Membership {
         let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
         let me = NodeIdentity {
             node_id: id,
             gossip_addr: sock.local_addr().expect("addr"),
             generation: 1,
         };
-        Membership::start(me, &cfg(), cluster, sock).expect("start")
+        Membership::start(me, &cfg(), cluster, key, sock).expect("start")
     }
 
     async fn until(what: &str, mut f: impl FnMut() -> bool) {
@@ -489,5 +563,61 @@ mod tests {
             assert!(a.view().is_empty() && b.view().is_empty());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// A host with the cluster id but not the key (a node with another key, and raw
+    /// datagrams with the right tag) changes nobody's membership; its datagrams are
+    /// counted as forged. Replays of real datagrams are counted as replayed.
+    #[tokio::test]
+    async fn forged_and_replayed_datagrams_change_nothing() {
+        let a = node(1, "c").await;
+        let b = node(2, "c").await;
+        let rogue = keyed(3, "c", Some(&[9; crate::seal::KEY_BYTES])).await;
+        b.announce(a.me.clone()).await;
+        rogue.announce(a.me.clone()).await;
+        rogue.announce(b.me.clone()).await;
+        until("a and b see each other", || {
+            a.state_of(2) == Some(MemberState::Alive) && b.state_of(1) == Some(MemberState::Alive)
+        })
+        .await;
+        // Raw datagrams: the right tag, junk after it.
+        let raw = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let mut junk = cluster_tag("c").to_vec();
+        junk.extend_from_slice(&[0u8; 80]);
+        for _ in 0..10 {
+            raw.send_to(&junk, a.me.gossip_addr).expect("send");
+        }
+        // A replay of a real datagram: seal one the way node 2 would, send it twice.
+        let mut sealer = Sealer::new(cluster_tag("c"), Some(&KEY), 2, 1);
+        let real = sealer.seal(b"not even foca");
+        raw.send_to(&real, a.me.gossip_addr).expect("send");
+        raw.send_to(&real, a.me.gossip_addr).expect("send");
+        use std::sync::atomic::Ordering::Relaxed;
+        until("the forgeries counted", || {
+            a.dropped().forged.load(Relaxed) >= 11
+        })
+        .await;
+        // Node 2's own generation-1 sequence numbers are far past 1 by now: a replay.
+        until("the replay counted", || {
+            a.dropped().replayed.load(Relaxed) >= 1
+        })
+        .await;
+        let deadline = Instant::now() + Duration::from_millis(1500);
+        while Instant::now() < deadline {
+            assert_eq!(a.state_of(3), None, "the rogue reached a");
+            assert_eq!(b.state_of(3), None, "the rogue reached b");
+            assert!(rogue.view().is_empty(), "the rogue learned the cluster");
+            assert_eq!(a.state_of(2), Some(MemberState::Alive));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Without a key (a cluster from before gossip keys) SWIM still works, tagged only.
+    #[tokio::test]
+    async fn clusters_without_a_key_still_gossip() {
+        let a = keyed(1, "c", None).await;
+        let b = keyed(2, "c", None).await;
+        b.announce(a.me.clone()).await;
+        until("a sees b", || a.state_of(2) == Some(MemberState::Alive)).await;
     }
 }

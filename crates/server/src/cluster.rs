@@ -99,6 +99,8 @@ pub struct Shared {
     pub controller: OnceLock<Arc<shoal_cluster::controller::Controller>>,
     /// Largest RPC message (a streamed fragment's chunks stay well below it).
     pub max_message_bytes: usize,
+    /// The cluster's gossip key, handed to joining nodes.
+    pub gossip_key: Option<[u8; crate::datadir::GOSSIP_KEY_BYTES]>,
 }
 
 impl Shared {
@@ -200,6 +202,7 @@ impl PeerHandler for Shared {
                     hosts_vshards: false,
                     protocol: shoal_transport::version::announced(),
                     release: shoal_transport::version::RELEASE.to_string(),
+                    gossip_key: self.gossip_key.map(|k| k.to_vec()).unwrap_or_default(),
                 })
             }
             Response::Rejected(m) => Err(Status::failed_precondition(m)),

@@ -14,6 +14,18 @@ use serde::{Deserialize, Serialize};
 
 pub const NODE_FILE: &str = "node.json";
 pub const NODE_FORMAT_VERSION: u32 = 1;
+/// The cluster's gossip key (hex, mode 0600): SWIM datagrams are authenticated with it.
+pub const GOSSIP_KEY_FILE: &str = "gossip.key";
+/// The gossip key's length.
+pub const GOSSIP_KEY_BYTES: usize = 32;
+
+/// A new random gossip key (made once, when a cluster bootstraps).
+pub fn new_gossip_key() -> Result<[u8; GOSSIP_KEY_BYTES], String> {
+    let mut key = [0u8; GOSSIP_KEY_BYTES];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+        .map_err(|_| "no randomness for a gossip key".to_string())?;
+    Ok(key)
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NodeIdentity {
@@ -45,6 +57,43 @@ pub struct Locked {
 }
 
 impl Locked {
+    /// The gossip key stored here; `None` for a data directory of a cluster bootstrapped
+    /// before gossip keys existed.
+    pub fn gossip_key(&self) -> Result<Option<[u8; GOSSIP_KEY_BYTES]>, String> {
+        let path = self.path.join(GOSSIP_KEY_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        parse_key(text.trim())
+            .map(Some)
+            .ok_or_else(|| format!("{}: not a {GOSSIP_KEY_BYTES}-byte hex key", path.display()))
+    }
+
+    /// Stores the gossip key (owner-only, fsynced, replacing any other) before the
+    /// identity is recorded, so a node with an identity always has its key.
+    pub fn store_gossip_key(&self, key: &[u8; GOSSIP_KEY_BYTES]) -> Result<(), String> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let tmp = self.path.join(format!("{GOSSIP_KEY_FILE}.tmp"));
+        let dst = self.path.join(GOSSIP_KEY_FILE);
+        let err = |e: std::io::Error| format!("{}: {e}", dst.display());
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(err)?;
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        f.write_all(format!("{hex}\n").as_bytes()).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        drop(f);
+        std::fs::rename(&tmp, &dst).map_err(err)?;
+        shoal_storage::manifest::sync_dir(&self.path).map_err(|e| e.to_string())
+    }
+
     /// Finishes opening: keeps the stored identity, or records `fresh` for a new directory.
     pub fn into_dir(self, fresh: Option<NodeIdentity>) -> Result<DataDir, String> {
         let (identity, created) = match (self.existing, fresh) {
@@ -72,6 +121,19 @@ pub struct DataDir {
     pub identity: NodeIdentity,
     pub created: bool,
     _lock: File,
+}
+
+/// A gossip key from its hex form (as stored and as sent in a join answer).
+pub fn parse_key(hex: &str) -> Option<[u8; GOSSIP_KEY_BYTES]> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != GOSSIP_KEY_BYTES * 2 {
+        return None;
+    }
+    let mut key = [0u8; GOSSIP_KEY_BYTES];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        key[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(key)
 }
 
 fn new_cluster_id() -> String {

@@ -275,6 +275,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
         envelope.clone(),
         resolve,
     );
+    let mut joined_key: Option<Vec<u8>> = None;
     let fresh = match (&locked.existing, cfg.join.is_empty()) {
         (Some(id), false) => {
             envelope.write().cluster_id = id.cluster_id.clone();
@@ -292,6 +293,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
                 Duration::from_millis(cfg.join_timeout_ms),
             )
             .await?;
+            joined_key = Some(reply.gossip_key.clone());
             Some(datadir::NodeIdentity {
                 format_version: datadir::NODE_FORMAT_VERSION,
                 cluster_id: reply.cluster_id,
@@ -300,6 +302,30 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
             })
         }
     };
+    // The gossip key: made when bootstrapping, received when joining, stored before the
+    // identity (so a node with an identity has its key), read on every later start.
+    let gossip_key = match (&fresh, joined_key) {
+        (None, _) => locked.gossip_key()?,
+        (Some(_), Some(k)) if k.is_empty() => None,
+        (Some(_), Some(k)) => {
+            let k: [u8; datadir::GOSSIP_KEY_BYTES] = k
+                .try_into()
+                .map_err(|_| "the seed sent a gossip key of the wrong length".to_string())?;
+            locked.store_gossip_key(&k)?;
+            Some(k)
+        }
+        (Some(_), None) => {
+            let k = datadir::new_gossip_key()?;
+            locked.store_gossip_key(&k)?;
+            Some(k)
+        }
+    };
+    if gossip_key.is_none() {
+        tracing::warn!(
+            "SWIM gossip is not authenticated: this cluster was bootstrapped before Shoal \
+             had gossip keys (keep gossip_addr on a private network)"
+        );
+    }
     let dir = locked.into_dir(fresh)?;
     {
         let mut env = envelope.write();
@@ -381,6 +407,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
         engine: OnceLock::new(),
         controller: OnceLock::new(),
         max_message_bytes: cfg.rpc_max_message_bytes,
+        gossip_key,
     });
     let rpc = shoal_transport::RpcServer::start(
         bound.rpc,
@@ -411,6 +438,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
             max_packet_bytes: 1400,
         },
         &cluster_id,
+        gossip_key.as_ref(),
         bound.gossip,
     )?);
     let gossip_addr = bound.gossip_addr;

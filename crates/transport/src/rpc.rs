@@ -107,6 +107,10 @@ pub struct JoinReply {
     pub protocol: u32,
     #[prost(string, tag = "6")]
     pub release: String,
+    /// The cluster's gossip key (SWIM datagrams are authenticated with it); empty from a
+    /// cluster without one. Sent over mutual TLS when the cluster uses TLS.
+    #[prost(bytes = "vec", tag = "7")]
+    pub gossip_key: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
