@@ -560,6 +560,12 @@ pub(crate) enum Inbound {
     TransferLeader(TransferLeaderRequest<TypeConfig>),
 }
 
+/// Decodes an inbound Raft message as the receiving node would, dropping the result: the
+/// RPC fuzz target's way in (no panic on any bytes, only errors).
+pub fn check_inbound(msg: &RaftMessage) -> Result<(), String> {
+    decode_inbound(msg).map(|_| ())
+}
+
 pub(crate) fn decode_inbound(msg: &RaftMessage) -> Result<Inbound, String> {
     let bad = |e: &dyn std::fmt::Display| format!("bad {:?} message: {e}", msg.kind);
     Ok(match msg.kind {
