@@ -355,6 +355,7 @@ pub async fn run(args: StartArgs) -> Result<(), String> {
     }
 
     crate::memory::set_huge_pages(cfg.transparent_huge_pages);
+    let hup = listen_for_sighup();
     let mut node = shoal_server::start(cfg.clone()).await?;
     // Scripts and tests read the bound address from this line (port 0 picks a free port).
     println!(
@@ -367,7 +368,7 @@ pub async fn run(args: StartArgs) -> Result<(), String> {
         cfg.data_dir.display()
     );
     tracing::info!(http = %node.http_addr, cluster_id = %node.cluster_id, node_id = node.node_id, "listening; recovering");
-    let _reloader = node.certs().map(reload_on_sighup);
+    let _reloader = reload_on_sighup(hup, node.certs());
     tokio::select! {
         r = node.ready() => r?,
         _ = shutdown_signal() => return node.shutdown().await,
@@ -379,20 +380,41 @@ pub async fn run(args: StartArgs) -> Result<(), String> {
     }
 }
 
-/// Reloads the node's certificates on every SIGHUP (until the returned task is dropped
-/// with the process).
+/// SIGHUP, listened for from the start of the process (before the node starts: the
+/// default action would end it).
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = Option<()>;
+
+fn listen_for_sighup() -> Hangup {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let s = signal(SignalKind::hangup()).ok();
+        if s.is_none() {
+            tracing::warn!("cannot listen for SIGHUP: certificates reload only on restart");
+        }
+        s
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// On every SIGHUP: reloads the node's certificates, or says there are none to reload.
 fn reload_on_sighup(
-    certs: std::sync::Arc<shoal_server::certs::CertWatch>,
+    hup: Hangup,
+    certs: Option<std::sync::Arc<shoal_server::certs::CertWatch>>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         #[cfg(unix)]
         {
-            use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut hup) = signal(SignalKind::hangup()) else {
-                tracing::warn!("cannot listen for SIGHUP: certificates reload only on restart");
-                return;
-            };
+            let Some(mut hup) = hup else { return };
             while hup.recv().await.is_some() {
+                let Some(certs) = &certs else {
+                    tracing::info!("SIGHUP: nothing to reload (no certs_dir)");
+                    continue;
+                };
                 match certs.reload() {
                     Ok(()) => {
                         tracing::info!(dir = %certs.tls.dir().display(), "SIGHUP: reloaded the TLS certificates")
@@ -404,7 +426,7 @@ fn reload_on_sighup(
             }
         }
         #[cfg(not(unix))]
-        let _ = certs;
+        let _ = (hup, certs);
     })
 }
 

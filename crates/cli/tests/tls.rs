@@ -338,6 +338,37 @@ async fn a_cluster_over_mutual_tls_refuses_another_ca_and_reloads_on_sighup() {
         "the rogue registered: {v}"
     );
 
+    // A user's client certificate, signed by the same CA, cannot act as a node: the RPC
+    // port refuses it, and a node will not start with it as its own.
+    cert(&dir, &["create-client", "ada"]);
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect {} -cert {} -key {} -CAfile {} </dev/null",
+            ns[1].rpc_addr,
+            s(&dir.join("client.ada.crt")),
+            s(&dir.join("client.ada.key")),
+            s(&dir.join("ca.crt"))
+        ))
+        .output();
+    eventually("the RPC port refused the client certificate", || async {
+        ns[1]
+            .stderr_text()
+            .contains("not a node certificate")
+            .then_some(())
+    })
+    .await;
+    let as_node = tmp.path().join("client-as-node");
+    std::fs::create_dir_all(&as_node).expect("mkdir");
+    std::fs::copy(dir.join("ca.crt"), as_node.join("ca.crt")).expect("ca");
+    std::fs::copy(dir.join("client.ada.crt"), as_node.join("node.crt")).expect("crt");
+    std::fs::copy(dir.join("client.ada.key"), as_node.join("node.key")).expect("key");
+    let out = support::start_command(&tmp.path().join("x"), &["--certs-dir", s(&as_node)])
+        .output()
+        .expect("start");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("serverAuth"), "{err}");
+
     // New node certificates from the same CA, loaded with SIGHUP.
     let fresh = tmp.path().join("fresh");
     std::fs::create_dir_all(&fresh).expect("mkdir");

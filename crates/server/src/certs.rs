@@ -237,8 +237,9 @@ pub struct CertWatch {
 }
 
 impl CertWatch {
-    pub fn load(dir: &Path) -> Result<std::sync::Arc<CertWatch>, String> {
-        let tls = shoal_transport::tls::Tls::load(dir)?;
+    /// Loads the material in `dir`; the node certificate must name each of `names`.
+    pub fn load(dir: &Path, names: &[&str]) -> Result<std::sync::Arc<CertWatch>, String> {
+        let tls = shoal_transport::tls::Tls::load(dir, names)?;
         let w = std::sync::Arc::new(CertWatch {
             tls,
             expires_ms: Default::default(),
@@ -254,32 +255,25 @@ impl CertWatch {
         Ok(())
     }
 
-    /// Notes the soonest expiry and warns when it is near. Returns the days left.
+    /// Notes when the certificates in use (not the files, which a failed reload may have
+    /// left different) expire, and warns when that is near. Returns the days left.
     pub fn check(&self) -> Option<i64> {
-        let dir = self.tls.dir();
-        let now = OffsetDateTime::now_utc();
-        let mut soonest: Option<CertInfo> = None;
-        for f in [NODE_CERT, CA_CERT] {
-            match inspect(&dir.join(f)) {
-                Ok(c) if soonest.as_ref().is_none_or(|s| c.not_after < s.not_after) => {
-                    soonest = Some(c)
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot read a certificate's expiry"),
-            }
+        let unix = self.tls.expires_unix();
+        if unix <= 0 {
+            return None;
         }
-        let c = soonest?;
-        let ms = (c.not_after.unix_timestamp() * 1000).max(1) as u64;
         self.expires_ms
-            .store(ms, std::sync::atomic::Ordering::Relaxed);
-        let left = c.days_left(now);
+            .store((unix * 1000) as u64, std::sync::atomic::Ordering::Relaxed);
+        let at = OffsetDateTime::from_unix_timestamp(unix).ok()?;
+        let left = (at - OffsetDateTime::now_utc()).whole_days();
         if left < EXPIRY_WARNING_DAYS {
             tracing::warn!(
-                file = %c.file.display(),
-                subject = %c.subject,
+                dir = %self.tls.dir().display(),
                 days_left = left,
-                "a TLS certificate expires soon: make a new one (`shoal cert create-node`, or \
-                 `create-ca` and then every node's) and send SIGHUP to load it"
+                expires = %at,
+                "a TLS certificate in use (the node's or its CA) expires soon: make a new \
+                 one (`shoal cert create-node`, or `create-ca` and then every node's) and \
+                 send SIGHUP to load it"
             );
         }
         Some(left)

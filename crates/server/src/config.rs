@@ -391,6 +391,23 @@ impl NodeConfig {
         })
     }
 
+    /// The host peers dial for RPC (the advertised address, else the bound one), which the
+    /// node certificate must name; none when it is a wildcard (0.0.0.0, ::).
+    pub fn tls_names(&self) -> Vec<&str> {
+        let addr = if self.advertise_rpc_addr.is_empty() {
+            &self.rpc_addr
+        } else {
+            &self.advertise_rpc_addr
+        };
+        let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        match host.parse::<std::net::IpAddr>() {
+            Ok(ip) if ip.is_unspecified() => vec![],
+            _ if host.is_empty() => vec![],
+            _ => vec![host],
+        }
+    }
+
     /// The ports bound to a non-loopback address, as `key=addr`.
     pub fn exposed(&self) -> Vec<String> {
         [

@@ -146,7 +146,29 @@ fn new_cluster_id() -> String {
     format!("{a:016x}{b:016x}")
 }
 
+/// The last process generation this data directory used (see [`DataDir::next_generation`]).
+pub const GENERATION_FILE: &str = "generation";
+
 impl DataDir {
+    /// This start's generation: `now_micros`, or one more than the last start's if the
+    /// clock reads earlier than that (stepped back by NTP, a restored VM). Stored before it
+    /// is used. Peers order a node's incarnations by it (SWIM identities, and gossip's
+    /// replay windows, which drop datagrams of an older generation), so it must only grow.
+    pub fn next_generation(&self, now_micros: u64) -> Result<u64, String> {
+        let last = std::fs::read_to_string(self.path.join(GENERATION_FILE))
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let next = now_micros.max(last + 1);
+        shoal_storage::manifest::write_atomic(
+            &self.path,
+            GENERATION_FILE,
+            format!("{next}\n").as_bytes(),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(next)
+    }
+
     /// Locks and opens `path` (creating it with a fresh single-node identity when new).
     pub fn open(path: &Path, vshards: u32) -> Result<DataDir, String> {
         let locked = DataDir::lock(path, vshards)?;
@@ -248,5 +270,36 @@ mod tests {
         std::fs::write(dir.path().join(NODE_FILE), br#"{"format_version": 7}"#).expect("write");
         let err = DataDir::open(dir.path(), 4).err().expect("refused");
         assert!(err.contains("format version 7"), "{err}");
+    }
+
+    #[test]
+    fn generations_only_grow_even_when_the_clock_goes_back() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = DataDir::open(dir.path(), 4).expect("open");
+        assert_eq!(d.next_generation(1_000).expect("gen"), 1_000);
+        assert_eq!(d.next_generation(5_000).expect("gen"), 5_000);
+        assert_eq!(
+            d.next_generation(10).expect("gen"),
+            5_001,
+            "clock stepped back"
+        );
+    }
+
+    #[test]
+    fn the_gossip_key_is_stored_owner_only_and_read_back() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tmp");
+        let locked = DataDir::lock(dir.path(), 4).expect("lock");
+        assert_eq!(locked.gossip_key().expect("read"), None);
+        let key = new_gossip_key().expect("key");
+        locked.store_gossip_key(&key).expect("store");
+        assert_eq!(locked.gossip_key().expect("read"), Some(key));
+        let mode = std::fs::metadata(dir.path().join(GOSSIP_KEY_FILE))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{mode:o}");
+        std::fs::write(dir.path().join(GOSSIP_KEY_FILE), "zz").expect("write");
+        assert!(locked.gossip_key().is_err(), "a damaged key is an error");
     }
 }

@@ -220,7 +220,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
     let certs = match cfg.certs_dir.as_str() {
         "" => None,
         dir => Some(
-            certs::CertWatch::load(std::path::Path::new(dir))
+            certs::CertWatch::load(std::path::Path::new(dir), &cfg.tls_names())
                 .map_err(|e| format!("certs_dir: {e}"))?,
         ),
     };
@@ -395,7 +395,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
         tracing::info!(cluster_id = %cluster_id, node_id, "joined an existing cluster");
     }
 
-    let generation = shoal_common::time::now_nanos() as u64 / 1_000;
+    let generation = dir.next_generation(shoal_common::time::now_nanos() as u64 / 1_000)?;
     let shared = Arc::new(cluster::Shared {
         cluster_id: cluster_id.clone(),
         node_id,

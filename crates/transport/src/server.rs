@@ -126,6 +126,8 @@ fn limited_incoming(
         loop {
             let (io, peer) = tokio::select! {
                 _ = stop.cancelled() => return,
+                // tonic stopped taking connections.
+                _ = tx.closed() => return,
                 a = listener.accept() => match a {
                     Ok(a) => a,
                     Err(e) => {

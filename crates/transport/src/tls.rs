@@ -48,11 +48,15 @@ struct Material {
     client_verifier: Arc<dyn ClientCertVerifier>,
     /// `node.crt` as read (Postgres channel binding hashes its first certificate).
     cert_pem: Arc<Vec<u8>>,
+    /// When the node certificate or a CA certificate expires, whichever is sooner.
+    expires_unix: i64,
 }
 
 /// The node's TLS material, reloadable.
 pub struct Tls {
     dir: PathBuf,
+    /// Names the node certificate must carry (the address peers dial).
+    names: Vec<ServerName<'static>>,
     provider: Arc<CryptoProvider>,
     current: RwLock<Arc<Material>>,
     /// Handshakes refused (bad or missing peer certificate, protocol errors, timeouts).
@@ -69,23 +73,60 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn load(dir: &Path, provider: &Arc<CryptoProvider>) -> Result<Material, String> {
+/// Whether `cert` is a node certificate: its extended key usage names server
+/// authentication (`shoal cert create-node` sets it with client authentication; a user's
+/// `create-client` certificate has client authentication only, so it cannot pass for a
+/// node on the RPC port).
+pub fn is_node_cert(cert: &CertificateDer<'_>) -> bool {
+    x509_parser::parse_x509_certificate(cert.as_ref())
+        .ok()
+        .and_then(|(_, c)| {
+            c.extended_key_usage()
+                .ok()
+                .flatten()
+                .map(|e| e.value.server_auth)
+        })
+        .unwrap_or(false)
+}
+
+/// Unix seconds at which `cert` stops being valid.
+fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
+    let (_, c) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    Some(c.validity().not_after.timestamp())
+}
+
+fn load(
+    dir: &Path,
+    provider: &Arc<CryptoProvider>,
+    names: &[ServerName<'static>],
+) -> Result<Material, String> {
     let file = |name: &str| dir.join(name);
-    let read_certs = |name: &str| -> Result<Vec<CertificateDer<'static>>, String> {
-        let path = file(name);
-        let certs = CertificateDer::pem_file_iter(&path)
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+    // Each file is read once: what is checked is what is served.
+    let read = |name: &str| {
+        std::fs::read(file(name)).map_err(|e| format!("{}: {e}", file(name).display()))
+    };
+    let certs_of = |name: &str, pem: &[u8]| -> Result<Vec<CertificateDer<'static>>, String> {
+        let certs = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{}: {e}", file(name).display()))?;
         if certs.is_empty() {
-            return Err(format!("{}: no certificate in it", path.display()));
+            return Err(format!("{}: no certificate in it", file(name).display()));
         }
         Ok(certs)
     };
-    let ca = read_certs(CA_CERT)?;
-    let chain = read_certs(NODE_CERT)?;
+    let ca_pem = read(CA_CERT)?;
+    let ca = certs_of(CA_CERT, &ca_pem)?;
+    let cert_pem = read(NODE_CERT)?;
+    let chain = certs_of(NODE_CERT, &cert_pem)?;
     let key_path = file(NODE_KEY);
-    let key = PrivateKeyDer::from_pem_file(&key_path)
+    let key = PrivateKeyDer::from_pem_slice(&read(NODE_KEY)?)
         .map_err(|e| format!("{}: {e}", key_path.display()))?;
+    let expires_unix = ca
+        .iter()
+        .chain(chain.iter().take(1))
+        .filter_map(not_after)
+        .min()
+        .unwrap_or(0);
     let mut roots = RootCertStore::empty();
     for c in ca {
         roots
@@ -101,19 +142,32 @@ fn load(dir: &Path, provider: &Arc<CryptoProvider>) -> Result<Material, String> 
         WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
             .build()
             .map_err(|e| format!("{}: {e}", file(CA_CERT).display()))?;
-    // The node's own certificate must chain to the CA: peers will check it against the
-    // same CA, so a mismatch here would only show up later as refused connections.
+    // The node's own certificate must chain to the CA, be a node certificate, and name
+    // every address peers and clients use for this node: peers check all of that, so a
+    // mismatch here would only show up later as refused connections (and a reload that
+    // swapped it in would cut the node off).
+    let bad = |e: &dyn std::fmt::Display| {
+        format!(
+            "{} is not a valid node certificate for the CA in {}: {e} (make it with \
+             `shoal cert create-node <every name and address of this node>`)",
+            file(NODE_CERT).display(),
+            file(CA_CERT).display()
+        )
+    };
     let now = UnixTime::now();
     client_verifier
         .verify_client_cert(&chain[0], &chain[1..], now)
-        .map_err(|e| {
-            format!(
-                "{} is not a valid node certificate for the CA in {}: {e} (make it with \
-                 `shoal cert create-node`)",
-                file(NODE_CERT).display(),
-                file(CA_CERT).display()
-            )
-        })?;
+        .map_err(|e| bad(&e))?;
+    if !is_node_cert(&chain[0]) {
+        return Err(bad(
+            &"it lacks the serverAuth usage (a client certificate?)",
+        ));
+    }
+    for name in names {
+        server_verifier
+            .verify_server_cert(&chain[0], &chain[1..], name, &[], now)
+            .map_err(|e| bad(&format!("{e} (for {name:?})")))?;
+    }
     let signing = provider
         .key_provider
         .load_private_key(key)
@@ -126,23 +180,28 @@ fn load(dir: &Path, provider: &Arc<CryptoProvider>) -> Result<Material, String> 
             NODE_CERT
         )
     })?;
-    let cert_pem = std::fs::read(file(NODE_CERT))
-        .map_err(|e| format!("{}: {e}", file(NODE_CERT).display()))?;
     Ok(Material {
         key: Arc::new(key),
         server_verifier,
         client_verifier,
         cert_pem: Arc::new(cert_pem),
+        expires_unix,
     })
 }
 
 impl Tls {
-    /// Loads `ca.crt`, `node.crt` and `node.key` from `dir`.
-    pub fn load(dir: &Path) -> Result<Arc<Tls>, String> {
+    /// Loads `ca.crt`, `node.crt` and `node.key` from `dir`; the node certificate must
+    /// name each of `names` (the host of the address peers dial, when it is known).
+    pub fn load(dir: &Path, names: &[&str]) -> Result<Arc<Tls>, String> {
         let provider = provider();
-        let m = load(dir, &provider)?;
+        let names = names
+            .iter()
+            .map(|n| ServerName::try_from(n.to_string()).map_err(|e| format!("{n:?}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let m = load(dir, &provider, &names)?;
         Ok(Arc::new(Tls {
             dir: dir.to_path_buf(),
+            names,
             provider,
             current: RwLock::new(Arc::new(m)),
             refused_handshakes: AtomicU64::new(0),
@@ -156,13 +215,18 @@ impl Tls {
 
     /// Reads the files again; on any error the material in use stays.
     pub fn reload(&self) -> Result<(), String> {
-        let m = load(&self.dir, &self.provider)?;
+        let m = load(&self.dir, &self.provider, &self.names)?;
         *self.current.write() = Arc::new(m);
         Ok(())
     }
 
     fn material(&self) -> Arc<Material> {
         self.current.read().clone()
+    }
+
+    /// Unix seconds when the certificates in use expire (node or CA, whichever is first).
+    pub fn expires_unix(&self) -> i64 {
+        self.material().expires_unix
     }
 
     /// `node.crt` as PEM (for Postgres SCRAM channel binding).
@@ -427,10 +491,21 @@ impl ClientCertVerifier for Current {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.0
-            .material()
-            .client_verifier
-            .verify_client_cert(end_entity, intermediates, now)
+        // Client authentication is asked for on the RPC port only: peers there must be
+        // nodes, not users holding a certificate from the same CA.
+        let ok =
+            self.0
+                .material()
+                .client_verifier
+                .verify_client_cert(end_entity, intermediates, now)?;
+        if !is_node_cert(end_entity) {
+            return Err(rustls::Error::General(
+                "not a node certificate (no serverAuth usage): a client certificate cannot \
+                 act as a node"
+                    .into(),
+            ));
+        }
+        Ok(ok)
     }
     fn verify_tls12_signature(
         &self,
@@ -484,7 +559,7 @@ mod tests {
     fn a_directory_without_certificates_is_refused_with_the_file_named() {
         let dir = std::env::temp_dir().join(format!("shoal-tls-empty-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let e = Tls::load(&dir).unwrap_err();
+        let e = Tls::load(&dir, &[]).unwrap_err();
         assert!(e.contains("ca.crt"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
