@@ -31,8 +31,7 @@ pub const MAC_BYTES: usize = 16;
 pub const HEADER_BYTES: usize = 32;
 /// Sequence numbers behind the newest one still accepted once.
 pub const REPLAY_WINDOW: u64 = 64;
-/// Senders whose replay windows are kept (only senders with the key get one), and
-/// destinations whose sequence a sender keeps.
+/// Senders whose replay windows are kept (only senders with the key get one).
 pub const SENDERS_MAX: usize = 4096;
 
 /// Why a datagram was dropped.
@@ -52,14 +51,11 @@ pub struct Sealer {
     key: Option<hmac::Key>,
     node: u64,
     generation: u64,
-    /// The next sequence number per destination: each receiver sees consecutive numbers,
-    /// so its replay window only ever has to absorb reordering, however many peers the
-    /// sender talks to in between.
-    next: HashMap<u64, u64>,
-    /// One past the highest number issued to anyone: a destination seen for the first
-    /// time (or again, after it was dropped from `next`) starts here, above anything its
-    /// window may hold.
-    floor: u64,
+    /// The next sequence number, one counter for every destination. (Not one per
+    /// destination: several identities can share an address — a wiped node's old ids and
+    /// its new one — and their counters would interleave in the one window the process
+    /// there keeps for this sender, dropping live traffic as replays.)
+    next: u64,
 }
 
 impl Sealer {
@@ -69,28 +65,20 @@ impl Sealer {
             key: key.map(|k| hmac::Key::new(hmac::HMAC_SHA256, k)),
             node,
             generation,
-            next: HashMap::new(),
-            floor: 1,
+            next: 1,
         }
     }
 
-    /// The datagram carrying `payload` to node `to`.
-    pub fn seal(&mut self, to: u64, payload: &[u8]) -> Vec<u8> {
+    /// The datagram carrying `payload`.
+    pub fn seal(&mut self, payload: &[u8]) -> Vec<u8> {
         let Some(key) = &self.key else {
             let mut pkt = Vec::with_capacity(8 + payload.len());
             pkt.extend_from_slice(&self.tag);
             pkt.extend_from_slice(payload);
             return pkt;
         };
-        if !self.next.contains_key(&to) && self.next.len() >= SENDERS_MAX {
-            if let Some(k) = self.next.keys().next().copied() {
-                self.next.remove(&k);
-            }
-        }
-        let next = self.next.entry(to).or_insert(self.floor);
-        let seq = *next;
-        *next += 1;
-        self.floor = self.floor.max(seq + 1);
+        let seq = self.next;
+        self.next += 1;
         let mut pkt = Vec::with_capacity(HEADER_BYTES + payload.len() + MAC_BYTES);
         pkt.extend_from_slice(&self.tag);
         pkt.extend_from_slice(&self.node.to_be_bytes());
@@ -212,22 +200,22 @@ mod tests {
     fn sealed_datagrams_open_once_with_the_key_only() {
         let mut s = Sealer::new(TAG, Some(&KEY), 3, 100);
         let mut o = Opener::new(TAG, Some(&KEY));
-        let p1 = s.seal(1, b"ping");
+        let p1 = s.seal(b"ping");
         assert_eq!(o.open(&p1), Ok(&b"ping"[..]));
         assert_eq!(o.open(&p1), Err(Dropped::Replayed), "a replay");
         // Another key, the right tag: forged.
         let mut rogue = Sealer::new(TAG, Some(&[8; KEY_BYTES]), 3, 100);
-        assert_eq!(o.open(&rogue.seal(1, b"x")), Err(Dropped::Forged));
+        assert_eq!(o.open(&rogue.seal(b"x")), Err(Dropped::Forged));
         // A flipped payload bit: forged.
-        let mut p2 = s.seal(1, b"ack");
+        let mut p2 = s.seal(b"ack");
         p2[HEADER_BYTES] ^= 1;
         assert_eq!(o.open(&p2), Err(Dropped::Forged));
         // Unsealed (no key) against a keyed receiver: forged or junk, never accepted.
         let mut plain = Sealer::new(TAG, None, 3, 100);
-        assert!(o.open(&plain.seal(1, &[0u8; 64])).is_err());
+        assert!(o.open(&plain.seal(&[0u8; 64])).is_err());
         // Another cluster's tag.
         let mut other = Sealer::new(*b"clusterB", Some(&KEY), 3, 100);
-        assert_eq!(o.open(&other.seal(1, b"x")), Err(Dropped::Junk));
+        assert_eq!(o.open(&other.seal(b"x")), Err(Dropped::Junk));
         assert_eq!(o.open(b"short"), Err(Dropped::Junk));
     }
 
@@ -235,7 +223,7 @@ mod tests {
     fn reordering_within_the_window_is_fine_and_old_generations_are_replays() {
         let mut s = Sealer::new(TAG, Some(&KEY), 1, 100);
         let mut o = Opener::new(TAG, Some(&KEY));
-        let pkts: Vec<Vec<u8>> = (0..100).map(|i| s.seal(1, &[i as u8])).collect();
+        let pkts: Vec<Vec<u8>> = (0..100).map(|i| s.seal(&[i as u8])).collect();
         assert!(o.open(&pkts[10]).is_ok());
         assert!(o.open(&pkts[3]).is_ok(), "reordered, inside the window");
         assert!(o.open(&pkts[3]).is_err(), "but only once");
@@ -249,30 +237,15 @@ mod tests {
         // A restart (newer generation) starts a new window; the old process's datagrams
         // are replays from then on.
         let mut restarted = Sealer::new(TAG, Some(&KEY), 1, 200);
-        assert!(o.open(&restarted.seal(1, b"hi")).is_ok());
+        assert!(o.open(&restarted.seal(b"hi")).is_ok());
         assert_eq!(o.open(&pkts[97]), Err(Dropped::Replayed));
-    }
-
-    #[test]
-    fn each_destination_sees_consecutive_numbers_and_new_ones_start_above_all() {
-        let mut s = Sealer::new(TAG, Some(&KEY), 1, 100);
-        let seq = |p: &[u8]| u64::from_be_bytes(p[24..32].try_into().unwrap());
-        assert_eq!(seq(&s.seal(2, b"a")), 1);
-        for _ in 0..200 {
-            s.seal(3, b"b");
-        }
-        // Node 2's receiver sees 1, 2: 200 datagrams to node 3 in between leave no gap a
-        // reordering there would have to bridge.
-        assert_eq!(seq(&s.seal(2, b"a")), 2);
-        // A destination first seen now starts above every number issued.
-        assert_eq!(seq(&s.seal(4, b"c")), 202, "node 3 got 2..=201");
     }
 
     #[test]
     fn without_a_key_datagrams_are_tagged_only() {
         let mut s = Sealer::new(TAG, None, 1, 1);
         let mut o = Opener::new(TAG, None);
-        let p = s.seal(1, b"payload");
+        let p = s.seal(b"payload");
         assert_eq!(&p[..8], &TAG);
         assert_eq!(o.open(&p), Ok(&b"payload"[..]));
         assert_eq!(

@@ -415,9 +415,7 @@ async fn flush(
     timers: &mut Timers,
 ) {
     while let Some((to, data)) = rt.to_send() {
-        let _ = sock
-            .send_to(&sealer.seal(to.node_id, &data), to.gossip_addr)
-            .await;
+        let _ = sock.send_to(&sealer.seal(&data), to.gossip_addr).await;
     }
     let now = Instant::now();
     while let Some((after, t)) = rt.to_schedule() {
@@ -591,7 +589,7 @@ mod tests {
         }
         // A replay of a real datagram: seal one the way node 2 would, send it twice.
         let mut sealer = Sealer::new(cluster_tag("c"), Some(&KEY), 2, 1);
-        let real = sealer.seal(1, b"not even foca");
+        let real = sealer.seal(b"not even foca");
         raw.send_to(&real, a.me.gossip_addr).expect("send");
         raw.send_to(&real, a.me.gossip_addr).expect("send");
         use std::sync::atomic::Ordering::Relaxed;
@@ -651,8 +649,8 @@ mod tests {
         let mut seeds = vec![];
         let tag = cluster_tag("c");
         while let Some((_, data)) = rt.to_send() {
-            seeds.push(Sealer::new(tag, None, 2, 1).seal(1, &data));
-            seeds.push(Sealer::new(tag, Some(&KEY), 2, 1).seal(1, &data));
+            seeds.push(Sealer::new(tag, None, 2, 1).seal(&data));
+            seeds.push(Sealer::new(tag, Some(&KEY), 2, 1).seal(&data));
         }
         assert!(!seeds.is_empty(), "no announce datagram to seed with");
         let b = RefCell::new(foca(1));
