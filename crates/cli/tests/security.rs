@@ -326,20 +326,7 @@ fn cert_commands_make_a_chain_openssl_verifies() {
         return;
     }
     let tmp = tempfile::tempdir().expect("tmp");
-    let shoal = |dir: &std::path::Path, args: &[&str]| {
-        let out = Command::new(support::BIN)
-            .arg("cert")
-            .args(args)
-            .arg("--certs-dir")
-            .arg(dir)
-            .output()
-            .expect("run shoal cert");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
+    let shoal = support::shoal_cert;
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     for d in [&a, &b] {
         let (ok, out) = shoal(d, &["create-ca"]);
@@ -427,15 +414,8 @@ async fn exposed_nodes_need_tls_and_an_admin_or_insecure() {
     );
     let certs = tmp.path().join("certs");
     for args in [&["create-ca"][..], &["create-node", "127.0.0.1"][..]] {
-        let ok = Command::new(support::BIN)
-            .arg("cert")
-            .args(args)
-            .arg("--certs-dir")
-            .arg(&certs)
-            .status()
-            .expect("shoal cert")
-            .success();
-        assert!(ok);
+        let (ok, out) = support::shoal_cert(&certs, args);
+        assert!(ok, "{out}");
     }
     let err = start("b", &["--certs-dir", certs.to_str().expect("utf8")]);
     assert!(err.contains("init_admin_password_file"), "{err}");

@@ -15,19 +15,8 @@ const ADMIN_PW: &str = "tls-adm1n-Pa55";
 
 /// `shoal cert <args> --certs-dir dir`; panics with its output on failure.
 fn cert(dir: &Path, args: &[&str]) {
-    let out = Command::new(support::BIN)
-        .arg("cert")
-        .args(args)
-        .arg("--certs-dir")
-        .arg(dir)
-        .output()
-        .expect("run shoal cert");
-    assert!(
-        out.status.success(),
-        "shoal cert {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, out) = support::shoal_cert(dir, args);
+    assert!(ok, "shoal cert {args:?}: {out}");
 }
 
 /// A CA and a node certificate for 127.0.0.1 and localhost in `dir`.

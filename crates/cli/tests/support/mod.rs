@@ -670,6 +670,21 @@ pub fn python_venv() -> Option<std::path::PathBuf> {
     ready(&python).then_some(python)
 }
 
+/// `shoal cert <args> --certs-dir dir`: whether it succeeded, and its stdout and stderr.
+pub fn shoal_cert(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(BIN)
+        .arg("cert")
+        .args(args)
+        .arg("--certs-dir")
+        .arg(dir)
+        .output()
+        .expect("run shoal cert");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
 /// A Postgres connection to `node` as `user` (its connection task runs in the background).
 pub async fn pg_connect(
     node: &Node,
