@@ -1,6 +1,8 @@
 //! `shoal node`: the node admin commands, a client of the admin API (`/admin/v1/...`) of
 //! any node of the cluster.
 
+use std::io::Read;
+
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
@@ -48,6 +50,34 @@ enum NodeCommand {
     },
     /// Cancels a decommission still in progress (the node is ACTIVE again).
     Recommission { id: u64 },
+    /// Sets a user's password (`ALTER USER` without SQL): with the admin token, the way
+    /// back in when every admin password is lost.
+    SetPassword {
+        user: String,
+        /// A file holding the new password (surrounding whitespace ignored); `-` reads
+        /// it from standard input. Never an argument, where `ps` would show it.
+        #[arg(long, required = true)]
+        password_file: String,
+    },
+}
+
+/// The new password from `file` (`-`: standard input), surrounding whitespace trimmed.
+fn read_password(file: &str) -> Result<String, String> {
+    let text = if file == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .take(64 * 1024)
+            .read_to_string(&mut s)
+            .map_err(|e| format!("reading the password from standard input: {e}"))?;
+        s
+    } else {
+        std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?
+    };
+    let pw = text.trim().to_string();
+    if pw.is_empty() {
+        return Err(format!("{file}: the password is empty"));
+    }
+    Ok(pw)
 }
 
 /// How often `decommission --wait` looks at the progress.
@@ -105,6 +135,14 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
             api.call(post, format!("/admin/v1/nodes/{id}/recommission"), None)
                 .await?
         }
+        NodeCommand::SetPassword {
+            user,
+            password_file,
+        } => {
+            let body = serde_json::json!({ "password": read_password(password_file)? });
+            api.call(post, format!("/admin/v1/users/{user}/password"), Some(body))
+                .await?
+        }
     };
     if args.json {
         println!("{v}");
@@ -149,6 +187,7 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
         NodeCommand::Recommission { id } => {
             println!("node {id} recommissioned: ACTIVE again")
         }
+        NodeCommand::SetPassword { user, .. } => println!("password of {user} set"),
         NodeCommand::Decommission { ids, wait } => {
             let list: Vec<String> = ids.iter().map(u64::to_string).collect();
             println!("decommissioning node(s) {}", list.join(", "));

@@ -295,6 +295,32 @@ async fn a_cluster_over_mutual_tls_refuses_another_ca_and_reloads_on_sighup() {
     })
     .await;
 
+    // The admin API passes a drain of another node on over HTTPS, checking that node's
+    // certificate against the cluster CA.
+    let ca = dir.join("ca.crt");
+    for action in ["drain", "undrain"] {
+        let out = Command::new(support::BIN)
+            .args(["node", action, &ns[2].node_id.to_string()])
+            .args(["--host", &ns[0].addr, "--ca-cert", s(&ca)])
+            .output()
+            .expect("run shoal node");
+        assert!(
+            out.status.success(),
+            "{action} through another node: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    support::eventually_in("node 3 ready again", &all, || async {
+        let r = ns[2]
+            .http()
+            .get(ns[2].url("/health/ready"))
+            .send()
+            .await
+            .ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+
     // A node with another CA's certificate: its join handshake is refused.
     let rogue_certs = certs(&tmp.path().join("rogue-ca"));
     let out = tokio::time::timeout(

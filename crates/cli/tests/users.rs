@@ -381,3 +381,87 @@ with InfluxDBClient(url=url, token=token + "x", org="o") as c:
     let (s, v) = sql_as(&node, &admin, "SELECT count(*) FROM cpu").await;
     assert_eq!((s, v["rows"][0][0].as_i64()), (200, Some(50)), "{v}");
 }
+
+/// Every admin password lost: whoever can give one node an admin token (root on that host)
+/// sets a new password with `shoal node set-password`; the old one stops working at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_admin_password_is_reset_with_the_admin_token() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut node = secured_node(dir.path()).await;
+    let body = r#"{"password":"guess"}"#;
+    // Nobody gets in without an admin's credentials or the token.
+    let path = "/admin/v1/users/admin/password";
+    assert_eq!(post(&node, path, &Auth::None, body).await.0, 401);
+    assert_eq!(
+        post(&node, path, &Auth::Basic("admin", "forgotten"), body)
+            .await
+            .0,
+        401
+    );
+    // The operator gives the node an admin token and restarts it.
+    let token = "rec0very-t0ken-9d2f";
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, format!("{token}\n")).expect("token file");
+    node.set_extra(&["--admin-token-file", token_file.to_str().expect("utf8")]);
+    node.restart().await;
+    let set_password = |token: &str, user: &str, file: &std::path::Path| {
+        Command::new(support::BIN)
+            .args(["node", "set-password", user, "--password-file"])
+            .arg(file)
+            .args(["--host", &node.addr])
+            .env("SHOAL_ADMIN_TOKEN", token)
+            .output()
+            .expect("run shoal node set-password")
+    };
+    let new_pw = dir.path().join("new-password");
+    std::fs::write(&new_pw, "n3w-Adm1n-pw\n").expect("password file");
+    let out = set_password("wrong-token", "admin", &new_pw);
+    assert!(!out.status.success(), "a wrong token is refused");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("(401): unknown or revoked token"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = set_password(token, "nobody", &new_pw);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("404"), "{err}");
+    let out = set_password(token, "admin", &new_pw);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("password of admin set"));
+    // The old password fails, the new one works, on HTTP and Postgres.
+    assert_eq!(
+        sql_as(&node, &Auth::Basic("admin", ADMIN_PW), "SELECT 1")
+            .await
+            .0,
+        401
+    );
+    let (s, v) = sql_as(&node, &Auth::Basic("admin", "n3w-Adm1n-pw"), "SELECT 1").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        sqlstate(
+            &pg(&node, "admin", ADMIN_PW)
+                .await
+                .expect_err("old password")
+        ),
+        "28P01"
+    );
+    pg(&node, "admin", "n3w-Adm1n-pw")
+        .await
+        .expect("new password");
+    // A bad body or an empty password is a 400, and changes nothing.
+    let bearer = Auth::Header(format!("Bearer {token}"));
+    assert_eq!(post(&node, path, &bearer, "{}").await.0, 400);
+    assert_eq!(
+        post(&node, path, &bearer, r#"{"password":""}"#).await.0,
+        400
+    );
+    pg(&node, "admin", "n3w-Adm1n-pw").await.expect("unchanged");
+    assert!(
+        !node.stderr_text().contains("n3w-Adm1n-pw"),
+        "the log holds the new password"
+    );
+}

@@ -9,6 +9,7 @@
 //! | `POST /admin/v1/nodes/{id}/decommission` | starts decommissioning node `id` (it may be down); 409 with every blocker if it could not finish |
 //! | `POST /admin/v1/nodes/{id}/recommission` | cancels node `id`'s decommission while in progress |
 //! | `POST /admin/v1/decommission` | `{"nodes": [4, 5]}`: decommissions several nodes at once, checked together |
+//! | `POST /admin/v1/users/{name}/password` | `{"password": "…"}`: sets a user's password (the way back in when every admin password is lost: see below) |
 //! | `POST /health/drain` | drains this node (the same as `/admin/v1/nodes/<this node>/drain`) |
 //!
 //! With `admin_token` (or `admin_token_file`) set, every one of them needs
@@ -16,6 +17,12 @@
 //! time). With no token they answer only clients on loopback. A drain or undrain of another
 //! node is passed on to that node's HTTP address with the caller's `Authorization` header;
 //! a decommission is group 0's business and is answered by whichever node is asked.
+//!
+//! Once the cluster has users, an admin user (Basic or a token) may call them too. The
+//! admin token stays valid alongside, and that is the recovery path when every admin
+//! password is lost: whoever can set `admin_token_file` on one node and restart it (root on
+//! that host) can set a new password — the same trust CockroachDB places in whoever holds
+//! the CA key to mint a root client certificate.
 //!
 //! [`DrainReport`]: crate::lifecycle::DrainReport
 
@@ -36,6 +43,7 @@ use crate::config::Secret;
 use crate::http::AppState;
 use crate::lifecycle::Lifecycle;
 use shoal_cluster::controller::{Controller, DecommissionError};
+use shoal_transport::tls::Tls;
 
 /// How long a request passed on to another node may take (a drain waits
 /// `drain_wait_unready_ms` and then hands leaderships off).
@@ -89,7 +97,9 @@ pub struct AdminState {
     pub lifecycle: Arc<Lifecycle>,
     pub registry: OnceLock<Arc<Registry>>,
     pub controller: OnceLock<Arc<Controller>>,
+    /// Calls to other nodes' admin API (HTTPS when the cluster serves it).
     client: reqwest::Client,
+    scheme: &'static str,
 }
 
 impl AdminState {
@@ -98,19 +108,27 @@ impl AdminState {
         node_id: u64,
         http: Arc<AppState>,
         lifecycle: Arc<Lifecycle>,
-    ) -> AdminState {
-        AdminState {
+        tls: Option<&Arc<Tls>>,
+    ) -> Result<AdminState, String> {
+        let mut client = reqwest::Client::builder().timeout(PROXY_TIMEOUT);
+        if let Some(tls) = tls {
+            // The node's own client configuration: it checks the other node's certificate
+            // against the cluster CA (as reloaded on SIGHUP) and the address dialled.
+            let cfg = (*tls.client_config(&[b"http/1.1"])).clone();
+            client = client.use_preconfigured_tls(cfg);
+        }
+        Ok(AdminState {
             auth,
             node_id,
             http,
             lifecycle,
             registry: OnceLock::new(),
             controller: OnceLock::new(),
-            client: reqwest::Client::builder()
-                .timeout(PROXY_TIMEOUT)
+            client: client
                 .build()
-                .unwrap_or_default(),
-        }
+                .map_err(|e| format!("the admin API's HTTP client: {e}"))?,
+            scheme: if tls.is_some() { "https" } else { "http" },
+        })
     }
 }
 
@@ -121,6 +139,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/admin/v1/nodes/{id}", get(one_node))
         .route("/admin/v1/nodes/{id}/{action}", post(node_action))
         .route("/admin/v1/decommission", post(decommission_many))
+        .route("/admin/v1/users/{name}/password", post(set_password))
         // Every route above answers only callers `authorize` lets in; a route added here
         // is covered without remembering to check.
         .route_layer(axum::middleware::from_fn_with_state(
@@ -309,6 +328,57 @@ async fn decommission_many(State(st): State<Arc<AdminState>>, body: axum::body::
     decommission(&st, &b.nodes).await
 }
 
+/// The body of `POST /admin/v1/users/{name}/password`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PasswordBody {
+    password: String,
+}
+
+/// Sets user `name`'s password through group 0: 200, 400 for a bad body or password, 404
+/// for an unknown user, 503 when group 0 cannot be reached. The password is never logged.
+async fn set_password(
+    State(st): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    use shoal_consensus::users::{check_password, make_verifier, UserOp};
+    let b: PasswordBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "expected {\"password\": \"<new password>\"}",
+            )
+        }
+    };
+    if let Err(e) = check_password(&b.password) {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
+    let Some(registry) = st.registry.get() else {
+        return recovering();
+    };
+    let op = UserOp::SetPassword {
+        name: name.clone(),
+        verifier: make_verifier(&b.password),
+    };
+    let cmd = shoal_consensus::Command::Cluster(shoal_consensus::ClusterOp::User(op));
+    match registry.propose_meta(cmd).await {
+        Ok(shoal_consensus::Response::Rejected(why)) if why.contains("does not exist") => {
+            error(StatusCode::NOT_FOUND, why)
+        }
+        Ok(shoal_consensus::Response::Rejected(why)) => error(StatusCode::CONFLICT, why),
+        Ok(_) => {
+            tracing::warn!(user = %name, "password set through the admin API");
+            json_ok(json!({"user": name, "password_set": true}))
+        }
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("group 0 could not store the password: {e}"),
+        ),
+    }
+}
+
 fn recovering() -> Response {
     error(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -376,7 +446,7 @@ async fn pass_on(st: &AdminState, id: u64, action: &str, headers: &HeaderMap) ->
     };
     let mut req = st.client.request(
         Method::POST,
-        format!("http://{addr}/admin/v1/nodes/{id}/{action}"),
+        format!("{}://{addr}/admin/v1/nodes/{id}/{action}", st.scheme),
     );
     if let Some(a) = headers.get(header::AUTHORIZATION) {
         req = req.header(header::AUTHORIZATION, a.clone());

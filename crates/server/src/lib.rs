@@ -383,7 +383,8 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
         dir.identity.node_id,
         state.clone(),
         lifecycle.clone(),
-    ));
+        tls.as_ref(),
+    )?);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (ready_tx, ready_rx) = oneshot::channel();
     let cluster_id = dir.identity.cluster_id.clone();
