@@ -114,7 +114,7 @@ impl sqllogictest::AsyncDB for HttpDb {
 }
 
 fn slt_files() -> Vec<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/slt");
+    let dir = shoal_common::fuzz::repo_root().join("crates/cli/tests/slt");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .expect("slt dir")
         .filter_map(|e| e.ok().map(|e| e.path()))

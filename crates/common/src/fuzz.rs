@@ -14,7 +14,7 @@
 //! [`MAX_INPUT_BYTES`]; `SHOAL_FUZZ_SEED` repeats a run.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Mutated inputs per target unless `SHOAL_FUZZ_ITERATIONS` says otherwise.
@@ -127,11 +127,21 @@ fn env_u64(key: &str) -> Option<u64> {
     std::env::var(key).ok()?.trim().parse().ok()
 }
 
+/// The repository's root, for tests reading checked-in files. Taken from the
+/// `CARGO_MANIFEST_DIR` that `cargo test` sets when it runs a test (every crate sits at
+/// `<repo>/crates/<name>`), not the one compiled in: cargo reuses a test binary built from
+/// identical sources in another checkout sharing the target directory, and the path
+/// compiled into it may be gone (CI once ran a fuzz target against a deleted clone).
+pub fn repo_root() -> PathBuf {
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    crate_dir.join("../..")
+}
+
 /// The checked-in corpus directory of target `name` (`<repo>/fuzz/corpus/<name>`).
 pub fn corpus_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/corpus")
-        .join(name)
+    repo_root().join("fuzz/corpus").join(name)
 }
 
 fn hex(b: &[u8]) -> String {

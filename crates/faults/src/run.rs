@@ -253,15 +253,26 @@ async fn run_in_hub(
         let placed = rows
             .iter()
             .all(|r| r[0].as_str().is_some_and(|s| s.split(',').count() == rf));
-        // And the Raft voters are there, not only the placement (node 1 holds every
-        // vshard until rebalancing spreads them).
-        let voters = client
-            .rows(1, "SELECT voters FROM system.replicas", "eventual")
-            .await
-            .ok()?;
-        let promoted = voters
-            .iter()
-            .all(|r| r[0].as_str().is_some_and(|s| s.split(',').count() == rf));
+        // And the Raft voters are there on every host, not only the placement (node 1
+        // holds every vshard until rebalancing spreads them). `voters` is the union of
+        // both sides while a change is joint, and a leader shows a change as soon as it
+        // appends it, so a joint config must be over on every host that holds a replica:
+        // a wipe of node 1 while a group is still joint from {1} leaves that group
+        // without a quorum for good (the harness once started its faults 55 ms early).
+        let mut promoted = true;
+        for h in 1..=cfg.nodes {
+            let rows = client
+                .rows(
+                    h,
+                    "SELECT voters, joint_from FROM system.replicas",
+                    "eventual",
+                )
+                .await
+                .ok()?;
+            promoted &= rows.iter().all(|r| {
+                r[0].as_str().is_some_and(|s| s.split(',').count() == rf) && r[1].is_null()
+            });
+        }
         (placed && promoted).then_some(())
     })
     .await?;

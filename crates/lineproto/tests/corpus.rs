@@ -11,10 +11,10 @@ use base64::Engine as _;
 use serde_json::Value;
 use shoal_lineproto::{parse_lines, FieldValue, Precision};
 
-const CORPUS_PATH: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/conformance/line-protocol/corpus.json"
-);
+/// The public corpus in the steering repository's `shared/`, beside the clone.
+fn corpus_path() -> std::path::PathBuf {
+    shoal_common::fuzz::repo_root().join("../shared/conformance/line-protocol/corpus.json")
+}
 
 /// Corpus cases whose expected outcome conflicts with InfluxDB 2.x semantics, each with
 /// the reason. The parser is allowed to disagree with exactly these.
@@ -44,10 +44,13 @@ type Outcome = Result<Vec<Point>, String>;
 
 #[test]
 fn corpus_decode_cases_agree() {
-    let text = match std::fs::read_to_string(CORPUS_PATH) {
+    let text = match std::fs::read_to_string(corpus_path()) {
         Ok(t) => t,
         Err(e) => {
-            println!("SKIPPED: line-protocol corpus not readable at {CORPUS_PATH}: {e}");
+            println!(
+                "SKIPPED: line-protocol corpus not readable at {}: {e}",
+                corpus_path().display()
+            );
             return;
         }
     };

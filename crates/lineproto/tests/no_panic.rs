@@ -15,10 +15,10 @@ const MUTATIONS_PER_CORPUS_INPUT: usize = 8;
 const MAX_RANDOM_LEN_BYTES: usize = 96;
 const DEFAULT_SEED: u64 = 0x5eed_1e55_c0ff_ee01;
 
-const CORPUS_PATH: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/conformance/line-protocol/corpus.json"
-);
+/// The public corpus in the steering repository's `shared/`, beside the clone.
+fn corpus_path() -> std::path::PathBuf {
+    shoal_common::fuzz::repo_root().join("../shared/conformance/line-protocol/corpus.json")
+}
 
 /// Bytes that matter to the grammar, drawn more often than the rest.
 const ALPHABET: &[u8] = b" ,=\"\\\n\r#\ttTfFiue.-+0123456789aZ_x\x01\x7f\xc3\xa9\xff";
@@ -137,10 +137,13 @@ fn random_bytes_never_panic() {
 
 #[test]
 fn corpus_mutations_never_panic() {
-    let text = match std::fs::read_to_string(CORPUS_PATH) {
+    let text = match std::fs::read_to_string(corpus_path()) {
         Ok(t) => t,
         Err(e) => {
-            println!("SKIPPED: corpus not readable at {CORPUS_PATH}: {e}");
+            println!(
+                "SKIPPED: corpus not readable at {}: {e}",
+                corpus_path().display()
+            );
             return;
         }
     };
