@@ -61,6 +61,12 @@ struct IngestArgs {
     /// Lines per request.
     #[arg(long, default_value_t = 5000)]
     batch: usize,
+    /// With --start-nodes: `secure` serves HTTPS (a CA and node certificate made for the
+    /// run) and requires a user, so the writers send an API token, as clients of an
+    /// exposed cluster do; `both` runs `plain` then `secure` on fresh nodes and prints the
+    /// ratio (the cost of TLS and authentication, measured in the same run).
+    #[arg(long, default_value = "plain")]
+    security: String,
     /// Write the results as JSON to this file too.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -184,42 +190,96 @@ fn write_json(path: &Option<std::path::PathBuf>, v: &serde_json::Value) -> Resul
 struct Started {
     nodes: Vec<shoal_server::NodeHandle>,
     dir: std::path::PathBuf,
+    /// How clients reach them.
+    target: Target,
 }
+
+/// How the bench's clients reach the nodes: scheme, a client trusting their CA, and the
+/// API token writers send (a secure run).
+#[derive(Clone)]
+struct Target {
+    scheme: &'static str,
+    http: reqwest::Client,
+    token: Option<String>,
+}
+
+impl Target {
+    fn plain() -> Result<Target, String> {
+        Ok(Target {
+            scheme: "http",
+            http: http_client()?,
+            token: None,
+        })
+    }
+}
+
+/// The first admin's password in a secure bench (the nodes live only for the run).
+const BENCH_ADMIN_PASSWORD: &str = "bench-admin-password";
 
 /// Longest wait for started nodes to be ready and their vshards replicated.
 const START_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Starts `n` nodes on loopback (the first bootstraps, the rest join it) and waits until
 /// every node serves and every vshard has min(n, 3) voters.
-async fn start_nodes(n: usize) -> Result<Started, String> {
+async fn start_nodes(n: usize, secure: bool) -> Result<Started, String> {
     if !(1..=9).contains(&n) {
         return Err(format!("--start-nodes must be between 1 and 9, not {n}"));
     }
-    let dir = std::env::temp_dir().join(format!("shoal-bench-{}", std::process::id()));
-    let client = http_client()?;
+    let dir = std::env::temp_dir().join(format!(
+        "shoal-bench-{}-{}",
+        std::process::id(),
+        if secure { "secure" } else { "plain" }
+    ));
+    let certs = dir.join("certs");
+    let mut target = Target::plain()?;
+    if secure {
+        use shoal_server::certs as c;
+        c::create_ca(&certs, 1)?;
+        c::create_node(&certs, &["127.0.0.1".into(), "localhost".into()], 1)?;
+        let pem = std::fs::read(certs.join("ca.crt")).map_err(|e| e.to_string())?;
+        let ca = reqwest::Certificate::from_pem(&pem).map_err(|e| e.to_string())?;
+        target.scheme = "https";
+        target.http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .build()
+            .map_err(|e| e.to_string())?;
+    }
+    let client = target.http.clone();
     let mut nodes: Vec<shoal_server::NodeHandle> = vec![];
     for i in 1..=n {
         let join = nodes.first().map(|f| vec![f.rpc_addr.to_string()]);
-        let cfg = crate::demo::node_config(dir.join(format!("n{i}")), join.unwrap_or_default());
+        let mut cfg = crate::demo::node_config(dir.join(format!("n{i}")), join.unwrap_or_default());
+        if secure {
+            cfg.certs_dir = certs.to_string_lossy().into_owned();
+            cfg.init_admin_password =
+                shoal_server::config::Secret(BENCH_ADMIN_PASSWORD.to_string());
+        }
         let mut node = shoal_server::start(cfg).await?;
         node.ready().await?;
-        crate::demo::wait_ready(&client, &node).await?;
+        crate::demo::wait_ready_at(&client, &node, target.scheme).await?;
         nodes.push(node);
     }
+    let sql = |body: &str| {
+        let r = client
+            .post(format!("{}://{}/v1/sql", target.scheme, nodes[0].http_addr))
+            .body(body.to_string());
+        if secure {
+            r.basic_auth("admin", Some(BENCH_ADMIN_PASSWORD))
+        } else {
+            r
+        }
+    };
     // Replicas per vshard the placement grows to: three, or the node count, but never an
     // even count short of three (two nodes keep one replica each).
     let want = match n.min(3) {
         2 => 1,
         w => w,
     };
-    let url = format!("http://{}/v1/sql", nodes[0].http_addr);
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
-        let r = client
-            .post(&url)
-            .body("SELECT replicas FROM system.shards")
-            .send()
-            .await;
+        let r = sql("SELECT replicas FROM system.shards").send().await;
         let replicated = match r {
             Ok(r) if r.status().is_success() => {
                 let v: serde_json::Value = r.json().await.unwrap_or_default();
@@ -242,11 +302,28 @@ async fn start_nodes(n: usize) -> Result<Started, String> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    if secure {
+        // Writers authenticate with an API token, as InfluxDB clients do.
+        let r = sql("CREATE TOKEN FOR admin")
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let v: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
+        let token = v["rows"][0][1]
+            .as_str()
+            .ok_or_else(|| format!("CREATE TOKEN answered {v}"))?;
+        target.token = Some(token.to_string());
+    }
     eprintln!(
-        "started {n} node(s) in {} (every vshard on {want} node(s))",
-        dir.display()
+        "started {n} node(s) in {} (every vshard on {want} node(s){})",
+        dir.display(),
+        if secure {
+            "; HTTPS, token required"
+        } else {
+            ""
+        }
     );
-    Ok(Started { nodes, dir })
+    Ok(Started { nodes, dir, target })
 }
 
 impl Started {
@@ -268,21 +345,47 @@ impl Started {
 }
 
 async fn ingest(mut a: IngestArgs) -> Result<(), String> {
-    let started = match a.start_nodes {
-        0 => None,
-        n => Some(start_nodes(n).await?),
+    let modes: &[bool] = match a.security.as_str() {
+        "plain" => &[false],
+        "secure" => &[true],
+        "both" => &[false, true],
+        other => return Err(format!("--security {other:?}: use plain, secure or both")),
     };
-    if let Some(s) = &started {
-        a.host = s.hosts();
+    if a.start_nodes == 0 && a.security != "plain" {
+        return Err(
+            "--security needs --start-nodes (the bench makes the certificates and the user)".into(),
+        );
     }
-    let result = ingest_into(&a).await;
-    if let Some(s) = started {
-        s.stop().await?;
+    let mut rates = vec![];
+    for &secure in modes {
+        let started = match a.start_nodes {
+            0 => None,
+            n => Some(start_nodes(n, secure).await?),
+        };
+        let target = match &started {
+            Some(s) => {
+                a.host = s.hosts();
+                s.target.clone()
+            }
+            None => Target::plain()?,
+        };
+        let result = ingest_into(&a, &target).await;
+        if let Some(s) = started {
+            s.stop().await?;
+        }
+        rates.push(result?);
     }
-    result
+    if let [plain, secure] = rates[..] {
+        println!(
+            "secure / plain: {:.3} of the plain rows/s (HTTPS and a token on every request)",
+            secure / plain
+        );
+    }
+    Ok(())
 }
 
-async fn ingest_into(a: &IngestArgs) -> Result<(), String> {
+/// Loads the ticks into `a.host` and prints the figures; returns the rows per second.
+async fn ingest_into(a: &IngestArgs, target: &Target) -> Result<f64, String> {
     let path = match a.protocol.as_str() {
         "v1" => "write?db=bench&precision=ns",
         "v2" => "api/v2/write?bucket=bench&precision=ns",
@@ -292,7 +395,7 @@ async fn ingest_into(a: &IngestArgs) -> Result<(), String> {
         .host
         .split(',')
         .filter(|h| !h.is_empty())
-        .map(|h| format!("http://{h}/{path}"))
+        .map(|h| format!("{}://{h}/{path}", target.scheme))
         .collect();
     if urls.is_empty() {
         return Err("--host names no node".into());
@@ -319,17 +422,19 @@ async fn ingest_into(a: &IngestArgs) -> Result<(), String> {
     let bodies = Arc::new(bodies);
     let next = Arc::new(AtomicU64::new(0));
     let done_rows = Arc::new(AtomicU64::new(0));
-    let http = http_client()?;
+    let http = target.http.clone();
+    let token = target.token.clone();
     let started = Instant::now();
     let mut tasks = vec![];
     for w in 0..a.writers.max(1) {
         let url = urls[w % urls.len()].clone();
-        let (bodies, next, done_rows, http, url) = (
+        let (bodies, next, done_rows, http, url, token) = (
             bodies.clone(),
             next.clone(),
             done_rows.clone(),
             http.clone(),
             url.clone(),
+            token.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let mut latencies = vec![];
@@ -339,12 +444,11 @@ async fn ingest_into(a: &IngestArgs) -> Result<(), String> {
                     return Ok::<_, String>(latencies);
                 };
                 let t = Instant::now();
-                let r = http
-                    .post(&url)
-                    .body(body.clone())
-                    .send()
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let mut req = http.post(&url).body(body.clone());
+                if let Some(token) = &token {
+                    req = req.header("authorization", format!("Token {token}"));
+                }
+                let r = req.send().await.map_err(|e| e.to_string())?;
                 if r.status() != 204 {
                     let status = r.status();
                     return Err(format!(
@@ -393,6 +497,8 @@ async fn ingest_into(a: &IngestArgs) -> Result<(), String> {
         "writers": a.writers,
         "batch_lines": batch,
         "protocol": a.protocol,
+        "scheme": target.scheme,
+        "authenticated": target.token.is_some(),
         "nodes": urls.len(),
         "seconds": secs,
         "rows_per_sec": rows as f64 / secs,
@@ -404,17 +510,23 @@ async fn ingest_into(a: &IngestArgs) -> Result<(), String> {
         "machine": machine(),
     });
     println!(
-        "ingest: {rows} rows in {secs:.2} s = {:.0} rows/s ({} writers, {batch} lines/request, protocol {}, {} node(s)); batch p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; load {}",
+        "ingest: {rows} rows in {secs:.2} s = {:.0} rows/s ({} writers, {batch} lines/request, protocol {}{}, {} node(s)); batch p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; load {}",
         rows as f64 / secs,
         a.writers,
         a.protocol,
+        if target.token.is_some() {
+            " over HTTPS with a token"
+        } else {
+            ""
+        },
         urls.len(),
         percentile(&latencies, 0.50),
         percentile(&latencies, 0.99),
         latencies.last().copied().unwrap_or(0.0),
         result["machine"]["load_1m"].as_str().unwrap_or("?"),
     );
-    write_json(&a.json, &result)
+    write_json(&a.json, &result)?;
+    Ok(rows as f64 / secs)
 }
 
 /// The benchmark queries (issue 7), in Shoal's dialect.

@@ -43,8 +43,17 @@ pub(crate) fn node_config(dir: PathBuf, join: Vec<String>) -> NodeConfig {
 }
 
 pub(crate) async fn wait_ready(client: &reqwest::Client, node: &NodeHandle) -> Result<(), String> {
+    wait_ready_at(client, node, "http").await
+}
+
+/// [`wait_ready`] for a node serving `scheme` (`http` or `https`).
+pub(crate) async fn wait_ready_at(
+    client: &reqwest::Client,
+    node: &NodeHandle,
+    scheme: &str,
+) -> Result<(), String> {
     let deadline = Instant::now() + READY_TIMEOUT;
-    let url = format!("http://{}/health/ready", node.http_addr);
+    let url = format!("{scheme}://{}/health/ready", node.http_addr);
     loop {
         if let Ok(r) = client.get(&url).send().await {
             if r.status().is_success() {

@@ -67,3 +67,53 @@ async fn bench_ingest_then_query() {
         .collect();
     assert_eq!(names, ["Q1", "Q2", "Q3", "Q4", "Q5"]);
 }
+
+/// `--security both` loads fresh nodes twice — plainly, then over HTTPS with a token — and
+/// prints the ratio; the secure run really was secure (the JSON says so).
+#[test]
+fn bench_ingest_plain_and_secure() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let json = dir.path().join("ingest.json");
+    let out = Command::new(support::BIN)
+        .args([
+            "bench",
+            "ingest",
+            "--start-nodes",
+            "1",
+            "--security",
+            "both",
+        ])
+        .args([
+            "--rows",
+            "20000",
+            "--symbols",
+            "20",
+            "--batch",
+            "1000",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .expect("run bench ingest");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.matches("ingest: 20000 rows").count(), 2, "{stdout}");
+    assert!(stdout.contains("over HTTPS with a token"), "{stdout}");
+    assert!(stdout.contains("secure / plain: "), "{stdout}");
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("json")).expect("parse");
+    assert_eq!(
+        (v["scheme"].as_str(), v["authenticated"].as_bool()),
+        (Some("https"), Some(true))
+    );
+    let bad = Command::new(support::BIN)
+        .args(["bench", "ingest", "--security", "secure"])
+        .output()
+        .expect("run bench ingest");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--security needs --start-nodes"));
+}
