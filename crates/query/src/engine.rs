@@ -272,6 +272,22 @@ impl QueryEngine {
         opts: &QueryOptions,
         who: crate::access::Principal,
     ) -> Result<QueryOutput> {
+        self.execute_observed(sql, opts, who, |_, _, _| {}).await
+    }
+
+    /// [`QueryEngine::execute_as`], calling `observe` after each statement with its text,
+    /// how long it ran and its result (the server's metrics count statements this way, so a
+    /// request of several statements counts each of them).
+    pub async fn execute_observed<F>(
+        &self,
+        sql: &str,
+        opts: &QueryOptions,
+        who: crate::access::Principal,
+        mut observe: F,
+    ) -> Result<QueryOutput>
+    where
+        F: FnMut(&str, Duration, std::result::Result<&QueryOutput, &QueryError>) + Send,
+    {
         let statements = split_statements(sql);
         if statements.is_empty() {
             return Err(QueryError::bad_input("empty query"));
@@ -286,7 +302,10 @@ impl QueryEngine {
         session.principal = who;
         let mut last = None;
         for stmt in statements {
-            last = Some(self.run_statement(&mut session, stmt, &[]).await?);
+            let started = std::time::Instant::now();
+            let result = self.run_statement(&mut session, stmt, &[]).await;
+            observe(stmt, started.elapsed(), result.as_ref());
+            last = Some(result?);
         }
         last.ok_or_else(|| QueryError::bad_input("empty query"))
     }

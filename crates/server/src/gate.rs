@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -86,6 +87,9 @@ pub struct Gate {
     failures: Mutex<FailedLogins>,
     /// (user, SHA-256 of password and stored key) → when it was checked.
     checked: Mutex<HashMap<(String, Vec<u8>), Instant>>,
+    /// Failed logins since the node started, over HTTP and over Postgres (`/metrics`).
+    failed_http: AtomicU64,
+    failed_postgres: AtomicU64,
 }
 
 impl Gate {
@@ -95,6 +99,8 @@ impl Gate {
             required,
             failures: Mutex::default(),
             checked: Mutex::default(),
+            failed_http: AtomicU64::new(0),
+            failed_postgres: AtomicU64::new(0),
         })
     }
 
@@ -146,7 +152,20 @@ impl Gate {
     /// Counts a failed login and logs it (never with the secret).
     pub fn failed(&self, addr: IpAddr, user: &str, protocol: &str, why: &str) {
         self.failures.lock().record(addr, Instant::now());
+        let total = match protocol {
+            "postgres" => &self.failed_postgres,
+            _ => &self.failed_http,
+        };
+        total.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(%addr, user, protocol, why, "authentication failed");
+    }
+
+    /// Failed logins since the node started: (protocol, count) for `http` and `postgres`.
+    pub fn failed_logins(&self) -> [(&'static str, u64); 2] {
+        [
+            ("http", self.failed_http.load(Ordering::Relaxed)),
+            ("postgres", self.failed_postgres.load(Ordering::Relaxed)),
+        ]
     }
 
     /// Checks a user's password.

@@ -8,6 +8,10 @@
 //! | `POST /api/v2/write` | InfluxDB v2 line protocol (`?bucket=`, `?precision=ns|us|ms|s`) |
 //! | `GET /health/live` | 200 while the process runs |
 //! | `GET /health/ready` | 200 once recovery finished and the node serves, else 503 (also while draining) |
+//! | `GET /metrics` | Prometheus metrics, text format (see [`crate::metrics`]) |
+//!
+//! `/health/*` and `/metrics` answer without authentication (they carry no data and no
+//! secret, and their labels are bounded); every other route here goes through the gate.
 //!
 //! The admin routes (`/admin/v1/...`, `POST /health/drain`) are in [`crate::admin`].
 
@@ -33,6 +37,7 @@ use tokio::sync::Semaphore;
 
 use crate::format::{self, Format};
 use crate::ingest;
+use crate::metrics::{NodeMetrics, Protocol, StatusClass};
 
 pub struct AppState {
     pub engine: OnceLock<Arc<QueryEngine>>,
@@ -44,6 +49,8 @@ pub struct AppState {
     pub readiness: OnceLock<Arc<dyn Fn() -> Result<(), String> + Send + Sync>>,
     /// Who a request comes from (see [`crate::gate`]).
     pub gate: Arc<crate::gate::Gate>,
+    /// This node's metrics (`GET /metrics`).
+    pub metrics: Arc<NodeMetrics>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -54,6 +61,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", get(index))
         .route("/health/live", get(|| async { (StatusCode::OK, "ok\n") }))
         .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics))
         .merge(
             Router::new()
                 .route("/v1/sql", post(sql))
@@ -140,7 +148,7 @@ fn error_response(e: &QueryError) -> Response {
 async fn index() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain")],
-        "Shoal: a distributed SQL database for time series.\nPOST /v1/sql, POST /write, POST /api/v2/write, GET /health/ready\n",
+        "Shoal: a distributed SQL database for time series.\nPOST /v1/sql, POST /write, POST /api/v2/write, GET /health/ready, GET /metrics\n",
     )
 }
 
@@ -155,6 +163,16 @@ async fn ready(State(st): State<Arc<AppState>>) -> Response {
         Some(Err(why)) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
         _ => (StatusCode::OK, "ready\n").into_response(),
     }
+}
+
+/// Prometheus' scrape: every metric of this node, text format 0.0.4.
+async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        st.metrics.render(),
+    )
+        .into_response()
 }
 
 /// The engine once the node serves, plus a concurrency permit.
@@ -185,6 +203,9 @@ async fn sql(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let metrics = &st.metrics;
+    // Whether a statement ran (and was counted); if none did, the refusal is counted.
+    let mut ran = false;
     let result = async {
         let (engine, _permit) = admit(&st)?;
         let format =
@@ -212,10 +233,20 @@ async fn sql(
         } else {
             text.to_string()
         };
-        let out = engine.execute_as(&sql_text, &opts, who).await?;
+        let out = engine
+            .execute_observed(&sql_text, &opts, who, |stmt, took, r| {
+                ran = true;
+                metrics.statement(Protocol::SqlHttp, stmt, took, r);
+            })
+            .await?;
         Ok::<_, QueryError>((format, out))
     }
     .await;
+    if let Err(e) = &result {
+        if !ran {
+            metrics.refused(Protocol::SqlHttp, StatusClass::of_error(e));
+        }
+    }
     match result {
         Err(e) => error_response(&e),
         Ok((_, QueryOutput::Command { tag, rows })) => (
@@ -295,7 +326,7 @@ async fn write_common(
     headers: &HeaderMap,
     body: Bytes,
     default_precision: Precision,
-) -> Result<(), QueryError> {
+) -> Result<shoal_query::WriteOutcome, QueryError> {
     let (engine, _permit) = admit(st)?;
     shoal_query::access::authorize(
         &*st.gate.catalog()?,
@@ -313,8 +344,7 @@ async fn write_common(
     };
     let body = decode_body(headers, body, st.max_body_bytes)?;
     let key = request_key(headers, q, &body);
-    ingest::write_lines(&engine, &body, precision, key).await?;
-    Ok(())
+    ingest::write_lines(&engine, &body, precision, key).await
 }
 
 /// The body InfluxDB v2 clients expect on an error (`code` + `message`).
@@ -338,11 +368,22 @@ async fn write_with(
     q: &HashMap<String, String>,
     headers: &HeaderMap,
     body: Bytes,
+    protocol: Protocol,
     on_error: fn(&QueryError) -> Response,
 ) -> Response {
+    // Bytes as received (compressed, if the client sent gzip).
+    let bytes = body.len() as u64;
     match write_common(st, who, q, headers, body, Precision::Nanoseconds).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => on_error(&e),
+        Ok(outcome) => {
+            st.metrics
+                .ingest(protocol, StatusClass::Success, bytes, outcome.rows);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => {
+            st.metrics
+                .ingest(protocol, StatusClass::of_error(&e), bytes, 0);
+            on_error(&e)
+        }
     }
 }
 
@@ -353,7 +394,16 @@ async fn write_v1(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    write_with(&st, &who, &q, &headers, body, error_response).await
+    write_with(
+        &st,
+        &who,
+        &q,
+        &headers,
+        body,
+        Protocol::InfluxV1,
+        error_response,
+    )
+    .await
 }
 
 async fn write_v2(
@@ -363,7 +413,7 @@ async fn write_v2(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    write_with(&st, &who, &q, &headers, body, v2_error).await
+    write_with(&st, &who, &q, &headers, body, Protocol::InfluxV2, v2_error).await
 }
 
 /// HTTPS (`certs_dir`): connections whose TLS handshake finished, each handshake in its
@@ -434,6 +484,7 @@ mod tests {
             permits: Arc::new(Semaphore::new(4)),
             readiness: OnceLock::new(),
             gate: crate::gate::Gate::new(false),
+            metrics: Arc::new(NodeMetrics::new(0)),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -459,6 +510,16 @@ mod tests {
             .await
             .expect("sql");
         assert_eq!(sql.status(), 503);
+        // Metrics answer from the start, before the node serves (the hot-path series only).
+        let m = get("/metrics").await.expect("metrics");
+        assert_eq!(m.status(), 200);
+        assert_eq!(
+            m.headers()[header::CONTENT_TYPE],
+            crate::metrics::CONTENT_TYPE
+        );
+        let text = m.text().await.expect("text");
+        let rows = "shoal_ingest_rows_total{node=\"0\",protocol=\"influx_v1\"} 0";
+        assert!(text.lines().any(|l| l == rows), "{text}");
         server.abort();
     }
 }

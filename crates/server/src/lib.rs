@@ -16,6 +16,7 @@ pub mod gate;
 pub mod http;
 pub mod ingest;
 pub mod lifecycle;
+pub mod metrics;
 pub mod pg;
 pub mod pgauth;
 pub mod pgconn;
@@ -343,8 +344,11 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
     let gate = gate::Gate::new(
         auth_method == pgauth::AuthMethod::ScramSha256 || security == config::Security::Secure,
     );
+    // This node's own recorder (several nodes may share a process): see `metrics`.
+    let node_metrics = Arc::new(crate::metrics::NodeMetrics::new(dir.identity.node_id));
     let pg = Arc::new(pg::PgState {
         engine: Arc::new(OnceLock::new()),
+        metrics: node_metrics.clone(),
         startup: Arc::new(pgauth::ShoalStartup::new(
             auth_method,
             gate.clone(),
@@ -366,6 +370,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
         permits: Arc::new(Semaphore::new(cfg.http_max_concurrent_requests.max(1))),
         readiness: OnceLock::new(),
         gate: gate.clone(),
+        metrics: node_metrics,
     });
     let lifecycle = Arc::new(lifecycle::Lifecycle::new(
         dir.identity.node_id,
@@ -543,6 +548,8 @@ async fn run(
     let http_addr = listener.local_addr().map_err(|e| e.to_string())?;
     let pg_addr = pg_listener.local_addr().map_err(|e| e.to_string())?;
     let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
+    // The HTTPS listener takes `tls`; `/metrics` counts its refused handshakes.
+    let tls_stats = tls.clone();
     let app = http::router(state.clone()).merge(admin::router(admin.clone()));
     let server = tokio::spawn(async move {
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
@@ -701,6 +708,16 @@ async fn run(
         Some(fragments),
         policy,
     ));
+    // Before the engine: once `/health/ready` can say ready, scrapes have every metric.
+    state.metrics.set_sources(crate::metrics::Sources {
+        registry: registry.clone(),
+        controller: controller.clone(),
+        membership: membership.clone(),
+        gate: state.gate.clone(),
+        tls: tls_stats,
+        data_dir: cfg.data_dir.clone(),
+        replication_factor: cfg.replication_factor,
+    });
     let _ = shared.engine.set(engine.clone());
     let _ = pg.engine.set(engine.clone());
     let _ = state.engine.set(engine);
@@ -735,6 +752,7 @@ async fn run(
     let _ = admin.registry.set(registry.clone());
     let _ = admin.controller.set(controller.clone());
     let maintenance = controller.spawn();
+    let metrics_upkeep = state.metrics.spawn_upkeep();
     let flusher = registry.spawn_flusher();
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -798,6 +816,7 @@ async fn run(
     maintenance.abort();
     prober.abort();
     flusher.abort();
+    metrics_upkeep.abort();
     registry.shutdown(drain).await;
     drop(dir);
     tracing::info!(

@@ -39,12 +39,15 @@ use shoal_query::{
 use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 
+use crate::metrics::{NodeMetrics, Protocol, StatusClass};
 use crate::pgauth::ShoalStartup;
 use crate::pgconn::{serve_connection, Admission};
 
 /// What the accept loop needs: the engine once recovery is done, and the connection limits.
 pub struct PgState {
     pub engine: Arc<OnceLock<Arc<QueryEngine>>>,
+    /// Statements counted and timed (`shoal_queries_total`, `shoal_query_duration_seconds`).
+    pub metrics: Arc<NodeMetrics>,
     /// Session slots and the pool of connections still authenticating (see `pgconn`).
     pub admission: Arc<Admission>,
     /// Authentication, shared by every connection (see `pgauth`).
@@ -73,6 +76,7 @@ pub async fn serve(
         };
         let handler = Arc::new(ConnHandler {
             engine: state.engine.clone(),
+            metrics: state.metrics.clone(),
             session: Mutex::new(Session::postgres()),
             parser: Arc::new(ShoalParser {
                 engine: state.engine.clone(),
@@ -122,6 +126,7 @@ impl PgWireServerHandlers for Handlers {
 /// One connection: its session and the engine.
 struct ConnHandler {
     engine: Arc<OnceLock<Arc<QueryEngine>>>,
+    metrics: Arc<NodeMetrics>,
     session: Mutex<Session>,
     parser: Arc<ShoalParser>,
 }
@@ -306,14 +311,22 @@ impl ConnHandler {
         params: &[Option<String>],
         format: &Format,
     ) -> PgWireResult<Response> {
-        let engine = engine_of(&self.engine)?;
+        let engine = match engine_of(&self.engine) {
+            Ok(engine) => engine,
+            Err(e) => {
+                // Still recovering: refused before the statement ran.
+                self.metrics
+                    .refused(Protocol::Postgres, StatusClass::ServerError);
+                return Err(e);
+            }
+        };
         let mut session = self.session.lock().await;
         session.principal = who.map(|p| (*p).clone()).unwrap_or_default();
-        let out = engine
-            .run_statement(&mut session, sql, params)
-            .await
-            .map_err(to_pg)?;
-        response(out, format)
+        let started = std::time::Instant::now();
+        let result = engine.run_statement(&mut session, sql, params).await;
+        self.metrics
+            .statement(Protocol::Postgres, sql, started.elapsed(), result.as_ref());
+        response(result.map_err(to_pg)?, format)
     }
 }
 
