@@ -85,7 +85,9 @@ fn sample(line: &str) -> Result<Sample, String> {
                 rest = after;
                 break;
             }
-            let eq = r.find('=').ok_or_else(|| "a label without '='".to_string())?;
+            let eq = r
+                .find('=')
+                .ok_or_else(|| "a label without '='".to_string())?;
             let key = &r[..eq];
             if !is_label_name(key) {
                 return Err(format!("bad label name {key:?}"));
@@ -244,22 +246,28 @@ async fn metrics_count_what_the_node_did() {
 
     // The scrape-time values: this single node leads its groups, every vshard has a leader.
     let n = &node;
-    support::eventually("the metrics to show a leader for every vshard", || async move {
-        let s = scrape(n).await;
-        let leads = s
-            .iter()
-            .filter(|x| x.name == "shoal_raft_is_leader" && x.value == 1.0)
-            .count();
-        let terms = s.iter().filter(|x| x.name == "shoal_raft_term").count();
-        let without = value(&s, "shoal_vshards_without_leader", &[])?;
-        let alive = value(&s, "shoal_members", &[("state", "ALIVE")])?;
-        (leads >= 1 && terms >= 2 && without == 0.0 && alive == 1.0).then_some(())
-    })
+    support::eventually(
+        "the metrics to show a leader for every vshard",
+        || async move {
+            let s = scrape(n).await;
+            let leads = s
+                .iter()
+                .filter(|x| x.name == "shoal_raft_is_leader" && x.value == 1.0)
+                .count();
+            let terms = s.iter().filter(|x| x.name == "shoal_raft_term").count();
+            let without = value(&s, "shoal_vshards_without_leader", &[])?;
+            let alive = value(&s, "shoal_members", &[("state", "ALIVE")])?;
+            (leads >= 1 && terms >= 2 && without == 0.0 && alive == 1.0).then_some(())
+        },
+    )
     .await;
     let s = scrape(&node).await;
     assert!(value(&s, "shoal_disk_free_bytes", &[]).is_some_and(|b| b > 0.0));
     assert!(value(&s, "shoal_data_bytes", &[]).is_some());
-    assert_eq!(value(&s, "shoal_tls_refused_handshakes_total", &[]), Some(0.0));
+    assert_eq!(
+        value(&s, "shoal_tls_refused_handshakes_total", &[]),
+        Some(0.0)
+    );
     assert_eq!(
         value(&s, "shoal_gossip_dropped_total", &[("reason", "forged")]),
         Some(0.0)
@@ -352,14 +360,11 @@ async fn rows_in_prometheus(http: &reqwest::Client, api: &str, node: &str) -> Op
         .await
         .ok()?;
     let v: serde_json::Value = r.json().await.ok()?;
-    v["data"]["result"]
-        .as_array()?
-        .iter()
-        .find(|s| {
-            s["metric"]["protocol"].as_str() == Some("influx_v1")
-                && s["metric"]["node"].as_str() == Some(node)
-                && s["metric"]["job"].as_str() == Some("shoal")
-        })?["value"][1]
+    v["data"]["result"].as_array()?.iter().find(|s| {
+        s["metric"]["protocol"].as_str() == Some("influx_v1")
+            && s["metric"]["node"].as_str() == Some(node)
+            && s["metric"]["job"].as_str() == Some("shoal")
+    })?["value"][1]
         .as_str()?
         .parse()
         .ok()

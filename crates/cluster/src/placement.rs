@@ -331,13 +331,7 @@ fn grow(
         .keys()
         .filter(|n| usable_target(view, cfg, **n))
         .count();
-    let mut want = cfg.replication_factor.min(usable).max(1);
-    // Short of nodes, stop at an odd count: two replicas survive no more than one and
-    // need both (a vshard at {1,2} when node 2 dies is stuck for good, while {1} → {1,2,3}
-    // in one step survives either loss). An even replication factor asked for is kept.
-    if want < cfg.replication_factor && want % 2 == 0 {
-        want -= 1;
-    }
+    let want = replicas_wanted(cfg.replication_factor, usable);
     for v in 0..view.vshards {
         if budget.busy.contains(&v) {
             continue;
@@ -366,6 +360,20 @@ fn grow(
             budget.busy.insert(v);
             out.push(PlacementStep::AddReplicas { vshard: v, add });
         }
+    }
+}
+
+/// How many replicas each vshard grows to with `usable` nodes to hold them:
+/// `replication_factor`, or fewer when nodes are short. Short of nodes, it stops at an odd
+/// count: two replicas survive no more than one and need both (a vshard at {1,2} when node
+/// 2 dies is stuck for good, while {1} → {1,2,3} in one step survives either loss). An
+/// even replication factor asked for is kept.
+pub fn replicas_wanted(replication_factor: usize, usable: usize) -> usize {
+    let want = replication_factor.min(usable).max(1);
+    if want < replication_factor && want.is_multiple_of(2) {
+        want - 1
+    } else {
+        want
     }
 }
 

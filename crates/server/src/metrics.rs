@@ -31,7 +31,9 @@ use std::time::Duration;
 
 use ::metrics::{Counter, Histogram, Key, KeyName, Label, Level, Metadata, Recorder};
 use axum::http::StatusCode;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 use shoal_consensus::GroupStatus;
 use shoal_membership::MemberState;
 use shoal_query::{QueryError, QueryOutput};
@@ -221,7 +223,7 @@ const SCRAPE_GAUGES: &[(&str, &str)] = &[
     ),
     (
         "shoal_vshards_below_replication_factor",
-        "Vshards with fewer replicas on live nodes than replication_factor, as seen here.",
+        "Vshards with fewer replicas on live nodes than the placement grows them to (replication_factor, or fewer while ACTIVE nodes are short), as seen here.",
     ),
     (
         "shoal_vshards_without_leader",
@@ -486,6 +488,14 @@ fn cluster(r: &PrometheusRecorder, src: &Sources, status: &[GroupStatus]) {
     let without_leader = (0..vshards)
         .filter(|v| leader(*v).is_none_or(|l| !reachable(l)))
         .count();
+    // Below what the placement grows each vshard to with the ACTIVE nodes alive now (a
+    // single node, or two, is not an alert; a dead replica holder is).
+    let usable = catalog
+        .nodes
+        .values()
+        .filter(|n| n.state == shoal_consensus::NodeState::Active && reachable(n.id))
+        .count();
+    let wanted = shoal_cluster::placement::replicas_wanted(src.replication_factor, usable);
     let below_rf = (0..vshards)
         .filter(|v| {
             let live = catalog
@@ -493,10 +503,15 @@ fn cluster(r: &PrometheusRecorder, src: &Sources, status: &[GroupStatus]) {
                 .into_iter()
                 .filter(|n| reachable(*n))
                 .count();
-            live < src.replication_factor
+            live < wanted
         })
         .count();
-    gauge(r, "shoal_vshards_without_leader", vec![], without_leader as f64);
+    gauge(
+        r,
+        "shoal_vshards_without_leader",
+        vec![],
+        without_leader as f64,
+    );
     gauge(
         r,
         "shoal_vshards_below_replication_factor",
@@ -653,13 +668,19 @@ mod tests {
             v("shoal_query_duration_seconds_count{node=\"7\",protocol=\"sql_http\"}"),
             1.0
         );
-        assert!(text.contains("# TYPE shoal_query_duration_seconds histogram"), "{text}");
+        assert!(
+            text.contains("# TYPE shoal_query_duration_seconds histogram"),
+            "{text}"
+        );
         assert!(text.contains("# HELP shoal_ingest_rows_total "), "{text}");
     }
 
     #[test]
     fn statements_are_classed_like_http_answers() {
-        assert_eq!(StatusClass::of(StatusCode::NO_CONTENT), StatusClass::Success);
+        assert_eq!(
+            StatusClass::of(StatusCode::NO_CONTENT),
+            StatusClass::Success
+        );
         assert_eq!(
             StatusClass::of(StatusCode::TOO_MANY_REQUESTS),
             StatusClass::ClientError
