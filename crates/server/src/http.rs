@@ -9,9 +9,11 @@
 //! | `GET /health/live` | 200 while the process runs |
 //! | `GET /health/ready` | 200 once recovery finished and the node serves, else 503 (also while draining) |
 //! | `GET /metrics` | Prometheus metrics, text format (see [`crate::metrics`]) |
+//! | `GET /`, `GET /console/*` | the web console's page, script and style sheet (see [`crate::console`]) |
 //!
-//! `/health/*` and `/metrics` answer without authentication (they carry no data and no
-//! secret, and their labels are bounded); every other route here goes through the gate.
+//! `/health/*`, `/metrics` and the console's files answer without authentication (they
+//! carry no data and no secret, and the metrics' labels are bounded); every other route
+//! here goes through the gate.
 //!
 //! The admin routes (`/admin/v1/...`, `POST /health/drain`) are in [`crate::admin`].
 
@@ -58,7 +60,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     // decompression.
     let limit = usize::try_from(state.max_body_bytes).unwrap_or(usize::MAX);
     Router::new()
-        .route("/", get(index))
+        .merge(crate::console::router::<Arc<AppState>>())
         .route("/health/live", get(|| async { (StatusCode::OK, "ok\n") }))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -78,13 +80,15 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// Resolves the caller's [`Principal`] (a request extension for the handler), or answers
-/// 401 (with `WWW-Authenticate`) / 429 for a caller over its failed-login budget.
+/// 401 (with `WWW-Authenticate`, unless a script asked: see [`wants_challenge`]) / 429 for
+/// a caller over its failed-login budget.
 async fn authenticate(
     State(st): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let challenge = wants_challenge(req.headers());
     let authorization = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -103,7 +107,7 @@ async fn authenticate(
                     header::RETRY_AFTER,
                     header::HeaderValue::from(crate::gate::AUTH_FAILURE_WINDOW_MS / 1000),
                 );
-            } else if r.status() == StatusCode::UNAUTHORIZED {
+            } else if r.status() == StatusCode::UNAUTHORIZED && challenge {
                 r.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
                     header::HeaderValue::from_static("Basic realm=\"shoal\", charset=\"UTF-8\""),
@@ -112,6 +116,13 @@ async fn authenticate(
             r
         }
     }
+}
+
+/// Whether a 401 should carry `WWW-Authenticate: Basic`. Not for a request that says it
+/// comes from a script (`X-Requested-With`, as the web console sends): on that challenge a
+/// browser shows its own login dialog over the page's login form.
+fn wants_challenge(headers: &HeaderMap) -> bool {
+    !headers.contains_key("x-requested-with")
 }
 
 /// The HTTP status for each kind of error.
@@ -143,13 +154,6 @@ fn error_response(e: &QueryError) -> Response {
         json!({"error": e.message, "sqlstate": e.sqlstate()}).to_string(),
     )
         .into_response()
-}
-
-async fn index() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain")],
-        "Shoal: a distributed SQL database for time series.\nPOST /v1/sql, POST /write, POST /api/v2/write, GET /health/ready, GET /metrics\n",
-    )
 }
 
 async fn ready(State(st): State<Arc<AppState>>) -> Response {
@@ -500,6 +504,13 @@ mod tests {
         let http = reqwest::Client::new();
         let get = |p: &str| http.get(format!("http://{addr}{p}")).send();
         assert_eq!(get("/health/live").await.expect("live").status(), 200);
+        // The console's page answers from the start too (it holds no data).
+        let page = get("/").await.expect("page");
+        assert_eq!(page.status(), 200);
+        assert_eq!(
+            page.headers()[header::CONTENT_TYPE],
+            "text/html; charset=utf-8"
+        );
         let ready = get("/health/ready").await.expect("ready");
         assert_eq!(ready.status(), 503);
         assert_eq!(ready.text().await.expect("text"), "recovering\n");
@@ -521,5 +532,17 @@ mod tests {
         let rows = "shoal_ingest_rows_total{node=\"0\",protocol=\"influx_v1\"} 0";
         assert!(text.lines().any(|l| l == rows), "{text}");
         server.abort();
+    }
+
+    /// A script's 401 carries no Basic challenge (the browser would open its own dialog).
+    #[test]
+    fn scripts_get_no_basic_challenge() {
+        let mut h = HeaderMap::new();
+        assert!(wants_challenge(&h));
+        h.insert(
+            "x-requested-with",
+            header::HeaderValue::from_static("shoal-console"),
+        );
+        assert!(!wants_challenge(&h));
     }
 }

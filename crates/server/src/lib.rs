@@ -10,6 +10,7 @@ pub mod admin;
 pub mod certs;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod datadir;
 pub mod format;
 pub mod gate;

@@ -616,6 +616,23 @@ pub async fn cluster_with(dirs: &[&std::path::Path], extra: &[&str]) -> Vec<Node
 /// A virtualenv with psycopg 3, asyncpg and influxdb-client, made on first use under the user's cache dir
 /// (`SHOAL_TEST_VENV` overrides); `None`, with the reason printed, when it cannot be made.
 pub fn python_venv() -> Option<std::path::PathBuf> {
+    venv_with(
+        "psycopg, asyncpg, influxdb_client",
+        &["psycopg[binary]>=3.1", "asyncpg", "influxdb-client"],
+        "python clients",
+    )
+}
+
+/// The same virtualenv with Selenium, for the web console's browser test; `None`, with
+/// the reason printed, when it cannot be made.
+pub fn selenium_venv() -> Option<std::path::PathBuf> {
+    venv_with("selenium", &["selenium>=4.10"], "browser test")
+}
+
+/// The tests' virtualenv (made if missing), its python once `modules` import there,
+/// pip-installing `packages` if they do not yet; `None`, with SKIP and `what` printed, when
+/// that fails.
+fn venv_with(modules: &str, packages: &[&str], what: &str) -> Option<std::path::PathBuf> {
     let dir = std::env::var_os("SHOAL_TEST_VENV")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {
@@ -625,7 +642,7 @@ pub fn python_venv() -> Option<std::path::PathBuf> {
     let python = dir.join("bin/python");
     let ready = |py: &std::path::Path| {
         Command::new(py)
-            .args(["-c", "import psycopg, asyncpg, influxdb_client"])
+            .args(["-c", &format!("import {modules}")])
             .output()
             .map(|o| o.status.success())
             .unwrap_or(false)
@@ -633,36 +650,29 @@ pub fn python_venv() -> Option<std::path::PathBuf> {
     if ready(&python) {
         return Some(python);
     }
-    let steps: [(&str, Vec<std::ffi::OsString>); 2] = [
-        (
+    let mut steps: Vec<(&str, Vec<std::ffi::OsString>)> = vec![];
+    if !python.exists() {
+        steps.push((
             "python3",
             vec!["-m".into(), "venv".into(), dir.clone().into()],
-        ),
-        (
-            python.to_str()?,
-            vec![
-                "-m".into(),
-                "pip".into(),
-                "install".into(),
-                "-q".into(),
-                "psycopg[binary]>=3.1".into(),
-                "asyncpg".into(),
-                "influxdb-client".into(),
-            ],
-        ),
-    ];
+        ));
+    }
+    let mut pip: Vec<std::ffi::OsString> =
+        vec!["-m".into(), "pip".into(), "install".into(), "-q".into()];
+    pip.extend(packages.iter().map(std::ffi::OsString::from));
+    steps.push((python.to_str()?, pip));
     for (prog, args) in steps {
         match Command::new(prog).args(&args).output() {
             Ok(o) if o.status.success() => {}
             Ok(o) => {
                 println!(
-                    "SKIP (python clients): {prog} {args:?} failed: {}",
+                    "SKIP ({what}): {prog} {args:?} failed: {}",
                     String::from_utf8_lossy(&o.stderr)
                 );
                 return None;
             }
             Err(e) => {
-                println!("SKIP (python clients): cannot run {prog}: {e}");
+                println!("SKIP ({what}): cannot run {prog}: {e}");
                 return None;
             }
         }
