@@ -228,6 +228,9 @@ pub struct StartArgs {
     /// Log filter [default: info,openraft=warn]
     #[arg(long, env = "SHOAL_LOG")]
     log: Option<String>,
+    /// Log lines as `text` or `json` (one object per line) [default: text]
+    #[arg(long, env = "SHOAL_LOG_FORMAT")]
+    log_format: Option<String>,
 }
 
 /// Config file, then environment and flags (clap already resolved env vs flag).
@@ -321,7 +324,8 @@ pub fn resolve(args: &StartArgs) -> Result<NodeConfig, String> {
         raft_heartbeat_ms,
         raft_election_min_ms,
         raft_election_max_ms,
-        log
+        log,
+        log_format
     );
     // A flag that is present wins; absent, the file's value stays.
     if args.insecure {
@@ -336,10 +340,14 @@ pub async fn run(args: StartArgs) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log))
         .map_err(|e| format!("bad log filter {:?}: {e}", cfg.log))?;
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if cfg.log_format == "json" {
+        logs.json().flatten_event(true).init();
+    } else {
+        logs.init();
+    }
     // A test hook, not a setting: the fault harness' clock-skew nemesis runs a node whose
     // wall clock is off by this many milliseconds.
     if let Ok(v) = std::env::var("SHOAL_TEST_CLOCK_SKEW_MS") {

@@ -55,10 +55,16 @@ async fn the_console_is_served_at_the_root() {
 
     let js = get("/console/app.js").await.expect("GET app.js");
     assert_eq!(js.status(), 200);
-    assert_eq!(header(&js, "content-type"), "text/javascript; charset=utf-8");
+    assert_eq!(
+        header(&js, "content-type"),
+        "text/javascript; charset=utf-8"
+    );
     assert_eq!(header(&js, "cache-control"), "no-cache");
     let js = js.text().await.expect("body");
-    assert!(js.contains("v1/sql") && js.contains("function "), "not the app");
+    assert!(
+        js.contains("v1/sql") && js.contains("function "),
+        "not the app"
+    );
 
     let css = get("/console/style.css").await.expect("GET style.css");
     assert_eq!(css.status(), 200);
@@ -78,7 +84,14 @@ async fn a_script_gets_its_401_without_a_basic_challenge() {
     let dir = tempfile::tempdir().expect("tmp");
     let node = secured_node(dir.path()).await;
     let http = node.http();
-    assert_eq!(http.get(node.url("/")).send().await.expect("GET /").status(), 200);
+    assert_eq!(
+        http.get(node.url("/"))
+            .send()
+            .await
+            .expect("GET /")
+            .status(),
+        200
+    );
 
     let plain = http
         .post(node.url("/v1/sql"))
@@ -157,7 +170,10 @@ async fn the_console_in_a_real_browser() {
         "console-cluster.png",
     )
     .await;
-    assert!(ok, "the console failed in the browser (its output is above)");
+    assert!(
+        ok,
+        "the console failed in the browser (its output is above)"
+    );
 }
 
 /// On a node with users, the console asks for a login, shows the node's 401 for a wrong
@@ -202,7 +218,10 @@ async fn the_console_logs_in_in_a_real_browser() {
         "console-login.png",
     )
     .await;
-    assert!(ok, "the console failed in the browser (its output is above)");
+    assert!(
+        ok,
+        "the console failed in the browser (its output is above)"
+    );
 }
 
 const ADMIN_PW: &str = "c0nsole-Pa55";

@@ -201,7 +201,7 @@ async fn metrics_count_what_the_node_did() {
     let before = scrape(&node).await;
     assert!(!before.is_empty());
     for s in &before {
-        assert!(s.name.starts_with("shoal_"), "{s:?}");
+        assert!(ours(&s.name), "{s:?}");
         assert_eq!(s.labels.get("node"), Some(&me), "{s:?}");
     }
     let v1 = [("protocol", "influx_v1")];
@@ -250,8 +250,22 @@ async fn metrics_count_what_the_node_did() {
         value(&after, "shoal_query_duration_seconds_count", &sql)
     );
     for s in &after {
-        assert!(s.name.starts_with("shoal_"), "{s:?}");
+        assert!(ours(&s.name), "{s:?}");
     }
+    // The write went through the WAL: at least one group commit, fsynced.
+    let fsyncs = |s: &[Sample]| value(s, "shoal_wal_fsync_duration_seconds_count", &[]);
+    assert!(fsyncs(&after) > fsyncs(&before), "{after:?}");
+    assert!(value(&after, "shoal_wal_append_bytes_count", &[]) >= Some(1.0));
+
+    // A malformed request is rejected whole: each of its lines counts, by reason.
+    let rejected = [("protocol", "influx_v1"), ("reason", "bad_input")];
+    let bad = "cpu,host=a usage=1 1\ncpu,host=b usage=oops 2\n";
+    assert_eq!(node.write(bad).await.0, 400);
+    let s = scrape(&node).await;
+    assert_eq!(
+        value(&s, "shoal_ingest_rejected_rows_total", &rejected),
+        Some(2.0)
+    );
 
     // The scrape-time values: this single node leads its groups, every vshard has a leader.
     let n = &node;
@@ -281,6 +295,56 @@ async fn metrics_count_what_the_node_did() {
         value(&s, "shoal_gossip_dropped_total", &[("reason", "forged")]),
         Some(0.0)
     );
+    // Raft: the vshard `cpu` went to has committed and applied its entries.
+    let applied: f64 = s
+        .iter()
+        .filter(|x| x.name == "shoal_raft_applied_index")
+        .map(|x| x.value)
+        .sum();
+    let committed: f64 = s
+        .iter()
+        .filter(|x| x.name == "shoal_raft_commit_index")
+        .map(|x| x.value)
+        .sum();
+    assert!(committed >= applied && applied > 0.0, "{s:?}");
+    assert!(value(&s, "shoal_parquet_parts", &[]).is_some(), "{s:?}");
+    assert!(value(&s, "shoal_wal_bytes", &[]).is_some_and(|b| b > 0.0));
+    assert_eq!(
+        value(&s, "shoal_raft_proposals_failed_total", &[]),
+        Some(0.0)
+    );
+    // Connections: nothing in flight (a scrape takes no `http_max_concurrent_requests`
+    // slot, only SQL and writes do), none refused.
+    assert_eq!(
+        value(&s, "shoal_connections", &[("protocol", "http")]),
+        Some(0.0)
+    );
+    let refused = [
+        ("protocol", "http"),
+        ("limit", "http_max_concurrent_requests"),
+    ];
+    assert_eq!(
+        value(&s, "shoal_connections_refused_total", &refused),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(&s, "shoal_connections", &[("protocol", "postgres")]),
+        Some(0.0)
+    );
+    let refused = [("protocol", "postgres"), ("limit", "pg_max_connections")];
+    assert_eq!(
+        value(&s, "shoal_connections_refused_total", &refused),
+        Some(0.0)
+    );
+    // The standard process metrics.
+    assert!(value(&s, "process_resident_memory_bytes", &[]).is_some_and(|b| b > 1e6));
+    assert!(value(&s, "process_open_fds", &[]).is_some_and(|n| n > 0.0));
+    assert!(value(&s, "process_cpu_seconds_total", &[]).is_some_and(|c| c > 0.0));
+}
+
+/// Shoal's own metrics and the standard process ones.
+fn ours(name: &str) -> bool {
+    name.starts_with("shoal_") || name.starts_with("process_")
 }
 
 /// With users (logins required), `/metrics` still answers without credentials, and a

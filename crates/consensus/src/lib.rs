@@ -22,7 +22,7 @@ pub mod users;
 
 pub use command::{ClusterOp, Command, DdlOp, NodeAddrs, NodeState, Response};
 pub use meta_sm::{Catalog, CatalogHandle, NodeEntry, TableEntry};
-pub use registry::{GroupStatus, GroupsConfig, Registry};
+pub use registry::{GroupStatus, GroupsConfig, RaftCounts, Registry};
 pub use topology::{ClusterSettings, MoveRecord, MoveState, MoveUpdate, VshardPlacement};
 
 openraft::declare_raft_types!(

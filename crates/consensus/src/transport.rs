@@ -206,6 +206,10 @@ pub struct SnapshotSends {
     /// (group, target) → (bytes, when) of the last transfer whose files all went over.
     finished: parking_lot::Mutex<std::collections::BTreeMap<(u32, u64), (u64, std::time::Instant)>>,
     limit: RateLimit,
+    /// Snapshots installed on their target, and the bytes sent for them (files and
+    /// manifest), since the node started.
+    sent: std::sync::atomic::AtomicU64,
+    sent_bytes: std::sync::atomic::AtomicU64,
 }
 
 /// How long [`SnapshotSends::progress`] still shows a transfer whose files all went over.
@@ -218,7 +222,15 @@ impl SnapshotSends {
             sending: Default::default(),
             finished: Default::default(),
             limit: RateLimit::new(max_bytes_per_sec),
+            sent: Default::default(),
+            sent_bytes: Default::default(),
         }
+    }
+
+    /// (snapshots, bytes) sent and installed on their targets since the node started.
+    pub fn sent(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.sent.load(Relaxed), self.sent_bytes.load(Relaxed))
     }
 
     /// (group, target, bytes sent, bytes in all) of every transfer under way, and of those
@@ -526,19 +538,24 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
                     .finished
                     .lock()
                     .insert(key, (bytes, std::time::Instant::now()));
-                Some(t)
+                Some((t, bytes))
             }
             None => None,
         };
+        let (transfer, files_bytes) = match transfer {
+            Some((t, bytes)) => (Some(t), bytes),
+            None => (None, 0),
+        };
         let header = json(&(&vote, &snapshot.meta, &transfer));
         let body = Bytes::from(snapshot.snapshot.meta);
+        let bytes = files_bytes + body.len() as u64;
         let send = self.call::<SnapshotResponse<TypeConfig>>(
             RaftRpc::Snapshot,
             header,
             vec![body],
             &option,
         );
-        tokio::select! {
+        let installed = tokio::select! {
             r = send => r.map_err(|e| match e {
                 RPCError::Timeout(t) => StreamingError::Timeout(t),
                 RPCError::Unreachable(u) => StreamingError::Unreachable(u),
@@ -546,7 +563,13 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
                 other => StreamingError::Network(NetworkError::from_string(other)),
             }),
             closed = &mut cancel => Err(StreamingError::Closed(closed)),
+        };
+        if installed.is_ok() {
+            use std::sync::atomic::Ordering::Relaxed;
+            self.snapshots.sent.fetch_add(1, Relaxed);
+            self.snapshots.sent_bytes.fetch_add(bytes, Relaxed);
         }
+        installed
     }
 }
 

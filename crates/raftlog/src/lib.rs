@@ -146,6 +146,16 @@ pub struct LogStats {
     pub pending_bytes: u64,
 }
 
+/// Told by the writer thread what each group commit cost, for the node's metrics. Called on
+/// the writer thread: keep it to a few atomic operations.
+pub trait LogObserver: Send + Sync {
+    /// One batch of appends (every request the writer took at once) was written: `bytes`
+    /// of records with their headers.
+    fn batch_written(&self, bytes: u64);
+    /// One fdatasync of the active segment took `took`.
+    fn fsynced(&self, took: std::time::Duration);
+}
+
 /// State shared by callers and the writer thread.
 pub(crate) struct Shared {
     pub dir: PathBuf,
@@ -163,6 +173,8 @@ pub(crate) struct Shared {
     pub records: AtomicU64,
     /// The directory's lock and its meta values.
     meta: meta::MetaDir,
+    /// Set once ([`RaftLog::observe`]).
+    pub observer: std::sync::OnceLock<Arc<dyn LogObserver>>,
 }
 
 pub(crate) struct State {
@@ -227,6 +239,7 @@ impl RaftLog {
             appends: AtomicU64::new(0),
             records: AtomicU64::new(0),
             meta,
+            observer: std::sync::OnceLock::new(),
         });
         let writer = Writer::new(shared.clone(), recovered.next_seq, recovered.disk_last);
         let handle = thread::Builder::new()
@@ -372,6 +385,11 @@ impl RaftLog {
     /// The value last stored under `key`, `None` if there is none.
     pub fn load_meta(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
         self.shared.meta.load_user(key)
+    }
+
+    /// Reports every group commit to `observer` from now on (the first observer set stays).
+    pub fn observe(&self, observer: Arc<dyn LogObserver>) {
+        let _ = self.shared.observer.set(observer);
     }
 
     pub fn stats(&self) -> LogStats {

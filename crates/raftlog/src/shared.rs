@@ -336,6 +336,11 @@ impl SharedWal {
         self.inner.log.stats()
     }
 
+    /// Reports every group commit to `observer` from now on (see [`RaftLog::observe`]).
+    pub fn observe(&self, observer: Arc<dyn crate::LogObserver>) {
+        self.inner.log.observe(observer);
+    }
+
     pub fn recovery(&self) -> &RecoveryReport {
         self.inner.log.recovery()
     }

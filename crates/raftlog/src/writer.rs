@@ -191,6 +191,14 @@ impl Writer {
                 });
             match attempt {
                 Ok(placed) => {
+                    if let Some(o) = self.shared.observer.get() {
+                        let bytes = appends
+                            .iter()
+                            .flat_map(|(records, _)| records)
+                            .map(|(_, r)| RECORD_HEADER_LEN + r.len() as u64)
+                            .sum();
+                        o.batch_written(bytes);
+                    }
                     if started.elapsed() > DISK_FULL_RETRY_EVERY {
                         tracing::info!(
                             waited_ms = started.elapsed().as_millis() as u64,
@@ -352,6 +360,7 @@ impl Writer {
         if !self.shared.cfg.fsync {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         active.file.sync_data().ctx(|| {
             format!(
                 "fdatasync {}",
@@ -362,6 +371,9 @@ impl Writer {
             )
         })?;
         self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+        if let Some(o) = self.shared.observer.get() {
+            o.fsynced(started.elapsed());
+        }
         Ok(())
     }
 

@@ -209,6 +209,9 @@ pub struct NodeConfig {
     pub raft_election_max_ms: u64,
     /// Log filter (`info`, `shoal=debug,info`, …); `RUST_LOG` overrides it.
     pub log: String,
+    /// `text` (one human-readable line per event) or `json` (one JSON object per line, every
+    /// field a key: for log shippers and searching).
+    pub log_format: String,
 }
 
 pub const MIB: u64 = 1024 * 1024;
@@ -295,6 +298,7 @@ impl Default for NodeConfig {
             raft_election_min_ms: 600,
             raft_election_max_ms: 1200,
             log: "info,openraft=warn".into(),
+            log_format: "text".into(),
         }
     }
 }
@@ -489,6 +493,12 @@ impl NodeConfig {
         self.admin_token()?;
         self.init_admin_password()?;
         crate::pgauth::AuthMethod::parse(&self.pg_auth)?;
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(format!(
+                "log_format must be \"text\" or \"json\", not {:?}",
+                self.log_format
+            ));
+        }
         crate::pgauth::parse_users(&self.pg_users)?;
         if self.max_voters == 0 || self.max_voters > 9 {
             return Err(format!(

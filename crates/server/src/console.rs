@@ -113,7 +113,13 @@ mod tests {
             let tag = &INDEX_HTML[i..i + INDEX_HTML[i..].find('>').unwrap_or(0)];
             assert!(tag.contains(" src="), "an inline script: {tag}");
         }
-        for inline in [" style=", " onclick=", " onload=", " onerror=", " onsubmit="] {
+        for inline in [
+            " style=",
+            " onclick=",
+            " onload=",
+            " onerror=",
+            " onsubmit=",
+        ] {
             assert!(!INDEX_HTML.contains(inline), "index.html has{inline}");
         }
         for sink in [

@@ -53,7 +53,51 @@ pub struct AppState {
     pub gate: Arc<crate::gate::Gate>,
     /// This node's metrics (`GET /metrics`).
     pub metrics: Arc<NodeMetrics>,
+    /// Request ids and the failed-request log (see [`crate::requests`]).
+    pub request_ids: Arc<crate::requests::RequestIds>,
 }
+
+/// A failed response's error message, for its log line (see [`tag_request`]).
+#[derive(Clone)]
+pub struct ErrorMessage(pub String);
+
+/// The outermost layer of every route: gives the request its id (the client's
+/// `X-Request-Id` when usable), returns it in `X-Request-Id`, and writes the one log line
+/// of a request that failed (status 400 and up).
+pub async fn tag_request(
+    State(st): State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let sent = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok());
+    let id = st.request_ids.from_client(sent);
+    let what = format!("{} {}", req.method(), req.uri().path());
+    let mut r = next.run(req).await;
+    if let Ok(v) = header::HeaderValue::from_str(&id) {
+        r.headers_mut().insert(REQUEST_ID, v);
+    }
+    let status = r.status();
+    if status.is_client_error() || status.is_server_error() {
+        let error = r.extensions().get::<ErrorMessage>().map(|m| m.0.as_str());
+        st.request_ids.failed(&crate::requests::Failure {
+            protocol: "http",
+            request_id: &id,
+            code: status.as_str(),
+            what: &what,
+            error: error.unwrap_or(status.canonical_reason().unwrap_or("")),
+            server_side: status.is_server_error(),
+        });
+    }
+    r
+}
+
+/// `app` (this module's routes and the admin API) with [`tag_request`] around all of it.
+pub fn with_request_ids(state: Arc<AppState>, app: Router) -> Router {
+    app.layer(axum::middleware::from_fn_with_state(state, tag_request))
+}
+
+/// The header a request id travels in, both ways.
+pub const REQUEST_ID: &str = "x-request-id";
 
 pub fn router(state: Arc<AppState>) -> Router {
     // Bodies are limited by the extractor before they are buffered; gzip bodies again after
@@ -148,12 +192,14 @@ fn error_response(e: &QueryError) -> Response {
     if status == StatusCode::INTERNAL_SERVER_ERROR {
         tracing::error!(error = %e.message, "internal error");
     }
-    (
+    let mut r = (
         status,
         [(header::CONTENT_TYPE, "application/json")],
         json!({"error": e.message, "sqlstate": e.sqlstate()}).to_string(),
     )
-        .into_response()
+        .into_response();
+    r.extensions_mut().insert(ErrorMessage(e.message.clone()));
+    r
 }
 
 async fn ready(State(st): State<Arc<AppState>>) -> Response {
@@ -192,6 +238,9 @@ fn admit(
         )
     })?;
     let permit = st.permits.clone().try_acquire_owned().map_err(|_| {
+        st.metrics
+            .http_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         QueryError::new(
             ErrorKind::Unavailable,
             "too many concurrent requests (http_max_concurrent_requests); retry shortly",
@@ -330,6 +379,7 @@ async fn write_common(
     headers: &HeaderMap,
     body: Bytes,
     default_precision: Precision,
+    rejected_lines: &mut u64,
 ) -> Result<shoal_query::WriteOutcome, QueryError> {
     let (engine, _permit) = admit(st)?;
     shoal_query::access::authorize(
@@ -348,7 +398,15 @@ async fn write_common(
     };
     let body = decode_body(headers, body, st.max_body_bytes)?;
     let key = request_key(headers, q, &body);
-    ingest::write_lines(&engine, &body, precision, key).await
+    ingest::write_lines(&engine, &body, precision, key)
+        .await
+        .inspect_err(|_| *rejected_lines = count_lines(&body))
+}
+
+/// Lines of a line-protocol body (the last one need not end in a newline).
+fn count_lines(body: &[u8]) -> u64 {
+    let newlines = body.iter().filter(|b| **b == b'\n').count() as u64;
+    newlines + u64::from(body.last().is_some_and(|b| *b != b'\n'))
 }
 
 /// The body InfluxDB v2 clients expect on an error (`code` + `message`).
@@ -363,7 +421,9 @@ fn v2_error(e: &QueryError) -> Response {
         _ => "internal error",
     };
     let body = json!({"code": code, "message": e.message}).to_string();
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    let mut r = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+    r.extensions_mut().insert(ErrorMessage(e.message.clone()));
+    r
 }
 
 async fn write_with(
@@ -377,7 +437,17 @@ async fn write_with(
 ) -> Response {
     // Bytes as received (compressed, if the client sent gzip).
     let bytes = body.len() as u64;
-    match write_common(st, who, q, headers, body, Precision::Nanoseconds).await {
+    let mut lines = 0;
+    let written = write_common(
+        st,
+        who,
+        q,
+        headers,
+        body,
+        Precision::Nanoseconds,
+        &mut lines,
+    );
+    match written.await {
         Ok(outcome) => {
             st.metrics
                 .ingest(protocol, StatusClass::Success, bytes, outcome.rows);
@@ -386,6 +456,7 @@ async fn write_with(
         Err(e) => {
             st.metrics
                 .ingest(protocol, StatusClass::of_error(&e), bytes, 0);
+            st.metrics.rejected(protocol, e.kind, lines);
             on_error(&e)
         }
     }
@@ -476,6 +547,16 @@ impl axum::serve::Listener for TlsListener {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn lines_of_a_body() {
+        assert_eq!(super::count_lines(b""), 0);
+        assert_eq!(super::count_lines(b"a v=1"), 1);
+        assert_eq!(super::count_lines(b"a v=1\n"), 1);
+        assert_eq!(super::count_lines(b"a v=1\nb v=2"), 2);
+        assert_eq!(super::count_lines(b"a v=1\n\nb v=2\n"), 3);
+    }
+
     use super::*;
 
     /// Before recovery finishes the node is live but not ready, and other routes say so.
@@ -489,6 +570,7 @@ mod tests {
             readiness: OnceLock::new(),
             gate: crate::gate::Gate::new(false),
             metrics: Arc::new(NodeMetrics::new(0)),
+            request_ids: Arc::new(crate::requests::RequestIds::new(9)),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -497,7 +579,8 @@ mod tests {
         let server = tokio::spawn(async move {
             axum::serve(
                 listener,
-                router(state).into_make_service_with_connect_info::<SocketAddr>(),
+                with_request_ids(state.clone(), router(state))
+                    .into_make_service_with_connect_info::<SocketAddr>(),
             )
             .await
         });
@@ -521,6 +604,29 @@ mod tests {
             .await
             .expect("sql");
         assert_eq!(sql.status(), 503);
+        // Every answer names its request: a new id, or the client's own if harmless.
+        let id = sql.headers()[REQUEST_ID]
+            .to_str()
+            .expect("ascii")
+            .to_string();
+        assert!(id.starts_with("9-"), "{id}");
+        let again = http
+            .post(format!("http://{addr}/v1/sql"))
+            .header(REQUEST_ID, "trace-42")
+            .body("SELECT 1")
+            .send()
+            .await
+            .expect("sql");
+        assert_eq!(again.headers()[REQUEST_ID], "trace-42");
+        let forged = http
+            .post(format!("http://{addr}/v1/sql"))
+            .header(REQUEST_ID, "a b=c")
+            .body("SELECT 1")
+            .send()
+            .await
+            .expect("sql");
+        let id2 = forged.headers()[REQUEST_ID].to_str().expect("ascii");
+        assert!(id2.starts_with("9-") && id2 != id, "{id2}");
         // Metrics answer from the start, before the node serves (the hot-path series only).
         let m = get("/metrics").await.expect("metrics");
         assert_eq!(m.status(), 200);

@@ -22,6 +22,7 @@ pub mod pg;
 pub mod pgauth;
 pub mod pgconn;
 pub mod pgframe;
+pub mod requests;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -347,13 +348,16 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
     );
     // This node's own recorder (several nodes may share a process): see `metrics`.
     let node_metrics = Arc::new(crate::metrics::NodeMetrics::new(dir.identity.node_id));
+    let request_ids = Arc::new(requests::RequestIds::new(dir.identity.node_id));
     let pg = Arc::new(pg::PgState {
         engine: Arc::new(OnceLock::new()),
         metrics: node_metrics.clone(),
+        request_ids: request_ids.clone(),
         startup: Arc::new(pgauth::ShoalStartup::new(
             auth_method,
             gate.clone(),
             admission.sessions(),
+            node_metrics.pg_refused.clone(),
             tls.clone(),
         )),
         admission,
@@ -372,6 +376,7 @@ pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, String> {
         readiness: OnceLock::new(),
         gate: gate.clone(),
         metrics: node_metrics,
+        request_ids: request_ids.clone(),
     });
     let lifecycle = Arc::new(lifecycle::Lifecycle::new(
         dir.identity.node_id,
@@ -551,7 +556,10 @@ async fn run(
     let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
     // The HTTPS listener takes `tls`; `/metrics` counts its refused handshakes.
     let tls_stats = tls.clone();
-    let app = http::router(state.clone()).merge(admin::router(admin.clone()));
+    let app = http::with_request_ids(
+        state.clone(),
+        http::router(state.clone()).merge(admin::router(admin.clone())),
+    );
     let server = tokio::spawn(async move {
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let stop = async move {
@@ -718,7 +726,11 @@ async fn run(
         tls: tls_stats,
         data_dir: cfg.data_dir.clone(),
         replication_factor: cfg.replication_factor,
+        peers: peers.clone(),
+        clocks: clocks.clone(),
+        connections: connection_metrics(&cfg, &state, &pg, &rpc),
     });
+    registry.wal().observe(state.metrics.wal_observer());
     let _ = shared.engine.set(engine.clone());
     let _ = pg.engine.set(engine.clone());
     let _ = state.engine.set(engine);
@@ -892,4 +904,53 @@ async fn seed_users(
         }
     }
     seeded.store(true, std::sync::atomic::Ordering::Release);
+}
+
+/// What `shoal_connections` and `shoal_connections_refused_total` read, per protocol.
+fn connection_metrics(
+    cfg: &config::NodeConfig,
+    http: &AppState,
+    pg: &pg::PgState,
+    rpc: &shoal_transport::RpcServer,
+) -> Vec<crate::metrics::Connections> {
+    use crate::metrics::{Connections, Reading};
+    use std::sync::atomic::Ordering::Relaxed;
+    let taken = |slots: Arc<Semaphore>, max: usize| -> Reading {
+        Arc::new(move || max.saturating_sub(slots.available_permits()) as u64)
+    };
+    let count =
+        |n: Arc<std::sync::atomic::AtomicU64>| -> Reading { Arc::new(move || n.load(Relaxed)) };
+    let admission = pg.admission.clone();
+    vec![
+        Connections {
+            protocol: "http",
+            open: taken(
+                http.permits.clone(),
+                cfg.http_max_concurrent_requests.max(1),
+            ),
+            refused: vec![(
+                "http_max_concurrent_requests",
+                count(http.metrics.http_refused.clone()),
+            )],
+        },
+        Connections {
+            protocol: "postgres",
+            open: taken(pg.admission.sessions(), cfg.pg_max_connections.max(1)),
+            refused: vec![
+                ("pg_max_connections", count(http.metrics.pg_refused.clone())),
+                (
+                    "pg_max_pending_connections",
+                    Arc::new(move || admission.evicted()),
+                ),
+            ],
+        },
+        Connections {
+            protocol: "rpc",
+            open: taken(rpc.connection_slots.clone(), rpc.max_connections),
+            refused: vec![(
+                "rpc_max_connections",
+                count(rpc.refused_connections.clone()),
+            )],
+        },
+    ]
 }

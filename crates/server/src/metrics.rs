@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -36,7 +36,7 @@ use metrics_exporter_prometheus::{
 };
 use shoal_consensus::GroupStatus;
 use shoal_membership::MemberState;
-use shoal_query::{QueryError, QueryOutput};
+use shoal_query::{ErrorKind, QueryError, QueryOutput};
 
 /// The content type of the text exposition format `/metrics` answers in.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -47,6 +47,11 @@ pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// Bucket bounds of every `*_seconds` histogram: 0.5 ms to 10 s.
 const SECONDS_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Bucket bounds of the WAL's batch-size histogram: 1 KiB to 64 MiB.
+const WAL_BATCH_BYTES_BUCKETS: [f64; 9] = [
+    1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0, 67108864.0,
 ];
 
 static METADATA: Metadata<'static> =
@@ -166,6 +171,26 @@ pub struct Sources {
     pub data_dir: PathBuf,
     /// This node's `replication_factor`.
     pub replication_factor: usize,
+    /// Circuit breakers towards peers.
+    pub peers: Arc<shoal_transport::Peers>,
+    /// Clock offsets measured against peers.
+    pub clocks: Arc<shoal_membership::clock::ClockOffsets>,
+    /// Connections by protocol, and what their limits refused.
+    pub connections: Vec<Connections>,
+}
+
+/// A counter or gauge read at each scrape.
+pub type Reading = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// One protocol's connections (`shoal_connections`) and the refusals of each of its limits
+/// (`shoal_connections_refused_total`).
+pub struct Connections {
+    /// `http`, `postgres` or `rpc`.
+    pub protocol: &'static str,
+    /// Open now (HTTP: requests in flight, as its limit counts them).
+    pub open: Reading,
+    /// (the config key of the limit, connections or requests it refused).
+    pub refused: Vec<(&'static str, Reading)>,
 }
 
 /// A node's metrics: its own recorder, the handle that renders it, and the handles the hot
@@ -178,7 +203,28 @@ pub struct NodeMetrics {
     ingest: [IngestHandles; 4],
     /// `sql_http` and `postgres` (see [`NodeMetrics::queries`]).
     queries: [QueryHandles; 2],
+    /// The WAL's group commits (see [`NodeMetrics::wal_observer`]).
+    wal: Arc<WalHandles>,
+    /// Requests refused by `http_max_concurrent_requests`, sessions by `pg_max_connections`.
+    pub http_refused: Arc<AtomicU64>,
+    pub pg_refused: Arc<AtomicU64>,
     sources: OnceLock<Sources>,
+}
+
+/// The WAL's histograms, fed by its writer thread.
+struct WalHandles {
+    fsync: Histogram,
+    batch: Histogram,
+}
+
+impl shoal_raftlog::LogObserver for WalHandles {
+    fn batch_written(&self, bytes: u64) {
+        self.batch.record(bytes as f64);
+    }
+
+    fn fsynced(&self, took: Duration) {
+        self.fsync.record(took.as_secs_f64());
+    }
 }
 
 /// The hot-path metrics: (name, help).
@@ -202,6 +248,18 @@ const QUERY_DURATION: (&str, &str) = (
     "shoal_query_duration_seconds",
     "Time to run one SQL statement, by protocol.",
 );
+const INGEST_REJECTED_ROWS: (&str, &str) = (
+    "shoal_ingest_rejected_rows_total",
+    "Lines of rejected write requests (line protocol rejects a request whole), by protocol and reason; 0 for a body that could not be read.",
+);
+const WAL_FSYNC: (&str, &str) = (
+    "shoal_wal_fsync_duration_seconds",
+    "Time of one fdatasync of the WAL's active segment (one per group commit).",
+);
+const WAL_BATCH: (&str, &str) = (
+    "shoal_wal_append_bytes",
+    "Bytes written to the WAL per group commit (every append the writer took at once).",
+);
 
 /// The scrape-time gauges: (name, help).
 const SCRAPE_GAUGES: &[(&str, &str)] = &[
@@ -222,8 +280,72 @@ const SCRAPE_GAUGES: &[(&str, &str)] = &[
         "Last log index in the group's log here.",
     ),
     (
+        "shoal_raft_commit_index",
+        "Last log index this replica knows is committed.",
+    ),
+    (
+        "shoal_raft_follower_lag_entries",
+        "On a group's leader: log entries each follower is behind the leader's log.",
+    ),
+    (
+        "shoal_closed_timestamp_lag_seconds",
+        "How far this replica's closed timestamp trails the wall clock (bounded-staleness reads see data up to it).",
+    ),
+    (
+        "shoal_hot_bytes",
+        "Bytes of rows in the vshard's in-memory (not yet flushed) buffer here.",
+    ),
+    (
+        "shoal_parquet_parts",
+        "Parquet parts of the vshard here.",
+    ),
+    (
+        "shoal_parquet_bytes",
+        "Bytes of the vshard's Parquet parts here.",
+    ),
+    (
+        "shoal_wal_bytes",
+        "Bytes of the node's WAL segments on disk (every group's Raft log).",
+    ),
+    (
+        "shoal_breakers",
+        "Circuit breakers towards peers, by state (closed: calls go through; open: refused at once; half_open: one probe allowed).",
+    ),
+    (
+        "shoal_clock_offset_seconds",
+        "Each peer's clock minus this node's, as last measured (max_clock_offset_ms bounds it).",
+    ),
+    (
+        "shoal_connections",
+        "Open connections by protocol (http: requests in flight).",
+    ),
+    (
+        "process_cpu_seconds_total",
+        "User and system CPU time of the process in seconds (a gauge only because the exporter's counters are integers; it only grows).",
+    ),
+    (
+        "process_resident_memory_bytes",
+        "Resident memory of the process in bytes (every node the process runs).",
+    ),
+    (
+        "process_virtual_memory_bytes",
+        "Virtual memory of the process in bytes.",
+    ),
+    (
+        "process_open_fds",
+        "Open file descriptors of the process.",
+    ),
+    (
+        "process_max_fds",
+        "The process's limit on open file descriptors.",
+    ),
+    (
+        "process_start_time_seconds",
+        "When the process started, in seconds since the Unix epoch.",
+    ),
+    (
         "shoal_vshards_below_replication_factor",
-        "Vshards with fewer replicas on live nodes than the placement grows them to (replication_factor, or fewer while ACTIVE nodes are short), as seen here.",
+        "Vshards with fewer replicas on live nodes than the placement grows them to (replication_factor, or fewer while the cluster has fewer ACTIVE nodes), as seen here.",
     ),
     (
         "shoal_vshards_without_leader",
@@ -232,6 +354,14 @@ const SCRAPE_GAUGES: &[(&str, &str)] = &[
     (
         "shoal_members",
         "Cluster members by SWIM state, as seen here (this node included, ALIVE).",
+    ),
+    (
+        "shoal_nodes",
+        "Registered nodes by lifecycle state (JOINING, ACTIVE, DRAINING, DECOMMISSIONING, DECOMMISSIONED), from group 0 as this node has it.",
+    ),
+    (
+        "shoal_moves",
+        "Replica moves group 0 records, by state (PENDING, CATCHING_UP, SWAPPING: under way; COMPLETED, FAILED, CANCELLED: finished and still kept).",
     ),
     (
         "shoal_disk_free_bytes",
@@ -261,6 +391,34 @@ const SCRAPE_COUNTERS: &[(&str, &str)] = &[
         "shoal_failed_logins_total",
         "Failed logins (wrong password, unknown user or token), by protocol.",
     ),
+    (
+        "shoal_raft_leader_changes_total",
+        "Leaders this node's replica of the group has seen take over since it was opened.",
+    ),
+    (
+        "shoal_raft_proposals_failed_total",
+        "Proposals (writes, group-0 commands) that failed: no quorum in time, a fatal log error.",
+    ),
+    (
+        "shoal_raft_snapshots_sent_total",
+        "Snapshots sent to a replica and installed there.",
+    ),
+    (
+        "shoal_raft_snapshot_sent_bytes_total",
+        "Bytes of the snapshots sent (Parquet parts and manifests).",
+    ),
+    (
+        "shoal_raft_snapshots_received_total",
+        "Snapshots installed here from a leader.",
+    ),
+    (
+        "shoal_raft_snapshot_received_bytes_total",
+        "Bytes of snapshot files received.",
+    ),
+    (
+        "shoal_connections_refused_total",
+        "Connections (http: requests) refused by a limit, by protocol and the limit's config key.",
+    ),
 ];
 
 /// A recorder for node `node_id`: every series labelled with it, seconds histograms with
@@ -270,6 +428,11 @@ fn recorder(node_id: u64) -> PrometheusRecorder {
         .add_global_label("node", node_id.to_string())
         .set_buckets_for_metric(Matcher::Suffix("_seconds".to_string()), &SECONDS_BUCKETS)
         .expect("SECONDS_BUCKETS is not empty")
+        .set_buckets_for_metric(
+            Matcher::Full(WAL_BATCH.0.to_string()),
+            &WAL_BATCH_BYTES_BUCKETS,
+        )
+        .expect("WAL_BATCH_BYTES_BUCKETS is not empty")
         .build_recorder()
 }
 
@@ -283,11 +446,18 @@ impl NodeMetrics {
         for (name, help) in [INGEST_REQUESTS, INGEST_ROWS, INGEST_BYTES, QUERIES] {
             r.describe_counter(KeyName::from_const_str(name), None, help.into());
         }
-        r.describe_histogram(
-            KeyName::from_const_str(QUERY_DURATION.0),
+        r.describe_counter(
+            KeyName::from_const_str(INGEST_REJECTED_ROWS.0),
             None,
-            QUERY_DURATION.1.into(),
+            INGEST_REJECTED_ROWS.1.into(),
         );
+        for (name, help) in [QUERY_DURATION, WAL_FSYNC, WAL_BATCH] {
+            r.describe_histogram(KeyName::from_const_str(name), None, help.into());
+        }
+        let wal = Arc::new(WalHandles {
+            fsync: r.register_histogram(&Key::from_name(WAL_FSYNC.0), &METADATA),
+            batch: r.register_histogram(&Key::from_name(WAL_BATCH.0), &METADATA),
+        });
         let ingest = Protocol::ALL.map(|p| {
             let protocol = || Label::new("protocol", p.as_str());
             IngestHandles {
@@ -324,8 +494,25 @@ impl NodeMetrics {
             recorder: r,
             ingest,
             queries,
+            wal,
+            http_refused: Default::default(),
+            pg_refused: Default::default(),
             sources: OnceLock::new(),
         }
+    }
+
+    /// What the node's WAL reports its group commits to.
+    pub fn wal_observer(&self) -> Arc<dyn shoal_raftlog::LogObserver> {
+        self.wal.clone()
+    }
+
+    /// A write request was rejected whole with `kind`; its body held `lines` lines.
+    pub fn rejected(&self, p: Protocol, kind: ErrorKind, lines: u64) {
+        let labels = vec![
+            Label::new("protocol", p.as_str()),
+            Label::new("reason", reason(kind)),
+        ];
+        counter(&self.recorder, INGEST_REJECTED_ROWS.0, labels).increment(lines);
     }
 
     /// The node's recorder, for metrics registered elsewhere later.
@@ -424,9 +611,13 @@ impl NodeMetrics {
         }
         let status = src.registry.status();
         raft_groups(&r, &status);
+        raft_counts(&r, src);
         cluster(&r, src, &status);
         disk(&r, src, &status);
         security(&r, src);
+        peers(&r, src);
+        connections(&r, src);
+        process(&r);
         r.handle().render()
     }
 }
@@ -447,6 +638,201 @@ fn raft_groups(r: &PrometheusRecorder, status: &[GroupStatus]) {
         gauge(r, "shoal_raft_applied_index", group(), applied);
         let last = g.last_log_index.unwrap_or(0) as f64;
         gauge(r, "shoal_raft_last_log_index", group(), last);
+        let committed = g.commit_index.unwrap_or(0) as f64;
+        gauge(r, "shoal_raft_commit_index", group(), committed);
+        counter(r, "shoal_raft_leader_changes_total", group()).absolute(g.leader_changes);
+        for &(follower, _, behind) in &g.followers {
+            let mut labels = group();
+            labels.push(Label::new("follower", follower.to_string()));
+            gauge(r, "shoal_raft_follower_lag_entries", labels, behind as f64);
+        }
+        if g.vshard.is_none() {
+            continue;
+        }
+        if let Some(closed) = g.closed_ts {
+            let lag = (shoal_common::time::now_nanos() - closed).max(0) as f64 / 1e9;
+            gauge(r, "shoal_closed_timestamp_lag_seconds", group(), lag);
+        }
+        gauge(r, "shoal_hot_bytes", group(), g.stats.hot_bytes as f64);
+        gauge(r, "shoal_parquet_parts", group(), g.stats.parts as f64);
+        gauge(r, "shoal_parquet_bytes", group(), g.stats.part_bytes as f64);
+    }
+}
+
+/// Raft events counted since the node started (every group together).
+fn raft_counts(r: &PrometheusRecorder, src: &Sources) {
+    let c = src.registry.counts();
+    for (name, n) in [
+        ("shoal_raft_proposals_failed_total", c.proposals_failed),
+        ("shoal_raft_snapshots_sent_total", c.snapshots_sent),
+        (
+            "shoal_raft_snapshot_sent_bytes_total",
+            c.snapshot_bytes_sent,
+        ),
+        ("shoal_raft_snapshots_received_total", c.snapshots_received),
+        (
+            "shoal_raft_snapshot_received_bytes_total",
+            c.snapshot_bytes_received,
+        ),
+    ] {
+        counter(r, name, vec![]).absolute(n);
+    }
+}
+
+/// Breakers towards peers by state, and the peers' clock offsets.
+fn peers(r: &PrometheusRecorder, src: &Sources) {
+    use shoal_transport::peers::BreakerState;
+    let breakers = src.peers.breakers();
+    for state in [
+        BreakerState::Closed,
+        BreakerState::Open,
+        BreakerState::HalfOpen,
+    ] {
+        let n = breakers.iter().filter(|(_, b)| *b == state).count();
+        let labels = vec![Label::new("state", state.as_str())];
+        gauge(r, "shoal_breakers", labels, n as f64);
+    }
+    let me = src.registry.node_id();
+    let nodes: Vec<u64> = src
+        .registry
+        .catalog()
+        .read()
+        .nodes
+        .keys()
+        .copied()
+        .collect();
+    for id in nodes.into_iter().filter(|id| *id != me) {
+        if let Some(ms) = src.clocks.offset_ms(id) {
+            let labels = vec![Label::new("peer", id.to_string())];
+            gauge(r, "shoal_clock_offset_seconds", labels, ms as f64 / 1e3);
+        }
+    }
+}
+
+/// Open connections and refusals by limit, per protocol.
+fn connections(r: &PrometheusRecorder, src: &Sources) {
+    for c in &src.connections {
+        let protocol = || Label::new("protocol", c.protocol);
+        gauge(r, "shoal_connections", vec![protocol()], (c.open)() as f64);
+        for (limit, refused) in &c.refused {
+            let labels = vec![protocol(), Label::new("limit", *limit)];
+            counter(r, "shoal_connections_refused_total", labels).absolute(refused());
+        }
+    }
+}
+
+/// The standard process metrics, from `/proc/self` (Linux; elsewhere none are shown).
+fn process(r: &PrometheusRecorder) {
+    let Some(p) = ProcessStats::read() else {
+        return;
+    };
+    gauge(r, "process_cpu_seconds_total", vec![], p.cpu_seconds);
+    gauge(
+        r,
+        "process_resident_memory_bytes",
+        vec![],
+        p.resident_bytes as f64,
+    );
+    gauge(
+        r,
+        "process_virtual_memory_bytes",
+        vec![],
+        p.virtual_bytes as f64,
+    );
+    gauge(r, "process_open_fds", vec![], p.open_fds as f64);
+    if let Some(max) = p.max_fds {
+        gauge(r, "process_max_fds", vec![], max as f64);
+    }
+    gauge(
+        r,
+        "process_start_time_seconds",
+        vec![],
+        p.start_time_seconds,
+    );
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat`'s times (`USER_HZ`, 100 on every Linux
+/// architecture Shoal builds for).
+const USER_HZ: f64 = 100.0;
+
+/// What `/proc/self` says about the process.
+#[derive(Debug, PartialEq)]
+struct ProcessStats {
+    cpu_seconds: f64,
+    resident_bytes: u64,
+    virtual_bytes: u64,
+    open_fds: u64,
+    max_fds: Option<u64>,
+    start_time_seconds: f64,
+}
+
+impl ProcessStats {
+    fn read() -> Option<ProcessStats> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let boot = std::fs::read_to_string("/proc/stat").ok()?;
+        let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+        let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+        ProcessStats::parse(&stat, &status, &boot, &limits, open_fds)
+    }
+
+    /// From the texts of `/proc/self/stat`, `/proc/self/status`, `/proc/stat` and
+    /// `/proc/self/limits`.
+    fn parse(
+        stat: &str,
+        status: &str,
+        boot: &str,
+        limits: &str,
+        open_fds: u64,
+    ) -> Option<ProcessStats> {
+        // The command name (field 2) is in parentheses and may hold spaces: fields are
+        // counted from after its closing parenthesis, where field 3 starts.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |n: usize| -> Option<u64> { fields.get(n - 3)?.parse().ok() };
+        let cpu_ticks = field(14)? + field(15)?;
+        let start_ticks = field(22)?;
+        let virtual_bytes = field(23)?;
+        let kib = |key: &str| -> Option<u64> {
+            let line = status.lines().find(|l| l.starts_with(key))?;
+            line[key.len()..].split_whitespace().next()?.parse().ok()
+        };
+        let boot_time: u64 = boot
+            .lines()
+            .find_map(|l| l.strip_prefix("btime "))?
+            .trim()
+            .parse()
+            .ok()?;
+        let max_fds = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(3)?.parse().ok());
+        Some(ProcessStats {
+            cpu_seconds: cpu_ticks as f64 / USER_HZ,
+            resident_bytes: kib("VmRSS:")? * 1024,
+            virtual_bytes,
+            open_fds,
+            max_fds,
+            start_time_seconds: boot_time as f64 + start_ticks as f64 / USER_HZ,
+        })
+    }
+}
+
+/// The `reason` label of a rejected write.
+fn reason(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::BadInput => "bad_input",
+        ErrorKind::NotFound => "not_found",
+        ErrorKind::AlreadyExists => "already_exists",
+        ErrorKind::Unavailable => "unavailable",
+        ErrorKind::DiskFull => "disk_full",
+        ErrorKind::TooLarge => "too_large",
+        ErrorKind::Timeout => "timeout",
+        ErrorKind::TxAborted => "tx_aborted",
+        ErrorKind::NotSupported => "not_supported",
+        ErrorKind::Forbidden => "forbidden",
+        ErrorKind::Unauthenticated => "unauthenticated",
+        ErrorKind::Internal => "internal",
     }
 }
 
@@ -488,12 +874,13 @@ fn cluster(r: &PrometheusRecorder, src: &Sources, status: &[GroupStatus]) {
     let without_leader = (0..vshards)
         .filter(|v| leader(*v).is_none_or(|l| !reachable(l)))
         .count();
-    // Below what the placement grows each vshard to with the ACTIVE nodes alive now (a
-    // single node, or two, is not an alert; a dead replica holder is).
+    // Below what the placement grows each vshard to with the cluster's ACTIVE nodes, dead
+    // or alive (a single node, or two, is not an alert; a replica on a dead node is, until
+    // the node comes back or its replicas are moved elsewhere).
     let usable = catalog
         .nodes
         .values()
-        .filter(|n| n.state == shoal_consensus::NodeState::Active && reachable(n.id))
+        .filter(|n| n.state == shoal_consensus::NodeState::Active)
         .count();
     let wanted = shoal_cluster::placement::replicas_wanted(src.replication_factor, usable);
     let below_rf = (0..vshards)
@@ -518,6 +905,31 @@ fn cluster(r: &PrometheusRecorder, src: &Sources, status: &[GroupStatus]) {
         vec![],
         below_rf as f64,
     );
+    // Group 0's records: nodes by lifecycle state, replica moves by state.
+    use shoal_consensus::{MoveState, NodeState};
+    for state in [
+        NodeState::Joining,
+        NodeState::Active,
+        NodeState::Draining,
+        NodeState::Decommissioning,
+        NodeState::Decommissioned,
+    ] {
+        let n = catalog.nodes.values().filter(|x| x.state == state).count();
+        let labels = vec![Label::new("state", state.as_str())];
+        gauge(r, "shoal_nodes", labels, n as f64);
+    }
+    for state in [
+        MoveState::Pending,
+        MoveState::CatchingUp,
+        MoveState::Swapping,
+        MoveState::Completed,
+        MoveState::Failed,
+        MoveState::Cancelled,
+    ] {
+        let n = catalog.moves.values().filter(|m| m.state == state).count();
+        let labels = vec![Label::new("state", state.as_str())];
+        gauge(r, "shoal_moves", labels, n as f64);
+    }
     let view = membership.view();
     for state in [
         MemberState::Alive,
@@ -549,6 +961,8 @@ fn disk(r: &PrometheusRecorder, src: &Sources, status: &[GroupStatus]) {
         .map(|g| g.stats.part_bytes + g.stats.hot_bytes)
         .sum();
     gauge(r, "shoal_data_bytes", vec![], data as f64);
+    let wal = src.registry.wal().stats().disk_bytes;
+    gauge(r, "shoal_wal_bytes", vec![], wal as f64);
 }
 
 /// Security counters, kept as atomics where they happen.
@@ -673,6 +1087,68 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# HELP shoal_ingest_rows_total "), "{text}");
+    }
+
+    #[test]
+    fn process_stats_parse_proc_files() {
+        // A command name with spaces and parentheses, as Linux prints it.
+        let stat = "4242 (shoal (node) 1) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 75 0 0 20 0 \
+                    12 0 360000 987654321 2048 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1";
+        let status = "Name:\tshoal\nVmPeak:\t 999 kB\nVmRSS:\t    5120 kB\nThreads:\t12\n";
+        let boot = "cpu  1 2 3\nbtime 1765000000\nprocesses 10\n";
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max open files            65536                65536                files\n";
+        let p = ProcessStats::parse(stat, status, boot, limits, 17).expect("parses");
+        assert_eq!(
+            p,
+            ProcessStats {
+                cpu_seconds: 3.25,
+                resident_bytes: 5120 * 1024,
+                virtual_bytes: 987654321,
+                open_fds: 17,
+                max_fds: Some(65536),
+                start_time_seconds: 1765000000.0 + 3600.0,
+            }
+        );
+        assert_eq!(
+            ProcessStats::parse("garbage", status, boot, limits, 1),
+            None
+        );
+        // And this process's own files parse.
+        let me = ProcessStats::read().expect("/proc/self");
+        assert!(me.resident_bytes > 0 && me.open_fds > 0, "{me:?}");
+    }
+
+    #[test]
+    fn wal_and_rejections_are_recorded() {
+        let m = NodeMetrics::new(3);
+        let wal = m.wal_observer();
+        wal.fsynced(Duration::from_millis(2));
+        wal.batch_written(5000);
+        m.rejected(Protocol::InfluxV2, ErrorKind::BadInput, 12);
+        let text = m.render();
+        let v = |series: &str| value(&text, series).unwrap_or_else(|| panic!("{series}:\n{text}"));
+        assert_eq!(v("shoal_wal_fsync_duration_seconds_count{node=\"3\"}"), 1.0);
+        assert_eq!(
+            v("shoal_wal_fsync_duration_seconds_bucket{node=\"3\",le=\"0.001\"}"),
+            0.0
+        );
+        assert_eq!(
+            v("shoal_wal_fsync_duration_seconds_bucket{node=\"3\",le=\"0.0025\"}"),
+            1.0
+        );
+        assert_eq!(
+            v("shoal_wal_append_bytes_bucket{node=\"3\",le=\"4096\"}"),
+            0.0
+        );
+        assert_eq!(
+            v("shoal_wal_append_bytes_bucket{node=\"3\",le=\"16384\"}"),
+            1.0
+        );
+        assert_eq!(
+            v("shoal_ingest_rejected_rows_total{node=\"3\",protocol=\"influx_v2\",reason=\"bad_input\"}"),
+            12.0
+        );
     }
 
     #[test]

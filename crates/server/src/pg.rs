@@ -54,6 +54,8 @@ pub struct PgState {
     pub startup: Arc<ShoalStartup>,
     /// TLS (`certs_dir`): required of every client.
     pub tls: Option<Arc<crate::pgconn::PgTls>>,
+    /// Request ids for errors, and the failed-request log (see [`crate::requests`]).
+    pub request_ids: Arc<crate::requests::RequestIds>,
 }
 
 /// Accepts connections until `stop` resolves.
@@ -77,6 +79,8 @@ pub async fn serve(
         let handler = Arc::new(ConnHandler {
             engine: state.engine.clone(),
             metrics: state.metrics.clone(),
+            request_ids: state.request_ids.clone(),
+            peer,
             session: Mutex::new(Session::postgres()),
             parser: Arc::new(ShoalParser {
                 engine: state.engine.clone(),
@@ -85,6 +89,7 @@ pub async fn serve(
         let handlers = Handlers {
             conn: handler,
             startup: state.startup.connection(),
+            request_ids: state.request_ids.clone(),
         };
         tokio::spawn(serve_connection(
             sock,
@@ -99,6 +104,7 @@ pub async fn serve(
 struct Handlers {
     conn: Arc<ConnHandler>,
     startup: Arc<crate::pgauth::ConnStartup>,
+    request_ids: Arc<crate::requests::RequestIds>,
 }
 
 impl crate::pgconn::Handlers for Handlers {
@@ -108,6 +114,9 @@ impl crate::pgconn::Handlers for Handlers {
     }
     fn scram(&self) -> bool {
         self.startup.is_scram()
+    }
+    fn request_ids(&self) -> &crate::requests::RequestIds {
+        &self.request_ids
     }
 }
 
@@ -127,6 +136,10 @@ impl PgWireServerHandlers for Handlers {
 struct ConnHandler {
     engine: Arc<OnceLock<Arc<QueryEngine>>>,
     metrics: Arc<NodeMetrics>,
+    /// For the request id of an error inside a multi-statement query (the others get
+    /// theirs in `pgconn`), and its log line.
+    request_ids: Arc<crate::requests::RequestIds>,
+    peer: std::net::SocketAddr,
     session: Mutex<Session>,
     parser: Arc<ShoalParser>,
 }
@@ -363,7 +376,9 @@ impl SimpleQueryHandler for ConnHandler {
                 Ok(r) => out.push(r),
                 Err(e) => {
                     // Earlier statements keep their results; the rest of the string is skipped.
-                    out.push(Response::Error(Box::new(e.into())));
+                    let mut info = e.into();
+                    crate::pgconn::tag_error(&mut info, &self.request_ids, self.peer);
+                    out.push(Response::Error(Box::new(info)));
                     break;
                 }
             }

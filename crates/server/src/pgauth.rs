@@ -147,6 +147,8 @@ pub struct ShoalStartup {
     /// Session slots (`pg_max_connections`): one is taken when authentication succeeds,
     /// before the client is told so, and held by the connection until it closes.
     sessions: Arc<tokio::sync::Semaphore>,
+    /// Logins refused for want of a session slot (`pg_max_connections`).
+    refused: Arc<std::sync::atomic::AtomicU64>,
     /// TLS (`certs_dir`): every connection is TLS, and SCRAM offers channel binding
     /// (SCRAM-SHA-256-PLUS, `tls-server-end-point`) with the current node certificate.
     tls: Option<Arc<shoal_transport::tls::Tls>>,
@@ -160,12 +162,14 @@ impl ShoalStartup {
         method: AuthMethod,
         gate: Arc<Gate>,
         sessions: Arc<tokio::sync::Semaphore>,
+        refused: Arc<std::sync::atomic::AtomicU64>,
         tls: Option<Arc<shoal_transport::tls::Tls>>,
     ) -> ShoalStartup {
         ShoalStartup {
             method,
             gate,
             sessions,
+            refused,
             tls,
         }
     }
@@ -265,6 +269,9 @@ impl StartupHandler for ConnStartup {
             // The slot is taken before AuthenticationOk/ReadyForQuery go out, so a client
             // past the limit gets 53300 instead of a session that dies at once.
             let Ok(permit) = self.shared.sessions.clone().try_acquire_owned() else {
+                self.shared
+                    .refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(peer = %client.socket_addr(), "pg connection refused: pg_max_connections reached");
                 return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
                     "FATAL".into(),

@@ -92,6 +92,11 @@ impl Admission {
         self.sessions.clone()
     }
 
+    /// Connections cut from the pending pool to make room (`pg_max_pending_connections`).
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
+    }
+
     /// Takes a place in the pending pool, cutting the oldest pending connection if full.
     fn enter(self: &Arc<Self>, peer: SocketAddr) -> PendingSlot {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -213,6 +218,8 @@ pub trait Handlers: PgWireServerHandlers + Send + Sync {
     type Extended: pgwire::api::query::ExtendedQueryHandler;
     fn extended(&self) -> Arc<Self::Extended>;
     fn scram(&self) -> bool;
+    /// Ids for the errors sent, and their log lines.
+    fn request_ids(&self) -> &crate::requests::RequestIds;
 }
 
 /// Runs one connection to its end.
@@ -315,6 +322,29 @@ async fn send_fatal<St>(
 }
 
 /// Handles one frontend message (or the end of the stream); false ends the connection.
+/// Gives an error the client is sent its request id (in DETAIL, after any detail it had)
+/// and writes its log line.
+pub(crate) fn tag_error(info: &mut ErrorInfo, ids: &crate::requests::RequestIds, peer: SocketAddr) {
+    let id = ids.next();
+    info.detail = Some(match info.detail.take() {
+        Some(d) => format!("{d}\nrequest id: {id}"),
+        None => format!("request id: {id}"),
+    });
+    // Classes 53 (resources), 58 (system), XX (internal) and 57 (operator intervention:
+    // shutting down, recovering) are the server's side; the rest the client's.
+    let server_side = ["53", "57", "58", "XX"]
+        .iter()
+        .any(|c| info.code.starts_with(c));
+    ids.failed(&crate::requests::Failure {
+        protocol: "postgres",
+        request_id: &id,
+        code: &info.code,
+        what: &peer.to_string(),
+        error: &info.message,
+        server_side,
+    });
+}
+
 async fn handle<H: Handlers>(
     socket: &mut Socket<H>,
     msg: Option<Result<PgWireFrontendMessage, PgWireError>>,
@@ -354,7 +384,10 @@ async fn handle<H: Handlers>(
         handlers.cancel_handler(),
     )
     .await;
-    if let Err(e) = r {
+    if let Err(mut e) = r {
+        if let PgWireError::UserError(info) = &mut e {
+            tag_error(info, handlers.request_ids(), peer);
+        }
         let fatal = e.is_fatal();
         if process_error(socket, e, extended).await.is_err() || fatal {
             return false;

@@ -115,9 +115,9 @@ fn limited_incoming(
     stop: CancellationToken,
     kill: CancellationToken,
     refused: Arc<AtomicU64>,
+    slots: Arc<Semaphore>,
 ) -> impl futures::Stream<Item = io::Result<LimitedConn>> {
     let max = max.max(1);
-    let slots = Arc::new(Semaphore::new(max));
     let (tx, rx) = tokio::sync::mpsc::channel::<LimitedConn>(max);
     let acceptor = tls
         .as_ref()
@@ -200,6 +200,9 @@ pub struct RpcServer {
     drain_timeout: Duration,
     pub refused_connections: Arc<AtomicU64>,
     pub inflight: Arc<std::sync::atomic::AtomicUsize>,
+    /// One permit per connection `rpc_max_connections` allows; those taken are open.
+    pub connection_slots: Arc<Semaphore>,
+    pub max_connections: usize,
 }
 
 impl RpcServer {
@@ -216,13 +219,16 @@ impl RpcServer {
         let refused = Arc::new(AtomicU64::new(0));
         let service = PeerService::new(handler, limits.service.clone());
         let inflight = service.inflight();
+        let max_connections = limits.max_connections.max(1);
+        let slots = Arc::new(Semaphore::new(max_connections));
         let incoming = limited_incoming(
             listener,
-            limits.max_connections,
+            max_connections,
             tls,
             stop.clone(),
             kill.clone(),
             refused.clone(),
+            slots.clone(),
         );
         let serve = tonic::transport::Server::builder()
             .max_concurrent_streams(limits.max_streams_per_connection)
@@ -248,6 +254,8 @@ impl RpcServer {
             drain_timeout: limits.drain_timeout,
             refused_connections: refused,
             inflight,
+            connection_slots: slots,
+            max_connections,
         })
     }
 

@@ -48,7 +48,14 @@ impl Registry {
             self.check_disk()?;
         }
         if group == 0 {
-            return handle_inbound(&self.meta, group, inbound).await;
+            let snapshot = matches!(&inbound, Inbound::Snapshot(..));
+            let r = handle_inbound(&self.meta, group, inbound).await;
+            if snapshot && r.is_ok() {
+                self.counters
+                    .snapshots_received
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            return r;
         }
         let s = self.shard(group - 1).ok_or_else(|| Error::Unavailable {
             group,
@@ -77,7 +84,13 @@ impl Registry {
             }
             (other, _) => other,
         };
+        let snapshot = matches!(&inbound, Inbound::Snapshot(..));
         let r = handle_inbound(&s.raft, group, inbound).await;
+        if snapshot && r.is_ok() {
+            self.counters
+                .snapshots_received
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if wake_after {
             s.wake();
         }
@@ -141,6 +154,10 @@ impl Registry {
             f.write_all(e).map_err(io)?;
         }
         f.sync_data().map_err(io)?;
+        let bytes: usize = msg.entries.iter().map(|e| e.len()).sum();
+        self.counters
+            .snapshot_bytes_received
+            .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(bytes::Bytes::from_static(b"null"))
     }
 }

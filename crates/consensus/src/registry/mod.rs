@@ -21,6 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -119,6 +120,8 @@ struct ShardGroup {
     closed: parking_lot::Mutex<ClosedTs>,
     /// Bounded-staleness reads served here from the closed timestamp (no leader round).
     closed_reads: std::sync::atomic::AtomicU64,
+    /// Leaders this replica has seen take over (see [`count_leader_changes`]).
+    leader_changes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// What a replica knows of its vshard's closed timestamp: a wall-clock time before which
@@ -232,6 +235,10 @@ pub struct GroupStatus {
     pub term: u64,
     pub last_log_index: Option<u64>,
     pub applied_index: Option<u64>,
+    /// The last log index this replica knows is committed.
+    pub commit_index: Option<u64>,
+    /// Leaders this replica has seen take over since it was opened.
+    pub leader_changes: u64,
     pub snapshot_index: Option<u64>,
     pub purged_index: Option<u64>,
     /// Voters, as this replica's Raft membership says.
@@ -283,6 +290,32 @@ pub struct Registry {
     transfers: parking_lot::Mutex<BTreeMap<u32, (u64, std::time::Instant)>>,
     /// Snapshot staging areas being installed (see `inbound::remove_abandoned_transfers`).
     installing: parking_lot::Mutex<std::collections::HashSet<PathBuf>>,
+    /// Leaders group 0's replica here has seen take over.
+    meta_leader_changes: Arc<std::sync::atomic::AtomicU64>,
+    /// Counted as they happen, read by the node's metrics ([`Registry::counts`]).
+    counters: Counters,
+}
+
+/// Raft events counted on this node since it started.
+#[derive(Default)]
+struct Counters {
+    proposals_failed: std::sync::atomic::AtomicU64,
+    snapshots_received: std::sync::atomic::AtomicU64,
+    snapshot_bytes_received: std::sync::atomic::AtomicU64,
+}
+
+/// Raft events on this node since it started (every group together), for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RaftCounts {
+    /// Proposals (writes, membership changes) that failed other than by reaching a
+    /// follower: no quorum, a fatal log error, a change refused.
+    pub proposals_failed: u64,
+    /// Snapshots this node sent to a replica, and the bytes of their files and manifests.
+    pub snapshots_sent: u64,
+    pub snapshot_bytes_sent: u64,
+    /// Snapshots installed here from a leader, and the bytes of the chunks staged for them.
+    pub snapshots_received: u64,
+    pub snapshot_bytes_received: u64,
 }
 
 /// The intent log's group id in the node's WAL (Raft groups are 0 and the vshards' 1..).
@@ -361,6 +394,7 @@ async fn open_shard(
     .await
     .map_err(|e| Error::Internal(format!("starting vshard {v}: {e}")))?;
     Ok(ShardGroup {
+        leader_changes: count_leader_changes(&raft),
         raft,
         store,
         quiet: std::sync::atomic::AtomicU64::new(QUIET_NONE),
@@ -397,6 +431,29 @@ fn vshards_on_disk(cfg: &GroupsConfig) -> Vec<u32> {
             dir.join("log").is_dir() && !dir.join(REMOVED_FILE).exists()
         })
         .collect()
+}
+
+/// Counts the leaders a replica sees take over: each time Raft names a leader other than
+/// the last one it named. Watches the server metrics, which change only with the vote,
+/// role, leader or membership (not with every append); the task ends with the group.
+fn count_leader_changes<SM>(raft: &Raft<TypeConfig, SM>) -> Arc<std::sync::atomic::AtomicU64>
+where
+    SM: openraft::storage::RaftStateMachine<TypeConfig>,
+{
+    let changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut rx = raft.server_metrics();
+    let counted = changes.clone();
+    tokio::spawn(async move {
+        let mut last = rx.borrow_watched().current_leader;
+        while rx.changed().await.is_ok() {
+            let now = rx.borrow_watched().current_leader;
+            if now.is_some() && now != last {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                last = now;
+            }
+        }
+    });
+    changes
 }
 
 fn open_log(
@@ -455,6 +512,7 @@ impl Registry {
         }
         let (intents, pending) =
             IntentLog::open(wal.group(INTENTS_WAL_GROUP, &cfg.data_dir.join("intents"))?)?;
+        let meta_leader_changes = count_leader_changes(&meta);
         let reg = Arc::new(Registry {
             cfg,
             wal,
@@ -470,6 +528,8 @@ impl Registry {
             closed_sent: Default::default(),
             transfers: Default::default(),
             installing: Default::default(),
+            meta_leader_changes,
+            counters: Counters::default(),
         });
         // WAL records of groups not opened (closed for good, or deleted) pin nothing: a
         // group opened again later starts with a reset.
@@ -799,16 +859,60 @@ impl Registry {
     pub fn status(&self) -> Vec<GroupStatus> {
         let mut out = vec![];
         let m = self.meta.metrics().borrow_watched().clone();
-        out.push(status_of(0, None, &m, ShardStats::default()));
+        let mut meta = status_of(0, None, &m, ShardStats::default());
+        meta.leader_changes = self.meta_leader_changes.load(Ordering::Relaxed);
+        out.push(meta);
         for (&v, s) in self.shards().iter() {
             let m = s.raft.metrics().borrow_watched().clone();
             let mut st = status_of(v + 1, Some(v), &m, s.store.stats());
+            st.leader_changes = s.leader_changes.load(Ordering::Relaxed);
             st.quiesced = s.quiet() != QUIET_NONE;
             st.closed_ts = self.closed_ts(v);
             st.closed_reads = s.closed_reads.load(std::sync::atomic::Ordering::Relaxed);
             out.push(st);
         }
         out
+    }
+
+    /// Raft events counted on this node since it started.
+    pub fn counts(&self) -> RaftCounts {
+        let c = &self.counters;
+        let (snapshots_sent, snapshot_bytes_sent) = self.snapshots.sent();
+        RaftCounts {
+            proposals_failed: c.proposals_failed.load(Ordering::Relaxed),
+            snapshots_sent,
+            snapshot_bytes_sent,
+            snapshots_received: c.snapshots_received.load(Ordering::Relaxed),
+            snapshot_bytes_received: c.snapshot_bytes_received.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The node's write-ahead log (every group's Raft log), for its size and metrics.
+    pub fn wal(&self) -> &SharedWal {
+        &self.wal
+    }
+
+    /// Counts `e` as a failed proposal and returns it.
+    pub(crate) fn proposal_failed(&self, e: Error) -> Error {
+        self.counters
+            .proposals_failed
+            .fetch_add(1, Ordering::Relaxed);
+        e
+    }
+
+    /// `map_write`, counting a failed proposal.
+    pub(crate) fn written(
+        &self,
+        group: u32,
+        r: Result<
+            openraft::raft::ClientWriteResponse<TypeConfig>,
+            RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
+        >,
+    ) -> Result<Response, Error> {
+        match map_write(group, r) {
+            Err(e @ Error::Unavailable { .. }) => Err(self.proposal_failed(e)),
+            r => r,
+        }
     }
 
     /// Flushes every vshard (so the next start replays little), then stops every group.
@@ -840,6 +944,8 @@ fn status_of(
         term: m.current_term,
         last_log_index: m.last_log_index,
         applied_index: m.last_applied.as_ref().map(|l| l.index),
+        commit_index: m.local_committed.as_ref().map(|l| l.index),
+        leader_changes: 0,
         snapshot_index: m.snapshot.as_ref().map(|l| l.index),
         purged_index: m.purged.as_ref().map(|l| l.index),
         replicas: m.membership_config.membership().voter_ids().collect(),

@@ -83,8 +83,8 @@ impl Registry {
             }
             let written = tokio::time::timeout(left, self.meta.client_write(cmd.clone()))
                 .await
-                .map_err(|_| timed_out())?;
-            let hint = match map_write(0, written) {
+                .map_err(|_| self.proposal_failed(timed_out()))?;
+            let hint = match self.written(0, written) {
                 Err(Error::NotLeader { hint, .. }) => hint,
                 other => return other,
             };
@@ -146,13 +146,15 @@ impl Registry {
         // Inside the forwarder's own deadline (the transport's forward timeout).
         let r = tokio::time::timeout(META_PROPOSE_DEADLINE, self.meta.client_write(cmd))
             .await
-            .map_err(|_| Error::Unavailable {
-                group: 0,
-                reason: "group 0 did not commit in time (no quorum reachable?)".into(),
+            .map_err(|_| {
+                self.proposal_failed(Error::Unavailable {
+                    group: 0,
+                    reason: "group 0 did not commit in time (no quorum reachable?)".into(),
+                })
             })?;
         let (response, index) = match r {
             Ok(resp) => (resp.data, resp.log_id.index),
-            Err(e) => return map_write(0, Err(e)).map(|_| bytes::Bytes::new()),
+            Err(e) => return self.written(0, Err(e)).map(|_| bytes::Bytes::new()),
         };
         let fw = ForwardedWrite { response, index };
         Ok(serde_json::to_vec(&fw).unwrap_or_default().into())
@@ -282,14 +284,16 @@ impl Registry {
         let group = group_of_vshard(vshard);
         let written = tokio::time::timeout(within, s.raft.client_write(cmd))
             .await
-            .map_err(|_| Error::Unavailable {
-                group,
-                reason: format!(
-                    "not committed within {} ms (no quorum reachable?)",
-                    within.as_millis()
-                ),
+            .map_err(|_| {
+                self.proposal_failed(Error::Unavailable {
+                    group,
+                    reason: format!(
+                        "not committed within {} ms (no quorum reachable?)",
+                        within.as_millis()
+                    ),
+                })
             })?;
-        let r = map_write(group, written);
+        let r = self.written(group, written);
         if matches!(r, Err(Error::NotLeader { hint: None, .. }))
             && s.raft.metrics().borrow_watched().current_leader == Some(self.cfg.node_id)
         {
